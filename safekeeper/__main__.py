@@ -1,0 +1,3 @@
+from safekeeper.cli import main
+
+main()

@@ -1,0 +1,128 @@
+"""``Archive``: the Python API — one configuration, its database and its stores.
+
+    from safekeeper import open_archive
+    with open_archive("safekeeper-data") as archive:
+        outcome = archive.put_file("report.pdf", ref="docs:reports/q3")
+        for chunk in archive.open_blob(outcome.sha256): ...
+
+The archive owns no logic of its own: it wires configuration, database and stores
+together and hands them to the services, which own the transactions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from safekeeper.config import Config, load_config
+from safekeeper.db.catalog import sync_catalog
+from safekeeper.db.engine import Database
+from safekeeper.db.models import utcnow
+from safekeeper.errors import NotFound
+from safekeeper.ids import RefSpec, parse_ref
+from safekeeper.services import ingest, inventory
+from safekeeper.services.ingest import PutOutcome
+from safekeeper.stores import Store, open_store
+
+Clock = Callable[[], datetime]
+
+
+class Archive:
+    def __init__(self, config: Config, *, clock: Clock = utcnow, migrate: bool = True) -> None:
+        self.config = config
+        self.clock = clock
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(config.database_url, migrate=migrate)
+        self._stores: dict[str, Store] = {}
+        self._stores_lock = threading.Lock()
+        with self.db.write() as session:
+            sync_catalog(session, config)
+
+    # -- plumbing the services use -------------------------------------------------
+
+    def store(self, location: str) -> Store:
+        """The (cached) store of a configured location."""
+        if location not in self.config.locations:
+            raise NotFound(f"no location named {location!r} in {self.config_origin}")
+        with self._stores_lock:
+            if location not in self._stores:
+                options = self.config.locations[location].store_options()
+                self._stores[location] = open_store(self.config.store_url(location), options)
+            return self._stores[location]
+
+    def key_for(self, location: str, sha256: str, blob_id: int) -> str:
+        """The store key of a blob at a location: its hash, or its serial number for
+        ``interval`` layouts (which take integer keys)."""
+        if self.config.locations[location].layout == "interval" and self.store_is_file(location):
+            return str(blob_id)
+        return sha256
+
+    def store_is_file(self, location: str) -> bool:
+        return self.config.store_url(location).startswith("file:")
+
+    @property
+    def config_origin(self) -> str:
+        return str(self.config.source) if self.config.source else "the default configuration"
+
+    def close(self) -> None:
+        with self._stores_lock:
+            for store in self._stores.values():
+                store.close()
+            self._stores.clear()
+        self.db.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the public API: thin calls into the services -------------------------------
+
+    def put_file(
+        self, path: str | Path, ref: str | RefSpec | None = None, location: str | None = None
+    ) -> PutOutcome:
+        with Path(path).open("rb") as source:
+            return ingest.put_stream(self, source, _ref(ref), location, name=str(path))
+
+    def put_stream(
+        self, source: BinaryIO, ref: str | RefSpec | None = None, location: str | None = None
+    ) -> PutOutcome:
+        return ingest.put_stream(self, source, _ref(ref), location)
+
+    def put_bytes(self, data: bytes, ref: str | RefSpec | None = None) -> PutOutcome:
+        return ingest.put_stream(self, [data], _ref(ref), None)
+
+    def open_blob(self, blob: str) -> Iterator[bytes]:
+        return inventory.open_blob(self, blob)
+
+    def read_blob(self, blob: str) -> bytes:
+        return b"".join(self.open_blob(blob))
+
+
+def _ref(ref: str | RefSpec | None) -> RefSpec | None:
+    return parse_ref(ref) if isinstance(ref, str) else ref
+
+
+def open_archive(
+    data_dir: str | Path | None = None,
+    *,
+    config: str | Path | Config | None = None,
+    clock: Clock = utcnow,
+) -> Archive:
+    """Open the archive configured at ``config`` or in ``data_dir`` (see ``safekeeper.config``)."""
+    if not isinstance(config, Config):
+        config = load_config(
+            Path(config) if config is not None else None,
+            Path(data_dir) if data_dir is not None else None,
+        )
+    return Archive(config, clock=clock)

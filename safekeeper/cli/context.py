@@ -1,0 +1,45 @@
+"""What every command shares: where the configuration is, and opening the archive once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+
+from safekeeper.archive import Archive
+from safekeeper.config import load_config
+from safekeeper.errors import BadInput
+from safekeeper.ids import RefSpec, parse_ref
+
+
+@dataclass
+class CliState:
+    config_path: Path | None = None
+    data_dir: Path | None = None
+    _archive: Archive | None = field(default=None, repr=False)
+
+    def archive(self) -> Archive:
+        if self._archive is None:
+            self._archive = Archive(load_config(self.config_path, self.data_dir))
+        return self._archive
+
+    def close(self) -> None:
+        if self._archive is not None:
+            self._archive.close()
+            self._archive = None
+
+
+def state(ctx: typer.Context) -> CliState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, CliState):
+        root.obj = CliState()
+    return root.obj
+
+
+def parse_ref_param(value: str) -> RefSpec:
+    """Typer parser: a bad ``NAMESPACE:KEY[:LABEL]`` is a usage error (exit 2)."""
+    try:
+        return parse_ref(value)
+    except BadInput as exc:
+        raise typer.BadParameter(str(exc)) from exc

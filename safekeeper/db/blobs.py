@@ -1,0 +1,50 @@
+"""Blob rows: one per distinct content, keyed by SHA-256."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from safekeeper.db.models import Blob
+from safekeeper.errors import NotFound
+
+
+def get_blob(session: Session, sha256: str) -> Blob:
+    blob = session.scalar(select(Blob).where(Blob.sha256 == sha256))
+    if blob is None:
+        raise NotFound(f"no blob {sha256}")
+    return blob
+
+
+def find_blob(session: Session, sha256: str) -> Blob | None:
+    return session.scalar(select(Blob).where(Blob.sha256 == sha256))
+
+
+def blobs_by_prefix(session: Session, prefix: str, limit: int = 2) -> Sequence[Blob]:
+    query = select(Blob).where(Blob.sha256.startswith(prefix)).order_by(Blob.sha256)
+    return session.scalars(query.limit(limit)).all()
+
+
+def ensure_blob(session: Session, sha256: str, size: int, now: datetime) -> Blob:
+    """Return the blob row for ``sha256``, inserting it if absent (race-free)."""
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = (
+        insert(Blob)
+        .values(sha256=sha256, size=size, created_at=now, unreferenced_since=now)
+        .on_conflict_do_nothing(index_elements=["sha256"])
+    )
+    session.execute(statement)
+    return get_blob(session, sha256)
+
+
+def list_blobs(session: Session, limit: int | None = None, after: str = "") -> Sequence[Blob]:
+    query = select(Blob).where(Blob.sha256 > after).order_by(Blob.sha256)
+    if limit is not None:
+        query = query.limit(limit)
+    return session.scalars(query).all()

@@ -1,0 +1,135 @@
+"""Copy rows and the state machine's database side.
+
+Every state change that another process could race is a conditional UPDATE
+(``... WHERE state = <expected>``) whose row count says who won.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from safekeeper.db.models import Blob, Copy, CopyState, Location
+
+
+def live_copy(session: Session, blob_id: int, location_id: int) -> Copy | None:
+    """The copy row of a blob at a location that is not ``deleted`` (at most one exists)."""
+    return session.scalar(
+        select(Copy).where(
+            Copy.blob_id == blob_id,
+            Copy.location_id == location_id,
+            Copy.state != CopyState.DELETED,
+        )
+    )
+
+
+def record_present(
+    session: Session, blob_id: int, location_id: int, now: datetime, verified: bool = True
+) -> Copy:
+    """Record that the blob's bytes are fully written and hashed at the location.
+
+    Reuses a live row (a ``pending`` transfer target, or a ``missing`` copy just
+    rewritten); inserts one otherwise.
+    """
+    copy = live_copy(session, blob_id, location_id)
+    if copy is None:
+        copy = Copy(
+            blob_id=blob_id,
+            location_id=location_id,
+            state=CopyState.PRESENT,
+            created_at=now,
+            updated_at=now,
+            retries=0,
+        )
+        session.add(copy)
+    copy.state = CopyState.PRESENT
+    copy.updated_at = now
+    copy.last_error = None
+    if verified:
+        copy.verified_at = now
+    session.flush()
+    return copy
+
+
+def transition(
+    session: Session,
+    copy_id: int,
+    expected: CopyState,
+    new: CopyState,
+    now: datetime,
+    **changes: object,
+) -> bool:
+    """Move a copy from ``expected`` to ``new``; False if another process moved it first."""
+    result = session.execute(
+        update(Copy)
+        .where(Copy.id == copy_id, Copy.state == expected)
+        .values(state=new, updated_at=now, **changes)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class CopyView:
+    """A copy joined with its location, for display."""
+
+    location: str
+    location_kind: str
+    state: str
+    size: int
+    created_at: datetime
+    verified_at: datetime | None
+    last_access: datetime | None
+    retries: int
+    last_error: str | None
+
+
+def copies_of_blob(session: Session, blob_id: int, include_deleted: bool = False) -> list[CopyView]:
+    query = (
+        select(Copy, Location, Blob.size)
+        .join(Location, Copy.location_id == Location.id)
+        .join(Blob, Copy.blob_id == Blob.id)
+        .where(Copy.blob_id == blob_id)
+        .order_by(Location.name, Copy.id)
+    )
+    if not include_deleted:
+        query = query.where(Copy.state != CopyState.DELETED)
+    return [
+        CopyView(
+            location=location.name,
+            location_kind=location.kind,
+            state=copy.state,
+            size=size,
+            created_at=copy.created_at,
+            verified_at=copy.verified_at,
+            last_access=copy.last_access,
+            retries=copy.retries,
+            last_error=copy.last_error,
+        )
+        for copy, location, size in session.execute(query)
+    ]
+
+
+def present_totals(session: Session) -> dict[int, tuple[int, int]]:
+    """Per location id: (present copy count, bytes) as the database records them."""
+    rows = session.execute(
+        select(Copy.location_id, func.count(), func.coalesce(func.sum(Blob.size), 0))
+        .join(Blob, Copy.blob_id == Blob.id)
+        .where(Copy.state == CopyState.PRESENT)
+        .group_by(Copy.location_id)
+    )
+    return {location_id: (int(count), int(total)) for location_id, count, total in rows}
+
+
+def state_counts(session: Session, location_id: int) -> Sequence[tuple[str, int]]:
+    rows = session.execute(
+        select(Copy.state, func.count())
+        .where(Copy.location_id == location_id)
+        .group_by(Copy.state)
+        .order_by(Copy.state)
+    )
+    return [(state, int(count)) for state, count in rows]

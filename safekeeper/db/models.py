@@ -1,0 +1,177 @@
+"""Tables. The schema itself is owned by the Alembic migrations in
+``safekeeper/migrations``; these models must match them (a test compares the two)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC, on every backend."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use aware UTC")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+        if not isinstance(moment, datetime):
+            raise TypeError(f"expected a datetime from the database, got {value!r}")
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class CopyState(enum.StrEnum):
+    PENDING = "pending"
+    PRESENT = "present"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    FAILED = "failed"
+    MISSING = "missing"
+    CORRUPT = "corrupt"
+
+
+COPY_STATES = tuple(state.value for state in CopyState)
+LOCATION_KINDS = ("source", "buffer", "archive", "processing", "cache")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Site(Base):
+    __tablename__ = "sites"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+class Location(Base):
+    __tablename__ = "locations"
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ('source', 'buffer', 'archive', 'processing', 'cache')",
+            name="location_kind",
+        ),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    store_url: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Blob(Base):
+    __tablename__ = "blobs"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: When the last reference went away (or creation, if it never had one); NULL while
+    #: referenced. The garbage rule's grace period counts from here.
+    unreferenced_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Copy(Base):
+    """That a blob is, is becoming, or was at a location. ``deleted`` rows stay for audit."""
+
+    __tablename__ = "copies"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('pending', 'present', 'deleting', 'deleted', 'failed', 'missing', "
+            "'corrupt')",
+            name="copy_state",
+        ),
+        # At most one live row per (blob, location); deleted rows are history.
+        Index(
+            "uq_copies_live",
+            "blob_id",
+            "location_id",
+            unique=True,
+            sqlite_where=text("state != 'deleted'"),
+            postgresql_where=text("state != 'deleted'"),
+        ),
+        Index("ix_copies_location_state", "location_id", "state"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"))
+    location_id: Mapped[int] = mapped_column(ForeignKey("locations.id"))
+    state: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_access: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Namespace(Base):
+    __tablename__ = "namespaces"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Reference(Base):
+    """``(namespace, key, label) → blob``; putting a new blob replaces the old one."""
+
+    __tablename__ = "refs"
+    __table_args__ = (
+        UniqueConstraint("namespace_id", "key", "label", name="uq_refs_name"),
+        Index("ix_refs_blob", "blob_id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id"))
+    key: Mapped[str] = mapped_column(String(1000))
+    label: Mapped[str] = mapped_column(String(200))
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEntry(Base):
+    """One line of the audit trail: who did what to which copy, by which rule, on what evidence."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_blob", "blob_sha256"), Index("ix_audit_at", "at"))
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(50))
+    blob_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    location: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    rule: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    evidence: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON

@@ -1,0 +1,138 @@
+"""References ``(namespace, key, label) → blob`` and the ``unreferenced_since`` clock.
+
+``blobs.unreferenced_since`` is NULL exactly while a blob has a reference; it is set
+when the last reference goes. Every function here that adds or drops a reference
+keeps that true in the same transaction, so the garbage rule can trust it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from safekeeper.db.models import Blob, Namespace, Reference
+from safekeeper.errors import NotFound
+from safekeeper.ids import RefSpec
+
+
+def ensure_namespace(session: Session, name: str, now: datetime) -> Namespace:
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(
+        insert(Namespace)
+        .values(name=name, created_at=now)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    namespace = session.scalar(select(Namespace).where(Namespace.name == name))
+    if namespace is None:  # pragma: no cover - the insert above guarantees it
+        raise NotFound(f"namespace {name!r} vanished")
+    return namespace
+
+
+def _find(session: Session, spec: RefSpec) -> Reference | None:
+    return session.scalar(
+        select(Reference)
+        .join(Namespace, Reference.namespace_id == Namespace.id)
+        .where(
+            Namespace.name == spec.namespace,
+            Reference.key == spec.key,
+            Reference.label == spec.label,
+        )
+    )
+
+
+def _mark_unreferenced_if_orphaned(session: Session, blob_id: int, now: datetime) -> None:
+    still_used = exists().where(Reference.blob_id == blob_id)
+    session.execute(
+        update(Blob)
+        .where(Blob.id == blob_id, ~still_used)
+        .values(unreferenced_since=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def set_reference(session: Session, spec: RefSpec, blob: Blob, now: datetime) -> int | None:
+    """Point ``spec`` at ``blob``; return the id of the blob it pointed at before, if other."""
+    reference = _find(session, spec)
+    previous: int | None = None
+    if reference is None:
+        namespace = ensure_namespace(session, spec.namespace, now)
+        session.add(
+            Reference(
+                namespace_id=namespace.id,
+                key=spec.key,
+                label=spec.label,
+                blob_id=blob.id,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    elif reference.blob_id != blob.id:
+        previous = reference.blob_id
+        reference.blob_id = blob.id
+        reference.updated_at = now
+    blob.unreferenced_since = None
+    session.flush()
+    if previous is not None:
+        _mark_unreferenced_if_orphaned(session, previous, now)
+    return previous
+
+
+def remove_reference(session: Session, spec: RefSpec, now: datetime) -> int:
+    """Drop ``spec``; return the blob id it pointed at. NotFound if there is none."""
+    reference = _find(session, spec)
+    if reference is None:
+        raise NotFound(f"no reference {spec}")
+    blob_id = reference.blob_id
+    session.delete(reference)
+    session.flush()
+    _mark_unreferenced_if_orphaned(session, blob_id, now)
+    return blob_id
+
+
+def resolve(session: Session, spec: RefSpec) -> Blob:
+    reference = _find(session, spec)
+    if reference is None:
+        raise NotFound(f"no reference {spec}")
+    return session.get_one(Blob, reference.blob_id)
+
+
+@dataclass(frozen=True)
+class ReferenceView:
+    namespace: str
+    key: str
+    label: str
+    blob: str
+    size: int
+    updated_at: datetime
+
+    @property
+    def spec(self) -> RefSpec:
+        return RefSpec(self.namespace, self.key, self.label)
+
+
+def list_references(
+    session: Session, namespace: str | None = None, blob_id: int | None = None
+) -> list[ReferenceView]:
+    query = (
+        select(
+            Namespace.name,
+            Reference.key,
+            Reference.label,
+            Blob.sha256,
+            Blob.size,
+            Reference.updated_at,
+        )
+        .join(Namespace, Reference.namespace_id == Namespace.id)
+        .join(Blob, Reference.blob_id == Blob.id)
+        .order_by(Namespace.name, Reference.key, Reference.label)
+    )
+    if namespace is not None:
+        query = query.where(Namespace.name == namespace)
+    if blob_id is not None:
+        query = query.where(Reference.blob_id == blob_id)
+    return [ReferenceView(*row) for row in session.execute(query)]

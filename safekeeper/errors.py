@@ -1,0 +1,67 @@
+"""The error hierarchy every layer raises.
+
+Callers catch by meaning, not by module: the CLI maps each class to a message and an
+exit code, the HTTP API to a status and a JSON ``code``.
+"""
+
+from __future__ import annotations
+
+
+class SafekeeperError(Exception):
+    """Base of every error safekeeper raises on purpose."""
+
+    code = "error"
+
+
+class BadInput(SafekeeperError):
+    """The caller asked for something malformed (a bad id, path, flag or value)."""
+
+    code = "bad_input"
+
+
+class ConfigError(BadInput):
+    """The configuration is invalid; the message names the file and the key."""
+
+    code = "bad_config"
+
+
+class NotFound(SafekeeperError):
+    """A blob, reference, location or stored object does not exist."""
+
+    code = "not_found"
+
+
+class AlreadyExists(SafekeeperError):
+    """A create-only write found the key already taken."""
+
+    code = "already_exists"
+
+
+class Conflict(SafekeeperError):
+    """The state changed underneath the operation (lost a conditional update)."""
+
+    code = "conflict"
+
+
+class PolicyDenied(SafekeeperError):
+    """A safety rule forbids the operation."""
+
+    code = "policy_denied"
+
+
+class StoreError(SafekeeperError):
+    """A store backend failed."""
+
+    code = "store_error"
+
+
+class TransientStoreError(StoreError):
+    """A store failure worth retrying (timeouts, throttling, connection resets)."""
+
+    code = "store_transient"
+
+
+class PermanentStoreError(StoreError):
+    """A store failure that retrying will not fix (permissions, bad bucket, corrupt data)."""
+
+    code = "store_permanent"

@@ -1,0 +1,223 @@
+"""Ingest: bytes in, blob and ``present`` copy recorded — or nothing at all.
+
+One pass over the input writes it to hidden storage in the target store and hashes
+it (``Store.stage``). Then one write transaction records the blob, publishes the
+object under its key (create-only), records the ``present`` copy and any reference.
+
+Crash analysis (invariant 6, "present only after fully written and hashed"):
+
+- before publish: at most a temp file in the store's ``.tmp`` area, removed by
+  ``clean_temp`` on the next run; no row, no visible object;
+- after publish, before commit: an object with no row. The next put of the same
+  bytes adopts it (create-only publish reports AlreadyExists, the object has the
+  right size, and its key is the hash of bytes some writer hashed in full);
+  ``verify --adopt`` adopts the rest;
+- after commit: the blob, its copy and its reference exist together.
+
+Putting bytes a location already holds writes nothing (dedup) and touches no object.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from safekeeper.db.blobs import ensure_blob
+from safekeeper.db.catalog import get_location
+from safekeeper.db.copies import live_copy, record_present
+from safekeeper.db.models import CopyState
+from safekeeper.db.refs import set_reference
+from safekeeper.errors import AlreadyExists, BadInput, Conflict, NotFound
+from safekeeper.ids import RefSpec
+from safekeeper.stores.base import Source, Staged, Store
+
+if TYPE_CHECKING:
+    from safekeeper.archive import Archive
+
+#: Files recorded per database transaction in a tree ingest.
+BATCH_SIZE = 256
+#: Threads staging files of a tree in parallel (fsync latency overlaps well).
+STAGING_THREADS = 8
+#: Temp files older than this are leftovers of crashed writers.
+STALE_TEMP_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class PutOutcome:
+    sha256: str
+    size: int
+    location: str
+    #: True when this put wrote the object; False when the location already held it.
+    stored: bool
+    name: str | None = None
+    ref: RefSpec | None = None
+
+
+@dataclass(frozen=True)
+class _Item:
+    staged: Staged
+    ref: RefSpec | None
+    name: str | None
+
+
+def put_stream(
+    archive: Archive,
+    source: Source,
+    ref: RefSpec | None = None,
+    location: str | None = None,
+    name: str | None = None,
+) -> PutOutcome:
+    """Store one stream as a blob at ``location`` (default: the ingest location)."""
+    target = location or archive.config.ingest_location
+    with archive.store(target).stage(source) as staged:
+        return _publish(archive, target, [_Item(staged, ref, name)])[0]
+
+
+@dataclass(frozen=True)
+class TreeFile:
+    path: Path
+    #: Path relative to the directory given, with forward slashes (the reference key suffix).
+    relative: str
+    size: int
+
+
+def scan(paths: Sequence[Path]) -> list[TreeFile]:
+    """Expand files and directories into the files to put, checking every one is readable
+    before anything is written (bad input leaves nothing behind)."""
+    found: list[TreeFile] = []
+    for path in paths:
+        if not path.exists():
+            raise BadInput(f"{path}: no such file or directory")
+        if path.is_dir():
+            for root, dirs, files in os.walk(path, onerror=_raise_walk_error):
+                dirs.sort()
+                for file_name in sorted(files):
+                    file_path = Path(root) / file_name
+                    if file_path.is_symlink() or not file_path.is_file():
+                        continue  # special files and links are not content
+                    relative = file_path.relative_to(path).as_posix()
+                    found.append(TreeFile(file_path, relative, _readable_size(file_path)))
+        elif path.is_file():
+            found.append(TreeFile(path, path.name, _readable_size(path)))
+        else:
+            raise BadInput(f"{path}: not a regular file or directory")
+    return found
+
+
+def _raise_walk_error(error: OSError) -> None:
+    raise BadInput(f"{error.filename}: cannot read directory: {error.strerror}")
+
+
+def _readable_size(path: Path) -> int:
+    if not os.access(path, os.R_OK):
+        raise BadInput(f"{path}: permission denied (cannot read)")
+    return path.stat().st_size
+
+
+def put_files(
+    archive: Archive,
+    files: Sequence[TreeFile],
+    ref: RefSpec | None = None,
+    location: str | None = None,
+    *,
+    key_per_file: bool = False,
+) -> Iterator[PutOutcome]:
+    """Put many files, staging in parallel and recording in batches.
+
+    With ``ref`` and ``key_per_file``, each file gets the reference
+    ``NAMESPACE:KEY/<relative path>:LABEL``; without ``key_per_file`` (a single file),
+    the reference is used as given.
+    """
+    target = location or archive.config.ingest_location
+    store = archive.store(target)
+
+    def stage(file: TreeFile) -> _Item:
+        try:
+            with file.path.open("rb") as source:
+                staged = store.stage(source)
+        except OSError as exc:
+            raise BadInput(f"{file.path}: cannot read: {exc.strerror}") from exc
+        file_ref = ref
+        if ref is not None and key_per_file:
+            file_ref = RefSpec(ref.namespace, f"{ref.key}/{file.relative}", ref.label)
+        return _Item(staged, file_ref, str(file.path))
+
+    with ThreadPoolExecutor(max_workers=STAGING_THREADS) as pool:
+        for start in range(0, len(files), BATCH_SIZE):
+            batch = files[start : start + BATCH_SIZE]
+            items = _stage_all(pool, stage, batch)
+            try:
+                yield from _publish(archive, target, items)
+            finally:
+                for item in items:
+                    item.staged.discard()
+
+
+def _stage_all(
+    pool: ThreadPoolExecutor, stage: Callable[[TreeFile], _Item], batch: Sequence[TreeFile]
+) -> list[_Item]:
+    """Stage a batch; if one file fails, discard the others before re-raising."""
+    futures = [pool.submit(stage, file) for file in batch]
+    items: list[_Item] = []
+    error: BaseException | None = None
+    for future in futures:
+        try:
+            items.append(future.result())
+        except BaseException as exc:  # noqa: BLE001 - collected, cleaned up, re-raised
+            error = error or exc
+    if error is not None:
+        for item in items:
+            item.staged.discard()
+        raise error
+    return items
+
+
+def _publish(archive: Archive, location_name: str, items: Iterable[_Item]) -> list[PutOutcome]:
+    """Record staged items in one transaction, publishing the objects not yet held."""
+    store = archive.store(location_name)
+    now = archive.clock()
+    outcomes: list[PutOutcome] = []
+    with archive.db.write() as session:
+        location = get_location(session, location_name)
+        for item in items:
+            staged = item.staged
+            blob = ensure_blob(session, staged.sha256, staged.size, now)
+            copy = live_copy(session, blob.id, location.id)
+            stored = False
+            if copy is not None and copy.state == CopyState.DELETING:
+                raise Conflict(
+                    f"blob {blob.sha256} is being deleted from {location_name} right now; "
+                    "retry the put when that finishes"
+                )
+            if copy is None or copy.state != CopyState.PRESENT:
+                key = archive.key_for(location_name, blob.sha256, blob.id)
+                stored = _publish_object(store, staged, key)
+                record_present(session, blob.id, location.id, now)
+            if item.ref is not None:
+                set_reference(session, item.ref, blob, now)
+            outcomes.append(
+                PutOutcome(blob.sha256, blob.size, location_name, stored, item.name, item.ref)
+            )
+    return outcomes
+
+
+def _publish_object(store: Store, staged: Staged, key: str) -> bool:
+    """Publish under ``key``; adopt an existing object of the right size (see module doc)."""
+    try:
+        staged.commit(key)
+        return True
+    except AlreadyExists:
+        try:
+            existing = store.stat(key)
+        except NotFound:
+            raise Conflict(f"object {key} appeared and vanished during the put; retry") from None
+        if existing.size != staged.size:
+            raise Conflict(
+                f"object {key} exists with {existing.size} bytes, expected {staged.size}: "
+                "run `safekeeper verify` to repair it"
+            ) from None
+        return False

@@ -1,0 +1,160 @@
+"""Read side: what blobs exist, where their copies are, and streaming them back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select, update
+
+from safekeeper.db.blobs import blobs_by_prefix, list_blobs
+from safekeeper.db.copies import CopyView, copies_of_blob, present_totals
+from safekeeper.db.models import Blob, Copy, CopyState, Location, Site
+from safekeeper.db.refs import ReferenceView, list_references, resolve
+from safekeeper.errors import BadInput, NotFound
+from safekeeper.ids import BLOB_ID_LENGTH, is_blob_id, parse_ref
+
+if TYPE_CHECKING:
+    from safekeeper.archive import Archive
+
+
+def resolve_blob(archive: Archive, text: str) -> str:
+    """A blob id, a unique id prefix (≥ 6 hex chars), or ``NAMESPACE:KEY[:LABEL]``."""
+    candidate = text.strip().lower()
+    if is_blob_id(candidate):
+        return candidate
+    with archive.db.read() as session:
+        if ":" in text:
+            return resolve(session, parse_ref(text)).sha256
+        if 6 <= len(candidate) < BLOB_ID_LENGTH and all(c in "0123456789abcdef" for c in candidate):
+            matches = blobs_by_prefix(session, candidate)
+            if not matches:
+                raise NotFound(f"no blob starts with {candidate}")
+            if len(matches) > 1:
+                raise BadInput(f"blob prefix {candidate} is ambiguous; give more characters")
+            return matches[0].sha256
+    raise BadInput(
+        f"{text!r} is neither a blob id (64 hex, or a unique prefix of at least 6) "
+        "nor a reference NAMESPACE:KEY[:LABEL]"
+    )
+
+
+@dataclass(frozen=True)
+class BlobStatus:
+    sha256: str
+    size: int
+    created_at: datetime
+    unreferenced_since: datetime | None
+    copies: list[CopyView]
+    references: list[ReferenceView]
+
+
+def stat_blob(archive: Archive, text: str) -> BlobStatus:
+    sha256 = resolve_blob(archive, text)
+    with archive.db.read() as session:
+        blob = session.scalar(select(Blob).where(Blob.sha256 == sha256))
+        if blob is None:
+            raise NotFound(f"no blob {sha256}")
+        return BlobStatus(
+            sha256=blob.sha256,
+            size=blob.size,
+            created_at=blob.created_at,
+            unreferenced_since=blob.unreferenced_since,
+            copies=copies_of_blob(session, blob.id),
+            references=list_references(session, blob_id=blob.id),
+        )
+
+
+@dataclass(frozen=True)
+class BlobSummary:
+    sha256: str
+    size: int
+    created_at: datetime
+
+
+def list_all_blobs(archive: Archive, limit: int | None = None) -> list[BlobSummary]:
+    with archive.db.read() as session:
+        return [BlobSummary(b.sha256, b.size, b.created_at) for b in list_blobs(session, limit)]
+
+
+def list_refs(archive: Archive, namespace: str | None = None) -> list[ReferenceView]:
+    with archive.db.read() as session:
+        return list_references(session, namespace=namespace)
+
+
+@dataclass(frozen=True)
+class LocationStatus:
+    name: str
+    kind: str
+    site: str
+    store: str
+    configured: bool
+    objects: int
+    bytes: int
+
+
+def location_report(archive: Archive) -> list[LocationStatus]:
+    """Every location with the present copies the database records there."""
+    with archive.db.read() as session:
+        totals = present_totals(session)
+        rows = session.execute(
+            select(Location, Site.name)
+            .join(Site, Location.site_id == Site.id)
+            .order_by(Location.name)
+        ).tuples()
+        report = []
+        for location, site in rows:
+            count, size = totals.get(location.id, (0, 0))
+            report.append(
+                LocationStatus(
+                    name=location.name,
+                    kind=location.kind,
+                    site=site,
+                    store=location.store_url,
+                    configured=location.name in archive.config.locations,
+                    objects=count,
+                    bytes=size,
+                )
+            )
+        return report
+
+
+def open_blob(archive: Archive, text: str) -> Iterator[bytes]:
+    """Stream a blob from the first present copy that can be read.
+
+    Prefers the ingest location, then other locations by name. The access time of the
+    copy that served is recorded (disk-pressure rules evict least recently used first).
+    """
+    sha256 = resolve_blob(archive, text)
+    with archive.db.read() as session:
+        rows = list(
+            session.execute(
+                select(Blob.id, Copy.id, Location.name)
+                .join(Copy, Copy.blob_id == Blob.id)
+                .join(Location, Copy.location_id == Location.id)
+                .where(Blob.sha256 == sha256, Copy.state == CopyState.PRESENT)
+            ).tuples()
+        )
+    if not rows:
+        raise NotFound(f"blob {sha256} has no present copy")
+    ingest = archive.config.ingest_location
+    rows.sort(key=lambda row: (row[2] != ingest, row[2]))
+    last_error: Exception | None = None
+    for blob_id, copy_id, location in rows:
+        if location not in archive.config.locations:
+            continue
+        store = archive.store(location)
+        key = archive.key_for(location, sha256, blob_id)
+        try:
+            store.stat(key)
+        except NotFound as exc:
+            last_error = exc
+            continue
+        with archive.db.write() as session:
+            session.execute(
+                update(Copy).where(Copy.id == copy_id).values(last_access=archive.clock())
+            )
+        return store.open(key)
+    raise NotFound(f"no readable copy of blob {sha256}: {last_error}")

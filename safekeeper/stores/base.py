@@ -1,0 +1,208 @@
+"""The one protocol every store backend implements.
+
+A store holds immutable objects by key. It knows nothing about blobs, copies or the
+database: the services layer decides what a key means. Every backend must pass the
+conformance suite in ``safekeeper.testing``.
+
+Rules every backend keeps (the suite checks them):
+
+- ``put`` and ``Staged.commit`` are create-only: an existing key raises AlreadyExists
+  and the existing object is untouched. A reader never sees a partial object: it sees
+  the whole object or NotFound.
+- ``put`` returns the size and SHA-256 of exactly the bytes that were stored,
+  computed in the same pass as the write.
+- ``delete`` is idempotent: missing keys are not an error.
+- Missing keys raise NotFound from ``open``, ``read_range`` and ``stat``.
+- Failures raise TransientStoreError (worth a retry) or PermanentStoreError.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import (
+    BinaryIO,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    cast,
+    overload,
+    runtime_checkable,
+)
+
+CHUNK_SIZE = 1024 * 1024
+
+#: What a put accepts: a binary file object (read until EOF) or an iterable of chunks.
+Source = BinaryIO | Iterable[bytes]
+
+
+@dataclass(frozen=True)
+class PutResult:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Bytes used by the store's objects, and its capacity when the backend knows it."""
+
+    used_bytes: int
+    object_count: int
+    capacity_bytes: int | None = None
+    free_bytes: int | None = None
+
+
+@runtime_checkable
+class Staged(Protocol):
+    """Bytes written out of sight and hashed, not yet visible under any key.
+
+    Use as a context manager: leaving it without ``commit`` discards the bytes.
+    """
+
+    size: int
+    sha256: str
+
+    def commit(self, key: str) -> None:
+        """Publish the staged bytes under ``key``, create-only (AlreadyExists if taken)."""
+        ...
+
+    def discard(self) -> None:
+        """Drop the staged bytes; safe to call more than once and after commit."""
+        ...
+
+    def __enter__(self) -> Staged: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A backend holding immutable objects by key."""
+
+    #: The URL the store was opened from, with credentials removed.
+    url: str
+
+    def put(self, key: str, source: Source) -> PutResult:
+        """Stream ``source`` into a new object at ``key`` (create-only, atomic)."""
+        ...
+
+    def stage(self, source: Source) -> Staged:
+        """Stream ``source`` into hidden storage, hashing it, for a later ``commit``.
+
+        Content-addressed writers use this: the key (the hash) is only known after
+        the bytes have been read.
+        """
+        ...
+
+    def open(self, key: str) -> Iterator[bytes]:
+        """Stream the object's bytes in chunks."""
+        ...
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Return up to ``length`` bytes from ``start`` (fewer at the end of the object)."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete every key given; missing keys are ignored."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Stream every object whose key starts with ``prefix`` (no particular order)."""
+        ...
+
+    def usage(self) -> Usage: ...
+
+    def close(self) -> None: ...
+
+
+def iter_source(source: Source, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Yield the chunks of a file object or an iterable of byte chunks."""
+    if hasattr(source, "read"):
+        reader: BinaryIO = source  # type: ignore[assignment]
+        while chunk := reader.read(chunk_size):
+            yield chunk
+    else:
+        for chunk in source:  # type: ignore[union-attr]
+            if chunk:
+                yield bytes(chunk)
+
+
+class HashingCounter:
+    """SHA-256 and size of bytes as they stream past."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def update(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+_S = TypeVar("_S")
+_P = ParamSpec("_P")
+
+
+class OpenMethod(Generic[_S, _P]):
+    """One name, two jobs: ``Backend.open(url, **options)`` and ``store.open(key)``.
+
+    ``open_store`` opens a backend with ``Backend.open(url, ...)`` while the Store
+    protocol reads an object with ``store.open(key)``. A class can hold only one
+    attribute called ``open``, so backends bind both to this descriptor::
+
+        @classmethod
+        def from_url(cls, url: str) -> MyStore: ...
+        def open_object(self, key: str) -> Iterator[bytes]: ...
+        open = OpenMethod(from_url, open_object)
+
+    Looked up on the class it is ``from_url``; on an instance, ``open_object``.
+    Type checkers see the right signature for each.
+    """
+
+    def __init__(
+        self,
+        from_url: Callable[Concatenate[type[_S], _P], _S],
+        open_object: Callable[[_S, str], Iterator[bytes]],
+    ) -> None:
+        # A classmethod object in the class body; keep its plain function.
+        self._from_url: Callable[Concatenate[type[_S], _P], _S] = getattr(
+            from_url, "__func__", from_url
+        )
+        self._open_object = open_object
+
+    @overload
+    def __get__(self, obj: None, owner: type[_S]) -> Callable[_P, _S]: ...
+
+    @overload
+    def __get__(
+        self, obj: _S, owner: type[_S] | None = None
+    ) -> Callable[[str], Iterator[bytes]]: ...
+
+    def __get__(
+        self, obj: _S | None, owner: type[_S] | None = None
+    ) -> Callable[_P, _S] | Callable[[str], Iterator[bytes]]:
+        if obj is None:
+            if owner is None:
+                raise TypeError("OpenMethod needs an instance or an owner class")
+            return cast(Callable[_P, _S], functools.partial(self._from_url, owner))
+        return functools.partial(self._open_object, obj)

@@ -1,0 +1,404 @@
+"""A store in a local (or mounted) directory: ``file:///abs/path``.
+
+Objects are plain read-only files placed by a layout (see ``layouts``), so an
+operator can inspect or back them up with ordinary tools.
+
+Writes are atomic, durable and create-only without any lock:
+
+1. stream the source into ``<root>/.tmp/<random>.tmp`` (same filesystem as the
+   objects), hashing in the same loop, then ``fsync`` the file;
+2. publish with ``os.link(tmp, final)``: the kernel creates the name only if it is
+   free (EEXIST becomes AlreadyExists and the existing object is untouched), and a
+   reader sees either no file or the complete one;
+3. unlink the temp name and ``fsync`` the object's directory plus the parent of any
+   directory created on the way, so the new name survives a crash.
+
+A crash can leave files in ``.tmp``; listings never show them and ``clean_temp``
+removes old ones. Publishing needs hard links; a filesystem without them (FAT,
+some network mounts) fails with PermanentStoreError rather than losing create-only.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import hashlib
+import os
+import shutil
+import stat as stat_module
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import unquote, urlsplit
+
+from safekeeper.errors import (
+    AlreadyExists,
+    BadInput,
+    NotFound,
+    PermanentStoreError,
+    SafekeeperError,
+    TransientStoreError,
+)
+from safekeeper.stores.base import CHUNK_SIZE, OpenMethod, ObjectInfo, PutResult, Source, Staged, Usage
+from safekeeper.stores.layouts import DEFAULT_INTERVAL_SIZE, Layout, validate_prefix
+
+TMP_DIR = ".tmp"
+#: Bytes per read/write syscall when writing; bigger chunks mean fewer syscalls.
+WRITE_CHUNK = 4 * CHUNK_SIZE
+
+_NOT_FOUND = {errno.ENOENT, errno.ENOTDIR}
+_PERMANENT = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENAMETOOLONG,
+    errno.EISDIR,
+    errno.EFBIG,
+    errno.EMLINK,
+    errno.EXDEV,
+    errno.ENOTSUP,
+    errno.EOPNOTSUPP,
+    errno.ELOOP,
+}
+
+
+def os_error(exc: OSError, what: str) -> SafekeeperError:
+    """Translate an OSError into the store error that tells callers what to do."""
+    message = f"{what}: {exc.strerror or exc}"
+    if exc.errno in _NOT_FOUND:
+        return NotFound(message)
+    if exc.errno == errno.EEXIST:
+        return AlreadyExists(message)
+    if exc.errno in _PERMANENT:
+        return PermanentStoreError(message)
+    return TransientStoreError(message)  # EIO, EAGAIN, EINTR, ESTALE, ...
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _stream_file(f: BinaryIO) -> Iterator[bytes]:
+    # try/finally closes the file when the consumer stops early (close() or GC).
+    try:
+        while chunk := f.read(CHUNK_SIZE):
+            yield chunk
+    finally:
+        f.close()
+
+
+class FileStaged:
+    """A hashed, fsynced temp file waiting for ``commit``."""
+
+    def __init__(self, store: FileStore, tmp: Path, size: int, sha256: str) -> None:
+        self._store = store
+        self._tmp: Path | None = tmp
+        self.size = size
+        self.sha256 = sha256
+
+    def commit(self, key: str) -> None:
+        if self._tmp is None:
+            raise BadInput("staged object was already committed or discarded")
+        self._store._publish(self._tmp, key)  # on failure the temp stays for discard()
+        self._tmp = None
+
+    def discard(self) -> None:
+        if self._tmp is not None:
+            _unlink_quietly(self._tmp)
+            self._tmp = None
+
+    def __enter__(self) -> FileStaged:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+class FileStore:
+    """Objects as files under ``root``, placed by ``layout``."""
+
+    def __init__(self, root: Path, url: str, layout: Layout) -> None:
+        self.root = root
+        self.url = url
+        self.layout = layout
+        self.tmp_dir = root / TMP_DIR
+        try:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise os_error(exc, f"{url}: cannot create store directory") from exc
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        layout: str = "fanout",
+        interval_size: int = DEFAULT_INTERVAL_SIZE,
+        **unknown: object,
+    ) -> FileStore:
+        if unknown:
+            raise BadInput(f"unknown file store option(s): {', '.join(sorted(unknown))}")
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "file":
+            raise BadInput(f"not a file:// URL: {url!r}")
+        if parts.netloc not in ("", "localhost"):
+            raise BadInput(f"file URL must be file:///absolute/path, not {url!r}")
+        path = unquote(parts.path)
+        if not path.startswith("/"):
+            raise BadInput(f"file store path must be absolute: {url!r}")
+        return cls(Path(os.path.normpath(path)), url, Layout(layout, interval_size))
+
+    # -- paths ---------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        return self.root / self.layout.path_for_key(key)
+
+    def _new_tmp(self) -> tuple[Path, int]:
+        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        try:
+            # Read-only from birth: a published object is never modified in place.
+            return tmp, os.open(tmp, flags, 0o444)
+        except OSError as exc:
+            raise os_error(exc, f"{self.url}: cannot create temp file") from exc
+
+    def _make_parents(self, directory: Path) -> list[Path]:
+        """Create ``directory`` and missing ancestors; return the ones created."""
+        missing: list[Path] = []
+        while directory != self.root and not directory.is_dir():
+            missing.append(directory)
+            directory = directory.parent
+        created = []
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+                created.append(path)
+            except FileExistsError:
+                pass  # a concurrent writer made it; it will fsync its own parent
+        return created
+
+    # -- writing -------------------------------------------------------------
+
+    def _write_tmp(self, source: Source) -> tuple[Path, int, str]:
+        """Stream ``source`` into a new fsynced temp file; return (path, size, sha256)."""
+        tmp, fd = self._new_tmp()
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            try:
+                readinto = getattr(source, "readinto", None)
+                if readinto is not None:
+                    # One reusable buffer: no per-chunk allocation or copy.
+                    buf = memoryview(bytearray(WRITE_CHUNK))
+                    while n := readinto(buf):
+                        piece = buf[:n]
+                        digest.update(piece)
+                        _write_all(fd, piece)
+                        size += n
+                    if n is None:
+                        raise BadInput("source is a non-blocking stream with no data ready")
+                else:
+                    for chunk in source:  # type: ignore[union-attr]
+                        digest.update(chunk)
+                        _write_all(fd, memoryview(chunk))
+                        size += len(chunk)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise os_error(exc, f"{self.url}: writing temp file failed") from exc
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return tmp, size, digest.hexdigest()
+
+    def _publish(self, tmp: Path, key: str) -> None:
+        """Give the temp file its final name, create-only, then make that durable."""
+        final = self._path(key)
+        try:
+            created = self._make_parents(final.parent)
+            os.link(tmp, final)
+        except FileExistsError as exc:
+            raise AlreadyExists(f"{self.url}: object {key!r} already exists") from exc
+        except OSError as exc:
+            raise os_error(exc, f"{self.url}: cannot publish {key!r}") from exc
+        try:
+            _unlink_quietly(tmp)
+            _fsync_dir(final.parent)
+            for directory in created:
+                _fsync_dir(directory.parent)
+        except OSError as exc:
+            raise os_error(exc, f"{self.url}: cannot sync {key!r}") from exc
+
+    def put(self, key: str, source: Source) -> PutResult:
+        final = self._path(key)  # BadInput before reading anything
+        if os.path.lexists(final):  # fail fast; os.link below is the real check
+            raise AlreadyExists(f"{self.url}: object {key!r} already exists")
+        tmp, size, sha256 = self._write_tmp(source)
+        try:
+            self._publish(tmp, key)
+        finally:
+            _unlink_quietly(tmp)
+        return PutResult(size=size, sha256=sha256)
+
+    def stage(self, source: Source) -> Staged:
+        tmp, size, sha256 = self._write_tmp(source)
+        return FileStaged(self, tmp, size, sha256)
+
+    # -- reading -------------------------------------------------------------
+
+    def _open_file(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        try:
+            f = builtins.open(path, "rb", buffering=0)
+        except OSError as exc:
+            if exc.errno == errno.EISDIR:
+                raise NotFound(f"{self.url}: no object {key!r}") from exc
+            raise os_error(exc, f"{self.url}: cannot open {key!r}") from exc
+        return f
+
+    def open_object(self, key: str) -> Iterator[bytes]:
+        return _stream_file(self._open_file(key))  # NotFound now, not on first next()
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise BadInput(f"bad range: start={start} length={length}")
+        with self._open_file(key) as f:
+            parts = []
+            try:
+                while length > 0:
+                    chunk = os.pread(f.fileno(), min(length, WRITE_CHUNK), start)
+                    if not chunk:
+                        break
+                    parts.append(chunk)
+                    start += len(chunk)
+                    length -= len(chunk)
+            except OSError as exc:
+                raise os_error(exc, f"{self.url}: cannot read {key!r}") from exc
+        return b"".join(parts)
+
+    def _stat_file(self, key: str) -> os.stat_result | None:
+        path = self._path(key)
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in _NOT_FOUND:
+                return None
+            raise os_error(exc, f"{self.url}: cannot stat {key!r}") from exc
+        return st if stat_module.S_ISREG(st.st_mode) else None
+
+    def stat(self, key: str) -> ObjectInfo:
+        st = self._stat_file(key)
+        if st is None:
+            raise NotFound(f"{self.url}: no object {key!r}")
+        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def exists(self, key: str) -> bool:
+        return self._stat_file(key) is not None
+
+    def delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            path = self._path(key)
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                if exc.errno not in _NOT_FOUND:
+                    raise os_error(exc, f"{self.url}: cannot delete {key!r}") from exc
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        validate_prefix(prefix)  # BadInput now, not on first next()
+        return self._walk(prefix)
+
+    def _walk(self, prefix: str) -> Iterator[ObjectInfo]:
+        start = self.layout.dir_for_prefix(prefix)
+        stack = [start]
+        while stack:
+            rel_dir = stack.pop()
+            try:
+                with os.scandir(self.root / rel_dir) as entries:
+                    for entry in entries:
+                        # Keys and layout directories never start with '.': this skips
+                        # .tmp and anything an operator's tools left behind.
+                        if entry.name.startswith("."):
+                            continue
+                        rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(rel)
+                            continue
+                        if not entry.name.startswith(prefix):
+                            continue
+                        if not entry.is_file(follow_symlinks=False):
+                            continue
+                        try:
+                            key = self.layout.key_for_path(rel)
+                        except BadInput:
+                            continue  # a stray file, not an object of this layout
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue  # deleted while we walked
+                        modified = datetime.fromtimestamp(st.st_mtime, UTC)
+                        yield ObjectInfo(key, st.st_size, modified)
+            except FileNotFoundError:
+                continue  # the directory vanished, or the prefix has none
+            except OSError as exc:
+                raise os_error(exc, f"{self.url}: cannot list {rel_dir or '/'}") from exc
+
+    def usage(self) -> Usage:
+        used = count = 0
+        for info in self._walk(""):
+            used += info.size
+            count += 1
+        try:
+            disk = shutil.disk_usage(self.root)
+        except OSError as exc:
+            raise os_error(exc, f"{self.url}: cannot read disk usage") from exc
+        return Usage(used, count, capacity_bytes=disk.total, free_bytes=disk.free)
+
+    def clean_temp(self, older_than_seconds: float = 24 * 3600) -> int:
+        """Remove temp files older than ``older_than_seconds``; return how many.
+
+        Temp files are left by crashed writers. Pick an age well above the longest
+        write or the longest a ``Staged`` is held, or a live write loses its file.
+        """
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        try:
+            with os.scandir(self.tmp_dir) as entries:
+                for entry in entries:
+                    try:
+                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(entry.path)
+                            removed += 1
+                    except FileNotFoundError:
+                        continue
+        except OSError as exc:
+            raise os_error(exc, f"{self.url}: cannot clean {TMP_DIR}") from exc
+        return removed
+
+    open = OpenMethod(from_url, open_object)
+
+    def close(self) -> None:
+        """Nothing to release: every operation opens and closes its own files."""

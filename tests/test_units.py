@@ -1,0 +1,59 @@
+from datetime import timedelta
+
+import pytest
+
+from safekeeper.errors import BadInput
+from safekeeper.units import format_size, parse_duration, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", 0),
+        ("512", 512),
+        ("1kB", 1000),
+        ("1KiB", 1024),
+        ("10GiB", 10 * 1024**3),
+        ("1.5 MB", 1_500_000),
+        ("2t", 2 * 1000**4),
+        (7, 7),
+    ],
+)
+def test_parse_size(text: str | int, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "ten", "1XB", "-5", "1 G B", -1])
+def test_parse_size_rejects(text: str | int) -> None:
+    with pytest.raises(BadInput):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("90s", timedelta(seconds=90)),
+        ("30m", timedelta(minutes=30)),
+        ("12h", timedelta(hours=12)),
+        ("7d", timedelta(days=7)),
+        ("2w", timedelta(weeks=2)),
+        ("1h30m", timedelta(minutes=90)),
+        ("250ms", timedelta(milliseconds=250)),
+        ("3600", timedelta(hours=1)),
+        (5, timedelta(seconds=5)),
+    ],
+)
+def test_parse_duration(text: str | int, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "soon", "1y", "h", "1h 30", "30mm", -3])
+def test_parse_duration_rejects(text: str | int) -> None:
+    with pytest.raises(BadInput):
+        parse_duration(text)
+
+
+def test_format_size() -> None:
+    assert format_size(0) == "0 B"
+    assert format_size(1536) == "1.5 KiB"
+    assert format_size(5 * 1024**4) == "5.0 TiB"
