@@ -142,6 +142,24 @@ class PolicyConfig(_Strict):
     _durations = field_validator("grace_period", "verify_max_age", mode="before")(_duration)
 
 
+class TasksConfig(_Strict):
+    #: ``embedded``: a thread pool in the CLI / server process; ``celery``: per-site
+    #: queues on a broker, consumed by ``safekeeper worker --site NAME``.
+    executor: Literal["embedded", "celery"] = "embedded"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    threads: int = 4
+    #: A running task whose heartbeat is older than this is re-claimed by another worker.
+    heartbeat_timeout: timedelta = timedelta(minutes=5)
+    retry_base: timedelta = timedelta(seconds=2)
+    retry_max: timedelta = timedelta(minutes=10)
+    #: How often ``safekeeper worker`` runs a replication pass.
+    replicate_interval: timedelta = timedelta(minutes=5)
+
+    _durations = field_validator(
+        "heartbeat_timeout", "retry_base", "retry_max", "replicate_interval", mode="before"
+    )(_duration)
+
+
 class DatabaseConfig(_Strict):
     #: SQLAlchemy URL; default: SQLite ``safekeeper.db`` in the data directory.
     url: str | None = None
@@ -152,6 +170,7 @@ class Config(_Strict):
     source: Path | None = None
     database: DatabaseConfig = DatabaseConfig()
     policy: PolicyConfig = PolicyConfig()
+    tasks: TasksConfig = TasksConfig()
     sites: dict[str, SiteConfig] = {}
     locations: dict[str, LocationConfig]
 

@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _plain(value: Any) -> Any:

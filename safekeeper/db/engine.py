@@ -114,12 +114,10 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A session for reading; whatever it changes is rolled back."""
+        """A session for reading. Closing it returns the connection to the pool, which
+        rolls back; loaded objects stay readable (closing does not expire them)."""
         with Session(self.engine, expire_on_commit=False) as session:
-            try:
-                yield session
-            finally:
-                session.rollback()
+            yield session
 
     def close(self) -> None:
         self.engine.dispose()

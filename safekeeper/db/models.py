@@ -175,3 +175,46 @@ class AuditEntry(Base):
     rule: Mapped[str | None] = mapped_column(String(100), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     evidence: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+
+
+class TaskState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Task(Base):
+    """A unit of work (transfer, verify, delete) the task engine runs at most once at a time.
+
+    The row is the truth; a Celery message or an in-process queue entry only says "look
+    at task N". Claiming is a conditional UPDATE, and a running task whose heartbeat is
+    older than the timeout can be claimed again by exactly one worker.
+    """
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('queued', 'running', 'done', 'failed')", name="task_state"
+        ),
+        Index("ix_tasks_state_due", "state", "not_before"),
+        Index("ix_tasks_source_copy", "source_copy_id"),
+        Index("ix_tasks_copy", "copy_id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(20))
+    #: The site whose workers can run it (the target location's site).
+    site: Mapped[str] = mapped_column(String(200))
+    #: The copy the task works on (a transfer's target, a verify's or a delete's subject).
+    copy_id: Mapped[int] = mapped_column(ForeignKey("copies.id"))
+    #: A transfer's source copy: protected from deletion while the task is live.
+    source_copy_id: Mapped[int | None] = mapped_column(ForeignKey("copies.id"), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

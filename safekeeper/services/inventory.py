@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 
-from safekeeper.db.blobs import blobs_by_prefix, list_blobs
+from safekeeper.db.blobs import blobs_by_prefix, find_blob, list_blobs
 from safekeeper.db.copies import CopyView, copies_of_blob, present_totals
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Site
 from safekeeper.db.refs import ReferenceView, list_references, resolve
@@ -103,7 +103,7 @@ def location_report(archive: Archive) -> list[LocationStatus]:
             select(Location, Site.name)
             .join(Site, Location.site_id == Site.id)
             .order_by(Location.name)
-        ).tuples()
+        )
         report = []
         for location, site in rows:
             count, size = totals.get(location.id, (0, 0))
@@ -135,8 +135,10 @@ def open_blob(archive: Archive, text: str) -> Iterator[bytes]:
                 .join(Copy, Copy.blob_id == Blob.id)
                 .join(Location, Copy.location_id == Location.id)
                 .where(Blob.sha256 == sha256, Copy.state == CopyState.PRESENT)
-            ).tuples()
+            )
         )
+        if not rows and find_blob(session, sha256) is None:
+            raise NotFound(f"no blob {sha256}")
     if not rows:
         raise NotFound(f"blob {sha256} has no present copy")
     ingest = archive.config.ingest_location

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import (
@@ -35,7 +37,11 @@ from typing import (
     runtime_checkable,
 )
 
+from safekeeper.errors import BadInput
+
 CHUNK_SIZE = 1024 * 1024
+#: Bytes per read/write syscall when copying a source to a local file.
+WRITE_CHUNK_SIZE = 4 * CHUNK_SIZE
 
 #: What a put accepts: a binary file object (read until EOF) or an iterable of chunks.
 Source = BinaryIO | Iterable[bytes]
@@ -133,14 +139,77 @@ class Store(Protocol):
 
 def iter_source(source: Source, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
     """Yield the chunks of a file object or an iterable of byte chunks."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        # Iterating bytes yields ints, and bytes(int) is that many zeros: refuse to
+        # guess quietly, treat it as one chunk.
+        if source:
+            yield bytes(source)
+        return
     if hasattr(source, "read"):
         reader: BinaryIO = source  # type: ignore[assignment]
         while chunk := reader.read(chunk_size):
             yield chunk
     else:
-        for chunk in source:  # type: ignore[union-attr]
+        for chunk in source:
             if chunk:
                 yield bytes(chunk)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def _pieces(source: Source) -> Iterator[bytes | memoryview]:
+    """The source's bytes in chunks, reading file objects into two reused buffers.
+
+    Buffers alternate, so a piece stays intact until the next-but-one is read;
+    ``write_hashed`` is written to finish with each piece within that window.
+    """
+    readinto = getattr(source, "readinto", None)
+    if readinto is None:
+        yield from iter_source(source)
+        return
+    buffers = (memoryview(bytearray(WRITE_CHUNK_SIZE)), memoryview(bytearray(WRITE_CHUNK_SIZE)))
+    turn = 0
+    while n := readinto(buffers[turn]):
+        yield buffers[turn][:n]
+        turn ^= 1
+    if n is None:
+        raise BadInput("source is a non-blocking stream with no data ready")
+
+
+def write_hashed(source: Source, fd: int) -> tuple[int, str]:
+    """Write all of ``source`` to ``fd`` and hash it; return (size, sha256 hex).
+
+    SHA-256 costs about as much CPU as the write, and both release the GIL, so from
+    the second piece on a helper thread hashes piece i while this thread writes it
+    and reads piece i+1. That keeps a large put close to ``cp`` speed; small objects
+    (one piece) never start the thread.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    hasher: ThreadPoolExecutor | None = None
+    pending: Future[None] | None = None
+    try:
+        for piece in _pieces(source):
+            if size == 0:
+                digest.update(piece)
+            else:
+                if hasher is None:
+                    hasher = ThreadPoolExecutor(1, thread_name_prefix="safekeeper-sha256")
+                if pending is not None:
+                    pending.result()  # in order, and frees the buffer _pieces reuses next
+                pending = hasher.submit(digest.update, piece)
+            _write_all(fd, memoryview(piece))
+            size += len(piece)
+        if pending is not None:
+            pending.result()
+    finally:
+        if hasher is not None:
+            hasher.shutdown(wait=True)
+    return size, digest.hexdigest()
 
 
 class HashingCounter:

@@ -21,8 +21,8 @@ some network mounts) fails with PermanentStoreError rather than losing create-on
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
-import hashlib
 import os
 import shutil
 import stat as stat_module
@@ -42,29 +42,28 @@ from safekeeper.errors import (
     SafekeeperError,
     TransientStoreError,
 )
-from safekeeper.stores.base import CHUNK_SIZE, OpenMethod, ObjectInfo, PutResult, Source, Staged, Usage
+from safekeeper.stores.base import (
+    CHUNK_SIZE,
+    WRITE_CHUNK_SIZE,
+    ObjectInfo,
+    OpenMethod,
+    PutResult,
+    Source,
+    Staged,
+    Usage,
+    write_hashed,
+)
 from safekeeper.stores.layouts import DEFAULT_INTERVAL_SIZE, Layout, validate_prefix
 
 TMP_DIR = ".tmp"
-#: Bytes per read/write syscall when writing; bigger chunks mean fewer syscalls.
-WRITE_CHUNK = 4 * CHUNK_SIZE
 
 _NOT_FOUND = {errno.ENOENT, errno.ENOTDIR}
+# Retrying cannot help: the disk is full, access is refused, or a feature is missing.
 _PERMANENT = {
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EACCES,
-    errno.EPERM,
-    errno.EROFS,
-    errno.ENAMETOOLONG,
-    errno.EISDIR,
-    errno.EFBIG,
-    errno.EMLINK,
-    errno.EXDEV,
-    errno.ENOTSUP,
-    errno.EOPNOTSUPP,
-    errno.ELOOP,
-}
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
+    errno.ENAMETOOLONG, errno.EISDIR, errno.EMLINK, errno.EXDEV, errno.ENOTSUP,
+    errno.EOPNOTSUPP, errno.ELOOP,
+}  # fmt: skip
 
 
 def os_error(exc: OSError, what: str) -> SafekeeperError:
@@ -87,17 +86,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        written = os.write(fd, data)
-        data = data[written:]
-
-
 def _unlink_quietly(path: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _stream_file(f: BinaryIO) -> Iterator[bytes]:
@@ -152,6 +143,7 @@ class FileStore:
     @classmethod
     def from_url(
         cls,
+        /,
         url: str,
         layout: str = "fanout",
         interval_size: int = DEFAULT_INTERVAL_SIZE,
@@ -203,26 +195,9 @@ class FileStore:
     def _write_tmp(self, source: Source) -> tuple[Path, int, str]:
         """Stream ``source`` into a new fsynced temp file; return (path, size, sha256)."""
         tmp, fd = self._new_tmp()
-        digest = hashlib.sha256()
-        size = 0
         try:
             try:
-                readinto = getattr(source, "readinto", None)
-                if readinto is not None:
-                    # One reusable buffer: no per-chunk allocation or copy.
-                    buf = memoryview(bytearray(WRITE_CHUNK))
-                    while n := readinto(buf):
-                        piece = buf[:n]
-                        digest.update(piece)
-                        _write_all(fd, piece)
-                        size += n
-                    if n is None:
-                        raise BadInput("source is a non-blocking stream with no data ready")
-                else:
-                    for chunk in source:  # type: ignore[union-attr]
-                        digest.update(chunk)
-                        _write_all(fd, memoryview(chunk))
-                        size += len(chunk)
+                size, sha256 = write_hashed(source, fd)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -232,7 +207,7 @@ class FileStore:
         except BaseException:
             _unlink_quietly(tmp)
             raise
-        return tmp, size, digest.hexdigest()
+        return tmp, size, sha256
 
     def _publish(self, tmp: Path, key: str) -> None:
         """Give the temp file its final name, create-only, then make that durable."""
@@ -243,6 +218,8 @@ class FileStore:
         except FileExistsError as exc:
             raise AlreadyExists(f"{self.url}: object {key!r} already exists") from exc
         except OSError as exc:
+            if exc.errno in _NOT_FOUND:  # temp file cleaned away, or a file blocks the path
+                raise PermanentStoreError(f"{self.url}: cannot publish {key!r}: {exc}") from exc
             raise os_error(exc, f"{self.url}: cannot publish {key!r}") from exc
         try:
             _unlink_quietly(tmp)
@@ -272,7 +249,8 @@ class FileStore:
     def _open_file(self, key: str) -> BinaryIO:
         path = self._path(key)
         try:
-            f = builtins.open(path, "rb", buffering=0)
+            # No context manager: the returned generator owns and closes the file.
+            f = builtins.open(path, "rb", buffering=0)  # noqa: SIM115
         except OSError as exc:
             if exc.errno == errno.EISDIR:
                 raise NotFound(f"{self.url}: no object {key!r}") from exc
@@ -289,7 +267,7 @@ class FileStore:
             parts = []
             try:
                 while length > 0:
-                    chunk = os.pread(f.fileno(), min(length, WRITE_CHUNK), start)
+                    chunk = os.pread(f.fileno(), min(length, WRITE_CHUNK_SIZE), start)
                     if not chunk:
                         break
                     parts.append(chunk)

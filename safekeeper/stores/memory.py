@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 from safekeeper.errors import AlreadyExists, BadInput, NotFound
 from safekeeper.stores.base import (
-    OpenMethod,
     CHUNK_SIZE,
     HashingCounter,
     ObjectInfo,
+    OpenMethod,
     PutResult,
     Source,
     Staged,
@@ -87,7 +87,7 @@ class MemoryStore:
         self._bucket = _bucket(name)
 
     @classmethod
-    def from_url(cls, url: str, **options: object) -> MemoryStore:
+    def from_url(cls, /, url: str, **options: object) -> MemoryStore:
         if options:
             raise BadInput(f"memory store takes no options, got: {', '.join(sorted(options))}")
         parts = urlsplit(url)

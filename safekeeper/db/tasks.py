@@ -1,0 +1,161 @@
+"""Task rows: enqueue, claim (conditional UPDATE), heartbeat, finish, retry.
+
+The tasks table is the queue's truth. Executors (in-process threads or Celery) only
+carry task ids; whoever claims the row runs the task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from safekeeper.db.models import Task, TaskState
+
+
+def enqueue(
+    session: Session,
+    *,
+    kind: str,
+    site: str,
+    copy_id: int,
+    source_copy_id: int | None,
+    max_attempts: int,
+    now: datetime,
+) -> Task:
+    task = Task(
+        kind=kind,
+        state=TaskState.QUEUED,
+        site=site,
+        copy_id=copy_id,
+        source_copy_id=source_copy_id,
+        attempts=0,
+        max_attempts=max_attempts,
+        not_before=now,
+        created_at=now,
+    )
+    session.add(task)
+    session.flush()
+    return task
+
+
+def _claimable(now: datetime, stale_before: datetime) -> object:
+    return or_(
+        and_(Task.state == TaskState.QUEUED, Task.not_before <= now),
+        and_(Task.state == TaskState.RUNNING, Task.heartbeat_at < stale_before),
+    )
+
+
+def claim(
+    session: Session, task_id: int, worker: str, now: datetime, heartbeat_timeout: timedelta
+) -> bool:
+    """Take the task if it is due, or running with a heartbeat older than the timeout.
+
+    One conditional UPDATE: of any number of workers racing for the same row, exactly
+    one gets a row count of 1.
+    """
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, _claimable(now, now - heartbeat_timeout))  # type: ignore[arg-type]
+        .values(
+            state=TaskState.RUNNING,
+            claimed_by=worker,
+            heartbeat_at=now,
+            attempts=Task.attempts + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def heartbeat(session: Session, task_id: int, worker: str, now: datetime) -> bool:
+    """Refresh the claim; False if another worker has taken the task over."""
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.claimed_by == worker, Task.state == TaskState.RUNNING)
+        .values(heartbeat_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def finish(
+    session: Session,
+    task_id: int,
+    worker: str,
+    state: TaskState,
+    now: datetime,
+    *,
+    error: str | None = None,
+    retry_at: datetime | None = None,
+) -> bool:
+    """End this worker's claim: done, failed, or back to queued until ``retry_at``.
+
+    False when the claim was lost (another worker re-claimed a stale task); the caller
+    must then not record anything about the task's outcome.
+    """
+    values: dict[str, object] = {"state": state, "last_error": error, "heartbeat_at": None}
+    if state == TaskState.QUEUED:
+        values["not_before"] = retry_at or now
+        values["claimed_by"] = None
+    else:
+        values["finished_at"] = now
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.claimed_by == worker, Task.state == TaskState.RUNNING)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def due_task_ids(
+    session: Session,
+    now: datetime,
+    heartbeat_timeout: timedelta,
+    sites: Sequence[str] | None = None,
+    limit: int = 1000,
+) -> list[int]:
+    query = select(Task.id).where(_claimable(now, now - heartbeat_timeout))  # type: ignore[arg-type]
+    if sites is not None:
+        query = query.where(Task.site.in_(sites))
+    return list(session.scalars(query.order_by(Task.id).limit(limit)))
+
+
+def next_due_time(session: Session, sites: Sequence[str] | None = None) -> datetime | None:
+    """When the earliest queued task becomes due (None: nothing queued)."""
+    query = select(Task.not_before).where(Task.state == TaskState.QUEUED)
+    if sites is not None:
+        query = query.where(Task.site.in_(sites))
+    return session.scalar(query.order_by(Task.not_before).limit(1))
+
+
+def live_count(session: Session, sites: Sequence[str] | None = None) -> int:
+    query = select(func.count()).where(Task.state.in_([TaskState.QUEUED, TaskState.RUNNING]))
+    if sites is not None:
+        query = query.where(Task.site.in_(sites))
+    return int(session.scalar(query) or 0)
+
+
+def failed_tasks(session: Session) -> Sequence[Task]:
+    return session.scalars(
+        select(Task).where(Task.state == TaskState.FAILED).order_by(Task.id)
+    ).all()
+
+
+def requeue_failed(session: Session, task_ids: Sequence[int] | None, now: datetime) -> list[int]:
+    """Put failed tasks back in the queue with a fresh attempt budget."""
+    query = select(Task).where(Task.state == TaskState.FAILED)
+    if task_ids is not None:
+        query = query.where(Task.id.in_(task_ids))
+    tasks = session.scalars(query).all()
+    for task in tasks:
+        task.state = TaskState.QUEUED
+        task.attempts = 0
+        task.not_before = now
+        task.finished_at = None
+        task.claimed_by = None
+    session.flush()
+    return [task.id for task in tasks]

@@ -1,0 +1,25 @@
+"""Hand newly created tasks to the configured executor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from safekeeper.db.models import Task
+
+if TYPE_CHECKING:
+    from safekeeper.archive import Archive
+
+
+def dispatch(archive: Archive, task_ids: Sequence[int]) -> None:
+    """Embedded: nothing to do, the in-process runner polls the table. Celery: send
+    each task id to its site's queue."""
+    if archive.config.tasks.executor != "celery" or not task_ids:
+        return
+    from safekeeper.engine.celery_app import send_tasks
+
+    with archive.db.read() as session:
+        sites = dict(session.execute(select(Task.id, Task.site).where(Task.id.in_(task_ids))))
+    send_tasks(archive, [(task_id, sites[task_id]) for task_id in task_ids])

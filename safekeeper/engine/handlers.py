@@ -1,0 +1,10 @@
+"""Every task kind and the handler that runs it."""
+
+from __future__ import annotations
+
+from safekeeper.engine.types import Handler
+from safekeeper.services.transfer import Transfer
+
+HANDLERS: dict[str, Handler] = {
+    "transfer": Transfer(),
+}

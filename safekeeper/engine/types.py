@@ -1,0 +1,40 @@
+"""What a task handler is: the contract between the runner and the services."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from safekeeper.archive import Archive
+
+Completion = Callable[[Session, datetime], None]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A snapshot of the claimed task row handed to handlers."""
+
+    id: int
+    kind: str
+    site: str
+    copy_id: int
+    source_copy_id: int | None
+    attempts: int
+    max_attempts: int
+
+
+class Handler(Protocol):
+    def execute(self, archive: Archive, task: TaskInfo) -> Completion:
+        """Do the work; raise TransientStoreError to retry, anything else to fail."""
+        ...
+
+    def failed(
+        self, session: Session, task: TaskInfo, error: str, final: bool, now: datetime
+    ) -> None:
+        """Record a failed attempt on the subject (``final``: no retries left)."""
+        ...

@@ -1,0 +1,437 @@
+"""A store in an S3-compatible bucket via obstore: ``s3://bucket/prefix``.
+
+Keys live directly under the prefix (``s3://b/p`` keeps key ``k`` at ``p/k``).
+Options default from the environment: ``AWS_ENDPOINT_URL``, ``AWS_REGION`` or
+``AWS_DEFAULT_REGION`` (else us-east-1), ``AWS_ACCESS_KEY_ID`` and
+``AWS_SECRET_ACCESS_KEY``; anything else obstore reads itself (session tokens,
+profiles). Requests are path-style so loopback servers (moto, SeaweedFS) work.
+
+Create-only writes. obstore's ``put(mode="create")`` sends ``If-None-Match: *`` and
+the server refuses to replace an existing object (412 becomes AlreadyExists). AWS S3,
+moto and SeaweedFS all honour it (checked against moto 5.2 and SeaweedFS 4.48).
+But obstore sends a conditional put as one request with the whole body in memory,
+so only objects up to ``single_put_max`` (64 MiB) go that way. Larger objects
+stream as a multipart upload after a HEAD check; obstore cannot make the multipart
+completion conditional, so there create-only is best effort: a writer that creates
+the key between our HEAD and our completion is overwritten (each reader still sees
+one writer's complete object, as completion is atomic). Safekeeper writes large
+objects under their SHA-256, where racing writers carry identical bytes.
+
+Reads of large objects go in ``read_window`` ranges pinned to the first ETag, so no
+single request outlives the client timeout and a replaced object is noticed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import stat
+import tempfile
+from collections import deque
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import obstore
+import obstore.exceptions as obe
+import obstore.store
+
+from safekeeper.errors import (
+    AlreadyExists,
+    BadInput,
+    NotFound,
+    PermanentStoreError,
+    SafekeeperError,
+    TransientStoreError,
+)
+from safekeeper.stores.base import (
+    CHUNK_SIZE,
+    HashingCounter,
+    ObjectInfo,
+    OpenMethod,
+    PutResult,
+    Source,
+    Staged,
+    Usage,
+    iter_source,
+    write_hashed,
+)
+from safekeeper.stores.layouts import validate_key, validate_prefix
+
+if TYPE_CHECKING:  # obstore's TypedDicts exist only in its stubs
+    from obstore import GetOptions, ObjectMeta
+    from obstore.store import ClientConfig, S3Config
+
+MIB = 1024 * 1024
+DEFAULT_SINGLE_PUT_MAX = 64 * MIB
+DEFAULT_PART_SIZE = 16 * MIB  # x 10,000 parts: streams of unknown size up to 156 GiB
+MIN_PART_SIZE = 5 * MIB  # S3's floor for every part but the last
+MAX_PARTS = 10_000
+UPLOAD_CONCURRENCY = 4  # parts in flight, each held in memory
+DEFAULT_READ_WINDOW = 256 * MIB
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_STATUS_RE = re.compile(r"status code: (\d{3})")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().split("\n", 1)[0]
+
+
+def map_error(exc: Exception, what: str) -> SafekeeperError:
+    """Translate an obstore exception into the safekeeper error it means."""
+    message = f"{what}: {_first_line(exc)}"
+    if isinstance(exc, FileNotFoundError):  # obstore raises the builtin for NotFound
+        if "NoSuchBucket" in str(exc):
+            return PermanentStoreError(message)
+        return NotFound(message)
+    if isinstance(exc, obe.AlreadyExistsError):
+        return AlreadyExists(message)
+    if isinstance(exc, obe.PreconditionError):
+        return TransientStoreError(f"{message} (the object changed underneath us)")
+    if isinstance(
+        exc,
+        obe.PermissionDeniedError
+        | obe.UnauthenticatedError
+        | obe.NotSupportedError
+        | obe.InvalidPathError
+        | obe.UnknownConfigurationKeyError,
+    ):
+        return PermanentStoreError(message)
+    if isinstance(exc, obe.GenericError):
+        # obstore has already retried 5xx, throttling and timeouts; a 4xx left here is
+        # a request the server will keep refusing (NoSuchBucket, InvalidRequest, ...).
+        match = _STATUS_RE.search(str(exc))
+        if match and match.group(1).startswith("4") and match.group(1) not in ("408", "429"):
+            return PermanentStoreError(message)
+        return TransientStoreError(message)
+    if isinstance(exc, ValueError | TypeError):
+        return BadInput(message)
+    return TransientStoreError(message)
+
+
+def _write_error(exc: Exception, what: str) -> SafekeeperError:
+    error = map_error(exc, what)
+    # A 404 on a write means the bucket (not the object) is missing.
+    return PermanentStoreError(str(error)) if isinstance(error, NotFound) else error
+
+
+def part_size_for(size: int | None, minimum: int = DEFAULT_PART_SIZE) -> int:
+    """A part size that fits ``size`` bytes in S3's 10,000 parts (whole MiB)."""
+    if size is None:
+        return minimum
+    needed = -(-size // MAX_PARTS)  # ceiling division
+    return max(minimum, -(-needed // MIB) * MIB)
+
+
+class S3Staged:
+    """A hashed local spool file waiting for ``commit``."""
+
+    def __init__(self, store: S3Store, spool: Path, size: int, sha256: str) -> None:
+        self._store = store
+        self._spool: Path | None = spool
+        self.size = size
+        self.sha256 = sha256
+
+    def commit(self, key: str) -> None:
+        if self._spool is None:
+            raise BadInput("staged object was already committed or discarded")
+        self._store._put_file(key, self._spool, self.size)  # on failure, kept for discard
+        self.discard()
+
+    def discard(self) -> None:
+        if self._spool is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._spool)
+            self._spool = None
+
+    def __enter__(self) -> S3Staged:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+class S3Store:
+    """Objects under one prefix of one bucket."""
+
+    def __init__(
+        self,
+        client: obstore.store.S3Store,
+        url: str,
+        *,
+        spool_dir: str | None = None,
+        single_put_max: int = DEFAULT_SINGLE_PUT_MAX,
+        part_size: int = DEFAULT_PART_SIZE,
+        read_window: int = DEFAULT_READ_WINDOW,
+    ) -> None:
+        if part_size < MIN_PART_SIZE:
+            raise BadInput(f"part_size must be at least {MIN_PART_SIZE} bytes")
+        if single_put_max < 0 or read_window < 1:
+            raise BadInput("single_put_max and read_window must be positive")
+        self.client = client
+        self.url = url
+        self.spool_dir = spool_dir
+        self.single_put_max = single_put_max
+        self.part_size = part_size
+        self.read_window = read_window
+
+    @classmethod
+    def from_url(
+        cls,
+        /,
+        url: str,
+        endpoint: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        allow_http: bool | None = None,
+        *,
+        spool_dir: str | None = None,
+        single_put_max: int = DEFAULT_SINGLE_PUT_MAX,
+        part_size: int = DEFAULT_PART_SIZE,
+        read_window: int = DEFAULT_READ_WINDOW,
+        **unknown: object,
+    ) -> S3Store:
+        if unknown:
+            raise BadInput(f"unknown s3 store option(s): {', '.join(sorted(unknown))}")
+        parts = urlsplit(url)
+        # Never echo the URL itself: it might carry a secret.
+        if parts.scheme.lower() != "s3":
+            raise BadInput("not an s3:// URL")
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            raise BadInput(
+                "s3 URL must be s3://bucket/prefix; give credentials as options or "
+                "in the AWS_* environment, never in the URL"
+            )
+        bucket, prefix = parts.netloc, parts.path.strip("/")
+        if not _BUCKET_RE.fullmatch(bucket):
+            raise BadInput(f"bad S3 bucket name {bucket!r}")
+        if prefix and any(seg in ("", ".", "..") for seg in prefix.split("/")):
+            raise BadInput(f"bad S3 prefix {prefix!r}")
+        env = os.environ
+        endpoint = endpoint or env.get("AWS_ENDPOINT_URL") or None
+        region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+        if allow_http is None:
+            allow_http = bool(endpoint and endpoint.startswith("http://"))
+        config: S3Config = {"region": region, "virtual_hosted_style_request": False}
+        if endpoint:
+            config["endpoint"] = endpoint
+        access_key_id = access_key_id or env.get("AWS_ACCESS_KEY_ID")
+        secret_access_key = secret_access_key or env.get("AWS_SECRET_ACCESS_KEY")
+        if access_key_id and secret_access_key:
+            config["access_key_id"] = access_key_id
+            config["secret_access_key"] = secret_access_key
+        client_options: ClientConfig = {
+            "allow_http": allow_http,
+            # Whole-request limit; reads are windowed and parts bounded, so this
+            # only trips on a stalled connection.
+            "timeout": timedelta(minutes=10),
+            "connect_timeout": timedelta(seconds=10),
+        }
+        try:
+            client = obstore.store.S3Store(
+                bucket, prefix=prefix or None, config=config, client_options=client_options
+            )
+        except Exception as exc:  # obstore raises several kinds for bad config
+            raise map_error(exc, "cannot configure S3 store") from exc
+        clean_url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        return cls(
+            client,
+            clean_url,
+            spool_dir=spool_dir,
+            single_put_max=single_put_max,
+            part_size=part_size,
+            read_window=read_window,
+        )
+
+    # -- writing -------------------------------------------------------------
+
+    def _put_small(self, key: str, chunks: list[bytes]) -> None:
+        try:
+            obstore.put(self.client, key, chunks or b"", mode="create")
+        except obe.AlreadyExistsError as exc:
+            # obstore retries a put whose response was lost; if the first attempt
+            # landed, the retry sees it here as AlreadyExists.
+            raise AlreadyExists(f"{self.url}: object {key!r} already exists") from exc
+        except Exception as exc:
+            raise _write_error(exc, f"{self.url}: cannot put {key!r}") from exc
+
+    def _put_multipart(self, key: str, payload: Iterable[bytes] | Path, part_size: int) -> None:
+        # Best-effort create-only, see the module docstring for the race.
+        if self.exists(key):
+            raise AlreadyExists(f"{self.url}: object {key!r} already exists")
+        try:
+            obstore.put(
+                self.client,
+                key,
+                payload,
+                use_multipart=True,
+                chunk_size=part_size,
+                max_concurrency=UPLOAD_CONCURRENCY,
+            )
+        except SafekeeperError:
+            raise  # from the source, passed back through obstore
+        except Exception as exc:  # obstore aborts the multipart upload itself
+            raise _write_error(exc, f"{self.url}: cannot put {key!r}") from exc
+
+    def put(self, key: str, source: Source) -> PutResult:
+        validate_key(key)
+        size_hint = _size_hint(source)
+        counter = HashingCounter()
+        chunks = iter_source(source)
+        head: deque[bytes] = deque()
+        for chunk in chunks:
+            counter.update(chunk)
+            head.append(chunk)
+            if counter.size > self.single_put_max:
+                break
+        else:
+            self._put_small(key, list(head))
+            return PutResult(size=counter.size, sha256=counter.sha256)
+
+        def stream() -> Iterator[bytes]:
+            while head:
+                yield head.popleft()  # release the buffered head as it is sent
+            for chunk in chunks:
+                counter.update(chunk)
+                yield chunk
+
+        self._put_multipart(key, stream(), part_size_for(size_hint, self.part_size))
+        return PutResult(size=counter.size, sha256=counter.sha256)
+
+    def _put_file(self, key: str, path: Path, size: int) -> None:
+        validate_key(key)
+        if size <= self.single_put_max:
+            self._put_small(key, [path.read_bytes()])
+        else:
+            self._put_multipart(key, path, part_size_for(size, self.part_size))
+
+    def stage(self, source: Source) -> Staged:
+        try:
+            fd, name = tempfile.mkstemp(prefix="safekeeper-", suffix=".spool", dir=self.spool_dir)
+        except OSError as exc:
+            raise PermanentStoreError(f"cannot create spool file: {exc}") from exc
+        try:
+            try:
+                size, sha256 = write_hashed(source, fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            os.unlink(name)
+            raise
+        return S3Staged(self, Path(name), size, sha256)
+
+    # -- reading -------------------------------------------------------------
+
+    def _head(self, key: str) -> ObjectMeta:
+        validate_key(key)
+        try:
+            meta = obstore.head(self.client, key)
+        except Exception as exc:
+            raise map_error(exc, f"{self.url}: cannot stat {key!r}") from exc
+        return meta
+
+    def open_object(self, key: str) -> Iterator[bytes]:
+        meta = self._head(key)  # NotFound now, not on the first next()
+        return self._stream(key, int(meta["size"]), meta.get("e_tag"))
+
+    def _stream(self, key: str, size: int, etag: str | None) -> Iterator[bytes]:
+        for start in range(0, size, self.read_window):
+            options: GetOptions = {"range": (start, min(size, start + self.read_window))}
+            if etag:
+                options["if_match"] = etag
+            try:
+                result = obstore.get(self.client, key, options=options)
+                yield from result.stream(min_chunk_size=CHUNK_SIZE)
+            except Exception as exc:
+                raise map_error(exc, f"{self.url}: cannot read {key!r}") from exc
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        validate_key(key)
+        if start < 0 or length < 0:
+            raise BadInput(f"bad range: start={start} length={length}")
+        if length == 0:
+            self._head(key)  # still NotFound for a missing key
+            return b""
+        try:
+            return bytes(obstore.get_range(self.client, key, start=start, length=length))
+        except obe.GenericError as exc:
+            # 416: the range starts at or past the end of an object that exists.
+            if _STATUS_RE.search(str(exc)) and "416" in str(exc):
+                return b""
+            raise map_error(exc, f"{self.url}: cannot read {key!r}") from exc
+        except Exception as exc:
+            raise map_error(exc, f"{self.url}: cannot read {key!r}") from exc
+
+    def stat(self, key: str) -> ObjectInfo:
+        meta = self._head(key)
+        return ObjectInfo(key=key, size=int(meta["size"]), modified=meta.get("last_modified"))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._head(key)
+        except NotFound:
+            return False
+        return True
+
+    def delete(self, keys: Iterable[str]) -> None:
+        it = iter(keys)
+        while batch := [validate_key(key) for key in itertools.islice(it, DELETE_BATCH)]:
+            try:
+                obstore.delete(self.client, batch)  # S3 reports no error for missing keys
+            except FileNotFoundError:
+                continue
+            except Exception as exc:
+                raise map_error(exc, f"{self.url}: cannot delete") from exc
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        validate_prefix(prefix)  # BadInput now, not on the first next()
+        return self._list(prefix)
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        # obstore matches prefixes by whole path segment, and keys are partial
+        # segments, so start the listing just before the prefix instead (S3's
+        # start-after) and stop once the sorted listing has passed it.
+        offset = prefix[:-1] or None
+        try:
+            for batch in obstore.list(self.client, offset=offset, chunk_size=1000):
+                for meta in batch:
+                    key = meta["path"]
+                    if not key.startswith(prefix):
+                        if prefix and key > prefix:
+                            return
+                        continue
+                    if "/" in key:
+                        continue  # deeper than our keys: not ours
+                    yield ObjectInfo(key=key, size=meta["size"], modified=meta["last_modified"])
+        except Exception as exc:
+            raise map_error(exc, f"{self.url}: cannot list") from exc
+
+    def usage(self) -> Usage:
+        used = count = 0
+        for info in self._list(""):
+            used += info.size
+            count += 1
+        return Usage(used_bytes=used, object_count=count)
+
+    open = OpenMethod(from_url, open_object)
+
+    def close(self) -> None:
+        """Nothing to release: obstore pools connections per client object."""
+
+
+def _size_hint(source: Source) -> int | None:
+    """Bytes left in a regular-file source, to size multipart parts; else None."""
+    try:
+        fileno = source.fileno()  # type: ignore[union-attr]
+        st = os.fstat(fileno)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return int(st.st_size - source.tell())  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):
+        return None

@@ -1,0 +1,142 @@
+"""Ingest: dedup, references, directories, adoption of orphans, nothing half-written."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from safekeeper.archive import Archive
+from safekeeper.db.models import Blob, Copy, CopyState
+from safekeeper.errors import BadInput, NotFound
+from safekeeper.ids import RefSpec
+from safekeeper.services import ingest, inventory
+
+
+def _count(archive: Archive, model: type[Blob] | type[Copy]) -> int:
+    with archive.db.read() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def _objects(archive: Archive, location: str = "inbox") -> list[str]:
+    return sorted(info.key for info in archive.store(location).list())
+
+
+def test_put_records_blob_and_present_copy(archive: Archive) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    outcome = archive.put_bytes(data, ref="proj:raw/a.bin")
+    assert outcome.sha256 == hashlib.sha256(data).hexdigest()
+    assert outcome.size == len(data)
+    assert outcome.stored
+    status = inventory.stat_blob(archive, "proj:raw/a.bin")
+    assert [(c.location, c.state) for c in status.copies] == [("inbox", CopyState.PRESENT)]
+    assert status.copies[0].verified_at is not None
+    assert status.unreferenced_since is None
+    assert archive.read_blob(outcome.sha256) == data
+
+
+def test_same_content_twice_is_one_object_and_one_row(archive: Archive) -> None:
+    first = archive.put_bytes(b"same bytes")
+    second = archive.put_bytes(b"same bytes", ref="ns:k")
+    assert first.sha256 == second.sha256
+    assert (first.stored, second.stored) == (True, False)
+    assert _count(archive, Blob) == 1
+    assert _count(archive, Copy) == 1
+    assert _objects(archive) == [first.sha256]
+
+
+def test_empty_input_is_a_blob(archive: Archive) -> None:
+    outcome = archive.put_bytes(b"")
+    assert outcome.sha256 == hashlib.sha256(b"").hexdigest()
+    assert archive.read_blob(outcome.sha256) == b""
+
+
+def test_directory_put_with_reference_per_file(archive: Archive, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    contents = {"a.txt": b"alpha", "sub/b.txt": b"beta", "sub/deeper/c.txt": b"alpha"}
+    for relative, data in contents.items():
+        (tree / relative).write_bytes(data)
+    (tree / "link").symlink_to(tree / "a.txt")  # links are not content: skipped
+    files = ingest.scan([tree])
+    assert [f.relative for f in files] == ["a.txt", "sub/b.txt", "sub/deeper/c.txt"]
+    outcomes = list(
+        ingest.put_files(archive, files, RefSpec("site", "docs", "v1"), key_per_file=True)
+    )
+    assert [o.stored for o in outcomes] == [True, True, False]  # c.txt duplicates a.txt
+    refs = {str(r.spec): r.blob for r in inventory.list_refs(archive, "site")}
+    assert refs == {
+        f"site:docs/{relative}:v1": hashlib.sha256(data).hexdigest()
+        for relative, data in contents.items()
+    }
+    assert _count(archive, Blob) == 2
+
+
+def test_many_files_cross_batches(archive: Archive, tmp_path: Path) -> None:
+    tree = tmp_path / "many"
+    tree.mkdir()
+    count = ingest.BATCH_SIZE * 2 + 5
+    for i in range(count):
+        (tree / f"f{i:04d}").write_bytes(f"file {i}".encode())
+    outcomes = list(ingest.put_files(archive, ingest.scan([tree])))
+    assert len(outcomes) == count and all(o.stored for o in outcomes)
+    assert _count(archive, Copy) == count
+    assert len(_objects(archive)) == count
+    # no temp files left behind by the staging threads
+    root = Path(archive.config.store_url("inbox").removeprefix("file://"))
+    assert list((root / ".tmp").iterdir()) == []
+
+
+def test_missing_and_unreadable_paths_record_nothing(archive: Archive, tmp_path: Path) -> None:
+    good = tmp_path / "good.txt"
+    good.write_bytes(b"fine")
+    with pytest.raises(BadInput, match="no such file"):
+        ingest.scan([good, tmp_path / "absent"])
+    if os.geteuid() != 0:  # root reads anything; the CLI test covers the message
+        locked = tmp_path / "locked.txt"
+        locked.write_bytes(b"secret")
+        locked.chmod(0)
+        with pytest.raises(BadInput, match="permission denied"):
+            ingest.scan([good, locked])
+    assert _count(archive, Blob) == 0
+
+
+def test_read_failure_mid_batch_rolls_back_the_batch(archive: Archive, tmp_path: Path) -> None:
+    tree = tmp_path / "t"
+    tree.mkdir()
+    for i in range(5):
+        (tree / f"f{i}").write_bytes(f"{i}".encode())
+    files = ingest.scan([tree])
+    (tree / "f3").unlink()  # vanishes between the scan and the read
+    with pytest.raises(BadInput, match="cannot read"):
+        list(ingest.put_files(archive, files))
+    assert _count(archive, Blob) == 0
+    assert _objects(archive) == []
+
+
+def test_orphan_object_is_adopted_by_the_next_put(archive: Archive) -> None:
+    data = b"written, then the process died before commit"
+    sha256 = hashlib.sha256(data).hexdigest()
+    archive.store("inbox").put(sha256, [data])  # the crash window: object, no row
+    outcome = archive.put_bytes(data)
+    assert outcome.sha256 == sha256 and not outcome.stored
+    assert [c.state for c in inventory.stat_blob(archive, sha256).copies] == ["present"]
+
+
+def test_put_to_another_location(archive: Archive) -> None:
+    result = ingest.put_stream(archive, [b"straight to the archive"], location="archive")
+    assert [c.location for c in inventory.stat_blob(archive, result.sha256).copies] == ["archive"]
+    with pytest.raises(NotFound, match="no location named 'attic'"):
+        ingest.put_stream(archive, [b"x"], location="attic")
+
+
+def test_blob_prefix_resolution(archive: Archive) -> None:
+    outcome = archive.put_bytes(b"prefix me")
+    assert inventory.resolve_blob(archive, outcome.sha256[:8]) == outcome.sha256
+    with pytest.raises(NotFound):
+        inventory.resolve_blob(archive, "000000")
+    with pytest.raises(BadInput):
+        inventory.resolve_blob(archive, "abc")

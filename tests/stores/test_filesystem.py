@@ -1,0 +1,205 @@
+"""FileStore specifics the conformance suite cannot see: paths on disk, temp files, URLs."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from safekeeper.errors import (
+    AlreadyExists,
+    BadInput,
+    NotFound,
+    PermanentStoreError,
+    TransientStoreError,
+)
+from safekeeper.stores import open_store
+from safekeeper.stores.filesystem import TMP_DIR, FileStore, os_error
+from safekeeper.stores.memory import MemoryStore
+
+SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+def _store(root: Path, **options: object) -> FileStore:
+    store = FileStore.open(root.as_uri(), **options)  # type: ignore[arg-type]
+    assert isinstance(store, FileStore)
+    return store
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "relpath"),
+    [
+        ({}, SHA, f"9f/86/{SHA}"),
+        ({"layout": "flat"}, "obj-1", "obj-1"),
+        ({"layout": "interval"}, "1234567", "1/234/1234567"),
+        ({"layout": "interval", "interval_size": 10}, "12345", "123/4/12345"),
+        ({"layout": "interval"}, str(10**40), f"{10**34}/0/{10**40}"),
+    ],
+)
+def test_objects_land_where_the_layout_says(
+    tmp_path: Path, options: dict[str, object], key: str, relpath: str
+) -> None:
+    store = _store(tmp_path, **options)
+    store.put(key, [b"payload"])
+    path = tmp_path / relpath
+    assert path.read_bytes() == b"payload"
+    assert stat.S_IMODE(path.stat().st_mode) & 0o222 == 0  # published read-only
+    assert [info.key for info in store.list()] == [key]
+
+
+def test_root_is_created_with_its_temp_dir(tmp_path: Path) -> None:
+    root = tmp_path / "a" / "b"
+    store = _store(root)
+    assert (root / TMP_DIR).is_dir()
+    assert store.url == root.as_uri()
+
+
+@pytest.mark.parametrize("form", ["file:{path}", "file://{path}", "file://localhost{path}"])
+def test_url_forms(tmp_path: Path, form: str) -> None:
+    store = open_store(form.format(path=tmp_path / "s"))
+    assert isinstance(store, FileStore)
+    assert store.root == tmp_path / "s"
+
+
+def test_percent_encoded_url(tmp_path: Path) -> None:
+    store = open_store((tmp_path / "with space").as_uri())
+    assert isinstance(store, FileStore)
+    assert store.root == tmp_path / "with space"
+
+
+@pytest.mark.parametrize(
+    ("url", "options"),
+    [
+        ("file:relative/dir", {}),
+        ("file://otherhost/abs", {}),
+        ("file:///abs", {"layout": "nested"}),
+        ("file:///abs", {"layout": "interval", "interval_size": 1}),
+        ("file:///abs", {"colour": "blue"}),
+    ],
+)
+def test_bad_urls_and_options(url: str, options: dict[str, object]) -> None:
+    with pytest.raises(BadInput):
+        open_store(url, options)
+
+
+def test_open_is_a_factory_on_the_class_and_a_reader_on_instances(tmp_path: Path) -> None:
+    store = FileStore.open(tmp_path.as_uri(), layout="flat")
+    store.put("k1", [b"abc"])
+    assert b"".join(store.open("k1")) == b"abc"
+    memory = MemoryStore.open("memory://open-method")
+    memory.put("k1", [b"xyz"])
+    assert b"".join(memory.open("k1")) == b"xyz"
+
+
+def test_leftover_temp_files_are_invisible_and_cleaned(tmp_path: Path) -> None:
+    store = _store(tmp_path, layout="flat")
+    store.put("real", [b"1234"])
+    old = tmp_path / TMP_DIR / "crashed.tmp"
+    old.write_bytes(b"partial write from a crash")
+    fresh = tmp_path / TMP_DIR / "in-flight.tmp"
+    fresh.write_bytes(b"someone is writing this")
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+
+    assert [info.key for info in store.list()] == ["real"]
+    assert (store.usage().used_bytes, store.usage().object_count) == (4, 1)
+    assert store.clean_temp(older_than_seconds=600) == 1
+    assert not old.exists() and fresh.exists()
+    assert store.clean_temp(older_than_seconds=0) == 1
+    assert os.listdir(tmp_path / TMP_DIR) == []
+
+
+def test_stray_files_are_not_objects(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.put(SHA, [b"x"])
+    (tmp_path / "README").write_text("notes")
+    (tmp_path / "9f" / "86" / "0000aaaa").write_text("misplaced")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "abcdef").write_text("hidden")
+    (tmp_path / "9f" / "86" / "link").symlink_to(tmp_path / "README")
+    assert [info.key for info in store.list()] == [SHA]
+    assert store.usage().object_count == 1
+
+
+def test_no_temp_files_left_behind(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+
+    def failing() -> Iterator[bytes]:
+        yield b"some"
+        raise RuntimeError("source broke")
+
+    with pytest.raises(RuntimeError):
+        store.put(SHA, failing())
+    store.put(SHA, [b"ok"])
+    with pytest.raises(AlreadyExists):
+        store.put(SHA, [b"again"])
+    staged = store.stage([b"staged"])
+    assert len(os.listdir(tmp_path / TMP_DIR)) == 1
+    staged.discard()
+    with store.stage([b"staged"]) as staged, pytest.raises(AlreadyExists):
+        staged.commit(SHA)
+    assert os.listdir(tmp_path / TMP_DIR) == []
+
+
+def test_existing_key_fails_before_reading_the_source(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.put(SHA, [b"ok"])
+    consumed = []
+
+    def source() -> Iterator[bytes]:
+        consumed.append(True)
+        yield b"never needed"
+
+    with pytest.raises(AlreadyExists):
+        store.put(SHA, source())
+    assert consumed == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_abandoned_stream_closes_its_file(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.put(SHA, [b"x" * (3 * 1024 * 1024)])
+    before = len(os.listdir("/proc/self/fd"))
+    stream = store.open(SHA)
+    next(stream)
+    assert len(os.listdir("/proc/self/fd")) == before + 1
+    stream.close()  # type: ignore[attr-defined]
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_missing_object_directory_is_not_found(tmp_path: Path) -> None:
+    store = _store(tmp_path, layout="interval")
+    with pytest.raises(NotFound):
+        store.stat("123456789")
+    store.delete(["123456789"])
+    assert list(store.list("9")) == []
+
+
+def test_usage_reports_disk_capacity(tmp_path: Path) -> None:
+    usage = _store(tmp_path).usage()
+    assert usage.capacity_bytes and usage.capacity_bytes > 0
+    assert usage.free_bytes is not None and 0 <= usage.free_bytes <= usage.capacity_bytes
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (errno.ENOENT, NotFound),
+        (errno.EEXIST, AlreadyExists),
+        (errno.ENOSPC, PermanentStoreError),
+        (errno.EACCES, PermanentStoreError),
+        (errno.EROFS, PermanentStoreError),
+        (errno.EIO, TransientStoreError),
+        (errno.EAGAIN, TransientStoreError),
+        (errno.EINTR, TransientStoreError),
+    ],
+)
+def test_os_errors_map_to_store_errors(code: int, error: type[Exception]) -> None:
+    mapped = os_error(OSError(code, os.strerror(code)), "doing things")
+    assert type(mapped) is error
+    assert "doing things" in str(mapped)
