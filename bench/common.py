@@ -12,6 +12,7 @@ first) and report medians; the raw samples are kept for the JSON output.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -335,6 +336,17 @@ def _filesystem(path: Path) -> tuple[str | None, str | None]:
     return device, fstype
 
 
+def source_fingerprint(package: Path = REPO_ROOT / "safekeeper") -> str:
+    """A short hash of the package's Python sources, to tell whether they changed mid-run
+    (benchmarks run while the code is being edited say so instead of mixing versions)."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        with contextlib.suppress(OSError):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def machine_info(path: Path) -> dict[str, Any]:
     """Where and when the numbers were taken; ``path`` is the work directory."""
     device, fstype = _filesystem(path)
@@ -364,6 +376,7 @@ def machine_info(path: Path) -> dict[str, Any]:
         "safekeeper_version": safekeeper_version,
         "git_commit": git_commit,
         "git_dirty": bool(dirty),
+        "source_fingerprint": source_fingerprint(),
     }
 
 

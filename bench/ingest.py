@@ -57,6 +57,7 @@ from common import (
     remove,
     run,
     run_timed,
+    source_fingerprint,
     warm_cache,
     workdir,
     write_json,
@@ -510,6 +511,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"error: {exc}")
             status = 2
         finally:
+            fingerprint = source_fingerprint()
+            source_changed = fingerprint != machine["source_fingerprint"]
+            if source_changed:
+                log(
+                    f"warning: safekeeper's sources changed during the run "
+                    f"({machine['source_fingerprint']} -> {fingerprint}); results mix versions"
+                )
             print()
             print(
                 f"ingest benchmark: {machine['date_utc']}, {machine['nproc']} CPUs "
@@ -538,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                         },
                         "results": results,
                         "complete": status == 0,
+                        "source_fingerprint_at_end": fingerprint,
+                        "source_changed_during_run": source_changed,
                     },
                 )
                 log(f"wrote {args.json_out}")

@@ -54,15 +54,14 @@ class Archive:
                 self._stores[location] = open_store(self.config.store_url(location), options)
             return self._stores[location]
 
-    def key_for(self, location: str, sha256: str, blob_id: int) -> str:
-        """The store key of a blob at a location: its hash, or its serial number for
-        ``interval`` layouts (which take integer keys)."""
-        if self.config.locations[location].layout == "interval" and self.store_is_file(location):
-            return str(blob_id)
-        return sha256
+    def uses_serial_keys(self, location: str) -> bool:
+        """True for ``interval`` layouts, which take integer keys: blob serial numbers."""
+        settings = self.config.locations[location]
+        return settings.layout == "interval" and settings.store.startswith("file:")
 
-    def store_is_file(self, location: str) -> bool:
-        return self.config.store_url(location).startswith("file:")
+    def key_for(self, location: str, sha256: str, blob_id: int) -> str:
+        """The store key of a blob at a location."""
+        return str(blob_id) if self.uses_serial_keys(location) else sha256
 
     @property
     def config_origin(self) -> str:

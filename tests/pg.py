@@ -63,17 +63,45 @@ def postgres_server() -> Iterator[str]:
         shutil.chown(sockets, user)
     port = free_port()
     subprocess.run(
-        [*_as_user(user), str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
-         "--auth=trust", "-E", "UTF8", "--no-sync"],
-        check=True, capture_output=True,
+        [
+            *_as_user(user),
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
     )
     log = open(base / "server.log", "wb")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
-        [*_as_user(user), str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-         "-h", "127.0.0.1", "-k", str(sockets), "-c", "fsync=off",
-         "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-         "-c", "max_connections=200"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            *_as_user(user),
+            str(bindir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(sockets),
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=200",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     engine = sqlalchemy.create_engine(url)

@@ -9,7 +9,9 @@ the tests; elsewhere they skip.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -79,9 +81,16 @@ def _wait_ready(server: S3Server, process: subprocess.Popen[bytes], log: Path) -
 
     client = server.client()
     deadline = time.monotonic() + STARTUP_TIMEOUT
+    warmup = f"warmup-{uuid.uuid4().hex[:12]}"
     while True:
         try:
+            # A full write path, not just a listening port: SeaweedFS answers S3
+            # requests before its volume server has registered with the master.
             client.list_buckets()
+            client.create_bucket(Bucket=warmup)
+            client.put_object(Bucket=warmup, Key="probe", Body=b"ok")
+            client.delete_object(Bucket=warmup, Key="probe")
+            client.delete_bucket(Bucket=warmup)
             return
         except (BotoCoreError, ClientError) as exc:  # refused, reset, 5xx: not yet
             if process.poll() is not None or time.monotonic() > deadline:
@@ -179,3 +188,8 @@ def seaweedfs_server() -> Iterator[S3Server]:
     finally:
         _stop(process)
         shutil.rmtree(base, ignore_errors=True)
+        # weed always puts its gRPC sockets at this fixed place, and a killed weed
+        # leaves them behind.
+        for name, port in grpc.items():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/tmp/seaweedfs-{name}-grpc-{port}.sock")

@@ -13,7 +13,7 @@ from rich.text import Text
 from typer import _click
 from typer.core import TyperGroup
 
-from safekeeper.cli import admin, blobs
+from safekeeper.cli import admin, blobs, replication
 from safekeeper.cli.context import state
 from safekeeper.cli.output import err_console
 from safekeeper.errors import SafekeeperError
@@ -68,6 +68,9 @@ app.command()(blobs.get)
 app.command()(blobs.ls)
 app.command()(blobs.stat)
 app.command()(admin.locations)
+app.command()(replication.replicate)
+app.command()(replication.verify)
+app.add_typer(replication.tasks_app, name="tasks")
 app.add_typer(admin.db_app, name="db")
 
 

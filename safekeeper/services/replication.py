@@ -60,7 +60,7 @@ def _want_at(session: Session, target: Location, candidates: object, now: object
             ),
         ),
     )
-    return int(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+    return len(session.execute(statement.returning(Copy.id)).all())
 
 
 def want_copies(archive: Archive, session: Session) -> int:

@@ -1,0 +1,160 @@
+"""``replicate``, ``verify``, ``tasks``: copies where policy wants them, proven intact."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from safekeeper.cli.context import state
+from safekeeper.cli.output import byte_progress, console, emit_json, table, when
+from safekeeper.engine.dispatch import dispatch
+from safekeeper.engine.embedded import run_due
+from safekeeper.engine.wait import wait_for_tasks
+from safekeeper.services import replication
+from safekeeper.services import tasks as task_service
+from safekeeper.services import verify as verify_service
+from safekeeper.units import parse_duration
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def replicate(
+    ctx: typer.Context,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait until every scheduled transfer has ended.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Schedule transfers for every blob whose replication policy is not met.
+
+    Embedded executor: the transfers run here before the command returns. Celery: they
+    go to the sites' queues; --wait waits for the workers to finish them.
+    """
+    archive = state(ctx).archive()
+    result = replication.replication_pass(archive)
+    outcome: dict[str, int] = {}
+    if archive.config.tasks.executor == "celery":
+        dispatch(archive, result.task_ids)
+        if wait:
+            outcome = wait_for_tasks(archive, result.task_ids)
+    else:
+        outcome = dict(run_due(archive, wait=wait))
+    summary = {"wanted": result.wanted, "scheduled": result.scheduled, "tasks": outcome}
+    if as_json:
+        emit_json(summary)
+        return
+    console.print(f"{result.wanted} copies wanted, {result.scheduled} transfers scheduled")
+    if outcome:
+        console.print("tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.items())))
+    if outcome.get("failed"):
+        console.print("see `safekeeper tasks --failed`; retry with `safekeeper tasks retry`")
+        raise typer.Exit(1)
+
+
+def verify(
+    ctx: typer.Context,
+    location: Annotated[str | None, typer.Option(help="Only this location.")] = None,
+    sample: Annotated[
+        float | None, typer.Option(help="Check a random fraction of the copies (0-1].")
+    ] = None,
+    older_than: Annotated[
+        str | None, typer.Option(help="Only copies last verified longer ago, e.g. 30d.")
+    ] = None,
+    adopt: Annotated[
+        bool, typer.Option("--adopt", help="Record orphan objects that hash to their key.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-hash copies; mark missing/corrupt ones and schedule repairs; report orphans.
+
+    Never deletes anything.
+    """
+    archive = state(ctx).archive()
+    age = parse_duration(older_than) if older_than is not None else None
+    with byte_progress(enabled=not as_json) as progress:
+        task = progress.add_task("verifying", total=None)
+        report = verify_service.verify(
+            archive,
+            location=location,
+            sample=sample,
+            older_than=age,
+            adopt=adopt,
+            on_checked=lambda size: progress.advance(task, size),
+        )
+    if archive.config.tasks.executor != "celery" and report.repairs_scheduled:
+        run_due(archive)
+    if as_json:
+        emit_json(report)
+        return
+    console.print(
+        f"checked {report.checked}: {report.ok} ok, {len(report.missing)} missing, "
+        f"{len(report.corrupt)} corrupt; {report.repairs_scheduled} repairs scheduled"
+    )
+    for line in report.missing:
+        console.print(f"missing  {line}")
+    for line in report.corrupt:
+        console.print(f"corrupt  {line}")
+    for line in report.unrepairable:
+        console.print(f"no good copy left to repair from: {line}")
+    for orphan in report.orphans:
+        console.print(
+            f"orphan   {orphan.location}/{orphan.key} ({orphan.size} bytes): {orphan.outcome}"
+        )
+
+
+tasks_app = typer.Typer(help="The task queue: list, and retry failed tasks.")
+
+
+@tasks_app.callback(invoke_without_command=True)
+def tasks_list(
+    ctx: typer.Context,
+    failed: Annotated[bool, typer.Option("--failed", help="Only failed tasks.")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 200,
+    as_json: JsonFlag = False,
+) -> None:
+    """List tasks (newest first)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    views = task_service.list_tasks(state(ctx).archive(), failed_only=failed, limit=limit)
+    if as_json:
+        emit_json(views)
+        return
+    rows = [
+        (
+            v.id,
+            v.kind,
+            v.state,
+            v.site,
+            v.blob[:16],
+            v.location,
+            v.attempts,
+            when(v.finished_at),
+            v.last_error or "",
+        )
+        for v in views
+    ]
+    table(
+        None,
+        ["id", "kind", "state", "site", "blob", "location", "attempts", "ended", "error"],
+        rows,
+    )
+    if failed and views:
+        console.print("retry with: safekeeper tasks retry --all  (or: tasks retry ID…)")
+
+
+@tasks_app.command("retry")
+def tasks_retry(
+    ctx: typer.Context,
+    task_ids: Annotated[list[int] | None, typer.Argument(help="Task ids to retry.")] = None,
+    all_failed: Annotated[bool, typer.Option("--all", help="Retry every failed task.")] = False,
+) -> None:
+    """Queue failed tasks again with a fresh attempt budget (and run them, embedded)."""
+    if not task_ids and not all_failed:
+        raise typer.BadParameter("give task ids or --all")
+    archive = state(ctx).archive()
+    requeued = task_service.retry_failed(archive, None if all_failed else task_ids)
+    console.print(f"requeued {len(requeued)} tasks")
+    if archive.config.tasks.executor != "celery" and requeued:
+        outcome = run_due(archive)
+        console.print("tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.items())))

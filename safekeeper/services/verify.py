@@ -1,0 +1,240 @@
+"""Verification (fsck): re-hash copies, mark the bad ones, schedule repairs, find orphans.
+
+It never deletes anything itself. A copy that is gone becomes ``missing``, one whose
+bytes changed becomes ``corrupt``; neither counts as a copy for any safety rule from
+then on. Repair turns them back into ``pending`` and schedules a transfer from a good
+copy (which replaces a corrupt object). Objects in a store that no copy row accounts
+for are *orphans*: with ``adopt`` those whose bytes hash to the blob their key names
+are recorded as present copies (leftovers of a put that died before its commit);
+the rest are listed for the operator.
+
+Progress is committed per copy, and copies are checked oldest-verified first, so an
+interrupted run resumes where it stopped when run again.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import aliased
+
+from safekeeper.db.blobs import ensure_blob
+from safekeeper.db.catalog import get_location
+from safekeeper.db.copies import record_present, transition
+from safekeeper.db.models import Blob, Copy, CopyState, Location
+from safekeeper.engine.dispatch import dispatch
+from safekeeper.errors import BadInput, NotFound, StoreError
+from safekeeper.ids import is_blob_id
+from safekeeper.services.replication import schedule_transfers
+from safekeeper.services.transfer import hash_object
+
+if TYPE_CHECKING:
+    from safekeeper.archive import Archive
+
+ORPHAN_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Orphan:
+    location: str
+    key: str
+    size: int
+    #: What became of it: ``adopted``, or why it was not.
+    outcome: str
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    ok: int = 0
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    repairs_scheduled: int = 0
+    unrepairable: list[str] = field(default_factory=list)
+    orphans: list[Orphan] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Subject:
+    copy_id: int
+    blob_id: int
+    sha256: str
+    size: int
+    location: str
+
+
+def _locations(archive: Archive, location: str | None) -> list[str]:
+    if location is None:
+        return list(archive.config.locations)
+    if location not in archive.config.locations:
+        raise NotFound(f"no location named {location!r}")
+    return [location]
+
+
+def _subjects(
+    archive: Archive, locations: list[str], older_than: timedelta | None
+) -> list[_Subject]:
+    query = (
+        select(Copy.id, Blob.id, Blob.sha256, Blob.size, Location.name)
+        .join(Blob, Copy.blob_id == Blob.id)
+        .join(Location, Copy.location_id == Location.id)
+        .where(Copy.state == CopyState.PRESENT, Location.name.in_(locations))
+        .order_by(Copy.verified_at.is_not(None), Copy.verified_at, Copy.id)
+    )
+    if older_than is not None:
+        cutoff = archive.clock() - older_than
+        query = query.where((Copy.verified_at.is_(None)) | (Copy.verified_at < cutoff))
+    with archive.db.read() as session:
+        return [_Subject(*row) for row in session.execute(query)]
+
+
+def _check(archive: Archive, subject: _Subject) -> str:
+    """``ok``, ``missing`` or ``corrupt`` (or ``error: …`` when the store failed)."""
+    store = archive.store(subject.location)
+    key = archive.key_for(subject.location, subject.sha256, subject.blob_id)
+    try:
+        digest, size = hash_object(store, key)
+    except NotFound:
+        return "missing"
+    except StoreError as exc:
+        return f"error: {exc}"
+    return "ok" if (digest, size) == (subject.sha256, subject.size) else "corrupt"
+
+
+def _record(archive: Archive, subject: _Subject, verdict: str, report: VerifyReport) -> None:
+    now = archive.clock()
+    with archive.db.write() as session:
+        if verdict == "ok":
+            session.execute(
+                update(Copy)
+                .where(Copy.id == subject.copy_id, Copy.state == CopyState.PRESENT)
+                .values(verified_at=now)
+            )
+            report.ok += 1
+        elif verdict in ("missing", "corrupt"):
+            new = CopyState.MISSING if verdict == "missing" else CopyState.CORRUPT
+            error = f"verify found the object {verdict}"
+            if transition(session, subject.copy_id, CopyState.PRESENT, new, now, last_error=error):
+                getattr(report, verdict).append(f"{subject.sha256} at {subject.location}")
+    report.checked += 1
+
+
+def verify(
+    archive: Archive,
+    *,
+    location: str | None = None,
+    sample: float | None = None,
+    older_than: timedelta | None = None,
+    adopt: bool = False,
+    on_checked: Callable[[int], None] | None = None,
+    rng: random.Random | None = None,
+) -> VerifyReport:
+    if sample is not None and not 0 < sample <= 1:
+        raise BadInput(f"--sample must be a fraction in (0, 1], got {sample}")
+    locations = _locations(archive, location)
+    subjects = _subjects(archive, locations, older_than)
+    if sample is not None:
+        chooser = rng or random.Random()
+        subjects = [s for s in subjects if chooser.random() < sample]
+    report = VerifyReport()
+    with ThreadPoolExecutor(max_workers=archive.config.tasks.threads) as pool:
+        for subject, verdict in zip(
+            subjects, pool.map(lambda s: _check(archive, s), subjects), strict=True
+        ):
+            _record(archive, subject, verdict, report)
+            if on_checked is not None:
+                on_checked(subject.size)
+    schedule_repairs(archive, locations, report)
+    for name in locations:
+        report.orphans.extend(find_orphans(archive, name, adopt=adopt))
+    return report
+
+
+def schedule_repairs(archive: Archive, locations: list[str], report: VerifyReport) -> None:
+    """Turn missing/corrupt copies that have a good copy elsewhere into pending
+    transfers; list those that have none."""
+    good = aliased(Copy)
+    with archive.db.write() as session:
+        now = archive.clock()
+        bad = session.execute(
+            select(
+                Copy.id,
+                Blob.sha256,
+                Location.name,
+                exists().where(good.blob_id == Copy.blob_id, good.state == CopyState.PRESENT),
+            )
+            .join(Blob, Copy.blob_id == Blob.id)
+            .join(Location, Copy.location_id == Location.id)
+            .where(
+                Copy.state.in_([CopyState.MISSING, CopyState.CORRUPT]), Location.name.in_(locations)
+            )
+        ).all()
+        for copy_id, sha256, name, repairable in bad:
+            if not repairable:
+                report.unrepairable.append(f"{sha256} at {name}")
+                continue
+            for state in (CopyState.MISSING, CopyState.CORRUPT):
+                transition(session, copy_id, state, CopyState.PENDING, now)
+        task_ids = schedule_transfers(archive, session)
+    report.repairs_scheduled = len(task_ids)
+    dispatch(archive, task_ids)
+
+
+def _pages(archive: Archive, location: str) -> Iterator[list[tuple[str, int]]]:
+    page: list[tuple[str, int]] = []
+    for info in archive.store(location).list():
+        page.append((info.key, info.size))
+        if len(page) >= ORPHAN_BATCH:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+def find_orphans(archive: Archive, location: str, *, adopt: bool) -> list[Orphan]:
+    interval = archive.uses_serial_keys(location)
+    orphans: list[Orphan] = []
+    for page in _pages(archive, location):
+        with archive.db.read() as session:
+            location_id = get_location(session, location).id
+            key_column = Blob.id if interval else Blob.sha256
+            keys: list[object] = [int(k) for k, _ in page] if interval else [k for k, _ in page]
+            accounted = {
+                str(key)
+                for key in session.scalars(
+                    select(key_column)
+                    .join(Copy, Copy.blob_id == Blob.id)
+                    .where(
+                        Copy.location_id == location_id,
+                        Copy.state != CopyState.DELETED,
+                        key_column.in_(keys),
+                    )
+                )
+            }
+        for key, size in page:
+            if key not in accounted:
+                outcome = _adopt(archive, location, key, interval) if adopt else "not adopted"
+                orphans.append(Orphan(location, key, size, outcome))
+    return orphans
+
+
+def _adopt(archive: Archive, location: str, key: str, interval: bool) -> str:
+    store = archive.store(location)
+    digest, size = hash_object(store, key)
+    with archive.db.write() as session:
+        if interval:
+            blob = session.get(Blob, int(key))
+            if blob is None or (blob.sha256, blob.size) != (digest, size):
+                return "content matches no known blob"
+        else:
+            if not is_blob_id(key) or digest != key:
+                return f"content hashes to {digest}, not its key"
+            blob = ensure_blob(session, digest, size, archive.clock())
+        record_present(session, blob.id, get_location(session, location).id, archive.clock())
+    return "adopted"
