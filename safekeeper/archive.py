@@ -30,6 +30,9 @@ from safekeeper.stores import Store, open_store
 
 Clock = Callable[[], datetime]
 
+#: A temp file older than this belongs to a writer that died; younger ones may be live.
+STALE_TEMP_SECONDS = 6 * 3600
+
 
 class Archive:
     def __init__(self, config: Config, *, clock: Clock = utcnow, migrate: bool = True) -> None:
@@ -51,7 +54,12 @@ class Archive:
         with self._stores_lock:
             if location not in self._stores:
                 options = self.config.locations[location].store_options()
-                self._stores[location] = open_store(self.config.store_url(location), options)
+                store = open_store(self.config.store_url(location), options)
+                # Temp files of writers that crashed long ago (see services.ingest).
+                clean_temp = getattr(store, "clean_temp", None)
+                if clean_temp is not None:
+                    clean_temp(STALE_TEMP_SECONDS)
+                self._stores[location] = store
             return self._stores[location]
 
     def uses_serial_keys(self, location: str) -> bool:

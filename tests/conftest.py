@@ -11,7 +11,7 @@ import pytest
 from safekeeper.archive import Archive
 from safekeeper.config import load_config, write_default
 
-pytest_plugins = ["tests.pg", "tests.servers"]
+pytest_plugins = ["tests.pg", "tests.servers", "tests.redis_server"]
 
 
 class FakeClock:

@@ -14,6 +14,7 @@ from typer import _click
 from typer.core import TyperGroup
 
 from safekeeper.cli import admin, blobs, replication
+from safekeeper.cli import worker as worker_cli
 from safekeeper.cli.context import state
 from safekeeper.cli.output import err_console
 from safekeeper.errors import SafekeeperError
@@ -71,6 +72,7 @@ app.command()(admin.locations)
 app.command()(replication.replicate)
 app.command()(replication.verify)
 app.add_typer(replication.tasks_app, name="tasks")
+app.command()(worker_cli.worker)
 app.add_typer(admin.db_app, name="db")
 
 

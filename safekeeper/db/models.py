@@ -124,6 +124,7 @@ class Copy(Base):
             postgresql_where=text("state != 'deleted'"),
         ),
         Index("ix_copies_location_state", "location_id", "state"),
+        Index("ix_copies_blob_state", "blob_id", "state"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"))
@@ -165,7 +166,11 @@ class AuditEntry(Base):
     """One line of the audit trail: who did what to which copy, by which rule, on what evidence."""
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_blob", "blob_sha256"), Index("ix_audit_at", "at"))
+    __table_args__ = (
+        Index("ix_audit_blob", "blob_sha256"),
+        Index("ix_audit_at", "at"),
+        Index("ix_audit_location", "location"),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     actor: Mapped[str] = mapped_column(String(200))
@@ -218,3 +223,50 @@ class Task(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Hold(Base):
+    """Forbids deleting any copy of a blob, or of any blob a namespace references."""
+
+    __tablename__ = "holds"
+    __table_args__ = (
+        CheckConstraint(
+            "(blob_id IS NULL) != (namespace_id IS NULL)", name="hold_has_one_target"
+        ),
+        Index("ix_holds_blob", "blob_id"),
+        Index("ix_holds_namespace", "namespace_id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    blob_id: Mapped[int | None] = mapped_column(ForeignKey("blobs.id"), nullable=True)
+    namespace_id: Mapped[int | None] = mapped_column(ForeignKey("namespaces.id"), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class StagingJob(Base):
+    """A job that needs some blobs at a processing location until it ends."""
+
+    __tablename__ = "staging_jobs"
+    __table_args__ = (
+        Index(
+            "uq_staging_jobs_active_name",
+            "name",
+            unique=True,
+            sqlite_where=text("ended_at IS NULL"),
+            postgresql_where=text("ended_at IS NULL"),
+        ),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    location_id: Mapped[int] = mapped_column(ForeignKey("locations.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class StagingJobBlob(Base):
+    __tablename__ = "staging_job_blobs"
+    __table_args__ = (Index("ix_staging_job_blobs_blob", "blob_id"),)
+    job_id: Mapped[int] = mapped_column(ForeignKey("staging_jobs.id"), primary_key=True)
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"), primary_key=True)

@@ -15,8 +15,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from safekeeper.db.models import Blob, Namespace, Reference
-from safekeeper.errors import NotFound
+from safekeeper.db.models import Blob, Copy, CopyState, Namespace, Reference
+from safekeeper.errors import Conflict, NotFound
 from safekeeper.ids import RefSpec
 
 
@@ -55,8 +55,32 @@ def _mark_unreferenced_if_orphaned(session: Session, blob_id: int, now: datetime
     )
 
 
+def pin_present_copies(session: Session, blob_id: int, now: datetime) -> None:
+    """Lock the blob's present copies for this transaction, or raise Conflict.
+
+    A conditional UPDATE takes row locks, so a deleter's claim (``present →
+    deleting``) either committed before (then no present copy is left to pin, or the
+    ones left stay) or waits for this transaction and then re-reads the references we
+    added. Either way no reference ends up pointing at a deleted blob (invariant 5).
+    """
+    pinned = session.execute(
+        update(Copy)
+        .where(Copy.blob_id == blob_id, Copy.state == CopyState.PRESENT)
+        .values(last_access=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not pinned.rowcount:  # type: ignore[attr-defined]
+        raise Conflict(
+            f"blob {blob_id} has no present copy (being deleted, or lost); put its bytes again"
+        )
+
+
 def set_reference(session: Session, spec: RefSpec, blob: Blob, now: datetime) -> int | None:
-    """Point ``spec`` at ``blob``; return the id of the blob it pointed at before, if other."""
+    """Point ``spec`` at ``blob``; return the id of the blob it pointed at before, if other.
+
+    The blob must have a present copy, which stays pinned until the transaction ends.
+    """
+    pin_present_copies(session, blob.id, now)
     reference = _find(session, spec)
     previous: int | None = None
     if reference is None:

@@ -6,8 +6,8 @@ object under its key (create-only), records the ``present`` copy and any referen
 
 Crash analysis (invariant 6, "present only after fully written and hashed"):
 
-- before publish: at most a temp file in the store's ``.tmp`` area, removed by
-  ``clean_temp`` on the next run; no row, no visible object;
+- before publish: at most a temp file in the store's ``.tmp`` area, removed once
+  stale when a later process opens the store (``Archive.store``); no row, no object;
 - after publish, before commit: an object with no row. The next put of the same
   bytes adopts it (create-only publish reports AlreadyExists, the object has the
   right size, and its key is the hash of bytes some writer hashed in full);
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 BATCH_SIZE = 256
 #: Threads staging files of a tree in parallel (fsync latency overlaps well).
 STAGING_THREADS = 8
-#: Temp files older than this are leftovers of crashed writers.
-STALE_TEMP_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from safekeeper.archive import Archive
+from safekeeper.archive import STALE_TEMP_SECONDS, Archive
 from safekeeper.db.models import Blob, Copy, CopyState
 from safekeeper.errors import BadInput, NotFound
 from safekeeper.ids import RefSpec
 from safekeeper.services import ingest, inventory
+from tests.conftest import ArchiveFactory
 
 
 def _count(archive: Archive, model: type[Blob] | type[Copy]) -> int:
@@ -140,3 +142,19 @@ def test_blob_prefix_resolution(archive: Archive) -> None:
         inventory.resolve_blob(archive, "000000")
     with pytest.raises(BadInput):
         inventory.resolve_blob(archive, "abc")
+
+
+def test_stale_temp_files_of_crashed_writers_are_cleaned_on_open(
+    make_archive: ArchiveFactory,
+) -> None:
+    first = make_archive()
+    first.put_bytes(b"open the store once")
+    tmp_dir = Path(first.config.store_url("inbox").removeprefix("file://")) / ".tmp"
+    stale, young = tmp_dir / "crashed-long-ago", tmp_dir / "someone-writing-now"
+    stale.write_bytes(b"partial")
+    young.write_bytes(b"partial")
+    long_ago = time.time() - STALE_TEMP_SECONDS - 60
+    os.utime(stale, (long_ago, long_ago))
+    make_archive().store("inbox")
+    assert not stale.exists()
+    assert young.exists()

@@ -1,0 +1,183 @@
+"""The Celery executor: one queue per site, messages that only say "look at task N".
+
+The tasks table stays the queue's truth (``safekeeper.db.tasks``). A message carries
+a task id; the worker that receives it calls ``runner.run_task``, whose conditional
+claim decides whether there is anything to do. So a lost message, a duplicate, or a
+message redelivered after its worker died are all harmless: ``safekeeper worker``
+re-sends the ids of tasks that are due in the database, and only one claim can win.
+
+Settings and why:
+
+- one queue per site, ``safekeeper.site.<site>``: a task runs where its data can be
+  reached (see ``services.replication`` for which site a transfer runs on);
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only
+  after its task ran, so a worker that is killed mid-task leaves it unacknowledged;
+- the broker's visibility timeout is a bit longer than the heartbeat timeout: Redis
+  hands an unacknowledged message out again after it, by which time the dead worker's
+  claim is stale and can be taken over;
+- the threads pool, not prefork, so one process owns its SQLAlchemy engine and its
+  stores (no connection is ever shared across a fork);
+- no result backend: task outcomes are in the database.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery  # type: ignore[import-untyped]
+from kombu.exceptions import OperationalError
+from kombu.utils.url import maybe_sanitize_url
+
+from safekeeper.engine.runner import run_task
+from safekeeper.errors import SafekeeperError
+
+if TYPE_CHECKING:
+    from safekeeper.archive import Archive
+    from safekeeper.config import Config
+
+TASK_NAME = "safekeeper.run_task"
+QUEUE_PREFIX = "safekeeper.site."
+
+#: The archive of this worker process, set by ``start_worker`` before it consumes.
+_worker_archive: Archive | None = None
+#: Producer apps by archive, so each sending process keeps one broker connection pool.
+_producers: weakref.WeakKeyDictionary[Archive, Any] = weakref.WeakKeyDictionary()
+_producers_lock = threading.Lock()
+
+
+class BrokerUnavailable(SafekeeperError):
+    """The task broker could not be reached; the tasks stay recorded in the database."""
+
+    code = "broker_unavailable"
+
+
+def queue_name(site: str) -> str:
+    return f"{QUEUE_PREFIX}{site}"
+
+
+def all_sites(config: Config) -> list[str]:
+    """Every site the configuration names, declared or used by a location."""
+    return sorted(set(config.sites) | {loc.site for loc in config.locations.values()})
+
+
+def visibility_timeout(heartbeat_timeout: timedelta) -> int:
+    """Seconds before the broker redelivers an unacknowledged message: a bit more than
+    the heartbeat timeout, so the redelivered message finds the dead worker's claim
+    already stale."""
+    seconds = heartbeat_timeout.total_seconds()
+    return int(seconds * 1.25 + 5)
+
+
+def _queues(sites: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Queue declarations: each site's queue bound to a direct exchange of its name."""
+    names = [queue_name(site) for site in sites]
+    return {
+        name: {"exchange": name, "exchange_type": "direct", "routing_key": name} for name in names
+    }
+
+
+def _run(task_id: int) -> str | None:
+    """The Celery task body: claim and run task ``task_id`` with this worker's archive."""
+    if _worker_archive is None:
+        raise RuntimeError("safekeeper.run_task called outside a safekeeper worker")
+    state = run_task(_worker_archive, int(task_id))
+    return state.value if state is not None else None
+
+
+def make_celery(archive: Archive) -> Any:
+    """A Celery app for the archive's ``[tasks]`` settings, with every site's queue."""
+    tasks = archive.config.tasks
+    app = Celery("safekeeper", broker=tasks.broker_url, set_as_current=False)
+    app.conf.update(
+        task_queues=_queues(all_sites(archive.config)),
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_track_started=False,
+        worker_prefetch_multiplier=1,
+        worker_pool="threads",
+        worker_concurrency=tasks.threads,
+        worker_send_task_events=False,
+        worker_hijack_root_logger=True,
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout(tasks.heartbeat_timeout)
+        },
+        broker_connection_retry_on_startup=True,
+        enable_utc=True,
+    )
+    app.task(name=TASK_NAME, ignore_result=True, acks_late=True)(_run)
+    return app
+
+
+def _producer(archive: Archive) -> Any:
+    with _producers_lock:
+        app = _producers.get(archive)
+        if app is None:
+            app = _producers[archive] = make_celery(archive)
+        return app
+
+
+def send_tasks(archive: Archive, items: Iterable[tuple[int, str]]) -> None:
+    """Send each ``(task id, site)`` to that site's queue.
+
+    Raises BrokerUnavailable when the broker cannot be reached; the task rows exist
+    regardless, and a running ``safekeeper worker`` re-sends due tasks.
+    """
+    items = list(items)
+    if not items:
+        return
+    app = _producer(archive)
+    try:
+        with app.producer_or_acquire() as producer:
+            for task_id, site in items:
+                app.send_task(TASK_NAME, args=(task_id,), queue=queue_name(site), producer=producer)
+    except OperationalError as exc:
+        url = maybe_sanitize_url(archive.config.tasks.broker_url)
+        raise BrokerUnavailable(
+            f"cannot reach the task broker at {url}: {exc}; the {len(items)} tasks are "
+            "recorded and a running `safekeeper worker` will pick them up"
+        ) from exc
+
+
+def start_worker(
+    archive: Archive,
+    sites: Sequence[str],
+    *,
+    on_start: Callable[[], None] | None = None,
+    loglevel: str = "INFO",
+) -> int:
+    """Consume the sites' queues in this process until a shutdown signal; return the
+    worker's exit code.
+
+    Blocks, in the main thread: Celery installs the SIGTERM and SIGINT handlers (the
+    first signal lets running tasks finish). ``on_start`` runs once the app is set up
+    and logging configured, just before consuming starts.
+    """
+    global _worker_archive
+    _worker_archive = archive
+    app = make_celery(archive)
+    with _producers_lock:
+        _producers[archive] = app  # the worker's own re-sends share its connections
+    worker = app.Worker(
+        hostname=f"safekeeper-{'+'.join(sites)}-{os.getpid()}@{socket.gethostname()}",
+        queues=[queue_name(site) for site in sites],
+        pool_cls="threads",
+        concurrency=archive.config.tasks.threads,
+        loglevel=loglevel,
+        without_gossip=True,
+        without_mingle=True,
+        without_heartbeat=True,
+        quiet=True,
+    )
+    if on_start is not None:
+        on_start()
+    worker.start()
+    return int(worker.exitcode or 0)

@@ -1,0 +1,180 @@
+"""The safety policy: may this copy be deleted? Pure functions over plain data.
+
+Nothing here touches a database or a store. Services gather the evidence, call
+``decide``, and act; the set-based planner encodes the same rules in SQL and is
+tested against ``decide`` as its oracle.
+
+Rules, in the order they are applied (the first that keeps a copy is its reason):
+
+1. ``not-present``  only a ``present`` copy can be deleted.
+2. ``hold``         a hold on the blob, or on a namespace referencing it, keeps every copy.
+3. ``in-use``       the source of an in-flight transfer, or a copy at a processing
+                    location needed by an active staging job, is kept.
+4. ``retention``    a copy younger than its location's retention is kept.
+5. ``garbage``      a blob unreferenced for at least the grace period loses every
+                    copy, archive ones included (the executor deletes archive copies last).
+6. ``archive``      otherwise an archive copy is kept: archives only lose garbage.
+7. ``archived-elsewhere``  a copy elsewhere goes only when enough *verified* copies
+                    exist: ``min_archive_copies`` archive copies, or one at each of the
+                    location's ``delete_after_copies_at``. Verified means ``present``,
+                    with ``verified_at`` set and no older than ``verify_max_age``, and not
+                    found missing when re-confirmed in its store.
+8. ``last-copy``    a floor under every configuration: the last present copy of a blob
+                    that is not garbage is never deleted.
+
+Disk pressure is a selection over the copies these rules allow, not a per-copy
+rule: see ``select_under_pressure``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+
+class Rule(enum.StrEnum):
+    NOT_PRESENT = "not-present"
+    HOLD = "hold"
+    IN_USE = "in-use"
+    RETENTION = "retention"
+    GARBAGE = "garbage"
+    ARCHIVE = "archive"
+    ARCHIVED_ELSEWHERE = "archived-elsewhere"
+    LAST_COPY = "last-copy"
+    DISK_PRESSURE = "disk-pressure"
+
+
+@dataclass(frozen=True)
+class LocationRules:
+    kind: str
+    retention: timedelta | None = None
+    delete_after_copies_at: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    min_archive_copies: int
+    grace_period: timedelta
+    locations: Mapping[str, LocationRules]
+    verify_max_age: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class OtherCopy:
+    """Another copy of the same blob, as evidence."""
+
+    location: str
+    kind: str
+    state: str
+    verified_at: datetime | None
+    #: Re-confirmed in its store right now: True/False, or None when not checked.
+    confirmed: bool | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything the rules look at for one copy."""
+
+    location: str
+    state: str
+    created_at: datetime
+    unreferenced_since: datetime | None
+    held: bool = False
+    transfer_source: bool = False
+    needed_by_job: bool = False
+    others: tuple[OtherCopy, ...] = ()
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    rule: Rule
+    reason: str
+
+
+def _keep(rule: Rule, reason: str) -> Decision:
+    return Decision(False, rule, reason)
+
+
+def is_garbage(unreferenced_since: datetime | None, policy: Policy, now: datetime) -> bool:
+    return unreferenced_since is not None and now - unreferenced_since >= policy.grace_period
+
+
+def is_verified(copy: OtherCopy, policy: Policy, now: datetime) -> bool:
+    if copy.state != "present" or copy.verified_at is None or copy.confirmed is False:
+        return False
+    max_age = policy.verify_max_age
+    return max_age is None or now - copy.verified_at <= max_age
+
+
+def decide(evidence: Evidence, policy: Policy, now: datetime) -> Decision:
+    """May this copy be deleted now? The first rule that keeps it says why not."""
+    location = policy.locations[evidence.location]
+    if evidence.state != "present":
+        return _keep(Rule.NOT_PRESENT, f"copy is {evidence.state}")
+    if evidence.held:
+        return _keep(Rule.HOLD, "the blob is on hold")
+    if evidence.transfer_source:
+        return _keep(Rule.IN_USE, "source of an in-flight transfer")
+    if evidence.needed_by_job:
+        return _keep(Rule.IN_USE, "needed by an active staging job")
+    if location.retention is not None and now - evidence.created_at < location.retention:
+        return _keep(Rule.RETENTION, f"younger than the retention of {location.retention}")
+    if is_garbage(evidence.unreferenced_since, policy, now):
+        return Decision(True, Rule.GARBAGE, f"unreferenced for {policy.grace_period} or more")
+    if location.kind == "archive":
+        return _keep(Rule.ARCHIVE, "archive copies are deleted only as garbage")
+    verified = [c for c in evidence.others if is_verified(c, policy, now)]
+    if location.delete_after_copies_at:
+        have = {c.location for c in verified}
+        lacking = [name for name in location.delete_after_copies_at if name not in have]
+        if lacking:
+            return _keep(Rule.ARCHIVED_ELSEWHERE, f"no verified copy yet at {', '.join(lacking)}")
+        reason = f"verified copies at {', '.join(location.delete_after_copies_at)}"
+    else:
+        archived = sum(1 for c in verified if c.kind == "archive")
+        needed = policy.min_archive_copies
+        if archived < needed:
+            return _keep(Rule.ARCHIVED_ELSEWHERE, f"{archived} of {needed} verified archive copies")
+        reason = f"{archived} verified archive copies (at least {needed} needed)"
+    if not any(c.state == "present" for c in evidence.others):
+        return _keep(Rule.LAST_COPY, "the last present copy of a live blob")
+    return Decision(True, Rule.ARCHIVED_ELSEWHERE, reason)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A copy the rules allow to go, at a location with watermarks."""
+
+    copy_id: int
+    size: int
+    #: Least recently used first; never-accessed copies count from their creation.
+    last_used: datetime
+
+
+def select_under_pressure(
+    candidates: Sequence[Candidate], used: int | None, high: int, low: int
+) -> list[Candidate]:
+    """Which candidates to delete: none unless usage is above ``high``; then least
+    recently used first until usage is at or below ``low``. Unknown usage (None) is no
+    pressure: never "delete everything"."""
+    if used is None or used <= high:
+        return []
+    chosen: list[Candidate] = []
+    for candidate in sorted(candidates, key=lambda c: (c.last_used, c.copy_id)):
+        if used <= low:
+            break
+        chosen.append(candidate)
+        used -= candidate.size
+    return chosen
+
+
+def watermark_bytes(value: int | float | None, capacity: int | None) -> int | None:
+    """A watermark in bytes: given as bytes, or as a fraction of the capacity."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        return None if capacity is None else int(value * capacity)
+    return value

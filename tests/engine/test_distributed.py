@@ -1,0 +1,283 @@
+"""Two sites, real processes: PostgreSQL, Redis (Celery broker), SeaweedFS (S3) and one
+``safekeeper worker`` per site.
+
+Part one: files put at site-a's inbox are replicated to site-b's S3 archive by
+``replicate --wait``; every copy is present, verified, and hashes to its blob id.
+
+Part two: the worker running a large transfer is SIGKILLed mid-transfer and started
+again. Its claim goes stale, the task is re-claimed exactly once (attempts == 2) and
+ends with one verified archive copy whose object hashes to the blob id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+import tomli_w
+from sqlalchemy import select
+
+from safekeeper.archive import Archive
+from safekeeper.config import load_config
+from safekeeper.db.models import Blob, Copy, CopyState, Location, Task, TaskState
+from tests.servers import S3Server
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.s3]
+
+SMALL_FILES = 20
+BIG_SIZE = 320 * 1024 * 1024
+PREFIX = "vault"
+COMMAND_TIMEOUT = 90.0
+RECOVERY_TIMEOUT = 120.0
+
+
+class Workers:
+    """``safekeeper worker --site NAME`` subprocesses, logging into files."""
+
+    def __init__(self, config: Path, logs: Path, env: dict[str, str]) -> None:
+        self.config, self.logs, self.env = config, logs, env
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._log_files: list[IO[bytes]] = []
+        self._starts: dict[str, int] = {}
+
+    def _starts_of(self, site: str) -> int:
+        return self._starts.get(site, 0)
+
+    def start(self, site: str) -> subprocess.Popen[bytes]:
+        self._starts[site] = self._starts_of(site) + 1
+        log = open(self.logs / f"worker-{site}-{self._starts[site]}.log", "wb")  # noqa: SIM115
+        self._log_files.append(log)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "safekeeper", "--config", str(self.config),
+             "worker", "--site", site],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.processes[site] = process
+        return process
+
+    def wait_ready(self, site: str, timeout: float = 60.0) -> None:
+        """Wait until the worker consumes (its start-up replication pass has run)."""
+        log = self.logs / f"worker-{site}-{self._starts_of(site)}.log"
+        deadline = time.monotonic() + timeout
+        while " ready." not in log.read_text(errors="replace"):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                pytest.fail(f"worker {site} did not become ready:\n{self.tails()}")
+            time.sleep(0.05)
+
+    def check_alive(self) -> None:
+        for site, process in self.processes.items():
+            if process.poll() is not None:
+                pytest.fail(f"worker {site} exited with {process.returncode}:\n{self.tails()}")
+
+    def tails(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+            for path in sorted(self.logs.glob("worker-*.log"))
+        )
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        for log in self._log_files:
+            log.close()
+
+
+@pytest.fixture
+def setup(
+    tmp_path: Path, postgres_url: str, redis_url: str, seaweedfs_server: S3Server
+) -> Iterator[tuple[Path, S3Server, str, dict[str, str]]]:
+    bucket = seaweedfs_server.make_bucket()
+    root = tmp_path / "deploy"
+    root.mkdir()
+    document = {
+        "database": {"url": postgres_url},
+        "tasks": {
+            "executor": "celery",
+            "broker_url": redis_url,
+            "threads": 4,
+            "heartbeat_timeout": "4s",
+            "retry_base": "1s",
+            "retry_max": "5s",
+            "replicate_interval": "1h",
+        },
+        "sites": {"site-a": {"description": "ingest host"}, "site-b": {"description": "vault"}},
+        "locations": {
+            "inbox": {"kind": "source", "site": "site-a", "store": "file:inbox"},
+            "archive": {
+                "kind": "archive",
+                "site": "site-b",
+                "store": f"s3://{bucket}/{PREFIX}",
+                "endpoint": seaweedfs_server.endpoint,
+                "region": seaweedfs_server.region,
+                "access_key_id": seaweedfs_server.access_key_id,
+                "secret_access_key": seaweedfs_server.secret_access_key,
+                "allow_http": True,
+            },
+        },
+    }
+    config = root / "safekeeper.toml"
+    config.write_text(tomli_w.dumps(document))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAFEKEEPER", "AWS_"))}
+    yield config, seaweedfs_server, bucket, env
+
+
+def _safekeeper(
+    config: Path, env: dict[str, str], *args: str, timeout: float = COMMAND_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "safekeeper", "--config", str(config), *args],
+        env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"safekeeper {' '.join(args)}: {result.stdout}{result.stderr}"
+    return result
+
+
+def _s3_sha256(server: S3Server, bucket: str, key: str) -> str:
+    body = server.client().get_object(Bucket=bucket, Key=key)["Body"]
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: body.read(8 * 1024 * 1024), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _archive_copies(archive: Archive) -> list[tuple[str, str, bool]]:
+    """(blob id, state, verified) of every live archive copy."""
+    with archive.db.read() as session:
+        rows = session.execute(
+            select(Blob.sha256, Copy.state, Copy.verified_at)
+            .join(Copy, Copy.blob_id == Blob.id)
+            .join(Location, Copy.location_id == Location.id)
+            .where(Location.name == "archive", Copy.state != CopyState.DELETED)
+        ).all()
+    return [(sha, state, verified is not None) for sha, state, verified in rows]
+
+
+def _transfer_task(archive: Archive, sha256: str) -> Task | None:
+    with archive.db.read() as session:
+        return session.scalar(
+            select(Task)
+            .join(Copy, Task.copy_id == Copy.id)
+            .join(Blob, Copy.blob_id == Blob.id)
+            .where(Blob.sha256 == sha256, Task.kind == "transfer")
+        )
+
+
+def _wait_for(
+    archive: Archive, sha256: str, states: set[str], timeout: float, workers: Workers
+) -> Task:
+    deadline = time.monotonic() + timeout
+    while True:
+        task = _transfer_task(archive, sha256)
+        if task is not None and task.state in states:
+            return task
+        if time.monotonic() > deadline:
+            pytest.fail(f"task {task and task.id} not in {states}: {task and task.state}\n"
+                        + workers.tails())
+        workers.check_alive()
+        time.sleep(0.02)
+
+
+def _make_big_file(path: Path, size: int) -> str:
+    """Write ``size`` bytes quickly: a random block repeated, each copy numbered."""
+    block = os.urandom(4 * 1024 * 1024)
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        for index in range(size // len(block)):
+            chunk = index.to_bytes(8, "big") + block[8:]
+            out.write(chunk)
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def test_two_sites_replicate_and_survive_a_killed_worker(
+    setup: tuple[Path, S3Server, str, dict[str, str]], tmp_path: Path
+) -> None:
+    config, server, bucket, env = setup
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # Create the schema and the catalog once, before several processes race to.
+    archive = Archive(load_config(config, environ={}))
+    workers = Workers(config, logs, env)
+    try:
+        workers.start("site-a")
+        workers.start("site-b")
+        workers.wait_ready("site-a")
+        workers.wait_ready("site-b")
+
+        # -- part one: replicate a batch of small files across the sites --------------
+        files = tmp_path / "files"
+        files.mkdir()
+        expected = set()
+        for i in range(SMALL_FILES):
+            data = os.urandom(1000 + i * 9000)
+            (files / f"file-{i:02d}.bin").write_bytes(data)
+            expected.add(hashlib.sha256(data).hexdigest())
+        _safekeeper(config, env, "put", str(files))
+        out = _safekeeper(config, env, "replicate", "--wait").stdout
+        assert f"{SMALL_FILES} transfers scheduled" in out
+        assert f"{SMALL_FILES} done" in out
+        workers.check_alive()
+
+        copies = _archive_copies(archive)
+        assert sorted(copies) == sorted((sha, CopyState.PRESENT, True) for sha in expected)
+        listing = server.client().list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/")
+        keys = {item["Key"] for item in listing.get("Contents", [])}
+        assert keys == {f"{PREFIX}/{sha}" for sha in expected}
+        for sha in expected:
+            assert _s3_sha256(server, bucket, f"{PREFIX}/{sha}") == sha
+
+        # -- part two: SIGKILL the worker in the middle of a large transfer ------------
+        big = tmp_path / "big.bin"
+        big_sha = _make_big_file(big, BIG_SIZE)
+        _safekeeper(config, env, "put", str(big))
+        _safekeeper(config, env, "replicate")
+        running = _wait_for(archive, big_sha, {TaskState.RUNNING}, 60, workers)
+        assert running.site == "site-a", "a local-disk source is pushed by its own site"
+        assert running.attempts == 1
+        workers.processes["site-a"].send_signal(signal.SIGKILL)
+        workers.processes["site-a"].wait(timeout=10)
+        after_kill = _transfer_task(archive, big_sha)
+        assert after_kill is not None
+        assert after_kill.state == TaskState.RUNNING, (
+            "the transfer ended before the worker was killed; make BIG_SIZE larger"
+        )
+        assert after_kill.claimed_by == running.claimed_by
+        workers.start("site-a")
+
+        done = _wait_for(
+            archive, big_sha, {TaskState.DONE, TaskState.FAILED}, RECOVERY_TIMEOUT, workers
+        )
+        assert done.state == TaskState.DONE, done.last_error
+        assert done.attempts == 2, "claimed by the killed worker, then re-claimed exactly once"
+        assert done.claimed_by != running.claimed_by
+        big_copies = [c for c in _archive_copies(archive) if c[0] == big_sha]
+        assert big_copies == [(big_sha, CopyState.PRESENT, True)]
+        with archive.db.read() as session:
+            tasks_for_blob = session.scalars(
+                select(Task.id)
+                .join(Copy, Task.copy_id == Copy.id)
+                .join(Blob, Copy.blob_id == Blob.id)
+                .where(Blob.sha256 == big_sha)
+            ).all()
+        assert tasks_for_blob == [done.id]
+        assert _s3_sha256(server, bucket, f"{PREFIX}/{big_sha}") == big_sha
+        workers.check_alive()
+    finally:
+        workers.stop_all()
+        archive.close()
