@@ -138,8 +138,15 @@ class PolicyConfig(_Strict):
     max_retries: int = 5
     #: Where ``put`` stores new blobs; default: the first ``source`` location.
     ingest_location: str | None = None
+    #: Copies claimed and deleted per batch by ``gc``.
+    gc_batch_size: int = 1000
+    #: A copy left ``deleting`` longer than this belongs to a gc that died; the next gc
+    #: finishes or undoes its work.
+    gc_claim_timeout: timedelta = timedelta(minutes=10)
 
-    _durations = field_validator("grace_period", "verify_max_age", mode="before")(_duration)
+    _durations = field_validator(
+        "grace_period", "verify_max_age", "gc_claim_timeout", mode="before"
+    )(_duration)
 
 
 class TasksConfig(_Strict):

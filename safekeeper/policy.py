@@ -44,6 +44,9 @@ class Rule(enum.StrEnum):
     ARCHIVED_ELSEWHERE = "archived-elsewhere"
     LAST_COPY = "last-copy"
     DISK_PRESSURE = "disk-pressure"
+    #: Not a rule: the audit mark of a deletion a dead gc had started and the next one
+    #: found finished.
+    RECOVERED = "recovered"
 
 
 @dataclass(frozen=True)

@@ -41,11 +41,22 @@ def redis_url() -> Iterator[str]:
     log_path = base / "redis.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(base)],
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(base),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while not _answers_ping(port):

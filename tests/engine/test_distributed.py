@@ -56,10 +56,20 @@ class Workers:
         log = open(self.logs / f"worker-{site}-{self._starts[site]}.log", "wb")  # noqa: SIM115
         self._log_files.append(log)
         process = subprocess.Popen(
-            [sys.executable, "-m", "safekeeper", "--config", str(self.config),
-             "worker", "--site", site],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "safekeeper",
+                "--config",
+                str(self.config),
+                "worker",
+                "--site",
+                site,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.processes[site] = process
         return process
 
@@ -142,8 +152,12 @@ def _safekeeper(
 ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "safekeeper", "--config", str(config), *args],
-        env=env, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert result.returncode == 0, f"safekeeper {' '.join(args)}: {result.stdout}{result.stderr}"
     return result
 
@@ -187,8 +201,10 @@ def _wait_for(
         if task is not None and task.state in states:
             return task
         if time.monotonic() > deadline:
-            pytest.fail(f"task {task and task.id} not in {states}: {task and task.state}\n"
-                        + workers.tails())
+            pytest.fail(
+                f"task {task and task.id} not in {states}: {task and task.state}\n"
+                + workers.tails()
+            )
         workers.check_alive()
         time.sleep(0.02)
 

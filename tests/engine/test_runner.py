@@ -66,7 +66,7 @@ def _inject(
 ) -> tuple[Store, FailingStore]:
     real = archive.store("archive")
     failing = FailingStore(real, failures, error)
-    monkeypatch.setitem(archive._stores, "archive", failing)  # type: ignore[arg-type]
+    monkeypatch.setitem(archive._stores, "archive", failing)
     return real, failing
 
 
@@ -141,9 +141,7 @@ def test_concurrent_claims_of_a_queued_task_have_one_winner(archive: Archive) ->
     assert row.claimed_by == f"worker-{wins.index(True)}"
 
 
-def test_concurrent_runners_run_a_task_once(
-    archive: Archive, real_archive_store: Store
-) -> None:
+def test_concurrent_runners_run_a_task_once(archive: Archive, real_archive_store: Store) -> None:
     task_id, sha256 = _transfer_task(archive)
 
     outcomes = _race(RACERS, lambda _i: run_task(archive, task_id))
@@ -155,9 +153,7 @@ def test_concurrent_runners_run_a_task_once(
     _assert_archived(archive, real_archive_store, task_id, sha256)
 
 
-def test_stale_running_task_is_reclaimed_by_exactly_one(
-    archive: Archive, clock: FakeClock
-) -> None:
+def test_stale_running_task_is_reclaimed_by_exactly_one(archive: Archive, clock: FakeClock) -> None:
     task_id, _ = _transfer_task(archive)
     timeout = archive.config.tasks.heartbeat_timeout
     assert _claim(archive, task_id, "dead-worker")

@@ -1,0 +1,45 @@
+"""The audit log: one row per physical deletion (and other destructive acts)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from safekeeper.db.models import AuditEntry
+
+
+def record(session: Session, entries: Sequence[dict[str, Any]]) -> None:
+    """Insert audit rows; ``evidence`` values are stored as JSON."""
+    if not entries:
+        return
+    rows = [
+        {**entry, "evidence": json.dumps(entry.get("evidence"), default=str, sort_keys=True)}
+        for entry in entries
+    ]
+    session.execute(insert(AuditEntry), rows)
+
+
+def query(
+    session: Session,
+    *,
+    blob: str | None = None,
+    location: str | None = None,
+    rule: str | None = None,
+    since: datetime | None = None,
+    limit: int = 1000,
+) -> Sequence[AuditEntry]:
+    statement = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+    if blob is not None:
+        statement = statement.where(AuditEntry.blob_sha256 == blob)
+    if location is not None:
+        statement = statement.where(AuditEntry.location == location)
+    if rule is not None:
+        statement = statement.where(AuditEntry.rule == rule)
+    if since is not None:
+        statement = statement.where(AuditEntry.at >= since)
+    return session.scalars(statement).all()

@@ -1,0 +1,320 @@
+"""Garbage collection: delete exactly the copies the plan allows, provably safely.
+
+Per batch of planned copies at one location:
+
+1. **claim** — ``present → deleting`` in one conditional UPDATE, committed. A claimed
+   copy no longer counts as a copy for anyone (invariant 4).
+2. **re-check** — gather the evidence again *after* the claim committed and decide
+   with the pure policy; copies relied upon as verified elsewhere are re-confirmed in
+   their stores (exists, right size). A copy found gone there is marked ``missing``
+   (invariant 2).
+3. **release** what the re-check no longer allows (``deleting → present``).
+4. **delete** the rest from the store in one bulk call.
+5. **record** ``deleting → deleted`` and one audit row per copy, in one transaction
+   (invariant 8).
+
+A gc that dies leaves copies ``deleting``; the next gc, once they are older than
+``gc_claim_timeout``, looks in the store: gone → recorded deleted (and audited), still
+there → released. Archive copies are processed after every other location's.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, update
+
+from safekeeper.db import audit
+from safekeeper.db.evidence import CopyFacts, gather
+from safekeeper.db.models import Blob, Copy, CopyState, Location
+from safekeeper.errors import NotFound, SafekeeperError
+from safekeeper.policy import Decision, Evidence, Policy, Rule, decide, is_verified
+from safekeeper.services.planner import make_plan, policy_from_config
+
+if TYPE_CHECKING:
+    from safekeeper.archive import Archive
+
+
+def default_actor() -> str:
+    return f"gc:{getpass.getuser()}@{socket.gethostname()}"
+
+
+@dataclass
+class GcReport:
+    planned: int = 0
+    deleted: int = 0
+    bytes_freed: int = 0
+    #: (blob, location, rule, reason) of copies the re-check kept after all
+    kept_on_recheck: list[tuple[str, str, str, str]] = field(default_factory=list)
+    #: (blob, location, error) of copies whose physical delete failed
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    recovered: int = 0
+
+
+# -- phase 1: claim ---------------------------------------------------------------
+
+
+def claim(archive: Archive, copy_ids: Sequence[int]) -> list[int]:
+    """``present → deleting`` for those still present; returns the ids this call won."""
+    if not copy_ids:
+        return []
+    with archive.db.write() as session:
+        return list(
+            session.scalars(
+                update(Copy)
+                .where(Copy.id.in_(copy_ids), Copy.state == CopyState.PRESENT)
+                .values(state=CopyState.DELETING, updated_at=archive.clock())
+                .returning(Copy.id)
+            )
+        )
+
+
+# -- phase 2: re-check ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    facts: CopyFacts
+    evidence: Evidence
+    decision: Decision
+
+
+def _relied_upon(facts: CopyFacts, ev: Evidence, policy: Policy, now: datetime) -> list[str]:
+    """Locations whose verified copies the archived-elsewhere rule counts."""
+    rules = policy.locations[facts.location]
+    return [
+        o.location
+        for o in ev.others
+        if is_verified(o, policy, now)
+        and (o.location in rules.delete_after_copies_at or o.kind == "archive")
+    ]
+
+
+def recheck(archive: Archive, copy_ids: Sequence[int]) -> list[Verdict]:
+    """Decide again on claimed copies, re-confirming the verified copies relied upon."""
+    policy = policy_from_config(archive.config)
+    now = archive.clock()
+    with archive.db.read() as session:
+        evidence = gather(session, copy_ids=copy_ids)
+    verdicts = []
+    for facts, claimed_ev in evidence.values():
+        # We hold the claim on this copy: judge it as the present copy it was. Every
+        # other claimed copy (ours or another gc's) does not count as present.
+        ev = replace(claimed_ev, state=CopyState.PRESENT.value)
+        decision = decide(ev, policy, now)
+        if decision.allowed and decision.rule == Rule.ARCHIVED_ELSEWHERE:
+            confirmed = {
+                name: _confirm(archive, name, facts)
+                for name in _relied_upon(facts, ev, policy, now)
+            }
+            others = tuple(
+                replace(o, confirmed=confirmed[o.location]) if o.location in confirmed else o
+                for o in ev.others
+            )
+            ev = replace(ev, others=others)
+            decision = decide(ev, policy, now)
+        verdicts.append(Verdict(facts, ev, decision))
+    return verdicts
+
+
+def _confirm(archive: Archive, location: str, facts: CopyFacts) -> bool:
+    """Is the blob's object at ``location`` really there, with the right size?"""
+    if location not in archive.config.locations:
+        return False
+    key = archive.key_for(location, facts.sha256, facts.blob_id)
+    try:
+        found = archive.store(location).stat(key).size == facts.size
+    except NotFound:
+        found = False
+    except SafekeeperError:
+        return False  # cannot tell now: not confirmed, but not proven missing either
+    if not found:
+        _mark_missing(archive, facts.blob_id, location)
+    return found
+
+
+def _mark_missing(archive: Archive, blob_id: int, location: str) -> None:
+    with archive.db.write() as session:
+        location_id = select(Location.id).where(Location.name == location).scalar_subquery()
+        session.execute(
+            update(Copy)
+            .where(
+                Copy.blob_id == blob_id,
+                Copy.location_id == location_id,
+                Copy.state == CopyState.PRESENT,
+            )
+            .values(
+                state=CopyState.MISSING,
+                updated_at=archive.clock(),
+                last_error="gone (or wrong size) when gc re-confirmed it",
+            )
+        )
+
+
+# -- phases 3-5: release, delete, record ------------------------------------------
+
+
+def release(archive: Archive, copy_ids: Iterable[int], error: str | None = None) -> None:
+    """``deleting → present``; with ``error``, count a failed attempt (→ ``failed``
+    past the retry limit)."""
+    ids = list(copy_ids)
+    if not ids:
+        return
+    with archive.db.write() as session:
+        now = archive.clock()
+        values: dict[str, Any] = {"state": CopyState.PRESENT, "updated_at": now}
+        if error is not None:
+            values.update(retries=Copy.retries + 1, last_error=error)
+        session.execute(
+            update(Copy).where(Copy.id.in_(ids), Copy.state == CopyState.DELETING).values(**values)
+        )
+        if error is not None:
+            session.execute(
+                update(Copy)
+                .where(
+                    Copy.id.in_(ids),
+                    Copy.state == CopyState.PRESENT,
+                    Copy.retries >= archive.config.policy.max_retries,
+                )
+                .values(state=CopyState.FAILED)
+            )
+
+
+def delete_objects(archive: Archive, location: str, verdicts: Sequence[Verdict]) -> set[int]:
+    """Delete the objects; return the copy ids whose object is now gone."""
+    store = archive.store(location)
+    keys = {
+        v.facts.copy_id: archive.key_for(location, v.facts.sha256, v.facts.blob_id)
+        for v in verdicts
+    }
+    try:
+        store.delete(keys.values())
+        return set(keys)
+    except SafekeeperError:
+        # Bulk deletes can fail part-way: whatever is gone is gone.
+        return {copy_id for copy_id, key in keys.items() if not store.exists(key)}
+
+
+def record_deleted(
+    archive: Archive, verdicts: Sequence[Verdict], actor: str, action: str = "delete"
+) -> None:
+    if not verdicts:
+        return
+    with archive.db.write() as session:
+        now = archive.clock()
+        session.execute(
+            update(Copy)
+            .where(
+                Copy.id.in_([v.facts.copy_id for v in verdicts]),
+                Copy.state == CopyState.DELETING,
+            )
+            .values(state=CopyState.DELETED, updated_at=now)
+        )
+        audit.record(session, [_audit_row(v, actor, action, now) for v in verdicts])
+
+
+def _audit_row(verdict: Verdict, actor: str, action: str, now: datetime) -> dict[str, Any]:
+    ev = verdict.evidence
+    return {
+        "at": now,
+        "actor": actor,
+        "action": action,
+        "blob_sha256": verdict.facts.sha256,
+        "location": verdict.facts.location,
+        "rule": verdict.decision.rule.value,
+        "reason": verdict.decision.reason,
+        "evidence": {
+            "copy_id": verdict.facts.copy_id,
+            "size": verdict.facts.size,
+            "unreferenced_since": ev.unreferenced_since,
+            "held": ev.held,
+            "other_copies": [
+                {
+                    "location": o.location,
+                    "state": o.state,
+                    "verified_at": o.verified_at,
+                    "confirmed_in_store": o.confirmed,
+                }
+                for o in ev.others
+            ],
+        },
+    }
+
+
+def execute_batch(
+    archive: Archive, location: str, copy_ids: Sequence[int], actor: str, report: GcReport
+) -> None:
+    claimed = claim(archive, copy_ids)
+    verdicts = recheck(archive, claimed)
+    kept = [v for v in verdicts if not v.decision.allowed]
+    allowed = [v for v in verdicts if v.decision.allowed]
+    release(archive, [v.facts.copy_id for v in kept])
+    report.kept_on_recheck.extend(
+        (v.facts.sha256, location, v.decision.rule.value, v.decision.reason) for v in kept
+    )
+    gone = delete_objects(archive, location, allowed) if allowed else set()
+    deleted = [v for v in allowed if v.facts.copy_id in gone]
+    failed = [v for v in allowed if v.facts.copy_id not in gone]
+    record_deleted(archive, deleted, actor)
+    release(archive, [v.facts.copy_id for v in failed], error="store delete failed")
+    report.failed.extend((v.facts.sha256, location, "store delete failed") for v in failed)
+    report.deleted += len(deleted)
+    report.bytes_freed += sum(v.facts.size for v in deleted)
+
+
+def recover_stale_claims(archive: Archive, actor: str, report: GcReport) -> None:
+    """Finish or undo the work of a gc that died with copies claimed."""
+    cutoff = archive.clock() - archive.config.policy.gc_claim_timeout
+    with archive.db.read() as session:
+        stale = session.execute(
+            select(Copy.id, Location.name, Blob.sha256, Blob.id)
+            .join(Location, Copy.location_id == Location.id)
+            .join(Blob, Copy.blob_id == Blob.id)
+            .where(Copy.state == CopyState.DELETING, Copy.updated_at < cutoff)
+        ).all()
+        evidence = gather(session, copy_ids=[row[0] for row in stale]) if stale else {}
+    gone, still_there = [], []
+    for copy_id, location, sha256, blob_id in stale:
+        if location not in archive.config.locations:
+            continue
+        exists = archive.store(location).exists(archive.key_for(location, sha256, blob_id))
+        (still_there if exists else gone).append(copy_id)
+    release(archive, still_there)
+    recovered = [
+        Verdict(facts, ev, Decision(True, Rule.RECOVERED, "object gone after an interrupted gc"))
+        for facts, ev in (evidence[i] for i in gone)
+    ]
+    record_deleted(archive, recovered, actor, action="delete-recovered")
+    report.recovered = len(gone) + len(still_there)
+
+
+def run_gc(
+    archive: Archive,
+    *,
+    location: str | None = None,
+    actor: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> GcReport:
+    """Plan, then claim, re-check, delete and record in batches (archive copies last)."""
+    actor = actor or default_actor()
+    report = GcReport()
+    recover_stale_claims(archive, actor, report)
+    plan = make_plan(archive, location)
+    deletions = plan.deletions
+    report.planned = len(deletions)
+    batch_size = archive.config.policy.gc_batch_size
+    by_location: dict[str, list[int]] = {}
+    for deletion in deletions:  # already ordered: archive locations last
+        by_location.setdefault(deletion.location, []).append(deletion.copy_id)
+    for name, copy_ids in by_location.items():
+        for start in range(0, len(copy_ids), batch_size):
+            batch = copy_ids[start : start + batch_size]
+            execute_batch(archive, name, batch, actor, report)
+            if on_batch is not None:
+                on_batch(len(batch))
+    return report
