@@ -13,7 +13,7 @@ from rich.text import Text
 from typer import _click
 from typer.core import TyperGroup
 
-from safekeeper.cli import admin, blobs, replication
+from safekeeper.cli import admin, blobs, deletion, replication
 from safekeeper.cli import worker as worker_cli
 from safekeeper.cli.context import state
 from safekeeper.cli.output import err_console
@@ -72,6 +72,13 @@ app.command()(admin.locations)
 app.command()(replication.replicate)
 app.command()(replication.verify)
 app.add_typer(replication.tasks_app, name="tasks")
+app.command()(deletion.plan)
+app.command("gc")(deletion.gc_command)
+app.command("audit")(deletion.audit_command)
+app.command()(deletion.hold)
+app.command()(deletion.release)
+app.command("holds")(deletion.holds_list)
+app.add_typer(deletion.jobs_app, name="jobs")
 app.command()(worker_cli.worker)
 app.add_typer(admin.db_app, name="db")
 

@@ -1,0 +1,242 @@
+"""``plan``, ``gc``, ``audit``, ``hold``/``release``/``holds``, ``jobs``: safe deletion."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from safekeeper.cli.context import state
+from safekeeper.cli.output import console, emit_json, table, when
+from safekeeper.errors import BadInput
+from safekeeper.services import audit, gc, holds, inventory, jobs, planner
+from safekeeper.units import format_size, parse_duration
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+LocationOption = Annotated[str | None, typer.Option(help="Only this location.")]
+
+
+def plan(
+    ctx: typer.Context,
+    location: LocationOption = None,
+    explain: Annotated[
+        str | None, typer.Option(metavar="BLOB", help="Explain every copy of one blob.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Dry run: what gc would delete (rule, reason, bytes) and what it keeps, and why."""
+    archive = state(ctx).archive()
+    if explain is not None:
+        explanations = planner.explain(archive, explain)
+        if as_json:
+            emit_json(explanations)
+            return
+        table(
+            None,
+            ["location", "state", "verdict", "rule", "reason"],
+            [
+                (
+                    e.location,
+                    e.state,
+                    "delete" if e.decision.allowed else "keep",
+                    e.decision.rule,
+                    e.decision.reason,
+                )
+                for e in explanations
+            ],
+        )
+        return
+    result = planner.make_plan(archive, location)
+    if as_json:
+        emit_json(result)
+        return
+    for loc in result.locations:
+        marks = ""
+        if loc.high_watermark is not None:
+            marks = (
+                f", watermarks {format_size(loc.high_watermark)}/"
+                f"{format_size(loc.low_watermark or 0)}"
+            )
+        console.print(
+            f"[bold]{loc.location}[/] ({loc.kind}, {format_size(loc.used_bytes)} used{marks}): "
+            f"delete {len(loc.deletions)} copies, free {format_size(loc.bytes_freed)}"
+        )
+        by_rule: dict[tuple[str, str], list[int]] = {}
+        for deletion in loc.deletions:
+            entry = by_rule.setdefault((deletion.rule, deletion.reason), [0, 0])
+            entry[0] += 1
+            entry[1] += deletion.size
+        for (rule, reason), (count, size) in sorted(by_rule.items()):
+            console.print(f"  delete {count:>8} ({format_size(size):>10})  {rule}: {reason}")
+        for rule, (count, size) in sorted(loc.kept.items()):
+            console.print(f"  keep   {count:>8} ({format_size(size):>10})  {rule}")
+
+
+def gc_command(
+    ctx: typer.Context,
+    location: LocationOption = None,
+    actor: Annotated[str | None, typer.Option(help="Who to record in the audit log.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete what the plan allows: claim, re-check, delete, record (with audit)."""
+    archive = state(ctx).archive()
+    report = gc.run_gc(archive, location=location, actor=actor)
+    if as_json:
+        emit_json(report)
+    else:
+        console.print(
+            f"planned {report.planned}, deleted {report.deleted} "
+            f"({format_size(report.bytes_freed)}), kept on re-check "
+            f"{len(report.kept_on_recheck)}, failed {len(report.failed)}"
+            + (f", recovered {report.recovered} from an interrupted gc" if report.recovered else "")
+        )
+        for blob, loc, rule, reason in report.kept_on_recheck:
+            console.print(f"kept     {blob} at {loc}: {rule}: {reason}")
+        for blob, loc, error in report.failed:
+            console.print(f"failed   {blob} at {loc}: {error}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def audit_command(
+    ctx: typer.Context,
+    blob: Annotated[str | None, typer.Option(help="Only this blob (id or unique prefix).")] = None,
+    location: LocationOption = None,
+    rule: Annotated[str | None, typer.Option(help="Only deletions by this rule.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="ISO time (2026-01-31T00:00) or an age such as 7d.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 1000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Read the audit log of deletions."""
+    archive = state(ctx).archive()
+    sha256 = inventory.resolve_blob(archive, blob) if blob else None
+    entries = audit.read_audit(
+        archive,
+        blob=sha256,
+        location=location,
+        rule=rule,
+        since=_since(since, archive.clock()),
+        limit=limit,
+    )
+    if as_json:
+        emit_json(entries)
+        return
+    table(
+        None,
+        ["at", "action", "blob", "location", "rule", "reason", "actor"],
+        [
+            (when(e.at), e.action, (e.blob or "")[:16], e.location, e.rule, e.reason, e.actor)
+            for e in entries
+        ],
+    )
+
+
+def _since(text: str | None, now: datetime) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            return now - parse_duration(text)
+        except BadInput:
+            raise BadInput(f"--since {text!r}: give an ISO time or an age such as 7d") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def hold(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(metavar="BLOB|NAMESPACE")],
+    reason: Annotated[str, typer.Option(help="Why (recorded with the hold).")],
+    actor: Annotated[str | None, typer.Option(help="Who places the hold.")] = None,
+) -> None:
+    """Forbid deleting any copy of a blob, or of any blob a namespace references."""
+    view = holds.add_hold(state(ctx).archive(), target, reason, actor or gc.default_actor())
+    console.print(f"hold {view.id} on {view.kind} {view.target}")
+
+
+def release(
+    ctx: typer.Context, target: Annotated[str, typer.Argument(metavar="BLOB|NAMESPACE")]
+) -> None:
+    """Release the holds on a blob or namespace."""
+    count = holds.release_holds(state(ctx).archive(), target)
+    console.print(f"released {count} hold(s)")
+
+
+def holds_list(
+    ctx: typer.Context,
+    released: Annotated[bool, typer.Option("--all", help="Include released holds.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """List holds."""
+    views = holds.list_holds(state(ctx).archive(), include_released=released)
+    if as_json:
+        emit_json(views)
+        return
+    table(
+        None,
+        ["id", "kind", "target", "reason", "by", "since", "released"],
+        [
+            (
+                v.id,
+                v.kind,
+                v.target,
+                v.reason,
+                v.created_by,
+                when(v.created_at),
+                when(v.released_at),
+            )
+            for v in views
+        ],
+    )
+
+
+jobs_app = typer.Typer(help="Staging jobs: blobs needed at a processing location.")
+
+
+@jobs_app.command("start")
+def jobs_start(
+    ctx: typer.Context,
+    name: str,
+    location: Annotated[str, typer.Option(help="The processing location.")],
+    blobs: Annotated[list[str], typer.Argument(help="Blob ids (or prefixes) or references.")],
+) -> None:
+    """Start a job: transfer its blobs to the processing location and keep them there."""
+    archive = state(ctx).archive()
+    view = jobs.start_job(archive, name, location, blobs)
+    if archive.config.tasks.executor != "celery" and view.task_ids:
+        from safekeeper.engine.embedded import run_due
+
+        run_due(archive)
+    console.print(
+        f"job {view.name} started: {view.blobs} blobs at {view.location}, "
+        f"{len(view.task_ids)} transfers"
+    )
+
+
+@jobs_app.command("end")
+def jobs_end(ctx: typer.Context, name: str) -> None:
+    """End a job: its copies become deletable when no active job needs them."""
+    view = jobs.end_job(state(ctx).archive(), name)
+    console.print(f"job {view.name} ended")
+
+
+@jobs_app.command("ls")
+def jobs_ls(
+    ctx: typer.Context,
+    ended: Annotated[bool, typer.Option("--all", help="Include ended jobs.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """List staging jobs."""
+    views = jobs.list_jobs(state(ctx).archive(), include_ended=ended)
+    if as_json:
+        emit_json(views)
+        return
+    table(
+        None,
+        ["id", "name", "location", "blobs", "started", "ended"],
+        [(v.id, v.name, v.location, v.blobs, when(v.created_at), when(v.ended_at)) for v in views],
+    )
