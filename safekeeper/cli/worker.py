@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import FrameType
 from typing import Annotated
 
@@ -34,7 +34,7 @@ from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Task, TaskState
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.engine.embedded import run_due
-from safekeeper.errors import SafekeeperError
+from safekeeper.errors import ConfigError, SafekeeperError
 from safekeeper.services.replication import replication_pass
 
 logger = logging.getLogger("safekeeper.worker")
@@ -123,7 +123,7 @@ class Resender:
         self.archive = archive
         self.sites = list(sites)
         self.grace = archive.config.tasks.heartbeat_timeout
-        self._sent: dict[int, tuple[int, float]] = {}  # id -> (attempts, monotonic time)
+        self._sent: dict[int, tuple[int, datetime]] = {}  # id -> (attempts, when sent)
 
     def pick(self) -> list[tuple[int, str]]:
         """The ``(task id, site)`` pairs to send now (and remember them as sent)."""
@@ -132,15 +132,13 @@ class Resender:
             due = task_rows.due_task_ids(session, now, self.grace, self.sites, RESEND_LIMIT)
             rows = (
                 session.execute(
-                    select(Task.id, Task.site, Task.state, Task.attempts, Task.not_before).where(
-                        Task.id.in_(due)
-                    )
+                    select(Task.id, Task.site, Task.state, Task.attempts, Task.not_before)
+                    .where(Task.id.in_(due))
+                    .order_by(Task.id)
                 ).all()
                 if due
                 else []
             )
-        moment = time.monotonic()
-        grace = self.grace.total_seconds()
         picked: list[tuple[int, str]] = []
         for task_id, site, task_state, attempts, not_before in rows:
             first_message_pending = (
@@ -149,9 +147,9 @@ class Resender:
             if first_message_pending:
                 continue
             last = self._sent.get(task_id)
-            if last is not None and last[0] == attempts and moment - last[1] < grace:
+            if last is not None and last[0] == attempts and now - last[1] < self.grace:
                 continue
-            self._sent[task_id] = (attempts, moment)
+            self._sent[task_id] = (attempts, now)
             picked.append((task_id, site))
         live = set(due)
         for task_id in [t for t in self._sent if t not in live]:
@@ -184,7 +182,13 @@ def _maintenance_loop(archive: Archive, sites: Sequence[str], stop: threading.Ev
 
 
 def _run_celery(archive: Archive, sites: Sequence[str]) -> int:
-    from safekeeper.engine.celery_app import start_worker
+    try:
+        from safekeeper.engine.celery_app import start_worker
+    except ImportError as exc:
+        raise ConfigError(
+            f'{archive.config_origin}: executor = "celery" needs Celery and a broker '
+            f"client (pip install 'celery[redis]'): {exc}"
+        ) from exc
 
     stop = threading.Event()
     maintenance = threading.Thread(

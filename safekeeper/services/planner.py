@@ -26,6 +26,7 @@ from safekeeper.db.models import (
     CopyState,
     Hold,
     Location,
+    UTCDateTime,
     Reference,
     StagingJob,
     StagingJobBlob,
@@ -112,7 +113,9 @@ def _verdict(config: Config, ids: dict[str, int], now: datetime) -> ColumnElemen
         or_(
             Hold.blob_id == Copy.blob_id,
             Hold.namespace_id.in_(
-                select(Reference.namespace_id).where(Reference.blob_id == Copy.blob_id)
+                select(Reference.namespace_id)
+                .where(Reference.blob_id == Copy.blob_id)
+                .correlate(Copy)
             ),
         ),
     )
@@ -131,8 +134,9 @@ def _verdict(config: Config, ids: dict[str, int], now: datetime) -> ColumnElemen
         )
         .where(StagingJob.id == StagingJobBlob.job_id),
     )
+    # Typed literals: an untyped datetime would bypass UTCDateTime and compare as text.
     retention_cutoffs = [
-        (Copy.location_id == ids[name], now - loc.retention)
+        (Copy.location_id == ids[name], literal(now - loc.retention, UTCDateTime()))
         for name, loc in config.locations.items()
         if loc.retention is not None
     ]

@@ -1,5 +1,6 @@
-"""Two sites, real processes: PostgreSQL, Redis (Celery broker), SeaweedFS (S3) and one
-``safekeeper worker`` per site.
+"""The distributed mode. First, what a worker re-sends (fast, on the ``archive``
+fixture). Then two sites with real processes: PostgreSQL, Redis (Celery broker),
+SeaweedFS (S3) and one ``safekeeper worker`` per site.
 
 Part one: files put at site-a's inbox are replicated to site-b's S3 archive by
 ``replicate --wait``; every copy is present, verified, and hashes to its blob id.
@@ -26,17 +27,75 @@ import tomli_w
 from sqlalchemy import select
 
 from safekeeper.archive import Archive
+from safekeeper.cli.worker import Resender
 from safekeeper.config import load_config
+from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Task, TaskState
+from safekeeper.services.replication import replication_pass
+from tests.conftest import FakeClock
 from tests.servers import S3Server
-
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.s3]
 
 SMALL_FILES = 20
 BIG_SIZE = 320 * 1024 * 1024
 PREFIX = "vault"
 COMMAND_TIMEOUT = 90.0
 RECOVERY_TIMEOUT = 120.0
+
+
+def _scheduled(archive: Archive, count: int) -> list[int]:
+    for _ in range(count):
+        archive.put_bytes(os.urandom(1000))
+    return replication_pass(archive).task_ids
+
+
+def test_resender_leaves_fresh_tasks_to_their_first_message(
+    archive: Archive, clock: FakeClock
+) -> None:
+    task_ids = _scheduled(archive, 3)
+    resender = Resender(archive, ["local"])
+    timeout = archive.config.tasks.heartbeat_timeout.total_seconds()
+
+    assert resender.pick() == []
+    clock.advance(seconds=timeout - 1)
+    assert resender.pick() == []
+    # Due for longer than the heartbeat timeout and never claimed: the message is lost.
+    clock.advance(seconds=2)
+    assert resender.pick() == [(task_id, "local") for task_id in task_ids]
+    # Sent at most once per heartbeat timeout.
+    clock.advance(seconds=timeout - 1)
+    assert resender.pick() == []
+    clock.advance(seconds=2)
+    assert [t for t, _ in resender.pick()] == task_ids
+    # Other sites' tasks are not this worker's business.
+    assert Resender(archive, ["elsewhere"]).pick() == []
+
+
+def test_resender_sends_retries_and_stale_tasks(archive: Archive, clock: FakeClock) -> None:
+    retried, stale, healthy = _scheduled(archive, 3)
+    timeout = archive.config.tasks.heartbeat_timeout
+    with archive.db.write() as session:
+        for task_id in (retried, stale, healthy):
+            assert task_rows.claim(session, task_id, "w", clock(), timeout)
+        assert task_rows.finish(
+            session, retried, "w", TaskState.QUEUED, clock(), retry_at=clock() + timeout / 2
+        )
+    resender = Resender(archive, ["local"])
+    assert resender.pick() == []
+
+    clock.advance(seconds=timeout.total_seconds() / 2)
+    assert resender.pick() == [(retried, "local")], "a retry has no message: send one at once"
+
+    with archive.db.write() as session:
+        assert task_rows.heartbeat(session, healthy, "w", clock())
+    clock.advance(seconds=timeout.total_seconds() / 2 + 1)
+    assert resender.pick() == [(stale, "local")], "only the task whose heartbeat is stale"
+    assert resender.pick() == []
+
+    # Re-claimed, then stale again: a new attempt is sent without waiting.
+    with archive.db.write() as session:
+        assert task_rows.claim(session, stale, "w2", clock(), timeout)
+    clock.advance(seconds=timeout.total_seconds() + 1)
+    assert (stale, "local") in resender.pick()
 
 
 class Workers:
@@ -221,6 +280,9 @@ def _make_big_file(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.s3
 def test_two_sites_replicate_and_survive_a_killed_worker(
     setup: tuple[Path, S3Server, str, dict[str, str]], tmp_path: Path
 ) -> None:

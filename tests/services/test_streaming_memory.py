@@ -13,13 +13,18 @@ BLOB_MIB = 512
 RSS_LIMIT_MIB = 200
 
 SCRIPT = """
-import resource, sys
+import sys
 from safekeeper import open_archive
 from safekeeper.engine.embedded import run_due
 from safekeeper.services import replication
 
 def peak_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    # VmHWM, not ru_maxrss: Linux carries the parent's peak into ru_maxrss across exec.
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 with open_archive(sys.argv[1]) as archive:
     outcome = archive.put_file(sys.argv[2])
