@@ -373,6 +373,9 @@ def machine_info(path: Path) -> dict[str, Any]:
         "device": device,
         "kernel": platform.release(),
         "python": platform.python_version(),
+        # Set in some CI/sandbox images: then an editable install's own modules are
+        # compiled on every start (no __pycache__), which inflates startup.
+        "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
         "safekeeper_version": safekeeper_version,
         "git_commit": git_commit,
         "git_dirty": bool(dirty),

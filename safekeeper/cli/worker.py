@@ -34,6 +34,7 @@ from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Task, TaskState
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.engine.embedded import run_due
+from safekeeper.engine.runner import reap_dead_tasks
 from safekeeper.errors import ConfigError, SafekeeperError
 from safekeeper.services.replication import replication_pass
 
@@ -177,6 +178,7 @@ def _maintenance_loop(archive: Archive, sites: Sequence[str], stop: threading.Ev
         if time.monotonic() >= next_pass:
             next_pass = time.monotonic() + tasks.replicate_interval.total_seconds()
             _guard("replication pass", lambda: _replicate(archive))
+        _guard("failing tasks whose worker died", lambda: reap_dead_tasks(archive))
         _guard("re-sending due tasks", resender.round)
         stop.wait(pause)
 

@@ -43,11 +43,11 @@ class CopyFacts:
 def copies_of_blobs(session: Session, blob_ids: Collection[int]) -> list[CopyFacts]:
     rows = session.execute(
         select(
-            Copy.id,
+            Copy.id.label("copy_id"),
             Copy.blob_id,
             Blob.sha256,
             Blob.size,
-            Location.name,
+            Location.name.label("location"),
             Location.kind,
             Copy.state,
             Copy.created_at,
@@ -59,7 +59,7 @@ def copies_of_blobs(session: Session, blob_ids: Collection[int]) -> list[CopyFac
         .where(Copy.blob_id.in_(blob_ids), Copy.state != "deleted")
         .order_by(Copy.id)
     )
-    return [CopyFacts(*row) for row in rows]
+    return [CopyFacts(**row._asdict()) for row in rows]
 
 
 def held_blobs(session: Session, blob_ids: Collection[int]) -> set[int]:

@@ -199,9 +199,7 @@ class Task(Base):
 
     __tablename__ = "tasks"
     __table_args__ = (
-        CheckConstraint(
-            "state IN ('queued', 'running', 'done', 'failed')", name="task_state"
-        ),
+        CheckConstraint("state IN ('queued', 'running', 'done', 'failed')", name="task_state"),
         Index("ix_tasks_state_due", "state", "not_before"),
         Index("ix_tasks_source_copy", "source_copy_id"),
         Index("ix_tasks_copy", "copy_id"),
@@ -230,9 +228,7 @@ class Hold(Base):
 
     __tablename__ = "holds"
     __table_args__ = (
-        CheckConstraint(
-            "(blob_id IS NULL) != (namespace_id IS NULL)", name="hold_has_one_target"
-        ),
+        CheckConstraint("(blob_id IS NULL) != (namespace_id IS NULL)", name="hold_has_one_target"),
         Index("ix_holds_blob", "blob_id"),
         Index("ix_holds_namespace", "namespace_id"),
     )

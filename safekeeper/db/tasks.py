@@ -44,7 +44,32 @@ def enqueue(
 def _claimable(now: datetime, stale_before: datetime) -> object:
     return or_(
         and_(Task.state == TaskState.QUEUED, Task.not_before <= now),
-        and_(Task.state == TaskState.RUNNING, Task.heartbeat_at < stale_before),
+        and_(
+            Task.state == TaskState.RUNNING,
+            Task.heartbeat_at < stale_before,
+            Task.attempts < Task.max_attempts,
+        ),
+    )
+
+
+def fail_exhausted(session: Session, now: datetime, heartbeat_timeout: timedelta) -> list[int]:
+    """Fail running tasks whose worker died on their last allowed attempt; return ids."""
+    return list(
+        session.scalars(
+            update(Task)
+            .where(
+                Task.state == TaskState.RUNNING,
+                Task.heartbeat_at < now - heartbeat_timeout,
+                Task.attempts >= Task.max_attempts,
+            )
+            .values(
+                state=TaskState.FAILED,
+                finished_at=now,
+                heartbeat_at=None,
+                last_error="the worker running it stopped responding on its last attempt",
+            )
+            .returning(Task.id)
+        )
     )
 
 

@@ -21,5 +21,6 @@ def dispatch(archive: Archive, task_ids: Sequence[int]) -> None:
     from safekeeper.engine.celery_app import send_tasks
 
     with archive.db.read() as session:
-        sites = dict(session.execute(select(Task.id, Task.site).where(Task.id.in_(task_ids))))
+        rows = session.execute(select(Task.id, Task.site).where(Task.id.in_(task_ids)))
+        sites = {task_id: site for task_id, site in rows}
     send_tasks(archive, [(task_id, sites[task_id]) for task_id in task_ids])

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import TaskState
-from safekeeper.engine.runner import run_task, worker_name
+from safekeeper.engine.runner import reap_dead_tasks, run_task, worker_name
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -40,6 +40,7 @@ def run_due(
 
     with ThreadPoolExecutor(max_workers=archive.config.tasks.threads) as pool:
         while True:
+            reap_dead_tasks(archive)
             with archive.db.read() as session:
                 due = task_rows.due_task_ids(session, archive.clock(), timeout, sites)
             if not due:

@@ -15,6 +15,8 @@ import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
+
 from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Task, TaskState
 from safekeeper.engine.handlers import HANDLERS
@@ -31,7 +33,8 @@ def worker_name() -> str:
 
 def backoff(archive: Archive, attempts: int) -> timedelta:
     tasks = archive.config.tasks
-    return min(tasks.retry_base * (2 ** max(attempts - 1, 0)), tasks.retry_max)
+    delay: timedelta = tasks.retry_base * (2 ** max(attempts - 1, 0))
+    return min(delay, tasks.retry_max)
 
 
 class _Heartbeat:
@@ -88,6 +91,9 @@ def run_task(archive: Archive, task_id: int, worker: str | None = None) -> TaskS
         return _record_failure(archive, task, worker, handler, str(exc))
     except OSError as exc:  # local I/O trouble is worth another try
         return _record_failure(archive, task, worker, handler, str(exc), transient=True)
+    except Exception as exc:  # noqa: BLE001 - a bug must not leave the task running forever
+        error = f"unexpected {type(exc).__name__}: {exc}"
+        return _record_failure(archive, task, worker, handler, error, transient=True)
     with archive.db.write() as session:
         now = archive.clock()
         if not task_rows.finish(session, task.id, worker, TaskState.DONE, now):
@@ -116,3 +122,25 @@ def _record_failure(
         if handler is not None:
             handler.failed(session, task, error, final, now)
     return state
+
+
+def reap_dead_tasks(archive: Archive) -> list[int]:
+    """Fail tasks whose worker died on their last allowed attempt, and tell their
+    handlers (a transfer's copy becomes ``failed``)."""
+    with archive.db.write() as session:
+        now = archive.clock()
+        dead = task_rows.fail_exhausted(session, now, archive.config.tasks.heartbeat_timeout)
+        for row in session.scalars(select(Task).where(Task.id.in_(dead))):
+            handler = HANDLERS.get(row.kind)
+            if handler is not None:
+                info = TaskInfo(
+                    row.id,
+                    row.kind,
+                    row.site,
+                    row.copy_id,
+                    row.source_copy_id,
+                    row.attempts,
+                    row.max_attempts,
+                )
+                handler.failed(session, info, row.last_error or "worker died", True, now)
+    return dead

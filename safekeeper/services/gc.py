@@ -278,7 +278,8 @@ def recover_stale_claims(archive: Archive, actor: str, report: GcReport) -> None
             .where(Copy.state == CopyState.DELETING, Copy.updated_at < cutoff)
         ).all()
         evidence = gather(session, copy_ids=[row[0] for row in stale]) if stale else {}
-    gone, still_there = [], []
+    gone: list[int] = []
+    still_there: list[int] = []
     for copy_id, location, sha256, blob_id in stale:
         if location not in archive.config.locations:
             continue

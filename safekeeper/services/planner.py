@@ -26,12 +26,12 @@ from safekeeper.db.models import (
     CopyState,
     Hold,
     Location,
-    UTCDateTime,
     Reference,
     StagingJob,
     StagingJobBlob,
     Task,
     TaskState,
+    UTCDateTime,
 )
 from safekeeper.errors import NotFound
 from safekeeper.policy import (

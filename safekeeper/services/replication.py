@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import exists, func, insert, literal, select
+from sqlalchemy import exists, func, insert, literal, select, text
 from sqlalchemy.orm import Session, aliased
 
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Site, Task, TaskState
@@ -97,6 +97,7 @@ def want_copies(archive: Archive, session: Session) -> int:
 
 def schedule_transfers(archive: Archive, session: Session) -> list[int]:
     """Create a transfer task for every pending copy that has no live task."""
+    serialize(session)
     target_loc = aliased(Location)
     needing = (
         select(Copy.id.label("copy_id"), Copy.blob_id, target_loc.site_id)
@@ -126,29 +127,42 @@ def schedule_transfers(archive: Archive, session: Session) -> list[int]:
     site_names = dict(session.execute(select(Site.id, Site.name)).all())
     now = archive.clock()
     max_attempts = archive.config.policy.max_retries
-    task_ids: list[int] = []
-    for copy_id, (source_id, source_site, source_url, target_site) in sorted(chosen.items()):
-        local_source = source_url.startswith(("file:", "memory:"))
-        result = session.execute(
-            insert(Task).values(
-                kind="transfer",
-                state=TaskState.QUEUED,
-                site=site_names[source_site if local_source else target_site],
-                copy_id=copy_id,
-                source_copy_id=source_id,
-                attempts=0,
-                max_attempts=max_attempts,
-                not_before=now,
-                created_at=now,
-            )
-        )
-        task_ids.append(int(result.inserted_primary_key[0]))  # type: ignore[index]
-    return task_ids
+    rows = [
+        {
+            "kind": "transfer",
+            "state": TaskState.QUEUED,
+            "site": site_names[source_site if local_source(source_url) else target_site],
+            "copy_id": copy_id,
+            "source_copy_id": source_id,
+            "attempts": 0,
+            "max_attempts": max_attempts,
+            "not_before": now,
+            "created_at": now,
+        }
+        for copy_id, (source_id, source_site, source_url, target_site) in sorted(chosen.items())
+    ]
+    if not rows:
+        return []
+    return list(session.scalars(insert(Task).returning(Task.id), rows))
+
+
+def local_source(store_url: str) -> bool:
+    """Only the host of a local disk can read it: such transfers run at its site."""
+    return store_url.startswith(("file:", "memory:"))
+
+
+def serialize(session: Session) -> None:
+    """Replication passes (and repairs) plan from a snapshot and insert what is
+    missing; two at once would both insert. SQLite's BEGIN IMMEDIATE already runs
+    write transactions one at a time; on PostgreSQL take a transaction-level lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(7453011)"))
 
 
 def replication_pass(archive: Archive) -> PassResult:
     """Run both steps in one transaction; return what was wanted and scheduled."""
     with archive.db.write() as session:
+        serialize(session)
         wanted = want_copies(archive, session)
         task_ids = schedule_transfers(archive, session)
     return PassResult(wanted=wanted, scheduled=len(task_ids), task_ids=task_ids)

@@ -54,13 +54,13 @@ class Transfer:
                 )
                 .order_by(case((Copy.id == task.source_copy_id, 0), else_=1), Copy.id)
             ).all()
-        sources = [(c, name) for c, name in sources if name in archive.config.locations]
-        if not sources:
+        usable = [name for _, name in sources if name in archive.config.locations]
+        if not usable:
             raise PermanentStoreError(f"no present copy of {blob.sha256} to transfer from")
         target_store = archive.store(target_location)
         target_key = archive.key_for(target_location, blob.sha256, blob.id)
         problems: list[str] = []
-        for _source_copy, source_location in sources:
+        for source_location in usable:
             source_store = archive.store(source_location)
             source_key = archive.key_for(source_location, blob.sha256, blob.id)
             try:
