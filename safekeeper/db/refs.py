@@ -15,8 +15,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from safekeeper.db.models import Blob, Copy, CopyState, Namespace, Reference
-from safekeeper.errors import Conflict, NotFound
+from safekeeper.db.models import Blob, Copy, CopyState, Hold, Namespace, Reference
+from safekeeper.errors import Conflict, NotFound, PolicyDenied
 from safekeeper.ids import RefSpec
 
 
@@ -75,6 +75,19 @@ def pin_present_copies(session: Session, blob_id: int, now: datetime) -> None:
         )
 
 
+def _refuse_if_held(session: Session, namespace_id: int, spec: RefSpec) -> None:
+    """A namespace on hold is frozen against unlinking: its blobs must not turn into
+    garbage behind the hold's back."""
+    held = session.scalar(
+        select(Hold.reason).where(Hold.namespace_id == namespace_id, Hold.released_at.is_(None))
+    )
+    if held is not None:
+        raise PolicyDenied(
+            f"namespace {spec.namespace} is on hold ({held}): its references cannot be "
+            "removed or replaced until the hold is released"
+        )
+
+
 def set_reference(session: Session, spec: RefSpec, blob: Blob, now: datetime) -> int | None:
     """Point ``spec`` at ``blob``; return the id of the blob it pointed at before, if other.
 
@@ -96,6 +109,7 @@ def set_reference(session: Session, spec: RefSpec, blob: Blob, now: datetime) ->
             )
         )
     elif reference.blob_id != blob.id:
+        _refuse_if_held(session, reference.namespace_id, spec)
         previous = reference.blob_id
         reference.blob_id = blob.id
         reference.updated_at = now
@@ -111,6 +125,7 @@ def remove_reference(session: Session, spec: RefSpec, now: datetime) -> int:
     reference = _find(session, spec)
     if reference is None:
         raise NotFound(f"no reference {spec}")
+    _refuse_if_held(session, reference.namespace_id, spec)
     blob_id = reference.blob_id
     session.delete(reference)
     session.flush()

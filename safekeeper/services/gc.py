@@ -249,7 +249,13 @@ def _audit_row(verdict: Verdict, actor: str, action: str, now: datetime) -> dict
 def execute_batch(
     archive: Archive, location: str, copy_ids: Sequence[int], actor: str, report: GcReport
 ) -> None:
-    claimed = claim(archive, copy_ids)
+    process_claimed(archive, location, claim(archive, copy_ids), actor, report)
+
+
+def process_claimed(
+    archive: Archive, location: str, claimed: Sequence[int], actor: str, report: GcReport
+) -> None:
+    """Phases 2-5 for copies this process has claimed."""
     verdicts = recheck(archive, claimed)
     kept = [v for v in verdicts if not v.decision.allowed]
     allowed = [v for v in verdicts if v.decision.allowed]

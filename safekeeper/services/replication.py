@@ -2,7 +2,9 @@
 
 A pass is two set-based steps, each one SQL statement per rule, never a loop per blob:
 
-1. *Want*: insert a ``pending`` copy row wherever a copy should be and is not —
+1. *Want*: repairs first — a ``missing`` or ``corrupt`` copy with a good copy
+   elsewhere becomes ``pending``; then insert a ``pending`` copy row wherever a copy
+   should be and is not —
    at each ``replicate_to`` target of a location holding a present copy, and at
    archive locations (in name order) while a blob has fewer than
    ``min_archive_copies`` live archive copies. The unique index on live copies makes
@@ -18,10 +20,11 @@ that host can read it), else on the target's site.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import exists, func, insert, literal, select, text
+from sqlalchemy import exists, func, insert, literal, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Site, Task, TaskState
@@ -159,10 +162,28 @@ def serialize(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(7453011)"))
 
 
+def want_repairs(session: Session, location_ids: Sequence[int] | None = None) -> int:
+    """``missing``/``corrupt`` copies with a present copy elsewhere become ``pending``
+    (the transfer then rewrites them)."""
+    good = aliased(Copy)
+    statement = (
+        update(Copy)
+        .where(
+            Copy.state.in_([CopyState.MISSING, CopyState.CORRUPT]),
+            exists().where(good.blob_id == Copy.blob_id, good.state == CopyState.PRESENT),
+        )
+        .values(state=CopyState.PENDING, last_error=None)
+        .execution_options(synchronize_session=False)
+    )
+    if location_ids is not None:
+        statement = statement.where(Copy.location_id.in_(location_ids))
+    return len(session.execute(statement.returning(Copy.id)).all())
+
+
 def replication_pass(archive: Archive) -> PassResult:
     """Run both steps in one transaction; return what was wanted and scheduled."""
     with archive.db.write() as session:
         serialize(session)
-        wanted = want_copies(archive, session)
+        wanted = want_repairs(session) + want_copies(archive, session)
         task_ids = schedule_transfers(archive, session)
     return PassResult(wanted=wanted, scheduled=len(task_ids), task_ids=task_ids)

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import exists, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import select, update
 
 from safekeeper.db.blobs import ensure_blob
 from safekeeper.db.catalog import get_location
@@ -31,7 +30,7 @@ from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.errors import BadInput, NotFound, StoreError
 from safekeeper.ids import is_blob_id
-from safekeeper.services.replication import schedule_transfers
+from safekeeper.services.replication import schedule_transfers, serialize, want_repairs
 from safekeeper.services.transfer import hash_object
 
 if TYPE_CHECKING:
@@ -159,28 +158,24 @@ def verify(
 def schedule_repairs(archive: Archive, locations: list[str], report: VerifyReport) -> None:
     """Turn missing/corrupt copies that have a good copy elsewhere into pending
     transfers; list those that have none."""
-    good = aliased(Copy)
     with archive.db.write() as session:
-        now = archive.clock()
-        bad = session.execute(
-            select(
-                Copy.id,
-                Blob.sha256,
-                Location.name,
-                exists().where(good.blob_id == Copy.blob_id, good.state == CopyState.PRESENT),
+        serialize(session)
+        location_ids = list(
+            session.scalars(select(Location.id).where(Location.name.in_(locations)))
+        )
+        want_repairs(session, location_ids)
+        report.unrepairable.extend(
+            f"{sha256} at {name}"
+            for sha256, name in session.execute(
+                select(Blob.sha256, Location.name)
+                .join(Copy, Copy.blob_id == Blob.id)
+                .join(Location, Copy.location_id == Location.id)
+                .where(
+                    Copy.state.in_([CopyState.MISSING, CopyState.CORRUPT]),
+                    Copy.location_id.in_(location_ids),
+                )
             )
-            .join(Blob, Copy.blob_id == Blob.id)
-            .join(Location, Copy.location_id == Location.id)
-            .where(
-                Copy.state.in_([CopyState.MISSING, CopyState.CORRUPT]), Location.name.in_(locations)
-            )
-        ).all()
-        for copy_id, sha256, name, repairable in bad:
-            if not repairable:
-                report.unrepairable.append(f"{sha256} at {name}")
-                continue
-            for state in (CopyState.MISSING, CopyState.CORRUPT):
-                transition(session, copy_id, state, CopyState.PENDING, now)
+        )
         task_ids = schedule_transfers(archive, session)
     report.repairs_scheduled = len(task_ids)
     dispatch(archive, task_ids)
