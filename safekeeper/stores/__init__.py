@@ -26,13 +26,13 @@ def open_store(url: str, options: Mapping[str, Any] | None = None) -> Store:
     if scheme == "memory":
         from safekeeper.stores.memory import MemoryStore
 
-        return MemoryStore.open(url, **opts)
+        return MemoryStore.from_url(url, **opts)
     if scheme == "file":
         from safekeeper.stores.filesystem import FileStore
 
-        return FileStore.open(url, **opts)
+        return FileStore.from_url(url, **opts)
     if scheme == "s3":
         from safekeeper.stores.s3 import S3Store
 
-        return S3Store.open(url, **opts)
+        return S3Store.from_url(url, **opts)
     raise BadInput(f"unknown store URL {url!r}: expected memory://, file:// or s3://")

@@ -18,22 +18,15 @@ Rules every backend keeps (the suite checks them):
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import (
     BinaryIO,
-    Concatenate,
-    Generic,
-    ParamSpec,
     Protocol,
-    TypeVar,
-    cast,
-    overload,
     runtime_checkable,
 )
 
@@ -228,50 +221,3 @@ class HashingCounter:
         return self._hash.hexdigest()
 
 
-_S = TypeVar("_S")
-_P = ParamSpec("_P")
-
-
-class OpenMethod(Generic[_S, _P]):
-    """One name, two jobs: ``Backend.open(url, **options)`` and ``store.open(key)``.
-
-    ``open_store`` opens a backend with ``Backend.open(url, ...)`` while the Store
-    protocol reads an object with ``store.open(key)``. A class can hold only one
-    attribute called ``open``, so backends bind both to this descriptor::
-
-        @classmethod
-        def from_url(cls, url: str) -> MyStore: ...
-        def open_object(self, key: str) -> Iterator[bytes]: ...
-        open = OpenMethod(from_url, open_object)
-
-    Looked up on the class it is ``from_url``; on an instance, ``open_object``.
-    Type checkers see the right signature for each.
-    """
-
-    def __init__(
-        self,
-        from_url: Callable[Concatenate[type[_S], _P], _S],
-        open_object: Callable[[_S, str], Iterator[bytes]],
-    ) -> None:
-        # A classmethod object in the class body; keep its plain function.
-        self._from_url: Callable[Concatenate[type[_S], _P], _S] = getattr(
-            from_url, "__func__", from_url
-        )
-        self._open_object = open_object
-
-    @overload
-    def __get__(self, obj: None, owner: type[_S]) -> Callable[_P, _S]: ...
-
-    @overload
-    def __get__(
-        self, obj: _S, owner: type[_S] | None = None
-    ) -> Callable[[str], Iterator[bytes]]: ...
-
-    def __get__(
-        self, obj: _S | None, owner: type[_S] | None = None
-    ) -> Callable[_P, _S] | Callable[[str], Iterator[bytes]]:
-        if obj is None:
-            if owner is None:
-                raise TypeError("OpenMethod needs an instance or an owner class")
-            return cast(Callable[_P, _S], functools.partial(self._from_url, owner))
-        return functools.partial(self._open_object, obj)

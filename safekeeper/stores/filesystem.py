@@ -46,7 +46,6 @@ from safekeeper.stores.base import (
     CHUNK_SIZE,
     WRITE_CHUNK_SIZE,
     ObjectInfo,
-    OpenMethod,
     PutResult,
     Source,
     Staged,
@@ -257,7 +256,7 @@ class FileStore:
             raise os_error(exc, f"{self.url}: cannot open {key!r}") from exc
         return f
 
-    def open_object(self, key: str) -> Iterator[bytes]:
+    def open(self, key: str) -> Iterator[bytes]:
         return _stream_file(self._open_file(key))  # NotFound now, not on first next()
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
@@ -376,7 +375,6 @@ class FileStore:
             raise os_error(exc, f"{self.url}: cannot clean {TMP_DIR}") from exc
         return removed
 
-    open = OpenMethod(from_url, open_object)
 
     def close(self) -> None:
         """Nothing to release: every operation opens and closes its own files."""

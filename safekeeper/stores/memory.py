@@ -19,7 +19,6 @@ from safekeeper.stores.base import (
     CHUNK_SIZE,
     HashingCounter,
     ObjectInfo,
-    OpenMethod,
     PutResult,
     Source,
     Staged,
@@ -132,7 +131,7 @@ class MemoryStore:
         data, counter = _read_all(source)
         return MemoryStaged(self, data, counter)
 
-    def open_object(self, key: str) -> Iterator[bytes]:
+    def open(self, key: str) -> Iterator[bytes]:
         data, _ = self._get(key)  # raise NotFound now, not on the first next()
         return (data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE))
 
@@ -172,7 +171,6 @@ class MemoryStore:
             sizes = [len(data) for data, _ in self._bucket.objects.values()]
         return Usage(used_bytes=sum(sizes), object_count=len(sizes))
 
-    open = OpenMethod(from_url, open_object)
 
     def close(self) -> None:
         """Nothing to release: the objects outlive the handle, by design."""

@@ -52,7 +52,6 @@ from safekeeper.stores.base import (
     CHUNK_SIZE,
     HashingCounter,
     ObjectInfo,
-    OpenMethod,
     PutResult,
     Source,
     Staged,
@@ -336,7 +335,7 @@ class S3Store:
             raise map_error(exc, f"{self.url}: cannot stat {key!r}") from exc
         return meta
 
-    def open_object(self, key: str) -> Iterator[bytes]:
+    def open(self, key: str) -> Iterator[bytes]:
         meta = self._head(key)  # NotFound now, not on the first next()
         return self._stream(key, int(meta["size"]), meta.get("e_tag"))
 
@@ -419,7 +418,6 @@ class S3Store:
             count += 1
         return Usage(used_bytes=used, object_count=count)
 
-    open = OpenMethod(from_url, open_object)
 
     def close(self) -> None:
         """Nothing to release: obstore pools connections per client object."""

@@ -8,7 +8,7 @@ listings. A backend's tests subclass it and say how to make a fresh, empty store
 
     class TestMyStore(StoreConformance):
         def make_store(self) -> Store:
-            return MyStore.open("my://fresh-empty-place")
+            return MyStore.from_url("my://fresh-empty-place")
 
 (or override the ``store`` fixture instead, to use other fixtures such as
 ``tmp_path``). Keys come from ``make_key(i)``, by default the SHA-256 hex of

@@ -159,10 +159,9 @@ class DeletionMachine(RuleBasedStateMachine):
 
     @rule(i=st.integers(0, 2), ref=st.sampled_from([None, *REFS]))
     def put(self, i: int, ref: RefSpec | None) -> None:
-        try:
+        # refused cleanly when being deleted right now, or the namespace is on hold
+        with contextlib.suppress(Conflict, PolicyDenied):
             self.archive.put_bytes(PAYLOADS[i], ref=ref)
-        except (Conflict, PolicyDenied):
-            pass  # being deleted right now / namespace on hold: refused cleanly
 
     @rule(i=st.integers(0, 2), ref=st.sampled_from(REFS))
     def add_reference(self, i: int, ref: RefSpec) -> None:

@@ -16,7 +16,7 @@ from tests.servers import S3Server
 
 class TestMemoryStore(StoreConformance):
     def make_store(self) -> Store:
-        return MemoryStore.open(f"memory://conformance-{uuid.uuid4().hex}")
+        return MemoryStore.from_url(f"memory://conformance-{uuid.uuid4().hex}")
 
 
 class TestFileStoreFanout(StoreConformance):

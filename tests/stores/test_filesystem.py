@@ -26,7 +26,7 @@ SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 
 def _store(root: Path, **options: object) -> FileStore:
-    store = FileStore.open(root.as_uri(), **options)  # type: ignore[arg-type]
+    store = FileStore.from_url(root.as_uri(), **options)  # type: ignore[arg-type]
     assert isinstance(store, FileStore)
     return store
 
@@ -87,11 +87,11 @@ def test_bad_urls_and_options(url: str, options: dict[str, object]) -> None:
         open_store(url, options)
 
 
-def test_open_is_a_factory_on_the_class_and_a_reader_on_instances(tmp_path: Path) -> None:
-    store = FileStore.open(tmp_path.as_uri(), layout="flat")
+def test_from_url_opens_and_open_reads(tmp_path: Path) -> None:
+    store = FileStore.from_url(tmp_path.as_uri(), layout="flat")
     store.put("k1", [b"abc"])
     assert b"".join(store.open("k1")) == b"abc"
-    memory = MemoryStore.open("memory://open-method")
+    memory = MemoryStore.from_url("memory://open-method")
     memory.put("k1", [b"xyz"])
     assert b"".join(memory.open("k1")) == b"xyz"
 

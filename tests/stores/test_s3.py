@@ -119,10 +119,10 @@ def test_wrong_secret_is_permanent(seaweedfs_server: S3Server) -> None:
 
 
 def test_url_never_carries_or_echoes_credentials() -> None:
-    store = S3Store.open("s3://bucket/some/prefix/", endpoint="http://127.0.0.1:1")
+    store = S3Store.from_url("s3://bucket/some/prefix/", endpoint="http://127.0.0.1:1")
     assert store.url == "s3://bucket/some/prefix"
     with pytest.raises(BadInput) as caught:
-        S3Store.open("s3://AKIAEXAMPLE:sekrit@bucket/prefix")
+        S3Store.from_url("s3://AKIAEXAMPLE:sekrit@bucket/prefix")
     assert "sekrit" not in str(caught.value)
 
 
