@@ -43,12 +43,13 @@ def replicate(
     summary = {"wanted": result.wanted, "scheduled": result.scheduled, "tasks": outcome}
     if as_json:
         emit_json(summary)
-        return
-    console.print(f"{result.wanted} copies wanted, {result.scheduled} transfers scheduled")
-    if outcome:
-        console.print("tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.items())))
+    else:
+        console.print(f"{result.wanted} copies wanted, {result.scheduled} transfers scheduled")
+        if outcome:
+            console.print("tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.items())))
     if outcome.get("failed"):
-        console.print("see `safekeeper tasks --failed`; retry with `safekeeper tasks retry`")
+        if not as_json:
+            console.print("see `safekeeper tasks --failed`; retry with `safekeeper tasks retry`")
         raise typer.Exit(1)
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, and_, case, exists, func, literal, or_, se
 from sqlalchemy.orm import aliased
 
 from safekeeper.config import Config
+from safekeeper.db.blobs import find_blob
 from safekeeper.db.evidence import gather
 from safekeeper.db.models import (
     Blob,
@@ -301,8 +302,10 @@ def explain(archive: Archive, blob_text: str) -> list[Explanation]:
     policy = policy_from_config(archive.config)
     now = archive.clock()
     with archive.db.read() as session:
-        blob_id = session.scalars(select(Blob.id).where(Blob.sha256 == sha256)).one()
-        evidence = gather(session, blob_ids=[blob_id])
+        blob = find_blob(session, sha256)
+        if blob is None:
+            raise NotFound(f"no blob {sha256}")
+        evidence = gather(session, blob_ids=[blob.id])
     explanations = []
     for facts, ev in sorted(evidence.values(), key=lambda item: item[0].location):
         if facts.location not in policy.locations:
