@@ -219,5 +219,3 @@ class HashingCounter:
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
-
-

@@ -375,6 +375,5 @@ class FileStore:
             raise os_error(exc, f"{self.url}: cannot clean {TMP_DIR}") from exc
         return removed
 
-
     def close(self) -> None:
         """Nothing to release: every operation opens and closes its own files."""

@@ -171,6 +171,5 @@ class MemoryStore:
             sizes = [len(data) for data, _ in self._bucket.objects.values()]
         return Usage(used_bytes=sum(sizes), object_count=len(sizes))
 
-
     def close(self) -> None:
         """Nothing to release: the objects outlive the handle, by design."""

@@ -418,7 +418,6 @@ class S3Store:
             count += 1
         return Usage(used_bytes=used, object_count=count)
 
-
     def close(self) -> None:
         """Nothing to release: obstore pools connections per client object."""
 

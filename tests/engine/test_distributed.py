@@ -27,7 +27,7 @@ import tomli_w
 from sqlalchemy import select
 
 from safekeeper.archive import Archive
-from safekeeper.cli.worker import Resender
+from safekeeper.engine.worker import Resender
 from safekeeper.config import load_config
 from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Task, TaskState
