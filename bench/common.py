@@ -401,3 +401,125 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+# -- shared by replicate.py and deletion.py --------------------------------------------
+
+
+def git_env() -> dict[str, str]:
+    """This environment plus a git identity: git refuses to commit without one."""
+    return {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "safekeeper bench",
+        "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+        "GIT_COMMITTER_NAME": "safekeeper bench",
+        "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+    }
+
+
+def have_tools(*names: str) -> list[str]:
+    """The names among ``names`` that are not on PATH."""
+    return [name for name in names if shutil.which(name) is None]
+
+
+def clone_tree(source: Path, dest: Path, *, hardlink: bool = False) -> Path:
+    """``cp -a SOURCE DEST`` (``cp -al`` with ``hardlink``); DEST must not exist yet."""
+    run(["cp", "-al" if hardlink else "-a", "--", source, dest])
+    return dest
+
+
+def run_timed_devnull(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> float:
+    """Like ``run_timed`` but stdout goes to /dev/null (for commands printing a lot)."""
+    args = [str(a) for a in argv]
+    start = time.perf_counter()
+    proc = subprocess.run(
+        args,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        check=False,
+    )
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise CommandFailed(args, proc.returncode, "", proc.stderr)
+    return seconds
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def toml_dumps(document: Mapping[str, Any], _prefix: str = "") -> str:
+    """A minimal TOML writer for nested tables of strings, numbers, booleans and lists."""
+    lines = [
+        f"{_toml_key(k)} = {_toml_value(v)}" for k, v in document.items() if not isinstance(v, dict)
+    ]
+    parts = ["\n".join(lines)] if lines else []
+    for key, value in document.items():
+        if isinstance(value, dict):
+            name = f"{_prefix}.{_toml_key(key)}" if _prefix else _toml_key(key)
+            scalars = any(not isinstance(v, dict) for v in value.values())
+            body = toml_dumps(value, name)
+            parts.append(f"[{name}]\n{body}" if scalars or not value else body)
+    return "\n\n".join(p for p in parts if p) + ("\n" if not _prefix else "")
+
+
+def write_safekeeper_config(data_dir: Path, document: Mapping[str, Any]) -> Path:
+    """Write ``data_dir/safekeeper.toml`` from a dict (sections as nested dicts)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "safekeeper.toml"
+    path.write_text(toml_dumps(document), encoding="utf-8")
+    return path
+
+
+def clone_data_dir(source: Path, dest: Path, *, hardlink_stores: Sequence[str] = ()) -> Path:
+    """Copy a safekeeper data dir for one timed run: everything copied for real, except
+    the store directories named in ``hardlink_stores`` (read-only for the run), which
+    are hard-linked. The SQLite database files are always real copies."""
+    remove(dest)
+    dest.mkdir(parents=True)
+    for entry in sorted(source.iterdir()):
+        clone_tree(entry, dest / entry.name, hardlink=entry.name in hardlink_stores)
+    return dest
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def describe_machine(machine: Mapping[str, Any]) -> str:
+    """One line for a results header."""
+    return (
+        f"{machine['date_utc']}, {machine['nproc']} CPUs ({machine['cpu_model']}), "
+        f"{machine['memory_total']} RAM, {machine['filesystem']} on {machine['device']}"
+    )

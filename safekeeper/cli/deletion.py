@@ -7,8 +7,11 @@ from typing import Annotated
 
 import typer
 
+from safekeeper.archive import Archive
 from safekeeper.cli.context import state
 from safekeeper.cli.output import console, emit_json, table, when
+from safekeeper.engine.dispatch import dispatch
+from safekeeper.engine.wait import wait_for_tasks
 from safekeeper.errors import BadInput
 from safekeeper.services import audit, gc, holds, inventory, jobs, planner
 from safekeeper.units import format_size, parse_duration
@@ -77,10 +80,20 @@ def gc_command(
     ctx: typer.Context,
     location: LocationOption = None,
     actor: Annotated[str | None, typer.Option(help="Who to record in the audit log.")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Celery: wait for the sites' workers to finish.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Delete what the plan allows: claim, re-check, delete, record (with audit)."""
+    """Delete what the plan allows: claim, re-check, delete, record (with audit).
+
+    Embedded executor: runs here. Celery: each batch goes to its location's site queue;
+    with --wait, archive copies are queued once every other batch has ended.
+    """
     archive = state(ctx).archive()
+    if archive.config.tasks.executor == "celery":
+        _gc_on_workers(archive, location, actor, wait, as_json)
+        return
     report = gc.run_gc(archive, location=location, actor=actor)
     if as_json:
         emit_json(report)
@@ -96,6 +109,35 @@ def gc_command(
         for blob, loc, error in report.failed:
             console.print(f"failed   {blob} at {loc}: {error}")
     if report.failed:
+        raise typer.Exit(1)
+
+
+def _gc_on_workers(
+    archive: Archive, location: str | None, actor: str | None, wait: bool, as_json: bool
+) -> None:
+    planned, task_ids = gc.queue_gc(archive, archives=False, location=location, actor=actor)
+    dispatch(archive, task_ids)
+    outcome: dict[str, int] = {}
+    if wait:
+        outcome = wait_for_tasks(archive, task_ids)
+        _, archive_ids = gc.queue_gc(archive, archives=True, location=location, actor=actor)
+        dispatch(archive, archive_ids)
+        for state_name, count in wait_for_tasks(archive, archive_ids).items():
+            outcome[state_name] = outcome.get(state_name, 0) + count
+        task_ids += archive_ids
+    summary = {"planned": planned, "batches": len(task_ids), "tasks": outcome}
+    if as_json:
+        emit_json(summary)
+    else:
+        console.print(
+            f"planned {planned}; {len(task_ids)} batches sent to the sites' workers"
+            + (
+                ": " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.items()))
+                if outcome
+                else " (archive copies go once these have ended)"
+            )
+        )
+    if outcome.get("failed"):
         raise typer.Exit(1)
 
 

@@ -221,6 +221,8 @@ class Task(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Kind-specific arguments as JSON (a gc batch: its location, copies and actor).
+    payload: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Hold(Base):

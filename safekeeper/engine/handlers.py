@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from safekeeper.engine.types import Handler
+from safekeeper.services.gc import GcBatch
 from safekeeper.services.transfer import Transfer
 
 HANDLERS: dict[str, Handler] = {
     "transfer": Transfer(),
+    "gc": GcBatch(),
 }

@@ -70,15 +70,7 @@ def run_task(archive: Archive, task_id: int, worker: str | None = None) -> TaskS
         if not task_rows.claim(session, task_id, worker, archive.clock(), timeout):
             return None
         row = session.get_one(Task, task_id)
-        task = TaskInfo(
-            row.id,
-            row.kind,
-            row.site,
-            row.copy_id,
-            row.source_copy_id,
-            row.attempts,
-            row.max_attempts,
-        )
+        task = TaskInfo.of(row)
     handler = HANDLERS.get(task.kind)
     if handler is None:
         return _record_failure(archive, task, worker, None, f"unknown task kind {task.kind!r}")
@@ -133,14 +125,6 @@ def reap_dead_tasks(archive: Archive) -> list[int]:
         for row in session.scalars(select(Task).where(Task.id.in_(dead))):
             handler = HANDLERS.get(row.kind)
             if handler is not None:
-                info = TaskInfo(
-                    row.id,
-                    row.kind,
-                    row.site,
-                    row.copy_id,
-                    row.source_copy_id,
-                    row.attempts,
-                    row.max_attempts,
-                )
+                info = TaskInfo.of(row)
                 handler.failed(session, info, row.last_error or "worker died", True, now)
     return dead

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
+    from safekeeper.db.models import Task
 
 Completion = Callable[[Session, datetime], None]
 
@@ -26,6 +27,20 @@ class TaskInfo:
     source_copy_id: int | None
     attempts: int
     max_attempts: int
+    payload: str | None = None
+
+    @classmethod
+    def of(cls, row: Task) -> TaskInfo:
+        return cls(
+            row.id,
+            row.kind,
+            row.site,
+            row.copy_id,
+            row.source_copy_id,
+            row.attempts,
+            row.max_attempts,
+            row.payload,
+        )
 
 
 class Handler(Protocol):

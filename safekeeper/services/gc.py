@@ -21,6 +21,7 @@ there → released. Archive copies are processed after every other location's.
 from __future__ import annotations
 
 import getpass
+import json
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,11 +29,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from safekeeper.db import audit
 from safekeeper.db.evidence import CopyFacts, gather
 from safekeeper.db.models import Blob, Copy, CopyState, Location
-from safekeeper.errors import NotFound, SafekeeperError
+from safekeeper.db.tasks import enqueue
+from safekeeper.engine.types import Completion, TaskInfo
+from safekeeper.errors import NotFound, SafekeeperError, TransientStoreError
 from safekeeper.policy import Decision, Evidence, Policy, Rule, decide, is_verified
 from safekeeper.services.planner import make_plan, policy_from_config
 
@@ -300,6 +304,21 @@ def recover_stale_claims(archive: Archive, actor: str, report: GcReport) -> None
     report.recovered = len(gone) + len(still_there)
 
 
+def _batches(archive: Archive, location: str | None) -> tuple[int, list[tuple[str, list[int]]]]:
+    """The plan cut into per-location batches, archive locations last."""
+    deletions = make_plan(archive, location).deletions
+    size = archive.config.policy.gc_batch_size
+    by_location: dict[str, list[int]] = {}
+    for deletion in deletions:  # already ordered: archive locations last
+        by_location.setdefault(deletion.location, []).append(deletion.copy_id)
+    batches = [
+        (name, ids[start : start + size])
+        for name, ids in by_location.items()
+        for start in range(0, len(ids), size)
+    ]
+    return len(deletions), batches
+
+
 def run_gc(
     archive: Archive,
     *,
@@ -307,21 +326,67 @@ def run_gc(
     actor: str | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> GcReport:
-    """Plan, then claim, re-check, delete and record in batches (archive copies last)."""
+    """Plan, then claim, re-check, delete and record in batches, in this process."""
     actor = actor or default_actor()
     report = GcReport()
     recover_stale_claims(archive, actor, report)
-    plan = make_plan(archive, location)
-    deletions = plan.deletions
-    report.planned = len(deletions)
-    batch_size = archive.config.policy.gc_batch_size
-    by_location: dict[str, list[int]] = {}
-    for deletion in deletions:  # already ordered: archive locations last
-        by_location.setdefault(deletion.location, []).append(deletion.copy_id)
-    for name, copy_ids in by_location.items():
-        for start in range(0, len(copy_ids), batch_size):
-            batch = copy_ids[start : start + batch_size]
-            execute_batch(archive, name, batch, actor, report)
-            if on_batch is not None:
-                on_batch(len(batch))
+    report.planned, batches = _batches(archive, location)
+    for name, batch in batches:
+        execute_batch(archive, name, batch, actor, report)
+        if on_batch is not None:
+            on_batch(len(batch))
     return report
+
+
+def queue_gc(
+    archive: Archive, *, archives: bool, location: str | None = None, actor: str | None = None
+) -> tuple[int, list[int]]:
+    """Plan, and queue each batch as a ``gc`` task for the site of its location (the
+    distributed mode: only that site's workers can reach its store).
+
+    Archive copies go last: call once with ``archives=False``, wait for those tasks,
+    then once with ``archives=True``. Returns (planned copies, task ids)."""
+    actor = actor or default_actor()
+    recover_stale_claims(archive, actor, GcReport())
+    planned, batches = _batches(archive, location)
+    batches = [
+        (name, batch)
+        for name, batch in batches
+        if (archive.config.locations[name].kind == "archive") == archives
+    ]
+    task_ids: list[int] = []
+    with archive.db.write() as session:
+        now = archive.clock()
+        for name, batch in batches:
+            task = enqueue(
+                session,
+                kind="gc",
+                site=archive.config.locations[name].site,
+                copy_id=batch[0],
+                source_copy_id=None,
+                max_attempts=archive.config.policy.max_retries,
+                now=now,
+            )
+            task.payload = json.dumps({"location": name, "copy_ids": batch, "actor": actor})
+            task_ids.append(task.id)
+    return planned, task_ids
+
+
+class GcBatch:
+    """The ``gc`` task: phases 1-5 for one planned batch. Idempotent: a repeated run
+    finds the copies already claimed or deleted and claims nothing."""
+
+    def execute(self, archive: Archive, task: TaskInfo) -> Completion:
+        arguments = json.loads(task.payload or "{}")
+        report = GcReport()
+        execute_batch(
+            archive, arguments["location"], arguments["copy_ids"], arguments["actor"], report
+        )
+        if report.failed:
+            raise TransientStoreError(f"{len(report.failed)} deletes failed; retried later")
+        return lambda session, now: None
+
+    def failed(
+        self, session: Session, task: TaskInfo, error: str, final: bool, now: datetime
+    ) -> None:
+        """Nothing to undo: failed copies went back to ``present`` (retries counted)."""

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import NoResultFound
 from typer.testing import CliRunner
 
 from safekeeper.cli import app
@@ -193,11 +192,6 @@ def test_plan_explain_gives_a_verdict_per_copy(data_dir: Path, two_blobs: tuple[
     assert code == 1 and "no blob starts with ffffff" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NoResultFound,
-    reason="BUG: planner.explain() calls .one() on a full blob id it never checked exists",
-)
 def test_plan_explain_unknown_full_blob_id_is_an_error(data_dir: Path) -> None:
     code, _, err = cli(data_dir, "plan", "--explain", "0" * 64)
     assert code == 1 and f"no blob {'0' * 64}" in err
@@ -506,10 +500,6 @@ def test_tasks_list_fail_and_retry(tmp_path: Path) -> None:
     assert code == 0 and "requeued 0 tasks" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="INCONSISTENT: replicate exits 1 when a transfer failed, but 0 with --json",
-)
 def test_replicate_json_exit_code_says_a_transfer_failed(tmp_path: Path) -> None:
     data_dir = tmp_path / "retry-data"
     data_dir.mkdir()

@@ -272,3 +272,21 @@ def test_gc_only_in_one_location(archive: Archive) -> None:
     _replicate(archive)
     assert gc.run_gc(archive, location="archive").deleted == 0
     assert _states(archive, blob) == {"archive": "present", "inbox": "present"}
+
+
+def test_gc_batches_run_as_tasks_on_the_engine(archive: Archive, clock: FakeClock) -> None:
+    """The distributed path (batches queued per site) on the embedded executor."""
+    kept = archive.put_bytes(b"archived, referenced", ref="ns:kept").sha256
+    garbage = archive.put_bytes(b"never referenced").sha256
+    _replicate(archive)
+    clock.advance(days=8)
+    planned, first = gc.queue_gc(archive, archives=False, actor="tasks")
+    assert planned == 3  # two inbox copies, and the garbage blob's archive copy
+    assert run_due(archive) == {"done": len(first)}
+    assert _states(archive, garbage) == {"archive": "present"}  # archive copies go last
+    _, second = gc.queue_gc(archive, archives=True, actor="tasks")
+    assert run_due(archive) == {"done": len(second)}
+    assert _states(archive, garbage) == {}
+    assert _states(archive, kept) == {"archive": "present"}
+    assert {e.actor for e in audit.read_audit(archive)} == {"tasks"}
+    assert len(audit.read_audit(archive)) == 3
