@@ -18,12 +18,14 @@ Rules every backend keeps (the suite checks them):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import (
     BinaryIO,
     Protocol,
@@ -219,3 +221,34 @@ class HashingCounter:
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
+
+
+class SpooledStaged:
+    """``Staged`` bytes in a local temp file: ``commit`` hands the file and key to the
+    backend's ``publish``; leaving without a commit removes the file."""
+
+    def __init__(
+        self, path: Path, size: int, sha256: str, publish: Callable[[Path, str], None]
+    ) -> None:
+        self._path: Path | None = path
+        self._publish = publish
+        self.size = size
+        self.sha256 = sha256
+
+    def commit(self, key: str) -> None:
+        if self._path is None:
+            raise BadInput("staged object was already committed or discarded")
+        self._publish(self._path, key)  # on failure the file stays, for discard()
+        self.discard()
+
+    def discard(self) -> None:
+        if self._path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
+            self._path = None
+
+    def __enter__(self) -> SpooledStaged:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()

@@ -48,6 +48,7 @@ from safekeeper.stores.base import (
     ObjectInfo,
     PutResult,
     Source,
+    SpooledStaged,
     Staged,
     Usage,
     write_hashed,
@@ -97,33 +98,6 @@ def _stream_file(f: BinaryIO) -> Iterator[bytes]:
             yield chunk
     finally:
         f.close()
-
-
-class FileStaged:
-    """A hashed, fsynced temp file waiting for ``commit``."""
-
-    def __init__(self, store: FileStore, tmp: Path, size: int, sha256: str) -> None:
-        self._store = store
-        self._tmp: Path | None = tmp
-        self.size = size
-        self.sha256 = sha256
-
-    def commit(self, key: str) -> None:
-        if self._tmp is None:
-            raise BadInput("staged object was already committed or discarded")
-        self._store._publish(self._tmp, key)  # on failure the temp stays for discard()
-        self._tmp = None
-
-    def discard(self) -> None:
-        if self._tmp is not None:
-            _unlink_quietly(self._tmp)
-            self._tmp = None
-
-    def __enter__(self) -> FileStaged:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.discard()
 
 
 class FileStore:
@@ -241,7 +215,7 @@ class FileStore:
 
     def stage(self, source: Source) -> Staged:
         tmp, size, sha256 = self._write_tmp(source)
-        return FileStaged(self, tmp, size, sha256)
+        return SpooledStaged(tmp, size, sha256, self._publish)
 
     # -- reading -------------------------------------------------------------
 

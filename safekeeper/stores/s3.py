@@ -23,7 +23,6 @@ single request outlives the client timeout and a replaced object is noticed.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
@@ -54,6 +53,7 @@ from safekeeper.stores.base import (
     ObjectInfo,
     PutResult,
     Source,
+    SpooledStaged,
     Staged,
     Usage,
     iter_source,
@@ -125,34 +125,6 @@ def part_size_for(size: int | None, minimum: int = DEFAULT_PART_SIZE) -> int:
         return minimum
     needed = -(-size // MAX_PARTS)  # ceiling division
     return max(minimum, -(-needed // MIB) * MIB)
-
-
-class S3Staged:
-    """A hashed local spool file waiting for ``commit``."""
-
-    def __init__(self, store: S3Store, spool: Path, size: int, sha256: str) -> None:
-        self._store = store
-        self._spool: Path | None = spool
-        self.size = size
-        self.sha256 = sha256
-
-    def commit(self, key: str) -> None:
-        if self._spool is None:
-            raise BadInput("staged object was already committed or discarded")
-        self._store._put_file(key, self._spool, self.size)  # on failure, kept for discard
-        self.discard()
-
-    def discard(self) -> None:
-        if self._spool is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._spool)
-            self._spool = None
-
-    def __enter__(self) -> S3Staged:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.discard()
 
 
 class S3Store:
@@ -303,6 +275,9 @@ class S3Store:
         self._put_multipart(key, stream(), part_size_for(size_hint, self.part_size))
         return PutResult(size=counter.size, sha256=counter.sha256)
 
+    def _publish_spool(self, path: Path, key: str) -> None:
+        self._put_file(key, path, path.stat().st_size)
+
     def _put_file(self, key: str, path: Path, size: int) -> None:
         validate_key(key)
         if size <= self.single_put_max:
@@ -323,7 +298,7 @@ class S3Store:
         except BaseException:
             os.unlink(name)
             raise
-        return S3Staged(self, Path(name), size, sha256)
+        return SpooledStaged(Path(name), size, sha256, self._publish_spool)
 
     # -- reading -------------------------------------------------------------
 

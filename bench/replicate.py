@@ -1,0 +1,704 @@
+"""Replication benchmark: ``safekeeper replicate --wait`` against rclone and git-annex.
+
+    python bench/replicate.py                      # everything, full sizes (~20 minutes)
+    python bench/replicate.py --quick              # small sizes, one repeat (smoke test)
+    python bench/replicate.py --only big-fs,big-s3 --repeats 5 --json-out bench/out/rep.json
+
+Benchmarks (every command is the real CLI in a subprocess, Python startup included):
+
+``big-fs``
+    One file of ``--big-size`` random bytes, filesystem to filesystem on the same disk.
+    ``safekeeper put FILE`` into the inbox of a fresh data dir (untimed), then timed
+    ``safekeeper replicate --wait`` (transfer, hash, fsync into a ``file:`` archive)
+    against ``rclone copy --checksum SRC_DIR DST_DIR`` into a fresh destination.
+    Ratio = safekeeper MB/s / rclone MB/s; target >= 0.8. rclone does not fsync; an
+    informational ``rclone copy --checksum && sync DST`` row shows what that costs.
+``big-s3``
+    The same into SeaweedFS (started here on loopback, stopped at the end): the archive
+    location is ``s3://bucket/prefix`` (endpoint, keys, allow_http in safekeeper.toml),
+    against ``rclone copy --checksum`` to an S3 remote configured by RCLONE_CONFIG_*
+    environment variables. A fresh prefix for every run on both sides. Target >= 0.8.
+``many``
+    ``--many-count`` files of ``--file-size`` bytes. Timed ``safekeeper replicate --wait``
+    after an untimed ``safekeeper put DIR``, against timed ``git annex copy --to archive``
+    (a ``type=directory`` special remote) after an untimed ``git annex add`` and commit.
+    Both sides start each run from a copy of the same prepared state.
+    Ratio = annex time / safekeeper time ("x faster"); target >= 20.
+
+Before each timed run, outside the timing: sources are in the page cache, destinations
+are fresh, dirty pages are written back (``sync``). Baseline and safekeeper runs are
+interleaved, alternating which goes first; tables show medians, ``--json-out`` every
+sample. A benchmark whose tools are missing is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common import (
+    MB,
+    CommandFailed,
+    Samples,
+    alternate,
+    clone_data_dir,
+    clone_tree,
+    count_files,
+    describe_machine,
+    find_executable,
+    flush_disk,
+    format_bytes,
+    format_table,
+    free_port,
+    git_env,
+    have_tools,
+    log,
+    machine_info,
+    parse_size,
+    remove,
+    run,
+    run_timed,
+    source_fingerprint,
+    verdict,
+    warm_cache,
+    workdir,
+    write_json,
+    write_random_file,
+    write_random_files,
+    write_safekeeper_config,
+)
+
+BENCHMARKS = ("big-fs", "big-s3", "many")
+BIG_TARGET = 0.8
+MANY_TARGET = 20.0
+BUCKET = "skbench"
+S3_ACCESS_KEY = "safekeeper"
+S3_SECRET_KEY = "sk-bench-secret"
+RCLONE_REMOTE = "SKBENCH"  # rclone names the remote from RCLONE_CONFIG_<NAME>_*
+
+
+@dataclass(frozen=True)
+class Defaults:
+    big_size: str
+    many_count: int
+    repeats: int
+
+
+FULL = Defaults(big_size="1GiB", many_count=10_000, repeats=3)
+QUICK = Defaults(big_size="32MiB", many_count=300, repeats=1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    work: Path
+    safekeeper: str
+    repeats: int
+    annex_repeats: int
+    big_size: int
+    many_count: int
+    file_size: int
+
+
+@dataclass
+class Row:
+    benchmark: str
+    measure: str
+    baseline: str = ""
+    safekeeper: str = ""
+    ratio: str = ""
+    target: str = ""
+    result: str = ""
+
+    def cells(self) -> list[str]:
+        return [
+            self.benchmark,
+            self.measure,
+            self.baseline,
+            self.safekeeper,
+            self.ratio,
+            self.target,
+            self.result,
+        ]
+
+
+HEADERS = ["benchmark", "measure", "baseline", "safekeeper", "ratio", "target", "result"]
+
+Result = tuple[dict[str, Any], list[Row]]
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def inbox_and_archive(archive_location: dict[str, Any]) -> dict[str, Any]:
+    """A safekeeper.toml: a ``file:inbox`` source and the given archive location."""
+    return {
+        "policy": {"min_archive_copies": 1, "grace_period": "7d"},
+        "sites": {"local": {"description": "this machine"}},
+        "locations": {
+            "inbox": {"kind": "source", "site": "local", "store": "file:inbox"},
+            "archive": {"kind": "archive", "site": "local", **archive_location},
+        },
+    }
+
+
+def new_data_dir(settings: Settings, path: Path, archive_location: dict[str, Any]) -> Path:
+    """A fresh data dir with our safekeeper.toml, its database created (untimed)."""
+    remove(path)
+    write_safekeeper_config(path, inbox_and_archive(archive_location))
+    run([settings.safekeeper, "--data-dir", path, "locations"])  # creates the database
+    return path
+
+
+def put(settings: Settings, data_dir: Path, source: Path, expected: int) -> None:
+    out = run([settings.safekeeper, "--data-dir", data_dir, "put", source])
+    stored = sum(1 for line in out.splitlines() if line.startswith("stored "))
+    if stored != expected:
+        raise RuntimeError(f"put {source}: {stored} stored, expected {expected}:\n{out[-2000:]}")
+
+
+def timed_replicate(settings: Settings, data_dir: Path, expected: int) -> float:
+    """Time ``safekeeper replicate --wait`` and check that every transfer succeeded."""
+    result = run_timed([settings.safekeeper, "--data-dir", data_dir, "replicate", "--wait"])
+    if f"tasks: {expected} done" not in result.stdout:
+        raise RuntimeError(
+            f"replicate --wait did not finish {expected} transfers:\n"
+            f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
+    return result.seconds
+
+
+def rate_row(
+    name: str, size: int, baseline: Samples, ours: Samples, target: float
+) -> tuple[dict[str, Any], Row]:
+    base_rate = size / MB / baseline.median
+    our_rate = size / MB / ours.median
+    ratio = our_rate / base_rate
+    result = {
+        "size_bytes": size,
+        "baseline": baseline.as_dict(),
+        "safekeeper": ours.as_dict(),
+        "baseline_mb_s": round(base_rate, 1),
+        "safekeeper_mb_s": round(our_rate, 1),
+        "ratio": round(ratio, 3),
+        "target": f">= {target}",
+        "passed": ratio >= target,
+    }
+    row = Row(
+        name,
+        f"1 file of {format_bytes(size)}: MB/s (s)",
+        f"{base_rate:.0f} ({baseline.median:.2f} s)",
+        f"{our_rate:.0f} ({ours.median:.2f} s)",
+        f"{ratio:.2f}",
+        f">= {target}",
+        verdict(ratio >= target),
+    )
+    return result, row
+
+
+def interleave(
+    name: str,
+    repeats: int,
+    sides: dict[str, tuple[Samples, Callable[[int], float]]],
+    describe: Callable[[float], str],
+    limits: dict[str, int] | None = None,
+) -> None:
+    """Run each side once per round, alternating the order; log every sample."""
+    first, second = list(sides)[:2]
+    rest = list(sides)[2:]
+    rounds = max([repeats, *(limits or {}).values()])
+    for i in range(rounds):
+        for side in [*alternate(i, first, second), *rest]:
+            if i >= (limits or {}).get(side, repeats):
+                continue
+            samples, action = sides[side]
+            seconds = action(i)
+            samples.add(seconds)
+            log(f"{name}: round {i + 1} {side}: {seconds:.3f} s ({describe(seconds)})")
+
+
+# -- big-fs ----------------------------------------------------------------------------
+
+
+def bench_big_fs(settings: Settings) -> Result:
+    root = settings.work / "big-fs"
+    source_dir = root / "src"
+    source = source_dir / "big.bin"
+    size = settings.big_size
+    log(f"big-fs: writing {format_bytes(size)} of random bytes")
+    write_random_file(source, size)
+    rclone = Samples("rclone copy --checksum SRC DST")
+    rclone_sync = Samples("rclone copy --checksum SRC DST && sync DST (info)")
+    ours = Samples("safekeeper replicate --wait (file: -> file:)")
+    dest = root / "rclone-dst"
+
+    def run_rclone(_i: int) -> float:
+        remove(dest)
+        warm_cache(source)
+        flush_disk()
+        seconds = run_timed(["rclone", "copy", "--checksum", source_dir, dest]).seconds
+        if (dest / source.name).stat().st_size != size:
+            raise RuntimeError("rclone wrote the wrong size")
+        remove(dest)
+        return seconds
+
+    def run_rclone_sync(_i: int) -> float:
+        remove(dest)
+        warm_cache(source)
+        flush_disk()
+        script = 'rclone copy --checksum "$1" "$2" && sync -f "$2"'
+        seconds = run_timed(["sh", "-c", script, "sh", source_dir, dest]).seconds
+        remove(dest)
+        return seconds
+
+    def run_safekeeper(_i: int) -> float:
+        data_dir = new_data_dir(settings, root / "sk-data", {"store": "file:archive"})
+        put(settings, data_dir, source, 1)
+        warm_cache(data_dir / "inbox")
+        flush_disk()
+        seconds = timed_replicate(settings, data_dir, 1)
+        if count_files(data_dir / "archive") != 1:
+            raise RuntimeError("replicate left no archive object")
+        remove(data_dir)
+        return seconds
+
+    interleave(
+        "big-fs",
+        settings.repeats,
+        {
+            "rclone": (rclone, run_rclone),
+            "safekeeper": (ours, run_safekeeper),
+            "rclone+sync": (rclone_sync, run_rclone_sync),
+        },
+        lambda s: f"{size / MB / s:.0f} MB/s",
+    )
+    remove(source_dir)
+    result, row = rate_row("big-fs", size, rclone, ours, BIG_TARGET)
+    sync_rate = size / MB / rclone_sync.median
+    result["info_rclone_then_sync"] = {
+        **rclone_sync.as_dict(),
+        "mb_s": round(sync_rate, 1),
+        "ratio_safekeeper_to_it": round(result["safekeeper_mb_s"] / sync_rate, 3),
+    }
+    info = Row(
+        "big-fs",
+        "info: vs rclone copy --checksum && sync",
+        f"{sync_rate:.0f} ({rclone_sync.median:.2f} s)",
+        row.safekeeper,
+        f"{result['safekeeper_mb_s'] / sync_rate:.2f}",
+        "(info)",
+    )
+    return result, [row, info]
+
+
+# -- big-s3 ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    url: str
+    process: subprocess.Popen[bytes]
+    base: Path
+    grpc_ports: tuple[int, ...]
+
+    def rclone_env(self) -> dict[str, str]:
+        prefix = f"RCLONE_CONFIG_{RCLONE_REMOTE}_"
+        return {
+            **os.environ,
+            prefix + "TYPE": "s3",
+            prefix + "PROVIDER": "Other",
+            prefix + "ENV_AUTH": "false",
+            prefix + "ENDPOINT": self.url,
+            prefix + "REGION": "us-east-1",
+            prefix + "ACCESS_KEY_ID": S3_ACCESS_KEY,
+            prefix + "SECRET_ACCESS_KEY": S3_SECRET_KEY,
+            prefix + "FORCE_PATH_STYLE": "true",
+        }
+
+
+@contextlib.contextmanager
+def seaweedfs(base: Path) -> Iterator[S3Endpoint]:
+    """One ``weed server`` (master, volume, filer, S3) on free loopback ports, with a
+    static identity, like tests/servers.py; stopped (and its sockets removed) at exit."""
+    weed = find_executable("weed")
+    data = base / "data"
+    data.mkdir(parents=True)
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    grpc = {name: free_port() for name in ports}
+    identity = {
+        "name": "safekeeper",
+        "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+    }
+    s3_config = base / "s3.json"
+    s3_config.write_text(json.dumps({"identities": [identity]}))
+    command = [
+        weed,
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={data}",
+        "-master.telemetry=false",
+        "-master.volumeSizeLimitMB=1024",
+        "-volume.max=0",
+        "-volume.preStopSeconds=0",
+        "-filer",
+        "-s3",
+        f"-s3.config={s3_config}",
+        "-s3.autoCreateBucket=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-filer.localSocket={base / 'filer.sock'}",
+        f"-s3.localSocket={base / 's3.sock'}",
+    ]
+    for name in ports:
+        command += [f"-{name}.port={ports[name]}", f"-{name}.port.grpc={grpc[name]}"]
+    log_path = base / "weed.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=base)
+    endpoint = S3Endpoint(f"http://127.0.0.1:{ports['s3']}", process, base, tuple(grpc.values()))
+    try:
+        _wait_ready(endpoint, log_path)
+        yield endpoint
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        for port in grpc.values():
+            for name in ports:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"/tmp/seaweedfs-{name}-grpc-{port}.sock")
+
+
+def _wait_ready(endpoint: S3Endpoint, log_path: Path) -> None:
+    """Until a bucket can be created and written (the volume server registers late)."""
+    env = endpoint.rclone_env()
+    probe = endpoint.base / "probe.txt"
+    probe.write_text("ok\n")
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            run(["rclone", "mkdir", f"{RCLONE_REMOTE}:{BUCKET}"], env=env)
+            run(["rclone", "copyto", probe, f"{RCLONE_REMOTE}:{BUCKET}/probe.txt"], env=env)
+            run(["rclone", "deletefile", f"{RCLONE_REMOTE}:{BUCKET}/probe.txt"], env=env)
+            return
+        except CommandFailed as exc:
+            if endpoint.process.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"SeaweedFS did not start ({exc}); log:\n{tail}") from exc
+            time.sleep(0.5)
+
+
+def bench_big_s3(settings: Settings) -> Result:
+    root = settings.work / "big-s3"
+    source_dir = root / "src"
+    source = source_dir / "big.bin"
+    size = settings.big_size
+    log(f"big-s3: writing {format_bytes(size)} of random bytes")
+    write_random_file(source, size)
+    rclone = Samples("rclone copy --checksum SRC s3:BUCKET/PREFIX")
+    ours = Samples("safekeeper replicate --wait (file: -> s3:)")
+    with seaweedfs(root / "weed") as s3:
+        log(f"big-s3: SeaweedFS S3 at {s3.url}")
+        env = s3.rclone_env()
+
+        def run_rclone(i: int) -> float:
+            target = f"{RCLONE_REMOTE}:{BUCKET}/rclone-{i}"
+            warm_cache(source)
+            flush_disk()
+            seconds = run_timed(
+                ["rclone", "copy", "--checksum", source_dir, target], env=env
+            ).seconds
+            listed = run(["rclone", "size", "--json", target], env=env)
+            if json.loads(listed)["bytes"] != size:
+                raise RuntimeError(f"rclone stored the wrong size: {listed}")
+            run(["rclone", "purge", target], env=env)
+            return seconds
+
+        def run_safekeeper(i: int) -> float:
+            location = {
+                "store": f"s3://{BUCKET}/sk-{i}",
+                "endpoint": s3.url,
+                "region": "us-east-1",
+                "access_key_id": S3_ACCESS_KEY,
+                "secret_access_key": S3_SECRET_KEY,
+                "allow_http": True,
+            }
+            data_dir = new_data_dir(settings, root / "sk-data", location)
+            put(settings, data_dir, source, 1)
+            warm_cache(data_dir / "inbox")
+            flush_disk()
+            seconds = timed_replicate(settings, data_dir, 1)
+            listed = run(["rclone", "size", "--json", f"{RCLONE_REMOTE}:{BUCKET}/sk-{i}"], env=env)
+            if json.loads(listed)["bytes"] != size:
+                raise RuntimeError(f"safekeeper stored the wrong size: {listed}")
+            run(["rclone", "purge", f"{RCLONE_REMOTE}:{BUCKET}/sk-{i}"], env=env)
+            remove(data_dir)
+            return seconds
+
+        interleave(
+            "big-s3",
+            settings.repeats,
+            {"rclone": (rclone, run_rclone), "safekeeper": (ours, run_safekeeper)},
+            lambda s: f"{size / MB / s:.0f} MB/s",
+        )
+    remove(source_dir)
+    result, row = rate_row("big-s3", size, rclone, ours, BIG_TARGET)
+    result["server"] = "SeaweedFS (weed server -s3) on loopback, same disk"
+    return result, [row]
+
+
+# -- many ------------------------------------------------------------------------------
+
+
+def bench_many(settings: Settings) -> Result:
+    root = settings.work / "many"
+    files = root / "files"
+    count = settings.many_count
+    log(f"many: writing {count} files of {format_bytes(settings.file_size)}")
+    write_random_files(files, count, settings.file_size)
+    env = git_env()
+
+    # Safekeeper's prepared state: the files put into the inbox, nothing replicated.
+    sk_ready = new_data_dir(settings, root / "sk-ready", {"store": "file:archive"})
+    log(f"many: safekeeper put of {count} files (untimed setup)")
+    put(settings, sk_ready, files, count)
+
+    # git-annex's prepared state: the files added and committed, a directory remote.
+    annex_ready = root / "annex-ready"
+    annex_remote = root / "annex-remote"
+    annex_ready.mkdir()
+    run(["git", "init", "-q"], cwd=annex_ready, env=env)
+    run(["git", "annex", "init", "-q", "bench"], cwd=annex_ready, env=env)
+    clone_tree(files, annex_ready / "files")
+    log(f"many: git annex add of {count} files (untimed setup)")
+    run(["git", "annex", "add", "--quiet", "files"], cwd=annex_ready, env=env)
+    run(["git", "commit", "-q", "-m", "add files"], cwd=annex_ready, env=env)
+    annex_remote.mkdir()
+    run(
+        [
+            "git",
+            "annex",
+            "initremote",
+            "archive",
+            "type=directory",
+            f"directory={annex_remote}",
+            "encryption=none",
+        ],
+        cwd=annex_ready,
+        env=env,
+    )
+
+    annex = Samples("git annex copy --to archive (directory remote)")
+    ours = Samples("safekeeper replicate --wait")
+
+    def run_annex(_i: int) -> float:
+        repo = root / "annex-run"
+        remove(repo)
+        remove(annex_remote)
+        annex_remote.mkdir()
+        clone_tree(annex_ready, repo)
+        warm_cache(repo / ".git" / "annex" / "objects")
+        flush_disk()
+        seconds = run_timed(
+            ["git", "annex", "copy", "--quiet", "--to", "archive", "files"], cwd=repo, env=env
+        ).seconds
+        there = run(["git", "annex", "find", "--in", "archive", "files"], cwd=repo, env=env)
+        if len(there.splitlines()) != count:
+            raise RuntimeError(f"git annex copy: {len(there.splitlines())} of {count} copied")
+        remove(repo)
+        return seconds
+
+    def run_safekeeper(_i: int) -> float:
+        data_dir = clone_data_dir(sk_ready, root / "sk-run", hardlink_stores=("inbox",))
+        warm_cache(data_dir / "inbox")
+        flush_disk()
+        seconds = timed_replicate(settings, data_dir, count)
+        if count_files(data_dir / "archive") != count:
+            raise RuntimeError("replicate did not write every archive object")
+        remove(data_dir)
+        return seconds
+
+    interleave(
+        "many",
+        max(settings.repeats, settings.annex_repeats),
+        {"annex": (annex, run_annex), "safekeeper": (ours, run_safekeeper)},
+        lambda s: f"{count / s:.0f} files/s",
+        limits={"annex": settings.annex_repeats, "safekeeper": settings.repeats},
+    )
+    for path in (files, sk_ready, annex_ready, annex_remote):
+        remove(path)
+
+    ratio = annex.median / ours.median
+    result = {
+        "count": count,
+        "file_size_bytes": settings.file_size,
+        "baseline": annex.as_dict(),
+        "safekeeper": ours.as_dict(),
+        "ratio_times_faster": round(ratio, 3),
+        "target": f">= {MANY_TARGET}",
+        "passed": ratio >= MANY_TARGET,
+    }
+    row = Row(
+        "many",
+        f"{count} files of {format_bytes(settings.file_size)}: s (files/s)",
+        f"{annex.median:.2f} ({count / annex.median:.0f})",
+        f"{ours.median:.2f} ({count / ours.median:.0f})",
+        f"{ratio:.2f}x faster",
+        f">= {MANY_TARGET:g}x",
+        verdict(ratio >= MANY_TARGET),
+    )
+    return result, [row]
+
+
+# -- main ------------------------------------------------------------------------------
+
+TOOLS = {"big-fs": ("rclone",), "big-s3": ("rclone", "weed"), "many": ("git-annex",)}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark safekeeper replicate against rclone and git-annex.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 2)[1] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, one repeat (big 32MiB, many 300)"
+    )
+    parser.add_argument("--repeats", type=int, help="repeats per measurement (default 3; quick 1)")
+    parser.add_argument(
+        "--annex-repeats", type=int, help="repeats of the git-annex baseline (default: --repeats)"
+    )
+    parser.add_argument("--big-size", help="size of the big file (default 1GiB)")
+    parser.add_argument("--many-count", type=int, help="files for 'many' (default 10000)")
+    parser.add_argument("--file-size", default="4KiB", help="small file size (default 4KiB)")
+    parser.add_argument("--workdir", type=Path, help="parent of the temp work directory")
+    parser.add_argument("--keep", action="store_true", help="do not delete the temp data")
+    parser.add_argument("--json-out", type=Path, help="also write results as JSON here")
+    parser.add_argument(
+        "--check-targets", action="store_true", help="exit with status 1 if a target is missed"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(only) - set(BENCHMARKS))
+    if unknown:
+        raise SystemExit(
+            f"error: unknown benchmark(s) {', '.join(unknown)}; pick from {BENCHMARKS}"
+        )
+    defaults = QUICK if args.quick else FULL
+    repeats = args.repeats or defaults.repeats
+    if repeats < 1 or (args.annex_repeats is not None and args.annex_repeats < 1):
+        raise SystemExit("error: repeats must be at least 1")
+    safekeeper = find_executable("safekeeper")
+    skipped: dict[str, str] = {}
+    for name in list(only):
+        missing = have_tools(*TOOLS[name])
+        if missing:
+            skipped[name] = f"skipped: {', '.join(missing)} not found on PATH"
+            log(f"{name}: {skipped[name]}")
+            only.remove(name)
+
+    status = 0
+    results: dict[str, Any] = {name: {"skipped": note} for name, note in skipped.items()}
+    rows: list[Row] = [Row(name, note) for name, note in skipped.items()]
+    with workdir(args.workdir, keep=args.keep) as work:
+        settings = Settings(
+            work=work,
+            safekeeper=safekeeper,
+            repeats=repeats,
+            annex_repeats=args.annex_repeats or repeats,
+            big_size=parse_size(str(args.big_size or defaults.big_size)),
+            many_count=args.many_count or defaults.many_count,
+            file_size=parse_size(args.file_size),
+        )
+        machine = machine_info(work)
+        runners: dict[str, Callable[[Settings], Result]] = {
+            "big-fs": bench_big_fs,
+            "big-s3": bench_big_s3,
+            "many": bench_many,
+        }
+        try:
+            for name in BENCHMARKS:
+                if name in only:
+                    results[name], new_rows = runners[name](settings)
+                    rows.extend(new_rows)
+        except (CommandFailed, RuntimeError) as exc:
+            log(f"error: {exc}")
+            status = 2
+        finally:
+            fingerprint = source_fingerprint()
+            source_changed = fingerprint != machine["source_fingerprint"]
+            if source_changed:
+                log(
+                    f"warning: safekeeper's sources changed during the run "
+                    f"({machine['source_fingerprint']} -> {fingerprint}); results mix versions"
+                )
+            print()
+            print(
+                f"replication benchmark: {describe_machine(machine)}; "
+                f"repeats {settings.repeats} (annex {settings.annex_repeats}), medians"
+            )
+            print(format_table(HEADERS, [row.cells() for row in rows]))
+            if args.json_out:
+                tools = {
+                    "rclone": run(["rclone", "version"]).splitlines()[0]
+                    if not have_tools("rclone")
+                    else None,
+                    "git_annex": run(["git", "annex", "version", "--raw"]).strip()
+                    if not have_tools("git-annex")
+                    else None,
+                    "weed": run(["weed", "version"]).strip().splitlines()[-1]
+                    if not have_tools("weed")
+                    else None,
+                }
+                write_json(
+                    args.json_out,
+                    {
+                        "benchmark": "replicate",
+                        "machine": machine,
+                        "tools": tools,
+                        "settings": {
+                            "quick": args.quick,
+                            "repeats": settings.repeats,
+                            "annex_repeats": settings.annex_repeats,
+                            "big_size": settings.big_size,
+                            "many_count": settings.many_count,
+                            "file_size": settings.file_size,
+                        },
+                        "results": results,
+                        "complete": status == 0,
+                        "source_fingerprint_at_end": fingerprint,
+                        "source_changed_during_run": source_changed,
+                    },
+                )
+                log(f"wrote {args.json_out}")
+    missed = [n for n, r in results.items() if isinstance(r, dict) and r.get("passed") is False]
+    if status == 0 and missed and args.check_targets:
+        log(f"targets missed: {', '.join(missed)}")
+        status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
