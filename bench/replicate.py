@@ -311,8 +311,11 @@ class S3Endpoint:
 
     def rclone_env(self) -> dict[str, str]:
         prefix = f"RCLONE_CONFIG_{RCLONE_REMOTE}_"
+        # rclone's AWS SDK refuses to start when AWS_CA_BUNDLE is set ("unsupported
+        # transport"); the endpoint is plain http on loopback, so no CA is involved.
+        inherited = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
         return {
-            **os.environ,
+            **inherited,
             prefix + "TYPE": "s3",
             prefix + "PROVIDER": "Other",
             prefix + "ENV_AUTH": "false",

@@ -140,8 +140,10 @@ def decide(evidence: Evidence, policy: Policy, now: datetime) -> Decision:
         archived = sum(1 for c in verified if c.kind == "archive")
         needed = policy.min_archive_copies
         if archived < needed:
-            return _keep(Rule.ARCHIVED_ELSEWHERE, f"{archived} of {needed} verified archive copies")
-        reason = f"{archived} verified archive copies (at least {needed} needed)"
+            return _keep(
+                Rule.ARCHIVED_ELSEWHERE, f"verified archive copies: {archived} of {needed}"
+            )
+        reason = f"verified archive copies: {archived} (at least {needed} needed)"
     if not any(c.state == "present" for c in evidence.others):
         return _keep(Rule.LAST_COPY, "the last present copy of a live blob")
     return Decision(True, Rule.ARCHIVED_ELSEWHERE, reason)

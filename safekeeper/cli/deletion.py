@@ -32,6 +32,8 @@ def plan(
     archive = state(ctx).archive()
     if explain is not None:
         explanations = planner.explain(archive, explain)
+        if location is not None:
+            explanations = [e for e in explanations if e.location == location]
         if as_json:
             emit_json(explanations)
             return

@@ -23,7 +23,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console(highlight=False, soft_wrap=True)
+# Piped output is for scripts and grep: wide enough that ids and rules are never cut.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

@@ -159,3 +159,5 @@ def tasks_retry(
     if archive.config.tasks.executor != "celery" and requeued:
         outcome = run_due(archive)
         console.print("tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.items())))
+        if outcome.get("failed"):
+            raise typer.Exit(1)

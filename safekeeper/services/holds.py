@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -30,14 +31,17 @@ class HoldView:
 
 
 def _target(archive: Archive, text: str) -> tuple[str, str]:
-    """``("blob", sha256)`` or ``("namespace", name)``."""
+    """``("blob", sha256)`` or ``("namespace", name)``: a full blob id, else an existing
+    namespace of that name, else a unique blob id prefix."""
     candidate = text.strip().lower()
-    if is_blob_id(candidate) or (":" not in text and len(candidate) >= 6 and _hexish(candidate)):
-        try:
+    if is_blob_id(candidate):
+        return "blob", candidate
+    with archive.db.read() as session:
+        if session.scalar(select(Namespace.id).where(Namespace.name == text)) is not None:
+            return "namespace", text
+    if len(candidate) >= 6 and _hexish(candidate):
+        with contextlib.suppress(NotFound):
             return "blob", resolve_blob(archive, text)
-        except NotFound:
-            if is_blob_id(candidate):
-                raise
     return "namespace", check_name("namespace", text)
 
 

@@ -45,7 +45,7 @@ def start_job(archive: Archive, name: str, location: str, blobs: Sequence[str]) 
     if settings is None:
         raise NotFound(f"no location named {location!r}")
     if settings.kind != "processing":
-        raise BadInput(f"location {location!r} is a {settings.kind} location, not processing")
+        raise BadInput(f"location {location!r} is of kind {settings.kind}, not processing")
     hashes = sorted({resolve_blob(archive, text) for text in blobs})
     now = archive.clock()
     try:

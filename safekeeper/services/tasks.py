@@ -13,6 +13,7 @@ from safekeeper.db import tasks as task_rows
 from safekeeper.db.copies import transition
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Task
 from safekeeper.engine.dispatch import dispatch
+from safekeeper.errors import NotFound
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -66,6 +67,8 @@ def retry_failed(archive: Archive, task_ids: Sequence[int] | None = None) -> lis
     with archive.db.write() as session:
         now = archive.clock()
         requeued = task_rows.requeue_failed(session, task_ids, now)
+        if task_ids is not None and (unknown := sorted(set(task_ids) - set(requeued))):
+            raise NotFound(f"no failed task with id {', '.join(map(str, unknown))}")
         for task in session.scalars(select(Task).where(Task.id.in_(requeued))):
             if task.kind == "transfer":
                 transition(session, task.copy_id, CopyState.FAILED, CopyState.PENDING, now)

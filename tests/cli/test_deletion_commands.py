@@ -162,7 +162,7 @@ def test_plan_explain_gives_a_verdict_per_copy(data_dir: Path, two_blobs: tuple[
     assert inbox["decision"] == {
         "allowed": False,
         "rule": "archived-elsewhere",
-        "reason": "0 of 1 verified archive copies",
+        "reason": "verified archive copies: 0 of 1",
     }
 
     cli_json(data_dir, "replicate")
@@ -170,7 +170,7 @@ def test_plan_explain_gives_a_verdict_per_copy(data_dir: Path, two_blobs: tuple[
     assert explained["inbox"]["decision"] == {
         "allowed": True,
         "rule": "archived-elsewhere",
-        "reason": "1 verified archive copies (at least 1 needed)",
+        "reason": "verified archive copies: 1 (at least 1 needed)",
     }
     assert explained["archive"]["decision"] == {
         "allowed": False,
@@ -397,9 +397,9 @@ def test_jobs_start_ls_end(scratch_dir: Path) -> None:
         (
             ["--location", "inbox", "BLOB"],
             1,
-            "location 'inbox' is a source location, not processing",
+            "location 'inbox' is of kind source, not processing",
         ),
-        (["--location", "archive", "BLOB"], 1, "is a archive location, not processing"),
+        (["--location", "archive", "BLOB"], 1, "is of kind archive, not processing"),
         (["--location", "attic", "BLOB"], 1, "no location named 'attic'"),
         (["--location", "scratch", "0" * 64], 1, "no blob"),
         (["--location", "scratch"], 2, "Missing argument"),
@@ -498,6 +498,8 @@ def test_tasks_list_fail_and_retry(tmp_path: Path) -> None:
     assert [t["state"] for t in cli_json(data_dir, "tasks")] == ["done", "done"]
     code, out, _ = cli(data_dir, "tasks", "retry", "--all")
     assert code == 0 and "requeued 0 tasks" in out
+    code, _, err = cli(data_dir, "tasks", "retry", str(failed["id"]), "999")
+    assert code == 1 and "no failed task with id" in err and "999" in err
 
 
 def test_replicate_json_exit_code_says_a_transfer_failed(tmp_path: Path) -> None:
