@@ -14,7 +14,8 @@ Benchmarks:
     buffer, two archives: 100k and 1M copies), in a realistic mix — most blobs archived,
     some not yet (pending copies with queued transfer tasks), some inbox copies already
     deleted, some damaged archive copies, references, unreferenced blobs inside and past
-    the grace period, blob holds and a namespace hold. Stores are ``memory://`` and stay
+    the grace period, a few blob holds (the same ones at both sizes: 25 in a full run)
+    and a namespace hold over 1 % of the blobs. Stores are ``memory://`` and stay
     empty: planning reads only the database. On SQLite and on PostgreSQL (a private
     cluster started here on loopback, as tests/pg.py does). Targets: <= 5 s at the
     larger size on each backend, and larger/smaller time ratio <= 12. The CLI
@@ -304,7 +305,8 @@ SHAPES: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def blob_kind(i: int) -> str:
+def blob_kind(i: int, held_below: int) -> str:
+    """The kind of blob ``i``; blob holds only on blobs below ``held_below``."""
     r = i % 100
     if r < 60:
         return "archived"
@@ -322,14 +324,16 @@ def blob_kind(i: int) -> str:
         return "damaged"
     if r == 96:
         return "failed"
-    if r == 97 and (i // 100) % 10 == 0:
-        return "held"  # one blob in a thousand has a hold of its own
+    if r == 97 and i < held_below and (i // 100) % 10 == 0:
+        return "held"  # a few blobs have a hold of their own: the same ones at every size
     if r == 98:
         return "namespace-held"
     return "archived"
 
 
-def populate(database: Any, location_ids: dict[str, int], start: int, stop: int) -> int:
+def populate(
+    database: Any, location_ids: dict[str, int], start: int, stop: int, held_below: int
+) -> int:
     """Insert blobs ``start`` .. ``stop - 1`` with their copies, references, tasks and
     holds, in bulk INSERTs of 20,000 rows; return the number of copy rows."""
     from sqlalchemy import func, insert, select
@@ -370,7 +374,7 @@ def populate(database: Any, location_ids: dict[str, int], start: int, stop: int)
         tasks: list[dict[str, Any]] = []
         holds: list[dict[str, Any]] = []
         for i in range(first, min(first + batch, stop)):
-            kind = blob_kind(i)
+            kind = blob_kind(i, held_below)
             blob_id = i + 1
             created = young if kind == "new" else old
             unreferenced = {

@@ -43,6 +43,23 @@ def ensure_blob(session: Session, sha256: str, size: int, now: datetime) -> Blob
     return get_blob(session, sha256)
 
 
+def ensure_blobs(session: Session, sizes: dict[str, int], now: datetime) -> dict[str, Blob]:
+    """``ensure_blob`` for many at once: two statements, whatever the count."""
+    if not sizes:
+        return {}
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(
+        insert(Blob).on_conflict_do_nothing(index_elements=["sha256"]),
+        [
+            {"sha256": sha256, "size": size, "created_at": now, "unreferenced_since": now}
+            for sha256, size in sizes.items()
+        ],
+    )
+    found = session.scalars(select(Blob).where(Blob.sha256.in_(list(sizes))))
+    return {blob.sha256: blob for blob in found}
+
+
 def list_blobs(session: Session, limit: int | None = None, after: str = "") -> Sequence[Blob]:
     query = select(Blob).where(Blob.sha256 > after).order_by(Blob.sha256)
     if limit is not None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from safekeeper.db.models import Blob, Copy, CopyState, Location
@@ -25,6 +25,55 @@ def live_copy(session: Session, blob_id: int, location_id: int) -> Copy | None:
             Copy.state != CopyState.DELETED,
         )
     )
+
+
+def live_states(session: Session, blob_ids: Sequence[int], location_id: int) -> dict[int, str]:
+    """Blob id → state of its live copy at the location, for those that have one."""
+    rows = session.execute(
+        select(Copy.blob_id, Copy.state).where(
+            Copy.blob_id.in_(blob_ids),
+            Copy.location_id == location_id,
+            Copy.state != CopyState.DELETED,
+        )
+    )
+    return {blob_id: state for blob_id, state in rows}
+
+
+def record_present_many(
+    session: Session, blob_ids: Sequence[int], location_id: int, now: datetime
+) -> None:
+    """``record_present`` for many blobs: reuse live rows, insert the rest, in bulk."""
+    if not blob_ids:
+        return
+    existing = live_states(session, blob_ids, location_id)
+    if existing:
+        session.execute(
+            update(Copy)
+            .where(
+                Copy.blob_id.in_(list(existing)),
+                Copy.location_id == location_id,
+                Copy.state != CopyState.DELETED,
+            )
+            .values(state=CopyState.PRESENT, updated_at=now, verified_at=now, last_error=None)
+            .execution_options(synchronize_session=False)
+        )
+    fresh = [blob_id for blob_id in blob_ids if blob_id not in existing]
+    if fresh:
+        session.execute(
+            insert(Copy),
+            [
+                {
+                    "blob_id": blob_id,
+                    "location_id": location_id,
+                    "state": CopyState.PRESENT,
+                    "created_at": now,
+                    "updated_at": now,
+                    "verified_at": now,
+                    "retries": 0,
+                }
+                for blob_id in fresh
+            ],
+        )
 
 
 def record_present(

@@ -13,6 +13,11 @@ Writes are atomic, durable and create-only without any lock:
 3. unlink the temp name and ``fsync`` the object's directory plus the parent of any
    directory created on the way, so the new name survives a crash.
 
+Many small writes can share their syncs: inside ``deferred_sync()`` steps 1 and 3
+skip their fsyncs, and the writer calls ``sync()`` — one ``syncfs`` of the whole
+filesystem — after staging (before any link) and again after publishing (before it
+records anything). The ingest of a directory does that per batch.
+
 A crash can leave files in ``.tmp``; listings never show them and ``clean_temp``
 removes old ones. Publishing needs hard links; a filesystem without them (FAT,
 some network mounts) fails with PermanentStoreError rather than losing create-only.
@@ -22,6 +27,8 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import os
 import shutil
@@ -86,6 +93,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _syncfs(directory: Path) -> None:
+    """Flush every dirty page and inode of the filesystem holding ``directory``."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if _LIBC is None or _LIBC.syncfs(fd) != 0:
+            os.sync()  # no syncfs here (not Linux): the whole machine, but still correct
+    finally:
+        os.close(fd)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "syncfs") else None
+
+
+_LIBC = _load_libc()
+
+
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -108,6 +137,7 @@ class FileStore:
         self.url = url
         self.layout = layout
         self.tmp_dir = root / TMP_DIR
+        self._deferred = 0  # > 0 inside deferred_sync(): writers skip their own fsyncs
         try:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -165,13 +195,31 @@ class FileStore:
 
     # -- writing -------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def deferred_sync(self) -> Iterator[None]:
+        """Within, writes skip their fsyncs; the caller must ``sync()`` before it relies
+        on what it wrote (before publishing staged files, before recording them)."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+
+    def sync(self) -> None:
+        """Make everything written to this store so far durable."""
+        try:
+            _syncfs(self.root)
+        except OSError as exc:
+            raise os_error(exc, f"{self.url}: sync failed") from exc
+
     def _write_tmp(self, source: Source) -> tuple[Path, int, str]:
         """Stream ``source`` into a new fsynced temp file; return (path, size, sha256)."""
         tmp, fd = self._new_tmp()
         try:
             try:
                 size, sha256 = write_hashed(source, fd)
-                os.fsync(fd)
+                if not self._deferred:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -194,8 +242,10 @@ class FileStore:
             if exc.errno in _NOT_FOUND:  # temp file cleaned away, or a file blocks the path
                 raise PermanentStoreError(f"{self.url}: cannot publish {key!r}: {exc}") from exc
             raise os_error(exc, f"{self.url}: cannot publish {key!r}") from exc
+        # The caller removes the temp name (put: finally; Staged: discard).
         try:
-            _unlink_quietly(tmp)
+            if self._deferred:
+                return
             _fsync_dir(final.parent)
             for directory in created:
                 _fsync_dir(directory.parent)

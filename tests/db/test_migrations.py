@@ -45,3 +45,12 @@ def test_reopening_is_a_no_op(tmp_path: Path) -> None:
     assert revision is not None
     assert current_revision(second.engine) == revision
     second.close()
+
+
+def test_head_constant_names_the_newest_migration() -> None:
+    from alembic.script import ScriptDirectory
+
+    from safekeeper.db.engine import MIGRATIONS
+    from safekeeper.migrations import HEAD
+
+    assert ScriptDirectory(MIGRATIONS).get_current_head() == HEAD

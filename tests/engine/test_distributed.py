@@ -27,10 +27,10 @@ import tomli_w
 from sqlalchemy import select
 
 from safekeeper.archive import Archive
-from safekeeper.engine.worker import Resender
 from safekeeper.config import load_config
 from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Task, TaskState
+from safekeeper.engine.worker import Resender
 from safekeeper.services.replication import replication_pass
 from tests.conftest import FakeClock
 from tests.servers import S3Server
