@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from safekeeper.archive import Archive
 from safekeeper.config import write_default
 from safekeeper.db.models import Copy, CopyState, Task
 from safekeeper.engine.embedded import run_due
 from safekeeper.services import inventory, replication
+from safekeeper.stores.base import PutResult, Store
 from tests.conftest import ArchiveFactory
 
 
@@ -140,3 +142,40 @@ def test_transfer_of_mismatching_bytes_is_not_verified(archive: Archive) -> None
         assert "checksum mismatch" in (copy.last_error or "")
         assert copy.retries == 1
     assert hashlib.sha256(data).hexdigest() == blob
+
+
+class CorruptingWrites:
+    """A target store that flips one byte of whatever is written to it."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    def put(self, key: str, source: Iterable[bytes]) -> PutResult:
+        def flipped() -> Iterator[bytes]:
+            first = True
+            for chunk in source:
+                if first and chunk:
+                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                    first = False
+                yield chunk
+
+        return self.inner.put(key, flipped())
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_target_corrupted_mid_transfer_is_not_verified(archive: Archive) -> None:
+    blob = archive.put_bytes(b"must arrive intact" * 100).sha256
+    real_target = archive.store("archive")
+    archive._stores["archive"] = CorruptingWrites(real_target)  # type: ignore[assignment]
+    replication.replication_pass(archive)
+    assert run_due(archive) == {"queued": 1}  # a transient failure: retried later
+    assert _states(archive, blob)["archive"] == CopyState.PENDING
+    assert not real_target.exists(blob)  # the bad bytes were removed, not kept
+    archive._stores["archive"] = real_target  # the fault clears
+    with archive.db.write() as session:  # don't wait out the backoff
+        session.execute(update(Task).values(not_before=archive.clock()))
+    assert run_due(archive) == {"done": 1}
+    assert _states(archive, blob)["archive"] == CopyState.PRESENT
+    assert hashlib.sha256(b"".join(real_target.open(blob))).hexdigest() == blob
