@@ -19,14 +19,18 @@ Rules every backend keeps (the suite checks them):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
 import os
+import stat as stat_module
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import (
+    Any,
     BinaryIO,
     Protocol,
     runtime_checkable,
@@ -175,6 +179,69 @@ def _pieces(source: Source) -> Iterator[bytes | memoryview]:
         raise BadInput("source is a non-blocking stream with no data ready")
 
 
+#: Bytes per ``copy_file_range`` call in the kernel-copy path.
+KERNEL_COPY_CHUNK = 64 * 1024 * 1024
+
+
+def _regular_file_fd(source: Source) -> int | None:
+    fileno = getattr(source, "fileno", None)
+    if fileno is None or not hasattr(os, "copy_file_range"):
+        return None
+    try:
+        fd = int(fileno())
+        return fd if stat_module.S_ISREG(os.fstat(fd).st_mode) else None
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+def _hash_written(fd: int, digest: Any, offset: int, length: int) -> None:
+    """Hash ``length`` bytes of ``fd`` from ``offset``: the bytes as written."""
+    end = offset + length
+    while offset < end:
+        piece = os.pread(fd, min(WRITE_CHUNK_SIZE, end - offset), offset)
+        if not piece:
+            raise OSError(errno.EIO, "short read hashing what was written")
+        digest.update(piece)
+        offset += len(piece)
+
+
+def kernel_copy_hashed(source: Source, fd: int) -> tuple[int, str] | None:
+    """Copy a regular file into ``fd`` inside the kernel (``copy_file_range``, as ``cp``
+    does) while a helper thread hashes each copied range read back from ``fd`` — so
+    the hash is of the bytes written, not of a second read of the source. ``fd`` must
+    be open for reading too. None when this path does not apply (not a regular file,
+    another filesystem, no kernel support); nothing has been written then."""
+    source_fd = _regular_file_fd(source)
+    if source_fd is None:
+        return None
+    digest = hashlib.sha256()
+    size = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="safekeeper-sha256") as hasher:
+        pending: Future[None] | None = None
+        while True:
+            try:
+                copied = os.copy_file_range(source_fd, fd, KERNEL_COPY_CHUNK)
+            except OSError as exc:
+                if size == 0 and exc.errno in (
+                    errno.EXDEV,
+                    errno.EINVAL,
+                    errno.ENOSYS,
+                    errno.EOPNOTSUPP,
+                    errno.EBADF,
+                ):
+                    return None
+                raise
+            if copied == 0:
+                break
+            if pending is not None:
+                pending.result()
+            pending = hasher.submit(_hash_written, fd, digest, size, copied)
+            size += copied
+        if pending is not None:
+            pending.result()
+    return size, digest.hexdigest()
+
+
 def write_hashed(source: Source, fd: int) -> tuple[int, str]:
     """Write all of ``source`` to ``fd`` and hash it; return (size, sha256 hex).
 
@@ -183,6 +250,9 @@ def write_hashed(source: Source, fd: int) -> tuple[int, str]:
     and reads piece i+1. That keeps a large put close to ``cp`` speed; small objects
     (one piece) never start the thread.
     """
+    kernel_copy = kernel_copy_hashed(source, fd)
+    if kernel_copy is not None:
+        return kernel_copy
     digest = hashlib.sha256()
     size = 0
     hasher: ThreadPoolExecutor | None = None

@@ -171,7 +171,8 @@ class FileStore:
 
     def _new_tmp(self) -> tuple[Path, int]:
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        # O_RDWR: the kernel-copy path hashes what it wrote by reading it back.
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
             # Read-only from birth: a published object is never modified in place.
             return tmp, os.open(tmp, flags, 0o444)
