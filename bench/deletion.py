@@ -531,7 +531,7 @@ def bench_plan(settings: Settings, pg_url: str | None) -> Result:
                 log(f"plan: {backend}: loading blobs {target.loaded}..{blobs - 1}")
                 start = time.perf_counter()
                 target.copies += populate(
-                    target.archive.db, target.location_ids, target.loaded, blobs
+                    target.archive.db, target.location_ids, target.loaded, blobs, small
                 )
                 after_load(target.archive.db)
                 load_seconds[f"{backend}-{blobs}"] = round(time.perf_counter() - start, 1)

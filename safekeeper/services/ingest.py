@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 #: Files recorded per database transaction in a tree ingest.
 BATCH_SIZE = 256
 #: Threads staging files of a tree in parallel (fsync latency overlaps well).
-STAGING_THREADS = 8
+STAGING_THREADS = 4
 
 
 @dataclass(frozen=True)
