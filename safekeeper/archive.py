@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -27,6 +28,7 @@ from safekeeper.ids import RefSpec, parse_ref
 from safekeeper.services import ingest, inventory
 from safekeeper.services.ingest import PutOutcome
 from safekeeper.stores import Store, open_store
+from safekeeper.stores.base import deferred_sync, sync_store
 
 Clock = Callable[[], datetime]
 
@@ -70,6 +72,22 @@ class Archive:
     def key_for(self, location: str, sha256: str, blob_id: int) -> str:
         """The store key of a blob at a location."""
         return str(blob_id) if self.uses_serial_keys(location) else sha256
+
+    @contextmanager
+    def deferred_durability(self) -> Iterator[None]:
+        """In this thread, writes to filesystem stores skip their own fsyncs until
+        ``sync_stores``; used to make many small writes durable with one sync."""
+        with ExitStack() as stack:
+            for name in self.config.locations:
+                stack.enter_context(deferred_sync(self.store(name)))
+            yield
+
+    def sync_stores(self) -> None:
+        """Make everything written to the stores so far durable."""
+        with self._stores_lock:
+            stores = list(self._stores.values())
+        for store in stores:
+            sync_store(store)
 
     @property
     def config_origin(self) -> str:

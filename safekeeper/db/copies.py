@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from safekeeper.db.models import Blob, Copy, CopyState, Location
@@ -113,11 +114,11 @@ def transition(
     **changes: object,
 ) -> bool:
     """Move a copy from ``expected`` to ``new``; False if another process moved it first."""
+    copies = cast(Table, Copy.__table__)  # Core UPDATE: no ORM bookkeeping on a hot path
     result = session.execute(
-        update(Copy)
-        .where(Copy.id == copy_id, Copy.state == expected)
+        update(copies)
+        .where(copies.c.id == copy_id, copies.c.state == expected)
         .values(state=new, updated_at=now, **changes)
-        .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from safekeeper.db.models import Task, TaskState
@@ -95,11 +96,37 @@ def claim(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def heartbeat(session: Session, task_id: int, worker: str, now: datetime) -> bool:
-    """Refresh the claim; False if another worker has taken the task over."""
+def claim_many(
+    session: Session,
+    task_ids: Sequence[int],
+    worker: str,
+    now: datetime,
+    heartbeat_timeout: timedelta,
+) -> list[Task]:
+    """``claim`` for many tasks in one statement; returns the rows this worker won."""
+    if not task_ids:
+        return []
+    return list(
+        session.scalars(
+            update(Task)
+            .where(Task.id.in_(task_ids), _claimable(now, now - heartbeat_timeout))  # type: ignore[arg-type]
+            .values(
+                state=TaskState.RUNNING,
+                claimed_by=worker,
+                heartbeat_at=now,
+                attempts=Task.attempts + 1,
+            )
+            .returning(Task)
+            .execution_options(synchronize_session=False)
+        )
+    )
+
+
+def heartbeat(session: Session, task_ids: Sequence[int], worker: str, now: datetime) -> bool:
+    """Refresh the claims; False once another worker has taken all of them over."""
     result = session.execute(
         update(Task)
-        .where(Task.id == task_id, Task.claimed_by == worker, Task.state == TaskState.RUNNING)
+        .where(Task.id.in_(task_ids), Task.claimed_by == worker, Task.state == TaskState.RUNNING)
         .values(heartbeat_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -127,11 +154,15 @@ def finish(
         values["claimed_by"] = None
     else:
         values["finished_at"] = now
+    tasks = cast(Table, Task.__table__)  # Core UPDATE: no ORM bookkeeping on a hot path
     result = session.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.claimed_by == worker, Task.state == TaskState.RUNNING)
+        update(tasks)
+        .where(
+            tasks.c.id == task_id,
+            tasks.c.claimed_by == worker,
+            tasks.c.state == TaskState.RUNNING,
+        )
         .values(**values)
-        .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 

@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING
 
 from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import TaskState
-from safekeeper.engine.runner import reap_dead_tasks, run_task, worker_name
+from safekeeper.engine.runner import reap_dead_tasks, run_batch, worker_name
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
 
 #: The longest a waiting loop sleeps before looking at the queue again.
 POLL_SECONDS = 1.0
+#: Tasks claimed, run and recorded together (one claim, one sync, one commit).
+BATCH_SIZE = 256
 
 
 def run_due(
@@ -35,9 +37,6 @@ def run_due(
     tally: Counter[str] = Counter()
     worker = worker_name()
 
-    def run_one(task_id: int) -> TaskState | None:
-        return run_task(archive, task_id, worker)
-
     with ThreadPoolExecutor(max_workers=archive.config.tasks.threads) as pool:
         while True:
             reap_dead_tasks(archive)
@@ -48,10 +47,15 @@ def run_due(
                     return tally
                 time.sleep(_pause(archive, sites))
                 continue
-            for state in pool.map(run_one, due):
-                tally[state.value if state else "skipped"] += 1
-                if on_result is not None:
-                    on_result(state)
+            for start in range(0, len(due), BATCH_SIZE):
+                states = run_batch(archive, due[start : start + BATCH_SIZE], worker, pool)
+                tally["skipped"] += min(BATCH_SIZE, len(due) - start) - len(states)
+                for state in states:
+                    tally[state.value if state else "skipped"] += 1
+                    if on_result is not None:
+                        on_result(state)
+            if not tally["skipped"]:
+                del tally["skipped"]
 
 
 def _still_busy(archive: Archive, sites: Sequence[str] | None) -> bool:

@@ -12,15 +12,19 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Task, TaskState
 from safekeeper.engine.handlers import HANDLERS
-from safekeeper.engine.types import Handler, TaskInfo
+from safekeeper.engine.types import Completion, Handler, TaskInfo
 from safekeeper.errors import SafekeeperError, TransientStoreError
 
 if TYPE_CHECKING:
@@ -38,10 +42,10 @@ def backoff(archive: Archive, attempts: int) -> timedelta:
 
 
 class _Heartbeat:
-    """Refreshes the claim from a background thread while a handler runs."""
+    """Refreshes this worker's claims from a background thread while handlers run."""
 
-    def __init__(self, archive: Archive, task_id: int, worker: str) -> None:
-        self._archive, self._task_id, self._worker = archive, task_id, worker
+    def __init__(self, archive: Archive, task_ids: Sequence[int], worker: str) -> None:
+        self._archive, self._task_ids, self._worker = archive, list(task_ids), worker
         self._stop = threading.Event()
         interval = archive.config.tasks.heartbeat_timeout.total_seconds() / 3
         self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
@@ -50,7 +54,7 @@ class _Heartbeat:
         while not self._stop.wait(interval):
             with self._archive.db.write() as session:
                 now = self._archive.clock()
-                if not task_rows.heartbeat(session, self._task_id, self._worker, now):
+                if not task_rows.heartbeat(session, self._task_ids, self._worker, now):
                     return
 
     def __enter__(self) -> _Heartbeat:
@@ -62,58 +66,88 @@ class _Heartbeat:
         self._thread.join()
 
 
-def run_task(archive: Archive, task_id: int, worker: str | None = None) -> TaskState | None:
-    """Claim and run one task. Returns its new state, or None if it was not claimable."""
-    worker = worker or worker_name()
-    timeout = archive.config.tasks.heartbeat_timeout
-    with archive.db.write() as session:
-        if not task_rows.claim(session, task_id, worker, archive.clock(), timeout):
-            return None
-        row = session.get_one(Task, task_id)
-        task = TaskInfo.of(row)
+@dataclass
+class _Outcome:
+    task: TaskInfo
+    handler: Handler | None
+    completion: Completion | None = None
+    error: str = ""
+    transient: bool = False
+
+
+def _execute(archive: Archive, task: TaskInfo) -> _Outcome:
+    """Run the handler (no transaction held); classify what went wrong, if anything."""
     handler = HANDLERS.get(task.kind)
     if handler is None:
-        return _record_failure(archive, task, worker, None, f"unknown task kind {task.kind!r}")
+        return _Outcome(task, None, error=f"unknown task kind {task.kind!r}")
     try:
-        with _Heartbeat(archive, task.id, worker):
-            complete = handler.execute(archive, task)
+        return _Outcome(task, handler, completion=handler.execute(archive, task))
     except TransientStoreError as exc:
-        return _record_failure(archive, task, worker, handler, str(exc), transient=True)
+        return _Outcome(task, handler, error=str(exc), transient=True)
     except SafekeeperError as exc:
-        return _record_failure(archive, task, worker, handler, str(exc))
+        return _Outcome(task, handler, error=str(exc))
     except OSError as exc:  # local I/O trouble is worth another try
-        return _record_failure(archive, task, worker, handler, str(exc), transient=True)
+        return _Outcome(task, handler, error=str(exc), transient=True)
     except Exception as exc:  # noqa: BLE001 - a bug must not leave the task running forever
         error = f"unexpected {type(exc).__name__}: {exc}"
-        return _record_failure(archive, task, worker, handler, error, transient=True)
-    with archive.db.write() as session:
-        now = archive.clock()
+        return _Outcome(task, handler, error=error, transient=True)
+
+
+def _record(session: Session, archive: Archive, worker: str, outcome: _Outcome) -> TaskState | None:
+    """Record one outcome, if this worker still holds the claim (else None: the worker
+    that took the task over records it)."""
+    task, now = outcome.task, archive.clock()
+    if outcome.completion is not None:
         if not task_rows.finish(session, task.id, worker, TaskState.DONE, now):
-            return None  # our claim was taken over; the new owner records the outcome
-        complete(session, now)
-    return TaskState.DONE
-
-
-def _record_failure(
-    archive: Archive,
-    task: TaskInfo,
-    worker: str,
-    handler: Handler | None,
-    error: str,
-    transient: bool = False,
-) -> TaskState | None:
-    final = not transient or task.attempts >= task.max_attempts
-    state = TaskState.FAILED if final else TaskState.QUEUED
-    with archive.db.write() as session:
-        now = archive.clock()
-        retry_at = now + backoff(archive, task.attempts)
-        if not task_rows.finish(
-            session, task.id, worker, state, now, error=error, retry_at=retry_at
-        ):
             return None
-        if handler is not None:
-            handler.failed(session, task, error, final, now)
+        outcome.completion(session, now)
+        return TaskState.DONE
+    final = not outcome.transient or task.attempts >= task.max_attempts
+    state = TaskState.FAILED if final else TaskState.QUEUED
+    retry_at = now + backoff(archive, task.attempts)
+    if not task_rows.finish(
+        session, task.id, worker, state, now, error=outcome.error, retry_at=retry_at
+    ):
+        return None
+    if outcome.handler is not None:
+        outcome.handler.failed(session, task, outcome.error, final, now)
     return state
+
+
+def run_task(archive: Archive, task_id: int, worker: str | None = None) -> TaskState | None:
+    """Claim and run one task. Returns its new state, or None if it was not claimable."""
+    states = run_batch(archive, [task_id], worker or worker_name())
+    return states[0] if states else None
+
+
+def run_batch(
+    archive: Archive,
+    task_ids: Sequence[int],
+    worker: str,
+    pool: ThreadPoolExecutor | None = None,
+) -> list[TaskState | None]:
+    """Claim the claimable ones of ``task_ids`` in one statement, run their handlers
+    (on ``pool`` if given), make the stores durable once, and record every outcome in
+    one transaction. Returns the new state of each task claimed."""
+    with archive.db.write() as session:
+        tasks = [
+            TaskInfo.of(row)
+            for row in task_rows.claim_many(
+                session, task_ids, worker, archive.clock(), archive.config.tasks.heartbeat_timeout
+            )
+        ]
+    if not tasks:
+        return []
+
+    def execute(task: TaskInfo) -> _Outcome:
+        with archive.deferred_durability():
+            return _execute(archive, task)
+
+    with _Heartbeat(archive, [t.id for t in tasks], worker):
+        outcomes = list(pool.map(execute, tasks)) if pool else [execute(t) for t in tasks]
+        archive.sync_stores()  # everything written is durable before anything is recorded
+    with archive.db.write() as session:
+        return [_record(session, archive, worker, outcome) for outcome in outcomes]
 
 
 def reap_dead_tasks(archive: Archive) -> list[int]:

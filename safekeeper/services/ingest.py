@@ -19,11 +19,9 @@ Putting bytes a location already holds writes nothing (dedup) and touches no obj
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +33,7 @@ from safekeeper.db.models import CopyState
 from safekeeper.db.refs import set_reference
 from safekeeper.errors import AlreadyExists, BadInput, Conflict, NotFound
 from safekeeper.ids import RefSpec
-from safekeeper.stores.base import Source, Staged, Store
+from safekeeper.stores.base import Source, Staged, Store, deferred_sync, sync_store
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -135,11 +133,10 @@ def put_files(
     """
     target = location or archive.config.ingest_location
     store = archive.store(target)
-    deferred, sync = _batch_durability(store)
 
     def stage(file: TreeFile) -> _Item:
         try:
-            with file.path.open("rb") as source:
+            with file.path.open("rb") as source, deferred_sync(store):
                 staged = store.stage(source)
         except OSError as exc:
             raise BadInput(f"{file.path}: cannot read: {exc.strerror}") from exc
@@ -148,26 +145,20 @@ def put_files(
             file_ref = RefSpec(ref.namespace, f"{ref.key}/{file.relative}", ref.label)
         return _Item(staged, file_ref, str(file.path))
 
-    with ThreadPoolExecutor(max_workers=STAGING_THREADS) as pool, deferred:
+    def sync() -> None:
+        sync_store(store)
+
+    with ThreadPoolExecutor(max_workers=STAGING_THREADS) as pool:
         for start in range(0, len(files), BATCH_SIZE):
             batch = files[start : start + BATCH_SIZE]
             items = _stage_all(pool, stage, batch)
             try:
                 sync()  # the staged bytes are durable before any of them gets a name
-                yield from _publish(archive, target, items, before_commit=sync)
+                with deferred_sync(store):
+                    yield from _publish(archive, target, items, before_commit=sync)
             finally:
                 for item in items:
                     item.staged.discard()
-
-
-def _batch_durability(store: Store) -> tuple[AbstractContextManager[None], Callable[[], None]]:
-    """The store's shared-sync mode and its sync, or a no-op pair for stores whose
-    every write is durable on its own (S3, memory)."""
-    deferred = getattr(store, "deferred_sync", None)
-    sync = getattr(store, "sync", None)
-    if deferred is None or sync is None:
-        return contextlib.nullcontext(), lambda: None
-    return deferred(), sync
 
 
 def _stage_all(

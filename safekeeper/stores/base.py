@@ -26,6 +26,7 @@ import os
 import stat as stat_module
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -331,3 +332,17 @@ class SpooledStaged:
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
+
+
+def deferred_sync(store: Store) -> AbstractContextManager[None]:
+    """The store's shared-sync mode for this thread (filesystem stores), or nothing
+    for stores whose every write is durable on its own (S3, memory). Whoever defers
+    must call ``sync_store`` before relying on what was written."""
+    defer = getattr(store, "deferred_sync", None)
+    return defer() if defer is not None else contextlib.nullcontext()
+
+
+def sync_store(store: Store) -> None:
+    sync = getattr(store, "sync", None)
+    if sync is not None:
+        sync()

@@ -33,6 +33,7 @@ import errno
 import os
 import shutil
 import stat as stat_module
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -137,7 +138,9 @@ class FileStore:
         self.url = url
         self.layout = layout
         self.tmp_dir = root / TMP_DIR
-        self._deferred = 0  # > 0 inside deferred_sync(): writers skip their own fsyncs
+        # Per thread: only the thread inside deferred_sync() skips its fsyncs, so a
+        # concurrent writer in another thread keeps its own durability.
+        self._local = threading.local()
         try:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -198,13 +201,19 @@ class FileStore:
 
     @contextlib.contextmanager
     def deferred_sync(self) -> Iterator[None]:
-        """Within, writes skip their fsyncs; the caller must ``sync()`` before it relies
-        on what it wrote (before publishing staged files, before recording them)."""
-        self._deferred += 1
+        """Within (in this thread), writes skip their fsyncs; the caller must ``sync()``
+        before it relies on what it wrote (before publishing staged files, before
+        recording them)."""
+        depth = getattr(self._local, "deferred", 0)
+        self._local.deferred = depth + 1
         try:
             yield
         finally:
-            self._deferred -= 1
+            self._local.deferred = depth
+
+    @property
+    def _deferred(self) -> bool:
+        return bool(getattr(self._local, "deferred", 0))
 
     def sync(self) -> None:
         """Make everything written to this store so far durable."""

@@ -86,7 +86,7 @@ def test_resender_sends_retries_and_stale_tasks(archive: Archive, clock: FakeClo
     assert resender.pick() == [(retried, "local")], "a retry has no message: send one at once"
 
     with archive.db.write() as session:
-        assert task_rows.heartbeat(session, healthy, "w", clock())
+        assert task_rows.heartbeat(session, [healthy], "w", clock())
     clock.advance(seconds=timeout.total_seconds() / 2 + 1)
     assert resender.pick() == [(stale, "local")], "only the task whose heartbeat is stale"
     assert resender.pick() == []

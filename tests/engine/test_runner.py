@@ -172,7 +172,7 @@ def test_stale_running_task_is_reclaimed_by_exactly_one(archive: Archive, clock:
     assert row.claimed_by == f"worker-{wins.index(True)}"
     # The presumed-dead worker can neither keep its claim alive nor record an outcome.
     with archive.db.write() as session:
-        assert not task_rows.heartbeat(session, task_id, "dead-worker", clock())
+        assert not task_rows.heartbeat(session, [task_id], "dead-worker", clock())
         assert not task_rows.finish(session, task_id, "dead-worker", TaskState.DONE, clock())
     assert _task(archive, task_id).state == TaskState.RUNNING
 
