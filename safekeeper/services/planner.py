@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, literal, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, literal, select, union
 from sqlalchemy.orm import aliased
 
 from safekeeper.config import Config
@@ -104,37 +104,86 @@ class Plan:
         return [d for plan in ordered for d in plan.deletions]
 
 
-def _verdict(config: Config, ids: dict[str, int], now: datetime) -> ColumnElement[str]:
+Join = tuple[Any, ColumnElement[bool]]
+
+
+def _verdict(
+    config: Config, ids: dict[str, int], now: datetime
+) -> tuple[ColumnElement[str], list[Join]]:
     """The policy as a SQL expression over ``copies`` (joined to blobs and locations):
-    ``allow:<rule>`` or ``keep:<rule>``."""
+    ``allow:<rule>`` or ``keep:<rule>``, and the LEFT JOINs it needs.
+
+    Per-blob facts (holds, verified archive copies, present copies…) are aggregated
+    once per statement in subqueries joined by blob id, not looked up per copy, so
+    the database can hash-join them at millions of copies.
+    """
     policy = config.policy
     other = aliased(Copy)
-    held = exists().where(
-        Hold.released_at.is_(None),
-        or_(
-            Hold.blob_id == Copy.blob_id,
-            Hold.namespace_id.in_(
-                select(Reference.namespace_id)
-                .where(Reference.blob_id == Copy.blob_id)
-                .correlate(Copy)
-            ),
+    joins: list[Join] = []
+
+    def join(subquery: Any, on: ColumnElement[bool]) -> None:
+        joins.append((subquery, on))
+
+    held = union(
+        select(Hold.blob_id.label("blob_id")).where(
+            Hold.released_at.is_(None), Hold.blob_id.is_not(None)
         ),
+        select(Reference.blob_id.label("blob_id"))
+        .join(Hold, Hold.namespace_id == Reference.namespace_id)
+        .where(Hold.released_at.is_(None)),
+    ).subquery("held")
+    join(held, held.c.blob_id == Copy.blob_id)
+    sources = (
+        select(Task.source_copy_id.label("copy_id"))
+        .where(Task.kind == "transfer", Task.state.in_([TaskState.QUEUED, TaskState.RUNNING]))
+        .distinct()
+        .subquery("transfer_sources")
     )
-    transfer_source = exists().where(
-        Task.source_copy_id == Copy.id,
-        Task.kind == "transfer",
-        Task.state.in_([TaskState.QUEUED, TaskState.RUNNING]),
+    join(sources, sources.c.copy_id == Copy.id)
+    needs = (
+        select(StagingJobBlob.blob_id, StagingJob.location_id)
+        .join(StagingJob, StagingJob.id == StagingJobBlob.job_id)
+        .where(StagingJob.ended_at.is_(None))
+        .distinct()
+        .subquery("job_needs")
     )
-    job = and_(
-        Location.kind == "processing",
-        exists()
-        .where(
-            StagingJobBlob.blob_id == Copy.blob_id,
-            StagingJob.location_id == Copy.location_id,
-            StagingJob.ended_at.is_(None),
+    join(needs, and_(needs.c.blob_id == Copy.blob_id, needs.c.location_id == Copy.location_id))
+
+    verified = [other.state == CopyState.PRESENT, other.verified_at.is_not(None)]
+    if policy.verify_max_age is not None:
+        verified.append(other.verified_at >= now - policy.verify_max_age)
+
+    def count_at(name: str, location_ids: list[int], distinct: bool) -> ColumnElement[int]:
+        counted = func.count(func.distinct(other.location_id)) if distinct else func.count()
+        subquery = (
+            select(other.blob_id, counted.label("n"))
+            .where(other.location_id.in_(location_ids), *verified)
+            .group_by(other.blob_id)
+            .subquery(name)
         )
-        .where(StagingJob.id == StagingJobBlob.job_id),
+        join(subquery, subquery.c.blob_id == Copy.blob_id)
+        return func.coalesce(subquery.c.n, 0)
+
+    archive_ids = [ids[n] for n, loc in config.locations.items() if loc.kind == "archive"]
+    verified_archives = count_at("verified_archives", archive_ids, distinct=False)
+    enough_elsewhere: list[tuple[ColumnElement[bool], ColumnElement[bool]]] = []
+    for number, (name, loc) in enumerate(config.locations.items()):
+        if loc.delete_after_copies_at:
+            targets = [ids[t] for t in loc.delete_after_copies_at]
+            at_targets = count_at(f"verified_at_{number}", targets, distinct=True)
+            enough_elsewhere.append((Copy.location_id == ids[name], at_targets == len(targets)))
+    enough = (
+        case(*enough_elsewhere, else_=verified_archives >= policy.min_archive_copies)
+        if enough_elsewhere
+        else verified_archives >= policy.min_archive_copies
     )
+    present = (
+        select(other.blob_id, func.count().label("n"))
+        .where(other.state == CopyState.PRESENT)
+        .group_by(other.blob_id)
+        .subquery("present_copies")
+    )
+    join(present, present.c.blob_id == Copy.blob_id)
     # Typed literals: an untyped datetime would bypass UTCDateTime and compare as text.
     retention_cutoffs = [
         (Copy.location_id == ids[name], literal(now - loc.retention, UTCDateTime()))
@@ -150,46 +199,22 @@ def _verdict(config: Config, ids: dict[str, int], now: datetime) -> ColumnElemen
         Blob.unreferenced_since.is_not(None),
         Blob.unreferenced_since <= now - policy.grace_period,
     )
-    verified = [other.state == CopyState.PRESENT, other.verified_at.is_not(None)]
-    if policy.verify_max_age is not None:
-        verified.append(other.verified_at >= now - policy.verify_max_age)
-    archive_ids = [ids[n] for n, loc in config.locations.items() if loc.kind == "archive"]
-    verified_archives = (
-        select(func.count())
-        .select_from(other)
-        .where(other.blob_id == Copy.blob_id, other.location_id.in_(archive_ids), *verified)
-        .scalar_subquery()
-    )
-    enough_elsewhere: list[tuple[ColumnElement[bool], ColumnElement[bool]]] = []
-    for name, loc in config.locations.items():
-        if loc.delete_after_copies_at:
-            targets = [ids[t] for t in loc.delete_after_copies_at]
-            at_targets = (
-                select(func.count(func.distinct(other.location_id)))
-                .select_from(other)
-                .where(other.blob_id == Copy.blob_id, other.location_id.in_(targets), *verified)
-                .scalar_subquery()
-            )
-            enough_elsewhere.append((Copy.location_id == ids[name], at_targets == len(targets)))
-    enough = (
-        case(*enough_elsewhere, else_=verified_archives >= policy.min_archive_copies)
-        if enough_elsewhere
-        else verified_archives >= policy.min_archive_copies
-    )
-    other_present = exists().where(
-        other.blob_id == Copy.blob_id, other.id != Copy.id, other.state == CopyState.PRESENT
-    )
-    return case(
-        (held, literal("keep:" + Rule.HOLD)),
-        (transfer_source, literal("keep:" + Rule.IN_USE)),
-        (job, literal("keep:" + Rule.IN_USE)),
+    verdict = case(
+        (held.c.blob_id.is_not(None), literal("keep:" + Rule.HOLD)),
+        (sources.c.copy_id.is_not(None), literal("keep:" + Rule.IN_USE)),
+        (
+            and_(Location.kind == "processing", needs.c.blob_id.is_not(None)),
+            literal("keep:" + Rule.IN_USE),
+        ),
         (young, literal("keep:" + Rule.RETENTION)),
         (garbage, literal("allow:" + Rule.GARBAGE)),
         (Location.kind == "archive", literal("keep:" + Rule.ARCHIVE)),
         (~enough, literal("keep:" + Rule.ARCHIVED_ELSEWHERE)),
-        (~other_present, literal("keep:" + Rule.LAST_COPY)),
+        # the copy itself is present, so another present copy means a count of 2+
+        (func.coalesce(present.c.n, 0) < 2, literal("keep:" + Rule.LAST_COPY)),
         else_=literal("allow:" + Rule.ARCHIVED_ELSEWHERE),
     )
+    return verdict, joins
 
 
 def make_plan(archive: Archive, location: str | None = None) -> Plan:
@@ -201,7 +226,8 @@ def make_plan(archive: Archive, location: str | None = None) -> Plan:
         for name in names:
             if name not in config.locations:
                 raise NotFound(f"no location named {name!r}")
-        verdict = _verdict(config, ids, now).label("verdict")
+        verdict_expression, joins = _verdict(config, ids, now)
+        verdict = verdict_expression.label("verdict")
         scope: list[Any] = [
             Copy.state == CopyState.PRESENT,
             Copy.location_id.in_([ids[n] for n in names]),
@@ -212,6 +238,8 @@ def make_plan(archive: Archive, location: str | None = None) -> Plan:
             .join(Blob, Copy.blob_id == Blob.id)
             .join(Location, Copy.location_id == Location.id)
         )
+        for subquery, onclause in joins:
+            base = base.outerjoin(subquery, onclause)
         deletable = session.execute(
             base.add_columns(
                 Copy.id,
