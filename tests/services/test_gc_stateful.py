@@ -366,15 +366,17 @@ class DeletionMachine(RuleBasedStateMachine):
             return
         with self.archive.db.read() as session:
             deleted = Counter(
-                session.execute(
+                tuple(row)
+                for row in session.execute(
                     select(Blob.sha256, Location.name)
                     .join(Copy, Copy.blob_id == Blob.id)
                     .join(Location, Copy.location_id == Location.id)
                     .where(Copy.state == CopyState.DELETED)
-                ).tuples()
+                )
             )
             audited = Counter(
-                session.execute(select(AuditEntry.blob_sha256, AuditEntry.location)).tuples()
+                tuple(row)
+                for row in session.execute(select(AuditEntry.blob_sha256, AuditEntry.location))
             )
         assert deleted == audited
 
