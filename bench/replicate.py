@@ -484,6 +484,9 @@ def bench_many(settings: Settings) -> Result:
     annex_remote = root / "annex-remote"
     annex_ready.mkdir()
     run(["git", "init", "-q"], cwd=annex_ready, env=env)
+    # No background `git gc --auto` after the commit: it would repack while we copy the
+    # repository for a run ("cp: cannot stat .git/objects/..").
+    run(["git", "config", "gc.auto", "0"], cwd=annex_ready, env=env)
     run(["git", "annex", "init", "-q", "bench"], cwd=annex_ready, env=env)
     clone_tree(files, annex_ready / "files")
     log(f"many: git annex add of {count} files (untimed setup)")
