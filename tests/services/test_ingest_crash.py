@@ -64,12 +64,22 @@ def test_sigkill_during_put_never_leaves_a_bad_present_copy(tmp_path: Path) -> N
     data_dir = tmp_path / "data"
     command = [sys.executable, "-m", "safekeeper", "--data-dir", str(data_dir), "put", str(tree)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEKEEPER")}
+    # Calibrate: kills are drawn across the length of one uninterrupted put, so they
+    # land in every phase however fast the machine is.
+    started = time.monotonic()
+    subprocess.run(
+        [*command[:4], str(tmp_path / "calibration"), *command[5:]],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    duration = time.monotonic() - started
     killed_midway = 0
     for _run in range(RUNS):
         process = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        time.sleep(rng.uniform(0.2, 2.5))
+        time.sleep(rng.uniform(0.05, 0.95) * duration)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             killed_midway += 1
