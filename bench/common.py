@@ -523,3 +523,87 @@ def describe_machine(machine: Mapping[str, Any]) -> str:
         f"{machine['date_utc']}, {machine['nproc']} CPUs ({machine['cpu_model']}), "
         f"{machine['memory_total']} RAM, {machine['filesystem']} on {machine['device']}"
     )
+
+
+# -- the summary every script prints ---------------------------------------------------
+
+HEADERS = ["benchmark", "measure", "baseline", "safekeeper", "ratio", "target", "result"]
+
+
+@dataclass
+class Row:
+    """One line of the summary table."""
+
+    benchmark: str
+    measure: str
+    baseline: str = ""
+    safekeeper: str = ""
+    ratio: str = ""
+    target: str = ""
+    result: str = ""
+
+    def cells(self) -> list[str]:
+        return [getattr(self, name) for name in HEADERS]
+
+
+def parse_only(text: str, benchmarks: Sequence[str]) -> list[str]:
+    """``--only a,b`` as a list, or exit with the names that are not benchmarks."""
+    only = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(only) - set(benchmarks))
+    if unknown:
+        raise SystemExit(f"error: unknown benchmark(s) {', '.join(unknown)}; pick {benchmarks}")
+    return only
+
+
+def report(
+    benchmark: str,
+    machine: Mapping[str, Any],
+    rows: Sequence[Row],
+    results: Mapping[str, Any],
+    *,
+    complete: bool,
+    repeats: str,
+    settings: Mapping[str, Any],
+    json_out: Path | None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Print the summary table (warning if safekeeper's sources changed during the run)
+    and, with ``json_out``, write every sample with the machine and the settings."""
+    fingerprint = source_fingerprint()
+    changed = fingerprint != machine["source_fingerprint"]
+    if changed:
+        log(
+            f"warning: safekeeper's sources changed during the run "
+            f"({machine['source_fingerprint']} -> {fingerprint}); results mix versions"
+        )
+    print()
+    print(f"{benchmark} benchmark: {describe_machine(machine)}; {repeats}, medians")
+    print(format_table(HEADERS, [row.cells() for row in rows]))
+    if json_out:
+        write_json(
+            json_out,
+            {
+                "benchmark": benchmark,
+                "machine": machine,
+                **(extra or {}),
+                "settings": settings,
+                "results": results,
+                "complete": complete,
+                "source_fingerprint_at_end": fingerprint,
+                "source_changed_during_run": changed,
+            },
+        )
+        log(f"wrote {json_out}")
+
+
+def exit_status(results: Mapping[str, Any], status: int, check_targets: bool) -> int:
+    """``status``, or 1 when ``--check-targets`` is given and a target was missed."""
+    missed = [n for n, r in results.items() if isinstance(r, dict) and r.get("passed") is False]
+    if status == 0 and missed and check_targets:
+        log(f"targets missed: {', '.join(missed)}")
+        return 1
+    return status
+
+
+def annex_version() -> str | None:
+    return None if have_tools("git-annex") else run(["git", "annex", "version", "--raw"]).strip()

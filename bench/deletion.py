@@ -56,37 +56,41 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from common import (
     CommandFailed,
+    Row,
     Samples,
     alternate,
+    annex_version,
     clone_data_dir,
     clone_tree,
     count_files,
-    describe_machine,
+    exit_status,
     find_executable,
     flush_disk,
     format_bytes,
-    format_table,
     free_port,
     git_env,
     have_tools,
     log,
     machine_info,
+    parse_only,
     parse_size,
     remove,
+    report,
     run,
     run_timed,
     run_timed_devnull,
-    source_fingerprint,
     verdict,
     workdir,
-    write_json,
     write_random_files,
     write_safekeeper_config,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
 
 BENCHMARKS = ("plan", "gc", "e2e")
 BACKENDS = ("sqlite", "postgresql")
@@ -121,30 +125,6 @@ class Settings:
     e2e_count: int
     file_size: int
 
-
-@dataclass
-class Row:
-    benchmark: str
-    measure: str
-    baseline: str = ""
-    safekeeper: str = ""
-    ratio: str = ""
-    target: str = ""
-    result: str = ""
-
-    def cells(self) -> list[str]:
-        return [
-            self.benchmark,
-            self.measure,
-            self.baseline,
-            self.safekeeper,
-            self.ratio,
-            self.target,
-            self.result,
-        ]
-
-
-HEADERS = ["benchmark", "measure", "baseline", "safekeeper", "ratio", "target", "result"]
 
 Result = tuple[dict[str, Any], list[Row]]
 
@@ -348,12 +328,12 @@ def populate(
         missing = [n for n in [*namespaces, "legal"] if n not in existing]
         if missing:
             session.execute(
-                insert(Namespace.__table__), [{"name": n, "created_at": old} for n in missing]
+                insert(table_of(Namespace)), [{"name": n, "created_at": old} for n in missing]
             )
             existing = dict(session.execute(select(Namespace.name, Namespace.id)).all())
             if "legal" in missing:
                 session.execute(
-                    insert(Hold.__table__),
+                    insert(table_of(Hold)),
                     [
                         {
                             "namespace_id": existing["legal"],
@@ -449,15 +429,20 @@ def populate(
                     }
                 )
         with database.write() as session:
-            session.execute(insert(Blob.__table__), blobs)
-            session.execute(insert(Copy.__table__), copies)
-            session.execute(insert(Reference.__table__), refs)
+            session.execute(insert(table_of(Blob)), blobs)
+            session.execute(insert(table_of(Copy)), copies)
+            session.execute(insert(table_of(Reference)), refs)
             if tasks:
-                session.execute(insert(Task.__table__), tasks)
+                session.execute(insert(table_of(Task)), tasks)
             if holds:
-                session.execute(insert(Hold.__table__), holds)
+                session.execute(insert(table_of(Hold)), holds)
         copies_written += len(copies)
     return copies_written
+
+
+def table_of(model: type[Any]) -> Table:
+    """A mapped class's Table, for Core bulk inserts (no ORM bookkeeping per row)."""
+    return cast("Table", model.__table__)
 
 
 def after_load(database: Any) -> None:
@@ -898,10 +883,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(only) - set(BENCHMARKS))
-    if unknown:
-        raise SystemExit(f"error: unknown benchmark(s) {', '.join(unknown)}; pick {BENCHMARKS}")
+    only = parse_only(args.only, BENCHMARKS)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if sorted(set(backends) - set(BACKENDS)):
         raise SystemExit(f"error: --backends takes {','.join(BACKENDS)}")
@@ -967,50 +949,27 @@ def main(argv: list[str] | None = None) -> int:
             status = 2
         finally:
             stack.close()
-            fingerprint = source_fingerprint()
-            source_changed = fingerprint != machine["source_fingerprint"]
-            if source_changed:
-                log(
-                    f"warning: safekeeper's sources changed during the run "
-                    f"({machine['source_fingerprint']} -> {fingerprint}); results mix versions"
-                )
-            print()
-            print(
-                f"deletion benchmark: {describe_machine(machine)}; "
-                f"repeats {settings.repeats} (annex {settings.annex_repeats}), medians"
+            report(
+                "deletion",
+                machine,
+                rows,
+                results,
+                complete=status == 0,
+                repeats=f"repeats {settings.repeats} (annex {settings.annex_repeats})",
+                settings={
+                    "quick": args.quick,
+                    "repeats": settings.repeats,
+                    "annex_repeats": settings.annex_repeats,
+                    "plan_blobs": list(settings.plan_blobs),
+                    "backends": list(settings.backends),
+                    "gc_count": settings.gc_count,
+                    "e2e_count": settings.e2e_count,
+                    "file_size": settings.file_size,
+                    "git_annex": annex_version(),
+                },
+                json_out=args.json_out,
             )
-            print(format_table(HEADERS, [row.cells() for row in rows]))
-            if args.json_out:
-                write_json(
-                    args.json_out,
-                    {
-                        "benchmark": "deletion",
-                        "machine": machine,
-                        "settings": {
-                            "quick": args.quick,
-                            "repeats": settings.repeats,
-                            "annex_repeats": settings.annex_repeats,
-                            "plan_blobs": list(settings.plan_blobs),
-                            "backends": list(settings.backends),
-                            "gc_count": settings.gc_count,
-                            "e2e_count": settings.e2e_count,
-                            "file_size": settings.file_size,
-                            "git_annex": run(["git", "annex", "version", "--raw"]).strip()
-                            if not have_tools("git-annex")
-                            else None,
-                        },
-                        "results": results,
-                        "complete": status == 0,
-                        "source_fingerprint_at_end": fingerprint,
-                        "source_changed_during_run": source_changed,
-                    },
-                )
-                log(f"wrote {args.json_out}")
-    missed = [n for n, r in results.items() if isinstance(r, dict) and r.get("passed") is False]
-    if status == 0 and missed and args.check_targets:
-        log(f"targets missed: {', '.join(missed)}")
-        status = 1
-    return status
+    return exit_status(results, status, args.check_targets)
 
 
 if __name__ == "__main__":

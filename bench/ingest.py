@@ -45,22 +45,25 @@ from typing import Any
 from common import (
     MB,
     CommandFailed,
+    Row,
     Samples,
     alternate,
+    annex_version,
+    exit_status,
     find_executable,
     flush_disk,
     format_bytes,
-    format_table,
     log,
     machine_info,
+    parse_only,
     parse_size,
     remove,
+    report,
     run,
     run_timed,
-    source_fingerprint,
+    verdict,
     warm_cache,
     workdir,
-    write_json,
     write_random_file,
     write_random_files,
 )
@@ -103,33 +106,6 @@ class Settings:
     growth_sizes: tuple[int, ...]
 
 
-@dataclass
-class Row:
-    """One line of the summary table."""
-
-    benchmark: str
-    measure: str
-    baseline: str = ""
-    safekeeper: str = ""
-    ratio: str = ""
-    target: str = ""
-    result: str = ""
-
-    def cells(self) -> list[str]:
-        return [
-            self.benchmark,
-            self.measure,
-            self.baseline,
-            self.safekeeper,
-            self.ratio,
-            self.target,
-            self.result,
-        ]
-
-
-HEADERS = ["benchmark", "measure", "baseline", "safekeeper", "ratio", "target", "result"]
-
-
 # -- safekeeper helpers ----------------------------------------------------------------
 
 
@@ -150,10 +126,6 @@ def timed_put(settings: Settings, data_dir: Path, source: Path, expected_files: 
             f"{expected_files}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
         )
     return result.seconds
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 # -- big ---------------------------------------------------------------------------------
@@ -463,12 +435,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(only) - set(BENCHMARKS))
-    if unknown:
-        raise SystemExit(
-            f"error: unknown benchmark(s) {', '.join(unknown)}; pick from {BENCHMARKS}"
-        )
+    only = parse_only(args.only, BENCHMARKS)
     defaults = QUICK if args.quick else FULL
     repeats = args.repeats or defaults.repeats
     growth_text = str(args.growth_sizes or defaults.growth_sizes)
@@ -511,53 +478,26 @@ def main(argv: list[str] | None = None) -> int:
             log(f"error: {exc}")
             status = 2
         finally:
-            fingerprint = source_fingerprint()
-            source_changed = fingerprint != machine["source_fingerprint"]
-            if source_changed:
-                log(
-                    f"warning: safekeeper's sources changed during the run "
-                    f"({machine['source_fingerprint']} -> {fingerprint}); results mix versions"
-                )
-            print()
-            print(
-                f"ingest benchmark: {machine['date_utc']}, {machine['nproc']} CPUs "
-                f"({machine['cpu_model']}), {machine['memory_total']} RAM, "
-                f"{machine['filesystem']} on {machine['device']}; "
-                f"repeats {settings.repeats} (annex {settings.annex_repeats}), medians"
+            report(
+                "ingest",
+                machine,
+                rows,
+                results,
+                complete=status == 0,
+                repeats=f"repeats {settings.repeats} (annex {settings.annex_repeats})",
+                settings={
+                    "quick": args.quick,
+                    "repeats": settings.repeats,
+                    "annex_repeats": settings.annex_repeats,
+                    "big_size": settings.big_size,
+                    "many_count": settings.many_count,
+                    "file_size": settings.file_size,
+                    "growth_sizes": list(settings.growth_sizes),
+                    "git_annex": annex_version() if "many" in only else None,
+                },
+                json_out=args.json_out,
             )
-            print(format_table(HEADERS, [row.cells() for row in rows]))
-            if args.json_out:
-                write_json(
-                    args.json_out,
-                    {
-                        "benchmark": "ingest",
-                        "machine": machine,
-                        "settings": {
-                            "quick": args.quick,
-                            "repeats": settings.repeats,
-                            "annex_repeats": settings.annex_repeats,
-                            "big_size": settings.big_size,
-                            "many_count": settings.many_count,
-                            "file_size": settings.file_size,
-                            "growth_sizes": list(settings.growth_sizes),
-                            "git_annex": run(["git", "annex", "version", "--raw"]).strip()
-                            if "many" in only
-                            else None,
-                        },
-                        "results": results,
-                        "complete": status == 0,
-                        "source_fingerprint_at_end": fingerprint,
-                        "source_changed_during_run": source_changed,
-                    },
-                )
-                log(f"wrote {args.json_out}")
-    missed = [
-        name for name, r in results.items() if isinstance(r, dict) and r.get("passed") is False
-    ]
-    if status == 0 and missed and args.check_targets:
-        log(f"targets missed: {', '.join(missed)}")
-        status = 1
-    return status
+    return exit_status(results, status, args.check_targets)
 
 
 if __name__ == "__main__":

@@ -48,30 +48,31 @@ from typing import Any
 from common import (
     MB,
     CommandFailed,
+    Row,
     Samples,
     alternate,
+    annex_version,
     clone_data_dir,
     clone_tree,
     count_files,
-    describe_machine,
+    exit_status,
     find_executable,
     flush_disk,
     format_bytes,
-    format_table,
     free_port,
     git_env,
     have_tools,
     log,
     machine_info,
+    parse_only,
     parse_size,
     remove,
+    report,
     run,
     run_timed,
-    source_fingerprint,
     verdict,
     warm_cache,
     workdir,
-    write_json,
     write_random_file,
     write_random_files,
     write_safekeeper_config,
@@ -107,30 +108,6 @@ class Settings:
     many_count: int
     file_size: int
 
-
-@dataclass
-class Row:
-    benchmark: str
-    measure: str
-    baseline: str = ""
-    safekeeper: str = ""
-    ratio: str = ""
-    target: str = ""
-    result: str = ""
-
-    def cells(self) -> list[str]:
-        return [
-            self.benchmark,
-            self.measure,
-            self.baseline,
-            self.safekeeper,
-            self.ratio,
-            self.target,
-            self.result,
-        ]
-
-
-HEADERS = ["benchmark", "measure", "baseline", "safekeeper", "ratio", "target", "result"]
 
 Result = tuple[dict[str, Any], list[Row]]
 
@@ -606,12 +583,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(only) - set(BENCHMARKS))
-    if unknown:
-        raise SystemExit(
-            f"error: unknown benchmark(s) {', '.join(unknown)}; pick from {BENCHMARKS}"
-        )
+    only = parse_only(args.only, BENCHMARKS)
     defaults = QUICK if args.quick else FULL
     repeats = args.repeats or defaults.repeats
     if repeats < 1 or (args.annex_repeats is not None and args.annex_repeats < 1):
@@ -653,57 +625,34 @@ def main(argv: list[str] | None = None) -> int:
             log(f"error: {exc}")
             status = 2
         finally:
-            fingerprint = source_fingerprint()
-            source_changed = fingerprint != machine["source_fingerprint"]
-            if source_changed:
-                log(
-                    f"warning: safekeeper's sources changed during the run "
-                    f"({machine['source_fingerprint']} -> {fingerprint}); results mix versions"
-                )
-            print()
-            print(
-                f"replication benchmark: {describe_machine(machine)}; "
-                f"repeats {settings.repeats} (annex {settings.annex_repeats}), medians"
+            tools = {
+                "rclone": None
+                if have_tools("rclone")
+                else run(["rclone", "version"]).splitlines()[0],
+                "git_annex": annex_version(),
+                "weed": None
+                if have_tools("weed")
+                else run(["weed", "version"]).strip().splitlines()[-1],
+            }
+            report(
+                "replication",
+                machine,
+                rows,
+                results,
+                complete=status == 0,
+                repeats=f"repeats {settings.repeats} (annex {settings.annex_repeats})",
+                settings={
+                    "quick": args.quick,
+                    "repeats": settings.repeats,
+                    "annex_repeats": settings.annex_repeats,
+                    "big_size": settings.big_size,
+                    "many_count": settings.many_count,
+                    "file_size": settings.file_size,
+                },
+                json_out=args.json_out,
+                extra={"tools": tools} if args.json_out else None,
             )
-            print(format_table(HEADERS, [row.cells() for row in rows]))
-            if args.json_out:
-                tools = {
-                    "rclone": run(["rclone", "version"]).splitlines()[0]
-                    if not have_tools("rclone")
-                    else None,
-                    "git_annex": run(["git", "annex", "version", "--raw"]).strip()
-                    if not have_tools("git-annex")
-                    else None,
-                    "weed": run(["weed", "version"]).strip().splitlines()[-1]
-                    if not have_tools("weed")
-                    else None,
-                }
-                write_json(
-                    args.json_out,
-                    {
-                        "benchmark": "replicate",
-                        "machine": machine,
-                        "tools": tools,
-                        "settings": {
-                            "quick": args.quick,
-                            "repeats": settings.repeats,
-                            "annex_repeats": settings.annex_repeats,
-                            "big_size": settings.big_size,
-                            "many_count": settings.many_count,
-                            "file_size": settings.file_size,
-                        },
-                        "results": results,
-                        "complete": status == 0,
-                        "source_fingerprint_at_end": fingerprint,
-                        "source_changed_during_run": source_changed,
-                    },
-                )
-                log(f"wrote {args.json_out}")
-    missed = [n for n, r in results.items() if isinstance(r, dict) and r.get("passed") is False]
-    if status == 0 and missed and args.check_targets:
-        log(f"targets missed: {', '.join(missed)}")
-        status = 1
-    return status
+    return exit_status(results, status, args.check_targets)
 
 
 if __name__ == "__main__":
