@@ -36,10 +36,6 @@ def sync_catalog(session: Session, config: Config) -> dict[str, Location]:
     return {name: existing[name] for name in config.locations}
 
 
-def locations_by_name(session: Session) -> dict[str, Location]:
-    return {loc.name: loc for loc in session.scalars(select(Location))}
-
-
 def get_location(session: Session, name: str) -> Location:
     location = session.scalar(select(Location).where(Location.name == name))
     if location is None:

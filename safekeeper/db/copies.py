@@ -173,13 +173,3 @@ def present_totals(session: Session) -> dict[int, tuple[int, int]]:
         .group_by(Copy.location_id)
     )
     return {location_id: (int(count), int(total)) for location_id, count, total in rows}
-
-
-def state_counts(session: Session, location_id: int) -> Sequence[tuple[str, int]]:
-    rows = session.execute(
-        select(Copy.state, func.count())
-        .where(Copy.location_id == location_id)
-        .group_by(Copy.state)
-        .order_by(Copy.state)
-    )
-    return [(state, int(count)) for state, count in rows]

@@ -77,23 +77,8 @@ def fail_exhausted(session: Session, now: datetime, heartbeat_timeout: timedelta
 def claim(
     session: Session, task_id: int, worker: str, now: datetime, heartbeat_timeout: timedelta
 ) -> bool:
-    """Take the task if it is due, or running with a heartbeat older than the timeout.
-
-    One conditional UPDATE: of any number of workers racing for the same row, exactly
-    one gets a row count of 1.
-    """
-    result = session.execute(
-        update(Task)
-        .where(Task.id == task_id, _claimable(now, now - heartbeat_timeout))  # type: ignore[arg-type]
-        .values(
-            state=TaskState.RUNNING,
-            claimed_by=worker,
-            heartbeat_at=now,
-            attempts=Task.attempts + 1,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    """Take one task (see ``claim_many``)."""
+    return bool(claim_many(session, [task_id], worker, now, heartbeat_timeout))
 
 
 def claim_many(
@@ -103,7 +88,12 @@ def claim_many(
     now: datetime,
     heartbeat_timeout: timedelta,
 ) -> list[Task]:
-    """``claim`` for many tasks in one statement; returns the rows this worker won."""
+    """Take the tasks that are due, or running with a heartbeat older than the timeout
+    (and attempts left); return the rows this worker won.
+
+    One conditional UPDATE: of any number of workers racing for the same row, exactly
+    one sees it come back.
+    """
     if not task_ids:
         return []
     return list(
@@ -193,12 +183,6 @@ def live_count(session: Session, sites: Sequence[str] | None = None) -> int:
     if sites is not None:
         query = query.where(Task.site.in_(sites))
     return int(session.scalar(query) or 0)
-
-
-def failed_tasks(session: Session) -> Sequence[Task]:
-    return session.scalars(
-        select(Task).where(Task.state == TaskState.FAILED).order_by(Task.id)
-    ).all()
 
 
 def requeue_failed(session: Session, task_ids: Sequence[int] | None, now: datetime) -> list[int]:
