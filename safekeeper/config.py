@@ -49,6 +49,13 @@ def _duration(value: Any) -> timedelta | None:
         raise ValueError(str(exc)) from exc
 
 
+def _size(value: Any) -> int:
+    try:
+        return parse_size(value)
+    except BadInput as exc:
+        raise ValueError(str(exc)) from exc
+
+
 def _size_or_fraction(value: Any) -> int | float | None:
     """Watermarks: bytes (``"80GiB"``) or a fraction of capacity (``0.9``)."""
     if value is None:
@@ -170,6 +177,43 @@ class TasksConfig(_Strict):
 class DatabaseConfig(_Strict):
     #: SQLAlchemy URL; default: SQLite ``safekeeper.db`` in the data directory.
     url: str | None = None
+    #: Where sign-in sessions live; default: ``sessions.db`` next to a SQLite catalog,
+    #: or the catalog's own database when that is PostgreSQL.
+    sessions_url: str | None = None
+
+
+class PackagesConfig(_Strict):
+    """Budgets a zip package must fit before anything of it is stored."""
+
+    max_members: int = 50_000
+    max_extracted_size: int = 2 * 1024**3
+    #: Uncompressed ÷ compressed size, per member and for the whole package.
+    max_compression_ratio: float = 200.0
+
+    _sizes = field_validator("max_extracted_size", mode="before")(_size)
+
+
+class ServerConfig(_Strict):
+    """``safekeeper serve``: the HTTP API, package serving and the dashboard."""
+
+    host: str = "127.0.0.1"
+    port: int = 8470
+    session_idle_timeout: timedelta = timedelta(minutes=30)
+    session_absolute_timeout: timedelta = timedelta(hours=12)
+    #: Uploads larger than this get 413 before anything is stored.
+    max_upload_size: int = 4 * 1024**3
+    #: Failed sign-ins allowed per account and per client address in ``login_window``.
+    login_attempts: int = 10
+    login_window: timedelta = timedelta(minutes=15)
+    #: Cookies get ``Secure`` unless this is false; default: secure except when serving
+    #: plain HTTP on a loopback address.
+    secure_cookies: bool | None = None
+
+    _durations = field_validator(
+        "session_idle_timeout", "session_absolute_timeout", "login_window", mode="before"
+    )(_duration)
+
+    _sizes = field_validator("max_upload_size", mode="before")(_size)
 
 
 class Config(_Strict):
@@ -178,6 +222,8 @@ class Config(_Strict):
     database: DatabaseConfig = DatabaseConfig()
     policy: PolicyConfig = PolicyConfig()
     tasks: TasksConfig = TasksConfig()
+    packages: PackagesConfig = PackagesConfig()
+    server: ServerConfig = ServerConfig()
     sites: dict[str, SiteConfig] = {}
     locations: dict[str, LocationConfig]
 
@@ -191,9 +237,18 @@ class Config(_Strict):
             for target in (*location.replicate_to, *location.delete_after_copies_at):
                 if target not in self.locations:
                     raise ValueError(f"location {name!r} names unknown location {target!r}")
+                if self.locations[target].kind == "cache":
+                    raise ValueError(
+                        f"location {name!r} names cache location {target!r}: a cache holds "
+                        "extracted packages, not copies"
+                    )
+            if location.kind == "cache" and not location.store.startswith("file:"):
+                raise ValueError(f"cache location {name!r} needs a local file: store")
         ingest = self.policy.ingest_location
         if ingest is not None and ingest not in self.locations:
             raise ValueError(f"policy.ingest_location names unknown location {ingest!r}")
+        if ingest is not None and self.locations[ingest].kind == "cache":
+            raise ValueError(f"policy.ingest_location names cache location {ingest!r}")
         if ingest is None and not any(loc.kind == "source" for loc in self.locations.values()):
             raise ValueError("no source location: add one or set policy.ingest_location")
         return self
@@ -201,6 +256,19 @@ class Config(_Strict):
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.data_dir / 'safekeeper.db'}"
+
+    @property
+    def sessions_database_url(self) -> str:
+        if self.database.sessions_url:
+            return self.database.sessions_url
+        if self.database.url and not self.database.url.startswith("sqlite"):
+            return self.database.url
+        return f"sqlite:///{self.data_dir / 'sessions.db'}"
+
+    @property
+    def cache_location(self) -> str | None:
+        """The location holding extracted packages: the first of kind ``cache``."""
+        return next((n for n, loc in self.locations.items() if loc.kind == "cache"), None)
 
     @property
     def ingest_location(self) -> str:
@@ -224,6 +292,7 @@ def default_document() -> dict[str, Any]:
         "locations": {
             "inbox": {"kind": "source", "site": "local", "store": "file:inbox"},
             "archive": {"kind": "archive", "site": "local", "store": "file:archive"},
+            "cache": {"kind": "cache", "site": "local", "store": "file:cache"},
         },
     }
 

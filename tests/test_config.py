@@ -15,10 +15,43 @@ def test_default_without_any_config(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert {n: loc.kind for n, loc in config.locations.items()} == {
         "inbox": "source",
         "archive": "archive",
+        "cache": "cache",
     }
     assert config.ingest_location == "inbox"
+    assert config.cache_location == "cache"
     assert config.store_url("inbox") == (tmp_path / "safekeeper-data" / "inbox").as_uri()
     assert config.database_url == f"sqlite:///{tmp_path / 'safekeeper-data' / 'safekeeper.db'}"
+    assert config.sessions_database_url == (
+        f"sqlite:///{tmp_path / 'safekeeper-data' / 'sessions.db'}"
+    )
+
+
+def test_sessions_share_a_postgresql_catalog(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://u@127.0.0.1/db"
+    config = load_config(data_dir=tmp_path, environ={"SAFEKEEPER_DATABASE_URL": url})
+    assert config.sessions_database_url == url
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("SAFEKEEPER__LOCATIONS__INBOX__REPLICATE_TO", "names cache location 'cache'"),
+        ("SAFEKEEPER__POLICY__INGEST_LOCATION", "names cache location 'cache'"),
+    ],
+)
+def test_a_cache_location_holds_no_copies(tmp_path: Path, override: str, message: str) -> None:
+    value = '["cache"]' if override.endswith("REPLICATE_TO") else "cache"
+    with pytest.raises(ConfigError, match=message):
+        load_config(data_dir=tmp_path, environ={override: value})
+
+
+def test_package_budgets_take_sizes(tmp_path: Path) -> None:
+    config = load_config(
+        data_dir=tmp_path, environ={"SAFEKEEPER__PACKAGES__MAX_EXTRACTED_SIZE": "1GiB"}
+    )
+    assert config.packages.max_extracted_size == 1024**3
+    with pytest.raises(ConfigError, match=r"packages\.max_extracted_size: bad size"):
+        load_config(data_dir=tmp_path, environ={"SAFEKEEPER__PACKAGES__MAX_EXTRACTED_SIZE": "lots"})
 
 
 def test_init_writes_the_default_and_refuses_to_overwrite(tmp_path: Path) -> None:

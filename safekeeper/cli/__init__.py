@@ -13,7 +13,7 @@ from rich.text import Text
 from typer import _click
 from typer.core import TyperGroup
 
-from safekeeper.cli import admin, blobs, deletion, replication
+from safekeeper.cli import admin, blobs, deletion, replication, serve
 from safekeeper.cli import worker as worker_cli
 from safekeeper.cli.context import state
 from safekeeper.cli.output import err_console
@@ -80,6 +80,7 @@ app.command()(deletion.release)
 app.command("holds")(deletion.holds_list)
 app.add_typer(deletion.jobs_app, name="jobs")
 app.command()(worker_cli.worker)
+app.command()(serve.serve)
 app.add_typer(admin.db_app, name="db")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,13 +19,28 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
+from safekeeper import migrations, migrations_sessions
 from safekeeper.errors import BadInput, ConfigError
-from safekeeper.migrations import HEAD
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
-MIGRATIONS = str(Path(__file__).resolve().parent.parent / "migrations")
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A migration history: where its scripts are, its newest revision, its version table."""
+
+    script_location: str
+    head: str
+    version_table: str
+
+
+CATALOG = Schema(str(_PACKAGE_DIR / "migrations"), migrations.HEAD, "alembic_version")
+SESSIONS = Schema(
+    str(_PACKAGE_DIR / "migrations_sessions"), migrations_sessions.HEAD, "alembic_version_sessions"
+)
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -63,45 +79,47 @@ def make_engine(url: str) -> Engine:
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
 
 
-def _alembic_config(connection: Connection) -> AlembicConfig:
+def _alembic_config(connection: Connection, schema: Schema = CATALOG) -> AlembicConfig:
     from alembic.config import Config as AlembicConfig
 
     config = AlembicConfig()
-    config.set_main_option("script_location", MIGRATIONS)
+    config.set_main_option("script_location", schema.script_location)
     config.attributes["connection"] = connection
     return config
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revision(engine: Engine, schema: Schema = CATALOG) -> str | None:
     """The schema's Alembic revision, read directly (importing Alembic costs ~0.1 s of
     every command's start-up; it is loaded only when there is something to apply)."""
     with engine.connect() as connection:
         try:
-            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            return connection.execute(
+                text(f"SELECT version_num FROM {schema.version_table}")
+            ).scalar()
         except (OperationalError, ProgrammingError):
-            return None  # no alembic_version table yet: an empty database
+            return None  # no version table yet: an empty database
 
 
-def upgrade(engine: Engine) -> None:
+def upgrade(engine: Engine, schema: Schema = CATALOG) -> None:
     """Bring the schema to the newest migration; a no-op when it already is."""
-    if current_revision(engine) == HEAD:
+    if current_revision(engine, schema) == schema.head:
         return
     from alembic import command
 
     with engine.begin() as connection:
-        command.upgrade(_alembic_config(connection), "head")
+        command.upgrade(_alembic_config(connection, schema), "head")
 
 
 class Database:
     """One database: a deferred-read engine and an immediate-write view of the same pool."""
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, schema: Schema = CATALOG) -> None:
         self.url = url
         self.engine = make_engine(url)
         self._write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         if migrate:
             try:
-                upgrade(self.engine)
+                upgrade(self.engine, schema)
             except OperationalError as exc:
                 raise BadInput(f"cannot open database {self.safe_url}: {exc.orig}") from exc
 

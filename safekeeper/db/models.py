@@ -140,9 +140,14 @@ class Copy(Base):
 
 class Namespace(Base):
     __tablename__ = "namespaces"
+    __table_args__ = (Index("ix_namespaces_tenant", "tenant_id"),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The tenant whose users may see it; NULL: only admins (and the CLI) reach it.
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id"), nullable=True)
+    #: A user's own namespace: erasing the user removes its references.
+    owner_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
 
 
 class Reference(Base):
@@ -268,3 +273,90 @@ class StagingJobBlob(Base):
     __table_args__ = (Index("ix_staging_job_blobs_blob", "blob_id"),)
     job_id: Mapped[int] = mapped_column(ForeignKey("staging_jobs.id"), primary_key=True)
     blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"), primary_key=True)
+
+
+PACKAGE_KINDS = ("scorm12", "scorm2004", "html")
+
+
+class Package(Base):
+    """What validation learned about a zip blob: what it is and where it starts.
+
+    Keyed by blob, so the same zip uploaded under many references is validated and
+    described once; the row goes when nothing references the blob any more (gc).
+    """
+
+    __tablename__ = "packages"
+    __table_args__ = (
+        CheckConstraint("kind IN ('scorm12', 'scorm2004', 'html')", name="package_kind"),
+    )
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    #: The launch page: an exact member path inside the zip.
+    entry: Mapped[str] = mapped_column(Text)
+    title: Mapped[str | None] = mapped_column(Text, nullable=True)
+    member_count: Mapped[int] = mapped_column(Integer)
+    extracted_size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ExtractedTree(Base):
+    """A package's members unpacked in a cache location: derived data, never a copy.
+
+    A tree can always be rebuilt from any present copy of its zip, so it counts for
+    nothing in the safety rules; the cache evicts trees by least recent access.
+    """
+
+    __tablename__ = "extracted_trees"
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"), primary_key=True)
+    location_id: Mapped[int] = mapped_column(ForeignKey("locations.id"), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_access: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+USER_ROLES = ("admin", "operator", "member")
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Soft deletion: the tenant's users can no longer sign in or use a session.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("role IN ('admin', 'operator', 'member')", name="user_role"),
+        Index("ix_users_tenant", "tenant_id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(20))
+    #: argon2id hash (PHC string); the password itself is never stored.
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Soft deletion; a hard deletion removes the row.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    @property
+    def active(self) -> bool:
+        return self.disabled_at is None and self.deleted_at is None
+
+
+class ApiToken(Base):
+    """A bearer token for API clients, stored as the SHA-256 of the token."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (Index("ix_api_tokens_user", "user_id"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

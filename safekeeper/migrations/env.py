@@ -11,6 +11,9 @@ if connection is None:
 context.configure(
     connection=connection,
     target_metadata=Base.metadata,
+    # The catalog and the sessions table may share a PostgreSQL database: each history
+    # looks only at its own tables.
+    include_name=lambda name, type_, _parent: type_ != "table" or name in Base.metadata.tables,
     render_as_batch=connection.dialect.name == "sqlite",
 )
 with context.begin_transaction():

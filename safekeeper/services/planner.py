@@ -222,7 +222,12 @@ def make_plan(archive: Archive, location: str | None = None) -> Plan:
     now = archive.clock()
     with archive.db.read() as session:
         ids = dict(session.execute(select(Location.name, Location.id)).all())
-        names = [location] if location is not None else list(config.locations)
+        # A cache holds extracted packages, never copies: it has nothing to plan.
+        names = (
+            [location]
+            if location is not None
+            else [n for n, loc in config.locations.items() if loc.kind != "cache"]
+        )
         for name in names:
             if name not in config.locations:
                 raise NotFound(f"no location named {name!r}")

@@ -1,0 +1,37 @@
+"""``create_app``: the one ASGI app ``safekeeper serve`` runs.
+
+The app holds one open ``Archive`` (database, stores, configuration) in
+``app.state.archive``; routes reach it through ``archive_of(request)``. Each feature
+area is a router in its own module, included here.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+
+from safekeeper.api import errors
+from safekeeper.archive import Archive
+
+
+def archive_of(request: Request) -> Archive:
+    archive: Archive = request.app.state.archive
+    return archive
+
+
+def create_app(archive: Archive) -> FastAPI:
+    app = FastAPI(
+        title="safekeeper",
+        version="1",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    app.state.archive = archive
+    errors.install(app)
+
+    @app.get("/api/health", tags=["meta"])
+    def health() -> dict[str, str]:
+        """Liveness: answers when the server is up."""
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,3 @@
+"""Migrations of the sessions table; ``HEAD`` names the newest one."""
+
+HEAD = "s0001"
