@@ -65,3 +65,52 @@ class PermanentStoreError(StoreError):
     """A store failure that retrying will not fix (permissions, bad bucket, corrupt data)."""
 
     code = "store_permanent"
+
+
+class PackageRejected(BadInput):
+    """A zip package failed validation; ``code`` says which check, ``member`` which entry."""
+
+    code = "package_rejected"
+
+    def __init__(self, code: str, message: str, member: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.member = member
+
+
+class TooLarge(BadInput):
+    """An upload or request body exceeds a configured limit (HTTP 413)."""
+
+    code = "too_large"
+    status = 413
+
+
+class Unauthenticated(SafekeeperError):
+    """No valid credentials (HTTP 401). ``code``: ``unauthenticated``, ``bad_credentials``,
+    ``session_revoked`` or ``session_expired``."""
+
+    code = "unauthenticated"
+    status = 401
+
+    def __init__(self, message: str, code: str = "unauthenticated") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Forbidden(SafekeeperError):
+    """Signed in, but the role does not allow this (HTTP 403). Never used to hide another
+    tenant's things: those are NotFound."""
+
+    code = "forbidden"
+    status = 403
+
+
+class RateLimited(SafekeeperError):
+    """Too many attempts (HTTP 429); ``retry_after`` seconds until the next is allowed."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

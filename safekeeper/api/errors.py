@@ -16,7 +16,9 @@ from safekeeper.errors import (
     BadInput,
     Conflict,
     NotFound,
+    PackageRejected,
     PolicyDenied,
+    RateLimited,
     SafekeeperError,
     StoreError,
     TransientStoreError,
@@ -47,7 +49,16 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 def install(app: FastAPI) -> None:
     @app.exception_handler(SafekeeperError)
     async def _safekeeper_error(_request: Request, exc: SafekeeperError) -> JSONResponse:
-        return error_response(status_of(exc), exc.code, str(exc))
+        response = error_response(status_of(exc), exc.code, str(exc))
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        member = getattr(exc, "member", None)
+        if isinstance(exc, PackageRejected) and member is not None:
+            response = JSONResponse(
+                {"code": exc.code, "message": str(exc), "member": member},
+                status_code=status_of(exc),
+            )
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
