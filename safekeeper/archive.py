@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from safekeeper.config import Config, load_config
 from safekeeper.db.catalog import sync_catalog
-from safekeeper.db.engine import Database
+from safekeeper.db.engine import SESSIONS, Database
 from safekeeper.db.models import utcnow
 from safekeeper.errors import NotFound
 from safekeeper.ids import RefSpec, parse_ref
@@ -40,10 +40,13 @@ class Archive:
     def __init__(self, config: Config, *, clock: Clock = utcnow, migrate: bool = True) -> None:
         self.config = config
         self.clock = clock
+        self._migrate = migrate
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(config.database_url, migrate=migrate)
         self._stores: dict[str, Store] = {}
         self._stores_lock = threading.Lock()
+        self._sessions_db: Database | None = None
+        self._sessions_db_lock = threading.Lock()
         with self.db.write() as session:
             sync_catalog(session, config)
 
@@ -63,6 +66,20 @@ class Archive:
                     clean_temp(STALE_TEMP_SECONDS)
                 self._stores[location] = store
             return self._stores[location]
+
+    @property
+    def sessions_db(self) -> Database:
+        """The sign-in sessions database, opened (and migrated) on first use: commands
+        that never touch sessions never open it."""
+        opened = self._sessions_db
+        if opened is not None:  # the hot path of every signed-in request: no lock
+            return opened
+        with self._sessions_db_lock:
+            if self._sessions_db is None:
+                self._sessions_db = Database(
+                    self.config.sessions_database_url, migrate=self._migrate, schema=SESSIONS
+                )
+            return self._sessions_db
 
     def uses_serial_keys(self, location: str) -> bool:
         """True for ``interval`` layouts, which take integer keys: blob serial numbers."""
@@ -98,6 +115,10 @@ class Archive:
             for store in self._stores.values():
                 store.close()
             self._stores.clear()
+        with self._sessions_db_lock:
+            if self._sessions_db is not None:
+                self._sessions_db.close()
+                self._sessions_db = None
         self.db.close()
 
     def __enter__(self) -> Archive:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 
-from safekeeper.api import errors
+from safekeeper.api import admin, auth, errors
+from safekeeper.api import packages as package_serving
 from safekeeper.archive import Archive
+from safekeeper.dashboard import install as install_dashboard
 
 
 def archive_of(request: Request) -> Archive:
@@ -28,10 +30,19 @@ def create_app(archive: Archive) -> FastAPI:
     )
     app.state.archive = archive
     errors.install(app)
+    app.include_router(auth.router)
+    app.include_router(admin.router)
+    package_serving.install(app)
+    # Imported here, not at the top: these routers import ``archive_of`` from this module.
+    from safekeeper.api import blobs, operations, package_api, refs
+
+    for data_router in (blobs.router, refs.router, package_api.router, operations.router):
+        app.include_router(data_router)
 
     @app.get("/api/health", tags=["meta"])
     def health() -> dict[str, str]:
         """Liveness: answers when the server is up."""
         return {"status": "ok"}
 
+    install_dashboard(app)
     return app

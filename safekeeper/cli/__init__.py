@@ -13,7 +13,10 @@ from rich.text import Text
 from typer import _click
 from typer.core import TyperGroup
 
-from safekeeper.cli import admin, blobs, deletion, replication, serve
+from safekeeper.cli import accounts as accounts_cli
+from safekeeper.cli import admin, blobs, bundles, deletion, replication, serve
+from safekeeper.cli import packages as packages_cli
+from safekeeper.cli import refs as refs_cli
 from safekeeper.cli import worker as worker_cli
 from safekeeper.cli.context import state
 from safekeeper.cli.output import err_console
@@ -68,6 +71,8 @@ app.command()(blobs.put)
 app.command()(blobs.get)
 app.command()(blobs.ls)
 app.command()(blobs.stat)
+app.command("export")(bundles.export_command)
+app.command("import")(bundles.import_command)
 app.command()(admin.locations)
 app.command()(replication.replicate)
 app.command()(replication.verify)
@@ -82,6 +87,10 @@ app.add_typer(deletion.jobs_app, name="jobs")
 app.command()(worker_cli.worker)
 app.command()(serve.serve)
 app.add_typer(admin.db_app, name="db")
+app.add_typer(refs_cli.refs_app, name="ref")
+app.add_typer(packages_cli.packages_app, name="pkg")
+app.add_typer(accounts_cli.users_app, name="users")
+app.add_typer(accounts_cli.tenants_app, name="tenants")
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import typer
 
 from safekeeper.archive import Archive
 from safekeeper.cli.context import state
-from safekeeper.cli.output import console, emit_json, table, when
+from safekeeper.cli.output import console, emit_json, err_console, table, when
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.engine.wait import wait_for_tasks
 from safekeeper.errors import BadInput
@@ -93,6 +93,7 @@ def gc_command(
     with --wait, archive copies are queued once every other batch has ended.
     """
     archive = state(ctx).archive()
+    _evict_package_cache(archive)
     if archive.config.tasks.executor == "celery":
         _gc_on_workers(archive, location, actor, wait, as_json)
         return
@@ -112,6 +113,17 @@ def gc_command(
             console.print(f"failed   {blob} at {loc}: {error}")
     if report.failed:
         raise typer.Exit(1)
+
+
+def _evict_package_cache(archive: Archive) -> None:
+    """Extracted package trees above the cache's high watermark go first (on stderr,
+    so ``--json`` output stays gc's report)."""
+    from safekeeper.packages.eviction import evict
+
+    evicted = evict(archive, archive.clock())
+    if evicted:
+        size = format_size(sum(tree.size for tree in evicted))
+        err_console.print(f"evicted {len(evicted)} extracted package trees ({size}) from the cache")
 
 
 def _gc_on_workers(

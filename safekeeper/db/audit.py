@@ -31,6 +31,7 @@ def query(
     location: str | None = None,
     rule: str | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
     limit: int = 1000,
 ) -> Sequence[AuditEntry]:
     statement = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
@@ -42,4 +43,6 @@ def query(
         statement = statement.where(AuditEntry.rule == rule)
     if since is not None:
         statement = statement.where(AuditEntry.at >= since)
+    if until is not None:
+        statement = statement.where(AuditEntry.at < until)
     return session.scalars(statement).all()

@@ -33,6 +33,7 @@ def read_audit(
     location: str | None = None,
     rule: str | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
     limit: int = 1000,
 ) -> list[AuditView]:
     with archive.db.read() as session:
@@ -49,6 +50,12 @@ def read_audit(
                 json.loads(e.evidence) if e.evidence else None,
             )
             for e in audit.query(
-                session, blob=blob, location=location, rule=rule, since=since, limit=limit
+                session,
+                blob=blob,
+                location=location,
+                rule=rule,
+                since=since,
+                until=until,
+                limit=limit,
             )
         ]

@@ -325,13 +325,15 @@ def run_gc(
     location: str | None = None,
     actor: str | None = None,
     on_batch: Callable[[int], None] | None = None,
+    max_batches: int | None = None,
 ) -> GcReport:
-    """Plan, then claim, re-check, delete and record in batches, in this process."""
+    """Plan, then claim, re-check, delete and record in batches, in this process
+    (the first ``max_batches`` batches only, when given; the next run plans again)."""
     actor = actor or default_actor()
     report = GcReport()
     recover_stale_claims(archive, actor, report)
     report.planned, batches = _batches(archive, location)
-    for name, batch in batches:
+    for name, batch in batches[:max_batches]:
         execute_batch(archive, name, batch, actor, report)
         if on_batch is not None:
             on_batch(len(batch))

@@ -20,9 +20,10 @@ Putting bytes a location already holds writes nothing (dedup) and touches no obj
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,14 @@ from safekeeper.ids import RefSpec
 from safekeeper.stores.base import Source, Staged, Store, deferred_sync, sync_store
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from safekeeper.archive import Archive
+    from safekeeper.db.models import Blob
+
+    #: Called inside the recording transaction with the blobs by SHA-256, to add rows
+    #: that must commit with the blob, copy and reference (a package's description).
+    OnRecord = Callable[[Session, Mapping[str, Blob]], None]
 
 #: Files recorded per database transaction in a tree ingest.
 BATCH_SIZE = 256
@@ -68,11 +76,12 @@ def put_stream(
     ref: RefSpec | None = None,
     location: str | None = None,
     name: str | None = None,
+    on_record: OnRecord | None = None,
 ) -> PutOutcome:
     """Store one stream as a blob at ``location`` (default: the ingest location)."""
     target = location or archive.config.ingest_location
     with archive.store(target).stage(source) as staged:
-        return _publish(archive, target, [_Item(staged, ref, name)])[0]
+        return _publish(archive, target, [_Item(staged, ref, name)], on_record=on_record)[0]
 
 
 @dataclass(frozen=True)
@@ -185,6 +194,7 @@ def _publish(
     location_name: str,
     items: Sequence[_Item],
     before_commit: Callable[[], None] | None = None,
+    on_record: OnRecord | None = None,
 ) -> list[PutOutcome]:
     """Record staged items in one transaction, publishing the objects not yet held.
 
@@ -220,6 +230,8 @@ def _publish(
         for item in items:
             if item.ref is not None:
                 set_reference(session, item.ref, blobs[item.staged.sha256], now)
+        if on_record is not None:
+            on_record(session, blobs)
         if before_commit is not None:
             before_commit()
     return outcomes
@@ -241,3 +253,38 @@ def _publish_object(store: Store, staged: Staged, key: str) -> bool:
                 "run `safekeeper verify` to repair it"
             ) from None
         return False
+
+
+def record_staged(
+    archive: Archive,
+    session: Session,
+    location_name: str,
+    staged: Sequence[Staged],
+    now: datetime,
+) -> dict[str, Blob]:
+    """Inside the caller's transaction: record the staged blobs, publish the objects the
+    location does not hold yet and record their ``present`` copies; return the blob rows
+    by sha256. For callers that record more in the same transaction (bundle import).
+
+    Same crash analysis as ``_publish`` (module doc): an object published before a
+    rollback is adopted by the next put of those bytes or by ``verify --adopt``.
+    """
+    store = archive.store(location_name)
+    location = get_location(session, location_name)
+    blobs = ensure_blobs(session, {s.sha256: s.size for s in staged}, now)
+    states = live_states(session, [b.id for b in blobs.values()], location.id)
+    newly_present: list[int] = []
+    for item in staged:
+        blob = blobs[item.sha256]
+        state = states.get(blob.id)
+        if state == CopyState.DELETING:
+            raise Conflict(
+                f"blob {blob.sha256} is being deleted from {location_name} right now; "
+                "retry when that finishes"
+            )
+        if state != CopyState.PRESENT:
+            _publish_object(store, item, archive.key_for(location_name, blob.sha256, blob.id))
+            newly_present.append(blob.id)
+            states[blob.id] = CopyState.PRESENT
+    record_present_many(session, newly_present, location.id, now)
+    return blobs

@@ -1,0 +1,172 @@
+"""Users and tenants over HTTP: admins manage everything; operators may list their
+tenant's users. Another tenant's user answers 404, like one that does not exist."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
+from pydantic import BaseModel, Field
+
+from safekeeper.api.auth import Name, NewPassword, RoleName, require_admin, require_operator
+from safekeeper.api.principal import Principal
+from safekeeper.archive import Archive
+from safekeeper.errors import BadInput
+from safekeeper.services import accounts, erasure, sessions
+from safekeeper.services.accounts import UserView
+
+NameParam = Annotated[str, PathParam(max_length=200)]
+
+
+def _archive(request: Request) -> Archive:
+    archive: Archive = request.app.state.archive
+    return archive
+
+
+class UserItem(BaseModel):
+    name: str
+    tenant: str
+    role: RoleName
+    created_at: datetime
+    disabled: bool
+    deleted: bool
+
+
+class NewUser(BaseModel):
+    name: Name
+    tenant: Name
+    role: RoleName = "member"
+    password: NewPassword
+
+
+class UserChange(BaseModel):
+    role: RoleName | None = None
+    disabled: bool | None = None
+    password: NewPassword | None = None
+
+
+class BulkDelete(BaseModel):
+    names: Annotated[list[Name], Field(min_length=1, max_length=10_000)]
+    hard: bool = False
+
+
+class Ended(BaseModel):
+    sessions_ended: int
+
+
+class Erased(Ended):
+    references: list[str]
+    blobs: list[str]
+    namespaces: list[str]
+
+
+class TenantItem(BaseModel):
+    name: str
+    created_at: datetime
+    users: int
+
+
+class NewTenant(BaseModel):
+    name: Name
+
+
+def _item(view: UserView) -> UserItem:
+    return UserItem(**vars(view))
+
+
+_ADMIN_ERRORS: dict[int | str, dict[str, str]] = {
+    401: {"description": "Not signed in"},
+    403: {"description": "Not an admin, or CSRF header missing"},
+    404: {"description": "No such user or tenant"},
+}
+
+router = APIRouter(prefix="/api", tags=["admin"], responses=_ADMIN_ERRORS)
+Admin = Annotated[Principal, Depends(require_admin)]
+
+
+@router.get("/users")
+def list_users(
+    request: Request, principal: Annotated[Principal, Depends(require_operator)]
+) -> list[UserItem]:
+    """Users: all of them for admins, your tenant's for operators."""
+    tenant = None if principal.is_admin else principal.tenant_name
+    return [_item(view) for view in accounts.list_users(_archive(request), tenant=tenant)]
+
+
+@router.post("/users", status_code=201)
+def add_user(body: NewUser, request: Request, _admin: Admin) -> UserItem:
+    view = accounts.add_user(
+        _archive(request), body.name, tenant=body.tenant, role=body.role, password=body.password
+    )
+    return _item(view)
+
+
+@router.patch("/users/{name}")
+def change_user(name: NameParam, body: UserChange, request: Request, _admin: Admin) -> UserItem:
+    """Change role, disabled or password; each ends the user's sessions."""
+    archive = _archive(request)
+    accounts.get_user(archive, name)
+    if body.role is None and body.disabled is None and body.password is None:
+        raise BadInput("nothing to change: give role, disabled or password")
+    if body.password is not None:
+        accounts.set_password(archive, name, body.password)
+    if body.role is not None:
+        accounts.set_role(archive, name, body.role)
+    if body.disabled is not None:
+        accounts.set_disabled(archive, name, body.disabled)
+    return _item(accounts.get_user(archive, name))
+
+
+@router.delete("/users/{name}")
+def delete_user(
+    name: NameParam,
+    request: Request,
+    admin: Admin,
+    erase: Annotated[bool, Query(description="Also remove their namespaces' references")] = False,
+    hard: Annotated[bool, Query(description="Remove the row, not only mark it deleted")] = False,
+) -> Erased:
+    archive = _archive(request)
+    if erase:
+        report = erasure.erase_user(archive, name, actor=f"user:{admin.user_name}")
+        return Erased(
+            sessions_ended=report.sessions_ended,
+            references=report.references,
+            blobs=report.blobs,
+            namespaces=report.namespaces,
+        )
+    ended = accounts.delete_users(archive, [name], hard=hard)
+    return Erased(sessions_ended=ended, references=[], blobs=[], namespaces=[])
+
+
+@router.post("/users/bulk-delete")
+def bulk_delete(body: BulkDelete, request: Request, _admin: Admin) -> Ended:
+    """Delete many users at once: all named or none."""
+    return Ended(
+        sessions_ended=accounts.delete_users(_archive(request), body.names, hard=body.hard)
+    )
+
+
+@router.delete("/users/{name}/sessions")
+def end_user_sessions(name: NameParam, request: Request, _admin: Admin) -> Ended:
+    """Sign a user out everywhere."""
+    archive = _archive(request)
+    user_id = accounts.user_id_of(archive, name)
+    return Ended(sessions_ended=sessions.end_user_sessions(archive, [user_id]))
+
+
+@router.get("/tenants")
+def list_tenants(request: Request, _admin: Admin) -> list[TenantItem]:
+    return [TenantItem(**vars(view)) for view in accounts.list_tenants(_archive(request))]
+
+
+@router.post("/tenants", status_code=201)
+def add_tenant(body: NewTenant, request: Request, _admin: Admin) -> TenantItem:
+    return TenantItem(**vars(accounts.add_tenant(_archive(request), body.name)))
+
+
+@router.delete("/tenants/{name}")
+def delete_tenant(name: NameParam, request: Request, _admin: Admin) -> Ended:
+    """Delete a tenant: its users can no longer sign in; every session of theirs ends."""
+    return Ended(sessions_ended=accounts.delete_tenant(_archive(request), name))

@@ -1,0 +1,326 @@
+"""Authentication for every route: who is asking, and the ``/api/auth`` endpoints.
+
+Routes depend on ``current_principal`` (any signed-in user), ``require_operator`` or
+``require_admin``. A request authenticates with the ``sk_session`` cookie (browsers)
+or ``Authorization: Bearer <API token>`` (programs). A cookie-authenticated request
+that changes state (POST, PUT, PATCH, DELETE) must also carry ``X-CSRF-Token``: a
+value derived from the session token that login and ``GET /api/auth/session`` return.
+A cross-site page can make the browser send the cookie but cannot read it, so it
+cannot produce the header; bearer tokens are never sent implicitly, so need none.
+
+Failed sign-ins are counted per account and per client address in this server
+process (see ``services.sessions.LoginThrottle``); past the limit login answers 429
+with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Path as PathParam
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from safekeeper.api.principal import Principal
+from safekeeper.archive import Archive
+from safekeeper.errors import Forbidden, Unauthenticated
+from safekeeper.services import accounts, sessions, tokens
+from safekeeper.services.sessions import LoginThrottle
+
+COOKIE = "sk_session"
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_LOOPBACK_NAMES = frozenset({"localhost"})
+_MAX_TOKEN = 200
+
+
+def _archive(request: Request) -> Archive:
+    archive: Archive = request.app.state.archive
+    return archive
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthenticated("Authorization header must be 'Bearer <token>'")
+    return value.strip()
+
+
+def _session_token(request: Request) -> str | None:
+    token = request.cookies.get(COOKIE)
+    return token if token else None
+
+
+async def current_principal(request: Request) -> Principal:
+    """The signed-in user, or 401 (``unauthenticated``, ``session_revoked``,
+    ``session_expired``); 403 ``csrf_failed`` for a cookie request missing its CSRF header.
+
+    Async so that the common case costs no thread hop: on SQLite both reads are local
+    and short (WAL readers never wait for writers), so they run on the event loop; any
+    write (touch, expiry, cleanup), bearer tokens and PostgreSQL go to the thread pool.
+    """
+    archive = _archive(request)
+    bearer = _bearer(request)
+    if bearer is not None:
+        if len(bearer) > _MAX_TOKEN:
+            raise Unauthenticated("unknown or revoked API token")
+        return await run_in_threadpool(tokens.validate, archive, bearer)
+    token = _session_token(request)
+    if token is None or len(token) > _MAX_TOKEN:
+        raise Unauthenticated("sign in first")
+    principal = sessions.peek(archive, token) if _local_reads(archive) else None
+    if principal is None:
+        principal = await run_in_threadpool(sessions.validate, archive, token)
+    if request.method not in _SAFE_METHODS and not sessions.csrf_matches(
+        token, request.headers.get(CSRF_HEADER)
+    ):
+        error = Forbidden(f"missing or wrong {CSRF_HEADER} header")
+        error.code = "csrf_failed"
+        raise error
+    return principal
+
+
+def _local_reads(archive: Archive) -> bool:
+    return archive.db.dialect == "sqlite" and archive.sessions_db.dialect == "sqlite"
+
+
+def require_operator(
+    principal: Annotated[Principal, Depends(current_principal)],
+) -> Principal:
+    if not principal.is_operator:
+        raise Forbidden("operators and admins only")
+    return principal
+
+
+def require_admin(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("admins only")
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def _secure_cookie(request: Request) -> bool:
+    configured = _archive(request).config.server.secure_cookies
+    if configured is not None:
+        return configured
+    if request.url.scheme != "http":
+        return True
+    host = request.url.hostname or ""
+    if host in _LOOPBACK_NAMES:
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def _set_cookie(request: Request, response: Response, token: str) -> None:
+    # Path=/: the dashboard, /api and package pages (/p) all act for the signed-in user,
+    # and nothing else is served from this origin, so a narrower path would only break one.
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=int(_archive(request).config.server.session_absolute_timeout.total_seconds()),
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=_secure_cookie(request),
+    )
+
+
+def _throttle(request: Request) -> LoginThrottle:
+    throttle: LoginThrottle | None = getattr(request.app.state, "login_throttle", None)
+    if throttle is None:
+        server = _archive(request).config.server
+        throttle = LoginThrottle(server.login_attempts, server.login_window)
+        request.app.state.login_throttle = throttle
+    return throttle
+
+
+# -- request and response bodies -------------------------------------------------------
+
+Name = Annotated[
+    str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
+]
+Password = Annotated[str, Field(min_length=1, max_length=accounts.MAX_PASSWORD)]
+NewPassword = Annotated[
+    str, Field(min_length=accounts.MIN_PASSWORD, max_length=accounts.MAX_PASSWORD)
+]
+RoleName = Literal["admin", "operator", "member"]
+
+
+class LoginRequest(BaseModel):
+    user: Name
+    password: Password
+
+
+class SessionInfo(BaseModel):
+    user: str
+    tenant: str
+    role: RoleName
+    via: Literal["session", "token"]
+    csrf_token: str | None = Field(
+        description="Send as X-CSRF-Token on POST/PUT/PATCH/DELETE (cookie sessions only)."
+    )
+
+
+class PasswordChange(BaseModel):
+    current_password: Password
+    new_password: NewPassword
+
+
+class SessionItem(BaseModel):
+    id: str = Field(description="Public handle (not the token, not its hash).")
+    created_at: datetime
+    last_seen: datetime
+    idle_expires_at: datetime
+    absolute_expires_at: datetime
+    ip: str | None
+    user_agent: str | None
+    current: bool
+
+
+class Count(BaseModel):
+    ended: int
+
+
+class TokenRequest(BaseModel):
+    name: Name
+
+
+class TokenItem(BaseModel):
+    id: int
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class NewToken(TokenItem):
+    token: str = Field(description="Shown once; only its SHA-256 is stored.")
+
+
+def _info(principal: Principal, token: str | None) -> SessionInfo:
+    return SessionInfo(
+        user=principal.user_name,
+        tenant=principal.tenant_name,
+        role=principal.role,
+        via=principal.via,
+        csrf_token=sessions.csrf_token(token) if token is not None else None,
+    )
+
+
+# -- routes -----------------------------------------------------------------------------
+
+router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+_ERRORS: dict[int | str, dict[str, str]] = {
+    401: {"description": "Not signed in, or the session was revoked or expired"},
+    403: {"description": "CSRF header missing or wrong"},
+}
+
+
+@router.post(
+    "/login",
+    responses={401: {"description": "Wrong user or password"}, 429: {"description": "Throttled"}},
+)
+def login(body: LoginRequest, request: Request, response: Response) -> SessionInfo:
+    """Sign in: sets the session cookie (a cookie held before is revoked: rotation)."""
+    token, principal = accounts.sign_in(
+        _archive(request),
+        _throttle(request),
+        body.user,
+        body.password,
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+        replacing=_session_token(request),
+    )
+    _set_cookie(request, response, token)
+    return _info(principal, token)
+
+
+@router.post("/logout", status_code=204, responses=_ERRORS)
+def logout(principal: CurrentPrincipal, request: Request, response: Response) -> None:
+    """Sign out: the session ends on the server, not only in this browser."""
+    token = _session_token(request)
+    if principal.via == "session" and token is not None:
+        sessions.end_session(_archive(request), token)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax")
+
+
+@router.get("/session", responses=_ERRORS)
+def whoami(principal: CurrentPrincipal, request: Request) -> SessionInfo:
+    """Who is signed in, with the CSRF token for this session."""
+    return _info(principal, _session_token(request) if principal.via == "session" else None)
+
+
+@router.post("/password", responses=_ERRORS)
+def change_password(
+    body: PasswordChange, principal: CurrentPrincipal, request: Request, response: Response
+) -> SessionInfo:
+    """Change your own password: every other session ends, this one is rotated."""
+    archive = _archive(request)
+    accounts.authenticate(archive, principal.user_name, body.current_password)
+    current = _session_token(request) if principal.via == "session" else None
+    token = accounts.set_password(
+        archive, principal.user_name, body.new_password, current_token=current
+    )
+    if token is not None:
+        _set_cookie(request, response, token)
+    return _info(principal, token)
+
+
+@router.get("/sessions", responses=_ERRORS)
+def my_sessions(principal: CurrentPrincipal, request: Request) -> list[SessionItem]:
+    """Your sessions; ``current`` marks the one making this request."""
+    views = sessions.list_sessions(
+        _archive(request), principal.user_id, current_token_hash=principal.session_token_hash
+    )
+    return [SessionItem(**vars(view)) for view in views]
+
+
+@router.delete("/sessions/{session_id}", status_code=204, responses=_ERRORS)
+def revoke_session(
+    session_id: Annotated[str, PathParam(max_length=64)],
+    principal: CurrentPrincipal,
+    request: Request,
+) -> None:
+    """End one of your sessions (by its public id)."""
+    sessions.revoke_session(_archive(request), principal.user_id, session_id)
+
+
+@router.post("/sessions/revoke-others", responses=_ERRORS)
+def revoke_other_sessions(principal: CurrentPrincipal, request: Request) -> Count:
+    """End every session of yours but this one."""
+    ended = sessions.end_user_sessions(
+        _archive(request), [principal.user_id], keep_token_hash=principal.session_token_hash
+    )
+    return Count(ended=ended)
+
+
+@router.post("/tokens", status_code=201, responses=_ERRORS)
+def create_token(body: TokenRequest, principal: CurrentPrincipal, request: Request) -> NewToken:
+    """A new API token for you; the token is in this answer only."""
+    view, token = tokens.create_token(_archive(request), principal.user_id, body.name)
+    return NewToken(**vars(view), token=token)
+
+
+@router.get("/tokens", responses=_ERRORS)
+def list_tokens(principal: CurrentPrincipal, request: Request) -> list[TokenItem]:
+    return [TokenItem(**vars(v)) for v in tokens.list_tokens(_archive(request), principal.user_id)]
+
+
+@router.delete("/tokens/{token_id}", status_code=204, responses=_ERRORS)
+def revoke_token(
+    token_id: Annotated[int, PathParam(gt=0, lt=2**62)],
+    principal: CurrentPrincipal,
+    request: Request,
+) -> None:
+    tokens.revoke_token(_archive(request), principal.user_id, token_id)

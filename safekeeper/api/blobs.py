@@ -1,0 +1,177 @@
+"""``/api/blobs``: streaming upload, download (Range, ETag, HEAD) and a blob's status.
+
+A blob is addressed by its full SHA-256 only: prefixes and reference names belong to
+the CLI, where a person types them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from safekeeper.api.app import archive_of
+from safekeeper.api.auth import current_principal
+from safekeeper.api.errors import error_response
+from safekeeper.api.principal import Principal
+from safekeeper.api.schemas import BlobInfoOut, ReferenceOut, UploadOut, error_responses, raw_body
+from safekeeper.api.uploads import consume_body
+from safekeeper.errors import SafekeeperError
+from safekeeper.ids import parse_blob_id, parse_ref
+from safekeeper.services import tenant_data
+
+router = APIRouter(prefix="/api/blobs", tags=["blobs"])
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+BlobPath = Annotated[str, Path(description="the blob's SHA-256 (64 hex characters)")]
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+class RangeNotSatisfiable(SafekeeperError):
+    code = "range_not_satisfiable"
+    status = 416
+
+    def __init__(self, header: str, size: int) -> None:
+        super().__init__(f"range {header!r} is outside the blob ({size} bytes)")
+        self.size = size
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=UploadOut,
+    responses=error_responses(400, 401, 403, 404, 409, 413),
+    openapi_extra=raw_body(),
+)
+async def upload_blob(
+    request: Request,
+    principal: PrincipalDep,
+    ref: Annotated[str | None, Query(description="reference to set: NAMESPACE:KEY[:LABEL]")] = None,
+) -> UploadOut:
+    """Store the raw request body as a blob (and point ``ref`` at it)."""
+    archive = archive_of(request)
+    spec = parse_ref(ref) if ref is not None else None
+    outcome = await consume_body(
+        request,
+        archive.config.server.max_upload_size,
+        lambda chunks: tenant_data.put_blob(archive, principal, chunks, spec),
+    )
+    reference = None
+    if spec is not None:
+        view = tenant_data.reference_view(archive, spec)
+        reference = ReferenceOut.model_validate(view)
+    return UploadOut(sha256=outcome.sha256, size=outcome.size, reference=reference)
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The one range asked for as (start, end inclusive); None for the whole blob.
+
+    Malformed and multi-range headers are ignored (RFC 9110 allows serving the whole
+    representation); a well-formed range outside the blob is 416.
+    """
+    if header is None:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None or (not match[1] and not match[2]):
+        return None
+    if not match[1]:  # suffix: the last N bytes
+        suffix = int(match[2])
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable(header, size)
+        return max(0, size - suffix), size - 1
+    start = int(match[1])
+    if match[2] and int(match[2]) < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable(header, size)
+    end = int(match[2]) if match[2] else size - 1
+    return start, min(end, size - 1)
+
+
+def _slice(chunks: Iterator[bytes], start: int, end: int) -> Iterator[bytes]:
+    """Bytes ``start..end`` (inclusive) of a chunk stream; closes it when done."""
+    position = 0
+    try:
+        for chunk in chunks:
+            chunk_end = position + len(chunk)
+            if chunk_end > start:
+                yield bytes(chunk[max(0, start - position) : end + 1 - position])
+            position = chunk_end
+            if position > end:
+                break
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+_DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}, "description": "the blob's bytes"},
+    206: {"content": {"application/octet-stream": {}}, "description": "the range asked for"},
+    304: {"description": "unchanged (If-None-Match matched)"},
+    **error_responses(400, 401, 404, 416),
+}
+
+
+@router.get("/{blob}", response_class=StreamingResponse, responses=_DOWNLOAD_RESPONSES)
+@router.head(
+    "/{blob}",
+    operation_id="head_blob",
+    response_class=StreamingResponse,
+    responses=_DOWNLOAD_RESPONSES,
+)
+def download_blob(request: Request, principal: PrincipalDep, blob: BlobPath) -> Response:
+    """The blob's bytes; ``Range: bytes=a-b`` answers 206 with that slice."""
+    sha256 = parse_blob_id(blob)
+    archive = archive_of(request)
+    etag = f'"{sha256}"'
+    size, chunks = tenant_data.open_visible_blob(archive, principal, sha256)
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, immutable"}
+    if etag in request.headers.get("if-none-match", ""):
+        _close(chunks)
+        return Response(status_code=304, headers=headers)
+    if_range = request.headers.get("if-range")
+    try:
+        wanted = _byte_range(request.headers.get("range"), size)
+    except RangeNotSatisfiable as exc:
+        _close(chunks)
+        response = error_response(exc.status, exc.code, str(exc))
+        response.headers["Content-Range"] = f"bytes */{exc.size}"
+        return response
+    if wanted is not None and if_range is not None and if_range != etag:
+        wanted = None
+    status = 200
+    start, end = 0, size - 1
+    if wanted is not None:
+        start, end = wanted
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(end - start + 1)
+    if request.method == "HEAD":
+        _close(chunks)
+        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+    body = _slice(chunks, start, end) if status == 206 else chunks
+    return StreamingResponse(
+        body, status_code=status, headers=headers, media_type="application/octet-stream"
+    )
+
+
+def _close(chunks: Iterator[bytes]) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
+@router.get(
+    "/{blob}/info",
+    response_model=BlobInfoOut,
+    responses=error_responses(400, 401, 404),
+)
+def blob_info(request: Request, principal: PrincipalDep, blob: BlobPath) -> BlobInfoOut:
+    """Where the blob's copies are (state, last verified, last read), what references it
+    (in namespaces you can see) and which holds keep it."""
+    info = tenant_data.blob_info(archive_of(request), principal, parse_blob_id(blob))
+    return BlobInfoOut.model_validate(info)

@@ -1,0 +1,212 @@
+"""Packages and bundles of a namespace: zip upload, listing with play URLs, export, import.
+
+(Serving package members under ``/p`` is ``api/packages.py``.) Uploads stream through
+``server.max_upload_size``; a package that fails validation answers 422 with the
+check's ``code`` and the offending ``member``, and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime
+from typing import IO, Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import Field
+
+from safekeeper.api.app import archive_of
+from safekeeper.api.auth import current_principal
+from safekeeper.api.principal import Principal
+from safekeeper.api.schemas import ApiModel, error_responses, raw_body
+from safekeeper.api.uploads import consume_body, reader
+from safekeeper.archive import Archive
+from safekeeper.ids import RefSpec, check_key, check_name, parse_ref
+from safekeeper.services import bundles, packages, tenant_data
+
+router = APIRouter(prefix="/api/namespaces", tags=["packages"])
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+NamespacePath = Annotated[str, Path(description="namespace name")]
+KeyPath = Annotated[str, Path(description="package key; may contain slashes")]
+_CHUNK = 1024 * 1024
+
+
+class PackageOut(ApiModel):
+    namespace: str
+    key: str
+    label: str
+    sha256: str
+    size: int
+    kind: str = Field(description="scorm12, scorm2004 or html")
+    entry: str = Field(description="the launch page: a member path inside the zip")
+    title: str | None
+    play_url: str = Field(description="where the launch page is served (needs sign-in)")
+
+
+class UploadedPackageOut(PackageOut):
+    member_count: int
+    extracted_size: int
+
+
+class PackageRefOut(PackageOut):
+    updated_at: datetime
+
+
+def play_url(spec: RefSpec, entry: str) -> str:
+    return "/p/" + "/".join(quote(part) for part in (spec.namespace, spec.key, spec.label, entry))
+
+
+@router.post(
+    "/{namespace}/packages/{key:path}",
+    status_code=201,
+    response_model=UploadedPackageOut,
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422),
+    openapi_extra=raw_body("application/zip"),
+)
+async def upload_package(
+    request: Request,
+    principal: PrincipalDep,
+    namespace: NamespacePath,
+    key: KeyPath,
+    label: Annotated[str, Query(description="reference label")] = packages.DRAFT,
+) -> UploadedPackageOut:
+    """Validate the zip in the body and store it under ``namespace:key:label``."""
+    archive = archive_of(request)
+    spec = RefSpec(check_name("namespace", namespace), check_key(key), check_name("label", label))
+    tenant_data.claim(archive, principal, spec.namespace)
+    outcome = await consume_body(
+        request,
+        archive.config.server.max_upload_size,
+        lambda chunks: packages.put_package(archive, reader(chunks), spec),
+    )
+    return UploadedPackageOut(
+        namespace=spec.namespace,
+        key=spec.key,
+        label=spec.label,
+        sha256=outcome.sha256,
+        size=outcome.size,
+        kind=outcome.kind,
+        entry=outcome.entry,
+        title=outcome.title,
+        play_url=play_url(spec, outcome.entry),
+        member_count=outcome.member_count,
+        extracted_size=outcome.extracted_size,
+    )
+
+
+@router.get(
+    "/{namespace}/packages",
+    response_model=list[PackageRefOut],
+    responses=error_responses(400, 401, 404),
+)
+def list_packages(
+    request: Request, principal: PrincipalDep, namespace: NamespacePath
+) -> list[PackageRefOut]:
+    """Every reference in the namespace that names a package, with its play URL."""
+    archive = archive_of(request)
+    tenant_data.check_namespace(archive, principal, check_name("namespace", namespace))
+    listed = []
+    for view in packages.list_packages(archive, namespace):
+        spec = parse_ref(view.ref)
+        listed.append(
+            PackageRefOut(
+                namespace=spec.namespace,
+                key=spec.key,
+                label=spec.label,
+                sha256=view.sha256,
+                size=view.size,
+                kind=view.kind,
+                entry=view.entry,
+                title=view.title,
+                play_url=play_url(spec, view.entry),
+                updated_at=view.updated_at,
+            )
+        )
+    return listed
+
+
+def _spool(archive: Archive) -> IO[bytes]:
+    """An anonymous temp file in the data directory: gone when closed, even after a crash."""
+    temp_dir = archive.config.data_dir / ".tmp"
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryFile(dir=temp_dir)
+
+
+def _drain(spool: IO[bytes]) -> Iterator[bytes]:
+    with spool:
+        while chunk := spool.read(_CHUNK):
+            yield chunk
+
+
+@router.get(
+    "/{namespace}/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/x-tar": {}}, "description": "the namespace as a bundle"},
+        **error_responses(400, 401, 404),
+    },
+)
+def export_bundle(
+    request: Request,
+    principal: PrincipalDep,
+    namespace: NamespacePath,
+    compress: Annotated[bool, Query(description="zstd-compress the tar")] = False,
+) -> StreamingResponse:
+    """The namespace's references, package metadata and blobs as one tar bundle.
+
+    The bundle is written whole before the answer starts, so a failure is an error
+    answer rather than a truncated download.
+    """
+    archive = archive_of(request)
+    tenant_data.check_namespace(archive, principal, check_name("namespace", namespace))
+    spool = _spool(archive)
+    try:
+        bundles.export_namespace(archive, namespace, spool, compress=compress)  # type: ignore[arg-type]
+        size = spool.tell()
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    suffix = ".tar.zst" if compress else ".tar"
+    return StreamingResponse(
+        _drain(spool),
+        media_type="application/zstd" if compress else "application/x-tar",
+        headers={
+            "Content-Length": str(size),
+            "Content-Disposition": f'attachment; filename="{namespace}{suffix}"',
+        },
+    )
+
+
+class ImportOut(ApiModel):
+    namespace: str
+    blobs_stored: int
+    blobs_skipped: int = Field(description="blobs the archive already held")
+    bytes: int
+    references_created: int
+    references_replaced: int
+    references_unchanged: int
+    packages_created: int
+
+
+@router.post(
+    "/{namespace}/import",
+    response_model=ImportOut,
+    responses=error_responses(400, 401, 404, 409, 413),
+    openapi_extra=raw_body("application/x-tar"),
+)
+async def import_bundle(
+    request: Request, principal: PrincipalDep, namespace: NamespacePath
+) -> ImportOut:
+    """Import a bundle (tar, or zstd-compressed tar) into this namespace: all or nothing."""
+    archive = archive_of(request)
+    tenant_data.claim(archive, principal, check_name("namespace", namespace))
+    outcome = await consume_body(
+        request,
+        archive.config.server.max_upload_size,
+        lambda chunks: bundles.import_bundle(archive, reader(chunks), into=namespace),
+    )
+    return ImportOut.model_validate(outcome)

@@ -1,0 +1,329 @@
+"""Serving package members: ``/p/blob/{blob}/{path}`` and ``/p/{namespace}/{key}/{label}/{path}``.
+
+A member is read from the package's extracted tree in the cache location, built on
+the first request (``packages.cache``). Blob URLs name immutable content and are cached
+for a year; reference URLs can move to another blob, so they are ``no-cache`` (the
+browser revalidates with the ETag, which names blob and member).
+
+The hot path — a known package whose tree this process has seen — does no database
+work and no thread hop: a small member is read in the event loop (page-cache reads of
+a few KiB cost less than handing them to a thread). Larger members stream from the
+open file in a worker thread, so an eviction mid-response cannot cut them short.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from functools import lru_cache
+from typing import Literal
+
+import anyio
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from safekeeper.api.errors import error_response, status_of
+from safekeeper.archive import Archive
+from safekeeper.errors import PackageRejected, SafekeeperError
+from safekeeper.ids import is_blob_id
+from safekeeper.packages.cache import PackageCache, package_cache
+from safekeeper.packages.content_types import content_type
+from safekeeper.packages.lookup import PackageInfo, PackageLookup
+from safekeeper.packages.validate import safe_member_path
+
+#: Members up to this size are read whole in the event loop; larger ones stream.
+SMALL_MEMBER = 256 * 1024
+CHUNK = 256 * 1024
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "no-cache"
+
+
+@dataclass(frozen=True)
+class _Serving:
+    cache: PackageCache
+    lookup: PackageLookup
+
+
+class PackageServing:
+    """ASGI middleware: ``/p/...`` requests are answered here, everything else goes on
+    to the app. Serving sits in front of FastAPI's router on purpose: matching a path
+    against every API route and solving dependencies cost more than serving a small
+    member does (measured: about 2x the requests/s). Authentication, when it comes, is
+    one check at the top of ``_dispatch``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._serving: _Serving | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/p/"):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await self._dispatch(request)
+        except SafekeeperError as exc:
+            response = error_response(status_of(exc), exc.code, str(exc))
+        await response(scope, receive, send)
+
+    def _state(self, request: Request) -> _Serving:
+        if self._serving is None:
+            archive: Archive = request.app.state.archive
+            self._serving = _Serving(package_cache(archive), PackageLookup(archive))
+        return self._serving
+
+    async def _dispatch(self, request: Request) -> Response:
+        if request.scope["method"] not in ("GET", "HEAD"):
+            return error_response(405, "method_not_allowed", "package members are GET or HEAD")
+        namespace, _, rest = request.scope["path"][len("/p/") :].partition("/")
+        serving = self._state(request)
+        if namespace == "blob":
+            blob, _, path = rest.partition("/")
+            if is_blob_id(blob):
+                return await _blob_member(request, serving, blob, path)
+            # Not a blob id: a reference in a namespace that happens to be called "blob".
+        return await _reference_member(request, serving, namespace, rest)
+
+
+def install(app: FastAPI) -> None:
+    """Serve ``/p/blob/{blob}/{path}`` and ``/p/{namespace}/{key}/{label}/{path}``."""
+    app.add_middleware(PackageServing)
+
+
+async def _blob_member(request: Request, serving: _Serving, blob: str, path: str) -> Response:
+    """A member of the package zip ``blob`` (64 hex), cacheable forever."""
+    known, info = serving.lookup.cached_package(blob)
+    if not known:
+        info = await run_in_threadpool(serving.lookup.package, blob)
+    if info is None:
+        return error_response(404, "not_a_package", f"blob {blob} is not a stored package")
+    return await _member_response(request, serving.cache, info, path, IMMUTABLE)
+
+
+async def _reference_member(
+    request: Request, serving: _Serving, namespace: str, rest: str
+) -> Response:
+    """A member of the package a reference names: ``KEY/LABEL/PATH`` (keys may contain
+    slashes, labels may not; the shortest key that names a reference wins)."""
+    known, target = serving.lookup.cached_reference(namespace, rest)
+    if not known:
+        target = await run_in_threadpool(serving.lookup.reference, namespace, rest)
+    if target is None:
+        return error_response(
+            404, "not_found", f"no reference in {namespace!r} matches {rest!r} as KEY/LABEL/PATH"
+        )
+    if target.package is None:
+        return error_response(
+            404,
+            "not_a_package",
+            f"{namespace}:{target.key}:{target.label} does not name a stored package",
+        )
+    return await _member_response(request, serving.cache, target.package, target.path, REVALIDATE)
+
+
+async def _member_response(
+    request: Request, cache: PackageCache, info: PackageInfo, path: str, cache_control: str
+) -> Response:
+    member = _exact_member(path)
+    if member is None:
+        return _no_member(info, path)
+    etag, last_modified = _validators(info.sha256, member, info.created_at)
+    headers = {
+        "etag": etag,
+        "last-modified": last_modified,
+        "cache-control": cache_control,
+        "x-content-type-options": "nosniff",
+        "accept-ranges": "bytes",
+    }
+    conditions = _conditions(request.scope)
+    if _not_modified(conditions, etag, info.created_at):
+        return Response(status_code=304, headers=headers)
+    opened = _open_ready(cache, info.sha256, member)
+    if opened is None:
+        try:
+            opened = await run_in_threadpool(_open_after_ensuring, cache, info.sha256, member)
+        except PackageRejected as exc:
+            return error_response(
+                500, exc.code, f"the stored package {info.sha256} cannot be extracted: {exc}"
+            )
+    if not isinstance(opened, tuple):
+        return _no_member(info, path)
+    fd, size = opened
+    if cache.touch_due(info.sha256):
+        await run_in_threadpool(cache.touch, info.sha256)
+    headers["content-type"] = content_type(member)
+    return _body(request, conditions, fd, size, headers, etag, last_modified)
+
+
+@lru_cache(maxsize=65536)
+def _validators(sha256: str, member: str, created_at: datetime) -> tuple[str, str]:
+    """(ETag, Last-Modified): the blob and the member name the bytes exactly."""
+    etag = f'"{sha256}-{hashlib.sha256(member.encode()).hexdigest()[:16]}"'
+    return etag, format_datetime(created_at, usegmt=True)
+
+
+@lru_cache(maxsize=65536)
+def _exact_member(path: str) -> str | None:
+    """The member path, or None when ``path`` is not one in its exact, normal form."""
+    try:
+        member = safe_member_path(path)
+    except PackageRejected:
+        return None
+    return member if member == path else None
+
+
+def _no_member(info: PackageInfo, path: str) -> Response:
+    return error_response(404, "no_such_member", f"package {info.sha256} has no member {path!r}")
+
+
+_Opened = tuple[int, int] | Literal["missing"]
+
+
+def _open(cache: PackageCache, sha256: str, member: str) -> _Opened | None:
+    """(fd, size) of a regular member; "missing" if the tree has no such file; None if
+    the tree itself is gone."""
+    tree = cache.layout.tree_text(sha256)
+    try:
+        fd = os.open(f"{tree}/{member}", os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing" if os.path.isdir(tree) else None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return "missing"
+    return fd, info.st_size
+
+
+def _open_ready(cache: PackageCache, sha256: str, member: str) -> _Opened | None:
+    """The hot path: no database, no thread. None: go the slow way."""
+    if not cache.ready(sha256):
+        return None
+    opened = _open(cache, sha256, member)
+    if opened is None:
+        cache.forget(sha256)  # evicted or deleted since: rebuild
+    return opened
+
+
+def _open_after_ensuring(cache: PackageCache, sha256: str, member: str) -> _Opened:
+    cache.tree_for(sha256)
+    opened = _open(cache, sha256, member)
+    if opened is None:
+        # Evicted between extraction and open (a cache smaller than this package's
+        # neighbours): extract once more; a second miss is a missing member.
+        cache.forget(sha256)
+        cache.tree_for(sha256)
+        opened = _open(cache, sha256, member) or "missing"
+    return opened
+
+
+def _body(
+    request: Request,
+    conditions: dict[bytes, str],
+    fd: int,
+    size: int,
+    headers: dict[str, str],
+    etag: str,
+    last_modified: str,
+) -> Response:
+    start, length, status = 0, size, 200
+    wanted = _wanted_range(conditions, size, etag, last_modified)
+    if wanted == "unsatisfiable":
+        os.close(fd)
+        headers["content-range"] = f"bytes */{size}"
+        return Response(status_code=416, headers=headers)
+    if wanted is not None:
+        start, end = wanted
+        length, status = end - start + 1, 206
+        headers["content-range"] = f"bytes {start}-{end}/{size}"
+    headers["content-length"] = str(length)
+    if request.scope["method"] == "HEAD":
+        os.close(fd)
+        return Response(status_code=status, headers=headers)
+    if length <= SMALL_MEMBER:
+        try:
+            body = os.pread(fd, length, start)
+        finally:
+            os.close(fd)
+        return Response(body, status_code=status, headers=headers)
+    return StreamingResponse(_stream(fd, start, length), status_code=status, headers=headers)
+
+
+async def _stream(fd: int, start: int, length: int) -> AsyncIterator[bytes]:
+    try:
+        while length > 0:
+            chunk = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK, length), start)
+            if not chunk:
+                return
+            start += len(chunk)
+            length -= len(chunk)
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+_CONDITIONS = (b"if-none-match", b"if-modified-since", b"range", b"if-range")
+
+
+def _conditions(scope: Scope) -> dict[bytes, str]:
+    """The request headers serving looks at, in one pass over the raw list."""
+    return {
+        name: value.decode("latin-1") for name, value in scope["headers"] if name in _CONDITIONS
+    }
+
+
+def _not_modified(headers: dict[bytes, str], etag: str, modified: datetime) -> bool:
+    """RFC 9110 §13.1: If-None-Match (weak comparison) wins over If-Modified-Since."""
+    if_none_match = headers.get(b"if-none-match")
+    if if_none_match is not None:
+        if if_none_match.strip() == "*":
+            return True
+        return etag in (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
+    if_modified_since = headers.get(b"if-modified-since")
+    if if_modified_since:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        return modified.replace(microsecond=0) <= since
+    return False
+
+
+def _wanted_range(
+    headers: dict[bytes, str], size: int, etag: str, last_modified: str
+) -> tuple[int, int] | Literal["unsatisfiable"] | None:
+    """One ``bytes=`` range as (first, last) inclusive; None: send the whole member
+    (no Range, a stale If-Range, several ranges, or a malformed header — RFC 9110
+    lets a server ignore those)."""
+    header = headers.get(b"range")
+    if header is None:
+        return None
+    if_range = headers.get(b"if-range")
+    if if_range is not None and if_range not in (etag, last_modified):
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = (part.strip() for part in spec.partition("-"))
+    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+        return None
+    if first == "":
+        if last == "":
+            return None
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - suffix), size - 1
+    start = int(first)
+    if last != "" and int(last) < start:
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    return start, size - 1 if last == "" else min(int(last), size - 1)

@@ -1,0 +1,211 @@
+"""Operator pages: locations, blobs, the deletion plan and gc, failures, audit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from safekeeper.api.principal import Principal
+from safekeeper.dashboard.auth import checked_form, operator
+from safekeeper.dashboard.gc_runs import GcRunner
+from safekeeper.dashboard.web import PageRoute, archive_of, render, see_other
+from safekeeper.errors import BadInput, NotFound, SafekeeperError
+from safekeeper.ids import parse_blob_id, parse_ref
+from safekeeper.services.audit import read_audit
+from safekeeper.services.holds import list_holds
+from safekeeper.services.inventory import resolve_blob, stat_blob
+from safekeeper.services.planner import explain, make_plan
+from safekeeper.services.status import location_usage
+from safekeeper.services.tasks import list_tasks, retry_failed
+from safekeeper.services.tenant_data import list_namespaces
+from safekeeper.units import parse_duration
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+Operator = Annotated[Principal, Depends(operator)]
+
+
+def gc_runner(request: Request) -> GcRunner:
+    runner: GcRunner | None = getattr(request.app.state, "gc_runner", None)
+    if runner is None:
+        runner = request.app.state.gc_runner = GcRunner(archive_of(request))
+    return runner
+
+
+@router.get("/locations")
+def locations_page(request: Request, _: Operator) -> Response:
+    return render(request, "locations.html", {"rows": location_usage(archive_of(request))})
+
+
+@router.get("/blobs")
+def blobs_page(request: Request, principal: Operator, q: str = "") -> Response:
+    """Search by id prefix or reference; one match goes straight to its page."""
+    if not q.strip():
+        return render(request, "blobs.html", {"q": q})
+    try:
+        sha256 = _find_blob(request, principal, q.strip())
+    except (BadInput, NotFound) as exc:
+        return render(request, "blobs.html", {"q": q, "problem": str(exc)}, status_code=404)
+    return see_other(f"/blobs/{sha256}")
+
+
+def _find_blob(request: Request, principal: Principal, text: str) -> str:
+    archive = archive_of(request)
+    if ":" in text:
+        # A reference names a namespace: only the principal's tenant's ones resolve.
+        visible = {n.name for n in list_namespaces(archive, principal)}
+        if parse_ref(text).namespace not in visible:
+            raise NotFound(f"no reference {text}")
+    return resolve_blob(archive, text)
+
+
+@router.get("/blobs/{sha256}")
+def blob_page(request: Request, sha256: str, principal: Operator) -> Response:
+    """Copies are storage facts every operator sees (the plan shows them too);
+    references and holds only as far as the principal's tenant reaches."""
+    archive = archive_of(request)
+    status = stat_blob(archive, parse_blob_id(sha256))
+    visible = {n.name for n in list_namespaces(archive, principal)}
+    references = [r for r in status.references if principal.is_admin or r.namespace in visible]
+    holds = [
+        hold
+        for hold in list_holds(archive)
+        if hold.target == status.sha256
+        or (hold.kind == "namespace" and any(r.namespace == hold.target for r in references))
+    ]
+    verdicts = {e.location: e.decision for e in explain(archive, status.sha256)}
+    return render(
+        request,
+        "blob.html",
+        {
+            "blob": status,
+            "references": references,
+            "hidden_references": len(status.references) - len(references),
+            "holds": holds,
+            "verdicts": verdicts,
+        },
+    )
+
+
+@router.get("/plan")
+def plan_page(request: Request, _: Operator, explain_blob: str = "") -> Response:
+    archive = archive_of(request)
+    explained = None
+    problem = None
+    if explain_blob.strip():
+        try:
+            explained = (resolve_blob(archive, explain_blob), explain(archive, explain_blob))
+        except SafekeeperError as exc:
+            problem = str(exc)
+    return render(
+        request,
+        "plan.html",
+        {
+            "plan": make_plan(archive),
+            "explain_blob": explain_blob,
+            "explained": explained,
+            "problem": problem,
+            "runs": gc_runner(request).recent(),
+        },
+    )
+
+
+@router.post("/plan/run")
+def run_gc_page(
+    request: Request, principal: Operator, _csrf: Annotated[None, Depends(checked_form)]
+) -> Response:
+    run = gc_runner(request).start(actor=f"dashboard:{principal.user_name}")
+    return see_other(f"/plan/runs/{run.id}")
+
+
+@router.get("/plan/runs/{run_id}")
+def gc_run_page(request: Request, run_id: int, _: Operator) -> Response:
+    run = gc_runner(request).get(run_id)
+    if run is None:
+        raise NotFound(f"no gc run {run_id} (runs are forgotten when the server restarts)")
+    return render(request, "gc_run.html", {"run": run})
+
+
+@router.get("/plan/runs/{run_id}/progress")
+def gc_run_progress(request: Request, run_id: int, _: Operator) -> Response:
+    run = gc_runner(request).get(run_id)
+    if run is None:
+        raise NotFound(f"no gc run {run_id}")
+    return JSONResponse(run.as_json(), headers={"Cache-Control": "no-store"})
+
+
+@router.get("/failures")
+def failures_page(request: Request, _: Operator, retried: str = "") -> Response:
+    failed = list_tasks(archive_of(request), failed_only=True)
+    runs = [run for run in gc_runner(request).recent() if run.failed or run.error]
+    return render(request, "failures.html", {"tasks": failed, "runs": runs, "retried": retried})
+
+
+@router.post("/failures/{task_id}/retry")
+def retry_page(
+    request: Request,
+    task_id: int,
+    _: Operator,
+    _csrf: Annotated[None, Depends(checked_form)],
+) -> Response:
+    retry_failed(archive_of(request), [task_id])
+    return see_other("/failures", retried=str(task_id))
+
+
+@router.post("/failures/retry-all")
+def retry_all_page(
+    request: Request, _: Operator, _csrf: Annotated[None, Depends(checked_form)]
+) -> Response:
+    requeued = retry_failed(archive_of(request))
+    return see_other("/failures", retried=",".join(map(str, requeued)) or "none")
+
+
+def _since(text: str, now: datetime) -> datetime | None:
+    """``7d`` (that long ago) or an ISO date/time; empty: no bound."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return now - parse_duration(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=now.tzinfo)
+
+
+@router.get("/audit")
+def audit_page(
+    request: Request,
+    _: Operator,
+    blob: str = "",
+    location: str = "",
+    rule: str = "",
+    since: str = "",
+) -> Response:
+    archive = archive_of(request)
+    filters = {"blob": blob, "location": location, "rule": rule, "since": since}
+    try:
+        entries = read_audit(
+            archive,
+            blob=resolve_blob(archive, blob) if blob.strip() else None,
+            location=location.strip() or None,
+            rule=rule.strip() or None,
+            since=_since(since, archive.clock()),
+            limit=500,
+        )
+        problem = None
+    except SafekeeperError as exc:
+        entries, problem = [], str(exc)
+    return render(
+        request,
+        "audit.html",
+        {
+            "entries": entries,
+            "filters": filters,
+            "problem": problem,
+            "locations": sorted(archive.config.locations),
+        },
+        status_code=400 if problem else 200,
+    )

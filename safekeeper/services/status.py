@@ -1,0 +1,96 @@
+"""Operator status: each location's usage against its watermarks, and the task queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, select
+
+from safekeeper.db.models import Blob, Copy, CopyState, Location, Task, TaskState
+from safekeeper.policy import watermark_bytes
+from safekeeper.services.inventory import location_report
+from safekeeper.services.tasks import TaskView, list_tasks
+
+if TYPE_CHECKING:
+    from safekeeper.archive import Archive
+
+
+@dataclass(frozen=True)
+class LocationUsage:
+    name: str
+    kind: str
+    site: str
+    store: str
+    configured: bool
+    objects: int
+    bytes: int
+    capacity: int | None
+    high_watermark: int | None
+    low_watermark: int | None
+    #: Copies wanted here and not yet transferred (``pending``), and their bytes.
+    backlog_copies: int
+    backlog_bytes: int
+
+
+def location_usage(archive: Archive) -> list[LocationUsage]:
+    with archive.db.read() as session:
+        backlog = {
+            name: (int(count), int(size))
+            for name, count, size in session.execute(
+                select(Location.name, func.count(), func.coalesce(func.sum(Blob.size), 0))
+                .join(Copy, Copy.location_id == Location.id)
+                .join(Blob, Copy.blob_id == Blob.id)
+                .where(Copy.state == CopyState.PENDING)
+                .group_by(Location.name)
+            )
+        }
+    usages = []
+    for status in location_report(archive):
+        settings = archive.config.locations.get(status.name)
+        capacity = settings.capacity if settings is not None else None
+        high = watermark_bytes(settings.high_watermark, capacity) if settings else None
+        low = watermark_bytes(settings.low_watermark, capacity) if settings else None
+        count, size = backlog.get(status.name, (0, 0))
+        usages.append(
+            LocationUsage(
+                name=status.name,
+                kind=status.kind,
+                site=status.site,
+                store=status.store,
+                configured=status.configured,
+                objects=status.objects,
+                bytes=status.bytes,
+                capacity=capacity,
+                high_watermark=high,
+                low_watermark=low,
+                backlog_copies=count,
+                backlog_bytes=size,
+            )
+        )
+    return usages
+
+
+@dataclass(frozen=True)
+class ReplicationStatus:
+    queued: int
+    running: int
+    failed: int
+    done: int
+    #: The most recent failed tasks (out of retries), newest first.
+    failed_tasks: list[TaskView]
+
+
+def replication_status(archive: Archive, failed_limit: int = 100) -> ReplicationStatus:
+    with archive.db.read() as session:
+        counts = {
+            state: int(n)
+            for state, n in session.execute(select(Task.state, func.count()).group_by(Task.state))
+        }
+    return ReplicationStatus(
+        queued=int(counts.get(TaskState.QUEUED, 0)),
+        running=int(counts.get(TaskState.RUNNING, 0)),
+        failed=int(counts.get(TaskState.FAILED, 0)),
+        done=int(counts.get(TaskState.DONE, 0)),
+        failed_tasks=list_tasks(archive, failed_only=True, limit=failed_limit),
+    )

@@ -1,0 +1,79 @@
+"""Tenant isolation: which namespaces a signed-in principal may see and touch.
+
+Every route that names a namespace goes through ``visible_namespace`` (or filters a
+listing with ``visible_namespace_filter``). A namespace of another tenant answers
+exactly like one that does not exist — NotFound, never Forbidden — so a user cannot
+learn what other tenants have. Namespaces without a tenant (made from the CLI) are
+reached only by admins.
+
+These functions take a session and never commit: they run inside the caller's
+transaction, so a check and the write it guards see the same state.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, select, true
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from safekeeper.api.principal import Principal
+from safekeeper.db.models import Namespace
+from safekeeper.errors import NotFound
+from safekeeper.ids import check_name
+
+
+def _not_found(name: str) -> NotFound:
+    return NotFound(f"no namespace {name!r}")
+
+
+def can_see(principal: Principal, namespace: Namespace) -> bool:
+    return principal.is_admin or namespace.tenant_id == principal.tenant_id
+
+
+def visible_namespace(session: Session, principal: Principal, name: str) -> Namespace:
+    """The namespace called ``name`` if ``principal`` may see it; NotFound otherwise."""
+    namespace = session.scalar(select(Namespace).where(Namespace.name == name))
+    if namespace is None or not can_see(principal, namespace):
+        raise _not_found(name)
+    return namespace
+
+
+def visible_namespace_filter(principal: Principal) -> ColumnElement[bool]:
+    """A WHERE clause on ``Namespace`` keeping only what ``principal`` may see."""
+    if principal.is_admin:
+        return true()
+    return Namespace.tenant_id == principal.tenant_id
+
+
+def visible_namespace_ids(session: Session, principal: Principal) -> list[int]:
+    return list(
+        session.scalars(
+            select(Namespace.id).where(visible_namespace_filter(principal)).order_by(Namespace.id)
+        )
+    )
+
+
+def claim_namespace(session: Session, principal: Principal, name: str, now: datetime) -> Namespace:
+    """The namespace ``name`` for writing: created for the principal's tenant (owned by
+    the principal, so erasing them removes its references) when new, returned when
+    visible, NotFound when it belongs to someone the principal may not see.
+
+    The insert is conflict-tolerant, so two users claiming the same new name at once
+    end with one owner; the loser sees NotFound unless both are in the same tenant.
+    """
+    check_name("namespace", name)
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(
+        insert(Namespace)
+        .values(
+            name=name,
+            created_at=now,
+            tenant_id=principal.tenant_id,
+            owner_user_id=principal.user_id,
+        )
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    return visible_namespace(session, principal, name)

@@ -1,0 +1,221 @@
+"""Blobs and references as a signed-in principal may see and change them.
+
+A blob has no tenant of its own (the same bytes are stored once, whoever put them):
+a principal sees a blob exactly when a namespace visible to them references it.
+Admins see every blob. Operators are scoped like members here — they run the
+storage-wide views (locations, plan, gc, audit), but reading content or references
+still goes through their tenant's namespaces. Anything else answers NotFound, like a
+blob that does not exist, so knowing a hash does not reveal or grant another tenant's
+content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import ColumnElement, exists, func, or_, select, true
+from sqlalchemy.orm import Session
+
+from safekeeper.api.principal import Principal
+from safekeeper.db.copies import CopyView, copies_of_blob
+from safekeeper.db.models import Blob, Hold, Namespace, Reference, Tenant
+from safekeeper.db.refs import ReferenceView, list_references
+from safekeeper.errors import BadInput, NotFound
+from safekeeper.ids import RefSpec
+from safekeeper.services import ingest, inventory, refs
+from safekeeper.services.ingest import PutOutcome
+from safekeeper.services.tenancy import claim_namespace, visible_namespace, visible_namespace_filter
+
+if TYPE_CHECKING:
+    from safekeeper.archive import Archive
+
+
+def _visible_blob_clause(principal: Principal) -> ColumnElement[bool]:
+    if principal.is_admin:
+        return true()
+    return exists().where(
+        Reference.blob_id == Blob.id,
+        Reference.namespace_id == Namespace.id,
+        visible_namespace_filter(principal),
+    )
+
+
+def visible_blob(session: Session, principal: Principal, sha256: str) -> Blob:
+    blob = session.scalar(
+        select(Blob).where(Blob.sha256 == sha256, _visible_blob_clause(principal))
+    )
+    if blob is None:
+        raise NotFound(f"no blob {sha256}")
+    return blob
+
+
+@dataclass(frozen=True)
+class HoldSummary:
+    id: int
+    kind: str
+    target: str
+    reason: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    sha256: str
+    size: int
+    created_at: datetime
+    unreferenced_since: datetime | None
+    copies: list[CopyView]
+    references: list[ReferenceView]
+    holds: list[HoldSummary]
+
+
+def _holds_on(session: Session, principal: Principal, blob: Blob) -> list[HoldSummary]:
+    """Active holds keeping the blob: on itself, or on a visible namespace referencing it."""
+    referencing = select(Reference.namespace_id).where(Reference.blob_id == blob.id)
+    rows = session.execute(
+        select(Hold, Namespace.name)
+        .outerjoin(Namespace, Hold.namespace_id == Namespace.id)
+        .where(
+            Hold.released_at.is_(None),
+            or_(
+                Hold.blob_id == blob.id,
+                Hold.namespace_id.in_(referencing) & visible_namespace_filter(principal),
+            ),
+        )
+        .order_by(Hold.id)
+    )
+    return [
+        HoldSummary(
+            hold.id,
+            "namespace" if name is not None else "blob",
+            name if name is not None else blob.sha256,
+            hold.reason,
+            hold.created_at,
+        )
+        for hold, name in rows
+    ]
+
+
+def blob_info(archive: Archive, principal: Principal, sha256: str) -> BlobInfo:
+    with archive.db.read() as session:
+        blob = visible_blob(session, principal, sha256)
+        visible = {
+            name
+            for (name,) in session.execute(
+                select(Namespace.name).where(visible_namespace_filter(principal))
+            )
+        }
+        return BlobInfo(
+            sha256=blob.sha256,
+            size=blob.size,
+            created_at=blob.created_at,
+            unreferenced_since=blob.unreferenced_since,
+            copies=copies_of_blob(session, blob.id),
+            references=[
+                r for r in list_references(session, blob_id=blob.id) if r.namespace in visible
+            ],
+            holds=_holds_on(session, principal, blob),
+        )
+
+
+def open_visible_blob(
+    archive: Archive, principal: Principal, sha256: str
+) -> tuple[int, Iterator[bytes]]:
+    """(size, chunks) of a blob the principal may read."""
+    with archive.db.read() as session:
+        size = visible_blob(session, principal, sha256).size
+    return size, inventory.open_blob(archive, sha256)
+
+
+def put_blob(
+    archive: Archive, principal: Principal, source: Iterable[bytes], ref: RefSpec | None
+) -> PutOutcome:
+    """Store an upload, under ``ref`` in a namespace the principal may write.
+
+    Only admins may put without a reference: anyone else could never see the blob
+    again, and it would only wait for gc.
+    """
+    if ref is None:
+        if not principal.is_admin:
+            raise BadInput("give ?ref=NAMESPACE:KEY[:LABEL]: an upload needs a reference")
+    else:
+        claim(archive, principal, ref.namespace)
+    return ingest.put_stream(archive, source, ref)
+
+
+def actor_of(principal: Principal) -> str:
+    return f"api:{principal.user_name}"
+
+
+def set_ref(archive: Archive, principal: Principal, spec: RefSpec, sha256: str) -> ReferenceView:
+    """Point ``spec`` at a blob the principal can see (audited, like the CLI's)."""
+    now = archive.clock()
+    with archive.db.write() as session:
+        blob = visible_blob(session, principal, sha256)
+        claim_namespace(session, principal, spec.namespace, now)
+        refs.point(session, now, spec, blob, actor=actor_of(principal))
+        return _view(session, spec)
+
+
+def remove_ref(archive: Archive, principal: Principal, spec: RefSpec) -> None:
+    check_namespace(archive, principal, spec.namespace)
+    refs.remove_ref(archive, spec, actor=actor_of(principal))
+
+
+def reference_view(archive: Archive, spec: RefSpec) -> ReferenceView:
+    with archive.db.read() as session:
+        return _view(session, spec)
+
+
+def _view(session: Session, spec: RefSpec) -> ReferenceView:
+    for view in list_references(session, namespace=spec.namespace):
+        if view.key == spec.key and view.label == spec.label:
+            return view
+    raise NotFound(f"no reference {spec}")
+
+
+def list_refs(archive: Archive, principal: Principal, namespace: str) -> list[ReferenceView]:
+    with archive.db.read() as session:
+        visible_namespace(session, principal, namespace)
+        return list_references(session, namespace=namespace)
+
+
+@dataclass(frozen=True)
+class NamespaceSummary:
+    name: str
+    tenant: str | None
+    references: int
+    created_at: datetime
+
+
+def list_namespaces(archive: Archive, principal: Principal) -> list[NamespaceSummary]:
+    counts = (
+        select(Reference.namespace_id, func.count().label("n"))
+        .group_by(Reference.namespace_id)
+        .subquery()
+    )
+    with archive.db.read() as session:
+        rows = session.execute(
+            select(Namespace.name, Tenant.name, func.coalesce(counts.c.n, 0), Namespace.created_at)
+            .outerjoin(Tenant, Namespace.tenant_id == Tenant.id)
+            .outerjoin(counts, counts.c.namespace_id == Namespace.id)
+            .where(visible_namespace_filter(principal))
+            .order_by(Namespace.name)
+        )
+        return [NamespaceSummary(name, tenant, int(n), at) for name, tenant, n, at in rows]
+
+
+def check_namespace(archive: Archive, principal: Principal, name: str) -> None:
+    """NotFound unless the principal may see namespace ``name``."""
+    with archive.db.read() as session:
+        visible_namespace(session, principal, name)
+
+
+def claim(archive: Archive, principal: Principal, name: str) -> None:
+    """Make ``name`` writable by the principal (created for their tenant when new)
+    before anything is stored under it; NotFound if another tenant's."""
+    with archive.db.write() as session:
+        claim_namespace(session, principal, name, archive.clock())

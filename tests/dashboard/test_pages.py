@@ -1,0 +1,246 @@
+"""Dashboard pages in process (Starlette's TestClient): the rules a browser test would
+be slow to pin down — redirects on ended sessions, CSRF on forms, roles, tenant
+isolation, and the export/import and upload round trips."""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+import time
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from safekeeper.api.app import create_app
+from safekeeper.archive import Archive
+from safekeeper.db.models import Tenant, User
+from safekeeper.services import accounts
+from tests.conftest import ArchiveFactory, FakeClock
+from tests.packages.zips import build_html_package, build_zip
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def password_hash() -> str:
+    """Hashed once: argon2 is slow on purpose, and every test needs four users."""
+    return accounts.hash_password(PASSWORD)
+
+
+@pytest.fixture
+def archive(make_archive: ArchiveFactory, password_hash: str) -> Archive:
+    archive = make_archive()
+    accounts.add_tenant(archive, "acme")
+    accounts.add_tenant(archive, "globex")
+    with archive.db.write() as session:
+        tenants = {name: id_ for name, id_ in session.execute(select(Tenant.name, Tenant.id))}
+        for name, tenant, role in [
+            ("ada", "acme", "admin"),
+            ("oscar", "acme", "operator"),
+            ("mia", "acme", "member"),
+            ("gus", "globex", "member"),
+        ]:
+            session.add(
+                User(
+                    tenant_id=tenants[tenant],
+                    name=name,
+                    role=role,
+                    password_hash=password_hash,
+                    created_at=archive.clock(),
+                )
+            )
+    return archive
+
+
+@pytest.fixture
+def client(archive: Archive) -> Iterator[TestClient]:
+    with TestClient(create_app(archive), base_url="http://127.0.0.1") as test_client:
+        yield test_client
+
+
+def sign_in(client: TestClient, user: str) -> str:
+    """Signs in; returns the page's CSRF token."""
+    answer = client.post(
+        "/signin", data={"username": user, "password": PASSWORD}, follow_redirects=False
+    )
+    assert answer.status_code == 303, answer.text
+    return csrf_of(client.get("/sessions").text)
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', html)
+    assert match is not None
+    return match.group(1)
+
+
+def test_pages_need_a_session_and_say_why(client: TestClient, clock: FakeClock) -> None:
+    answer = client.get("/plan", follow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/signin?reason=signin_required&next=/plan"
+
+    sign_in(client, "oscar")
+    assert client.get("/plan").status_code == 200
+    clock.advance(hours=1)  # past the 30 min idle timeout
+    answer = client.get("/plan", follow_redirects=False)
+    assert answer.headers["location"].startswith("/signin?reason=session_expired")
+    page = client.get(answer.headers["location"])
+    assert page.status_code == 200 and "Your session expired" in page.text
+
+
+def test_a_script_gets_401_json_not_a_redirect(client: TestClient) -> None:
+    answer = client.get("/plan/runs/1/progress", headers={"Accept": "application/json"})
+    assert answer.status_code == 401
+    assert answer.json()["code"] == "signin_required"
+
+
+def test_forms_need_the_csrf_token(client: TestClient) -> None:
+    csrf = sign_in(client, "oscar")
+    refused = client.post("/plan/run", data={"csrf_token": "0" * 64}, follow_redirects=False)
+    assert refused.status_code == 403 and "did not come from this site" in refused.text
+    missing = client.post("/signout", follow_redirects=False)
+    assert missing.status_code == 403
+    assert client.get("/plan").status_code == 200  # still signed in
+    out = client.post("/signout", data={"csrf_token": csrf}, follow_redirects=False)
+    assert out.headers["location"] == "/signin?reason=signed_out"
+    assert client.get("/plan", follow_redirects=False).status_code == 303
+
+
+def test_open_redirects_are_refused(client: TestClient) -> None:
+    answer = client.post(
+        "/signin",
+        data={"username": "mia", "password": PASSWORD, "next": "//evil.example/x"},
+        follow_redirects=False,
+    )
+    assert answer.headers["location"] == "/"
+
+
+def test_members_get_a_friendly_403_and_admins_pages_are_theirs(client: TestClient) -> None:
+    sign_in(client, "mia")
+    for path in ("/locations", "/plan", "/audit", "/failures", "/admin/users"):
+        answer = client.get(path)
+        assert answer.status_code == 403, path
+        assert "<html" in answer.text and "Not allowed" in answer.text
+    assert client.get("/", follow_redirects=False).headers["location"] == "/namespaces"
+
+
+def test_gc_from_the_dashboard_reports_progress(
+    client: TestClient, archive: Archive, clock: FakeClock
+) -> None:
+    garbage = archive.put_bytes(b"old", ref="scratch:a").sha256
+    archive.put_bytes(b"new", ref="scratch:a")
+    clock.advance(days=8)
+    csrf = sign_in(client, "oscar")
+    assert garbage in client.get("/plan").text
+    answer = client.post("/plan/run", data={"csrf_token": csrf}, follow_redirects=False)
+    run_url = answer.headers["location"]
+    progress: dict[str, object] = {"running": True}
+    for _ in range(100):
+        progress = client.get(f"{run_url}/progress").json()
+        if not progress["running"]:
+            break
+        time.sleep(0.05)
+    assert progress["deleted"] == 1 and progress["planned"] == 1 and progress["error"] is None
+    audit = client.get(f"/audit?blob={garbage[:10]}&rule=garbage").text
+    assert "dashboard:oscar" in audit and garbage in audit
+
+
+def test_namespaces_of_another_tenant_stay_hidden(client: TestClient, archive: Archive) -> None:
+    csrf = sign_in(client, "gus")
+    stored = client.post(
+        "/namespaces/globex-docs/upload?key=k",
+        content=build_html_package(),
+        headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
+    )
+    assert stored.status_code == 200, stored.text
+    client.cookies.clear()
+    csrf = sign_in(client, "mia")
+    page = client.get("/namespaces/globex-docs")
+    assert page.status_code == 200 and "No packages here yet" in page.text
+    assert "globex-docs" not in client.get("/namespaces").text
+    assert client.get("/play/globex-docs/k/draft").status_code == 404
+    assert client.get("/namespaces/globex-docs/export").status_code == 404
+    refused = client.post(
+        "/namespaces/globex-docs/upload?key=k",
+        content=build_html_package(marker=b"x"),
+        headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
+    )
+    assert refused.status_code == 404 and refused.json()["code"] == "not_found"
+
+
+def test_upload_rejections_name_the_member_and_store_nothing(
+    client: TestClient, archive: Archive
+) -> None:
+    csrf = sign_in(client, "mia")
+    bad = build_zip({"index.html": b"<p>hi</p>", "../up.html": b"x"})
+    answer = client.post(
+        "/namespaces/courses/upload?key=intro",
+        content=bad,
+        headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["member"] == "../up.html"
+    assert "No packages here yet" in client.get("/namespaces/courses").text
+    no_csrf = client.post(
+        "/namespaces/courses/upload?key=intro",
+        content=build_html_package(),
+        headers={"Accept": "application/json"},
+    )
+    assert no_csrf.status_code == 403
+
+
+def test_export_then_import_into_another_namespace(client: TestClient) -> None:
+    csrf = sign_in(client, "mia")
+    uploaded = client.post(
+        "/namespaces/courses/upload?key=intro",
+        content=build_html_package(marker=b"<p>exported</p>"),
+        headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    published = client.post(
+        "/namespaces/courses/publish?key=intro",
+        data={"csrf_token": csrf},
+        follow_redirects=False,
+    )
+    assert published.headers["location"].startswith("/namespaces/courses?done=published")
+
+    bundle = client.get("/namespaces/courses/export")
+    assert bundle.status_code == 200
+    assert bundle.headers["content-disposition"] == 'attachment; filename="courses.tar"'
+    with tarfile.open(fileobj=io.BytesIO(bundle.content)) as tar:
+        assert any(uploaded.json()["sha256"] in name for name in tar.getnames())
+
+    imported = client.post(
+        "/namespaces/courses-copy/import",
+        data={"csrf_token": csrf},
+        files={"bundle": ("courses.tar", bundle.content, "application/x-tar")},
+        follow_redirects=False,
+    )
+    assert imported.status_code == 303, imported.text
+    assert "imported" in imported.headers["location"]
+    page = client.get("/namespaces/courses-copy").text
+    assert 'data-key="intro"' in page and "/play/courses-copy/intro/published" in page
+    play = client.get("/play/courses-copy/intro/published")
+    assert play.status_code == 200
+    assert 'src="/p/courses-copy/intro/published/index.html"' in play.text
+
+
+def test_admin_adds_and_disables_users(client: TestClient) -> None:
+    csrf = sign_in(client, "ada")
+    short = client.post(
+        "/admin/users",
+        data={"csrf_token": csrf, "name": "neo", "tenant": "acme", "password": "short"},
+    )
+    assert short.status_code == 400 and 'id="admin-problem"' in short.text
+    added = client.post(
+        "/admin/users",
+        data={"csrf_token": csrf, "name": "neo", "tenant": "globex", "password": PASSWORD},
+    )
+    assert added.status_code == 200 and 'data-user="neo"' in added.text
+    disabled = client.post("/admin/users/mia/disable", data={"csrf_token": csrf})
+    assert disabled.status_code == 200
+    assert re.search(r'data-user="mia">.*?disabled', disabled.text, re.S)
+    tenant = client.post("/admin/tenants", data={"csrf_token": csrf, "name": "initech"})
+    assert 'data-tenant="initech"' in tenant.text

@@ -1,0 +1,352 @@
+"""Bundles: export a namespace, import it elsewhere — all of it, or nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from safekeeper.archive import Archive
+from safekeeper.config import load_config, write_default
+from safekeeper.db.models import Blob, Package
+from safekeeper.errors import BadInput, Conflict, NotFound, PolicyDenied
+from safekeeper.ids import parse_ref
+from safekeeper.services.bundle_format import ZSTD_MAGIC
+from safekeeper.services.bundles import export_namespace, import_bundle
+from safekeeper.services.holds import add_hold
+from safekeeper.services.inventory import list_refs
+from safekeeper.services.packages import put_package
+from tests.conftest import FakeClock
+from tests.packages.zips import INDEX_HTML, build_html_package, build_scorm12
+
+OtherFactory = Callable[..., Archive]
+PACKAGE_FIELDS = ("kind", "entry", "title", "member_count", "extracted_size")
+
+
+@pytest.fixture
+def make_other(tmp_path: Path, clock: FakeClock) -> Iterator[OtherFactory]:
+    """Fresh SQLite data directories: other deployments to import into."""
+    opened: list[Archive] = []
+
+    def factory(name: str = "other") -> Archive:
+        directory = tmp_path / name
+        write_default(directory)
+        archive = Archive(load_config(data_dir=directory, environ={}), clock=clock)
+        opened.append(archive)
+        return archive
+
+    yield factory
+    for archive in opened:
+        archive.close()
+
+
+@pytest.fixture
+def other(make_other: OtherFactory) -> Archive:
+    return make_other()
+
+
+def fill_course(archive: Archive) -> dict[str, bytes]:
+    """Namespace ``course``: a SCORM package under two labels, an HTML package, plain
+    blobs (one under two keys). Returns the blobs' bytes by sha256."""
+    scorm = build_scorm12(title="Bundled course")
+    html = build_html_package(marker=b"<!-- bundled -->")
+    put_package(archive, io.BytesIO(scorm), parse_ref("course:lesson-1:draft"))
+    put_package(archive, io.BytesIO(scorm), parse_ref("course:lesson-1:published"))
+    put_package(archive, io.BytesIO(html), parse_ref("course:intro:draft"))
+    archive.put_bytes(b"alpha", ref="course:assets/a.txt")
+    archive.put_bytes(b"alpha", ref="course:assets/copy-of-a.txt:v2")
+    archive.put_bytes(b"", ref="course:assets/empty")
+    archive.put_bytes(b"elsewhere", ref="other-namespace:x")
+    return {hashlib.sha256(d).hexdigest(): d for d in (scorm, html, b"alpha", b"")}
+
+
+def refs_of(archive: Archive, namespace: str) -> list[tuple[str, str, str]]:
+    return [(r.key, r.label, r.blob) for r in list_refs(archive, namespace)]
+
+
+def packages_of(archive: Archive) -> dict[str, tuple[object, ...]]:
+    with archive.db.read() as session:
+        rows = session.execute(select(Blob.sha256, Package).join(Package))
+        return {sha: tuple(getattr(p, f) for f in PACKAGE_FIELDS) for sha, p in rows}
+
+
+def blob_count(archive: Archive) -> int:
+    with archive.db.read() as session:
+        return int(session.scalar(select(func.count()).select_from(Blob)) or 0)
+
+
+def stored_files(archive: Archive) -> list[Path]:
+    """Every file under the data directory's stores, temp areas included."""
+    return sorted(
+        p
+        for name in archive.config.locations
+        if (root := archive.config.data_dir / name).exists()
+        for p in root.rglob("*")
+        if p.is_file()
+    )
+
+
+def test_export_import_into_another_data_directory(
+    archive: Archive, other: Archive, tmp_path: Path
+) -> None:
+    content = fill_course(archive)
+    bundle = tmp_path / "course.tar"
+    seen: list[tuple[int, int]] = []
+    exported = export_namespace(archive, "course", bundle, lambda d, t: seen.append((d, t)))
+    assert (exported.references, exported.blobs, exported.packages) == (6, 4, 2)
+    assert seen[-1] == (sum(len(d) for d in content.values()),) * 2
+    assert not bundle.with_name("course.tar.partial").exists()
+
+    with tarfile.open(bundle) as tar:  # a plain tar any tool reads
+        names = tar.getnames()
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert names[0] == "manifest.json"
+    assert sorted(names[1:]) == sorted(f"blobs/{sha}" for sha in content)  # each blob once
+    assert (manifest["format"], manifest["version"], manifest["namespace"]) == (
+        "safekeeper-bundle",
+        1,
+        "course",
+    )
+
+    outcome = import_bundle(other, bundle)
+    assert (outcome.blobs_stored, outcome.blobs_skipped, outcome.references_created) == (4, 0, 6)
+    assert outcome.packages_created == 2
+    for sha, data in content.items():
+        assert other.read_blob(sha) == data
+    assert refs_of(other, "course") == refs_of(archive, "course")
+    assert packages_of(other) == packages_of(archive)
+    assert refs_of(other, "other-namespace") == []
+
+
+def test_imported_package_plays_without_configuration(
+    archive: Archive, other: Archive, tmp_path: Path
+) -> None:
+    from safekeeper.packages.cache import PackageCache
+    from safekeeper.packages.lookup import PackageLookup
+
+    fill_course(archive)
+    export_namespace(archive, "course", tmp_path / "b.tar")
+    import_bundle(other, tmp_path / "b.tar")
+    target = PackageLookup(other).reference("course", "lesson-1/published/sco/index.html")
+    assert target is not None and target.package is not None
+    assert target.package.entry == "sco/index.html"
+    tree = PackageCache(other).tree_for(target.package.sha256)
+    assert (tree / target.package.entry).read_bytes() == INDEX_HTML
+
+
+def test_compressed_bundle_is_detected_by_content_not_name(
+    archive: Archive, other: Archive, tmp_path: Path
+) -> None:
+    content = fill_course(archive)
+    bundle = tmp_path / "course.tar.zst"
+    export_namespace(archive, "course", bundle)
+    assert bundle.read_bytes()[:4] == ZSTD_MAGIC
+    renamed = bundle.rename(tmp_path / "misleading.tar")
+    outcome = import_bundle(other, renamed, into="copy")
+    assert outcome.blobs_stored == len(content)
+    assert [(k, lbl) for k, lbl, _ in refs_of(other, "copy")] == [
+        (k, lbl) for k, lbl, _ in refs_of(archive, "course")
+    ]
+
+
+def test_export_and_import_through_streams(archive: Archive, other: Archive) -> None:
+    fill_course(archive)
+    sink = io.BytesIO()
+    export_namespace(archive, "course", sink, compress=True)
+    outcome = import_bundle(other, io.BytesIO(sink.getvalue()))
+    assert outcome.references == 6 and refs_of(other, "course") == refs_of(archive, "course")
+
+
+@pytest.fixture
+def course_bundle(make_other: OtherFactory, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """A bundle exported from a separate data directory, and its blobs."""
+    source = make_other("source")
+    content = fill_course(source)
+    bundle = tmp_path / "course.tar"
+    export_namespace(source, "course", bundle)
+    return bundle, content
+
+
+def assert_nothing_imported(archive: Archive, blobs_before: int, files_before: list[Path]) -> None:
+    assert refs_of(archive, "course") == []
+    assert blob_count(archive) == blobs_before
+    assert packages_of(archive) == {}
+    assert stored_files(archive) == files_before  # no objects, no temp files
+
+
+def test_tampered_blob_imports_nothing_and_names_the_blob(
+    archive: Archive, course_bundle: tuple[Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    bundle, _ = course_bundle
+    with tarfile.open(bundle) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith("blobs/") and m.size]
+    victim = members[-1]  # the earlier blobs stage fine first: they must be discarded
+    data = bytearray(bundle.read_bytes())
+    data[victim.offset_data + victim.size // 2] ^= 0x01
+    tampered = tmp_path / "tampered.tar"
+    tampered.write_bytes(bytes(data))
+    before = blob_count(archive), stored_files(archive)
+
+    with pytest.raises(BadInput, match=victim.name.removeprefix("blobs/")):
+        import_bundle(archive, tampered)
+    assert_nothing_imported(archive, *before)
+
+
+@pytest.mark.parametrize("where", ["manifest", "blob", "after-blob", "end-marker"])
+def test_truncated_bundle_imports_nothing(
+    archive: Archive, course_bundle: tuple[Path, dict[str, bytes]], tmp_path: Path, where: str
+) -> None:
+    bundle, _ = course_bundle
+    with tarfile.open(bundle) as tar:
+        members = tar.getmembers()
+    blobs = [m for m in members if m.name.startswith("blobs/") and m.size]
+    last = members[-1]
+    cut = {
+        "manifest": members[0].offset_data + 10,
+        "blob": blobs[-1].offset_data + blobs[-1].size // 2,
+        "after-blob": blobs[-1].offset,  # a whole member missing
+        "end-marker": last.offset_data + last.size + (-last.size % 512) + 100,
+    }[where]
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(bundle.read_bytes()[:cut])
+    before = blob_count(archive), stored_files(archive)
+
+    with pytest.raises(BadInput, match=r"truncated|ends before") as error:
+        import_bundle(archive, truncated)
+    if where in ("blob", "after-blob"):
+        assert blobs[-1].name.removeprefix("blobs/") in str(error.value)
+    assert_nothing_imported(archive, *before)
+
+
+def test_truncated_compressed_bundle_imports_nothing(
+    archive: Archive, make_other: OtherFactory, tmp_path: Path
+) -> None:
+    source = make_other("source")
+    fill_course(source)
+    bundle = tmp_path / "course.tar.zst"
+    export_namespace(source, "course", bundle)
+    data = bundle.read_bytes()
+    before = blob_count(archive), stored_files(archive)
+    for cut in (len(data) // 2, len(data) - 40):
+        (tmp_path / "cut.zst").write_bytes(data[:cut])
+        with pytest.raises(BadInput, match=r"truncated|ends before|damaged"):
+            import_bundle(archive, tmp_path / "cut.zst")
+        assert_nothing_imported(archive, *before)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    (tmp_path / "flip.zst").write_bytes(bytes(flipped))
+    with pytest.raises(BadInput):
+        import_bundle(archive, tmp_path / "flip.zst")
+    assert_nothing_imported(archive, *before)
+
+
+def test_importing_twice_is_idempotent(
+    archive: Archive, course_bundle: tuple[Path, dict[str, bytes]]
+) -> None:
+    bundle, content = course_bundle
+    first = import_bundle(archive, bundle)
+    files = stored_files(archive)
+    second = import_bundle(archive, bundle)
+    assert (first.blobs_stored, second.blobs_stored, second.blobs_skipped) == (4, 0, 4)
+    assert (second.references_created, second.references_replaced) == (0, 0)
+    assert second.references_unchanged == 6 and second.packages_created == 0
+    assert stored_files(archive) == files
+    assert blob_count(archive) == len(content)
+
+
+def test_import_replaces_conflicting_references_like_ref_set(
+    archive: Archive, course_bundle: tuple[Path, dict[str, bytes]], clock: FakeClock
+) -> None:
+    bundle, _ = course_bundle
+    old = archive.put_bytes(b"local version", ref="course:assets/a.txt")
+    archive.put_bytes(b"kept", ref="course:local-only")
+    outcome = import_bundle(archive, bundle)
+    assert (outcome.references_created, outcome.references_replaced) == (5, 1)
+    refs = {(k, lbl): b for k, lbl, b in refs_of(archive, "course")}
+    assert refs[("assets/a.txt", "default")] == hashlib.sha256(b"alpha").hexdigest()
+    assert ("local-only", "default") in refs  # an import adds and replaces, never removes
+    with archive.db.read() as session:
+        replaced = session.scalar(select(Blob).where(Blob.sha256 == old.sha256))
+        assert replaced is not None and replaced.unreferenced_since == clock.now
+
+
+def test_hold_forbids_replacing_references(
+    archive: Archive, course_bundle: tuple[Path, dict[str, bytes]]
+) -> None:
+    bundle, _ = course_bundle
+    archive.put_bytes(b"local version", ref="course:assets/a.txt")
+    add_hold(archive, "course", "litigation", "test")
+    before = blob_count(archive), stored_files(archive)
+    with pytest.raises(PolicyDenied, match=r"assets/a.txt"):
+        import_bundle(archive, bundle)
+    assert refs_of(archive, "course") == [
+        ("assets/a.txt", "default", hashlib.sha256(b"local version").hexdigest())
+    ]
+    assert (blob_count(archive), stored_files(archive)) == before
+
+
+def test_hold_allows_adding_references(
+    archive: Archive, course_bundle: tuple[Path, dict[str, bytes]]
+) -> None:
+    bundle, _ = course_bundle
+    archive.put_bytes(b"alpha", ref="course:assets/a.txt")  # the same blob: unchanged
+    add_hold(archive, "course", "litigation", "test")
+    outcome = import_bundle(archive, bundle)
+    assert (outcome.references_created, outcome.references_unchanged) == (5, 1)
+
+
+def test_bad_bundles_are_refused(archive: Archive, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"this is not a tar file at all" * 100)
+    with pytest.raises(BadInput, match="not a bundle"):
+        import_bundle(archive, junk)
+    junk.write_bytes(b"")
+    with pytest.raises(BadInput, match="not a bundle"):
+        import_bundle(archive, junk)
+    with pytest.raises(BadInput, match="cannot read"):
+        import_bundle(archive, tmp_path / "missing.tar")
+
+    def bundle_with(manifest: dict[str, object]) -> Path:
+        path = tmp_path / "crafted.tar"
+        body = json.dumps(manifest).encode()
+        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+            info = tarfile.TarInfo("manifest.json")
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+        return path
+
+    base = {"format": "safekeeper-bundle", "version": 1, "created_at": "2026-01-01T00:00:00Z"}
+    with pytest.raises(BadInput, match="version 2 is not supported"):
+        import_bundle(archive, bundle_with({**base, "version": 2}))
+    with pytest.raises(BadInput, match="not a safekeeper bundle"):
+        import_bundle(archive, bundle_with({**base, "format": "zip"}))
+    manifest = {**base, "namespace": "n", "references": [], "packages": []}
+    with pytest.raises(BadInput, match=r"blobs.0.sha256"):
+        import_bundle(archive, bundle_with({**manifest, "blobs": [{"sha256": "xyz", "size": 1}]}))
+    missing = {"sha256": "a" * 64, "size": 3}
+    with pytest.raises(BadInput, match=r"ends before blob a{64}"):
+        import_bundle(archive, bundle_with({**manifest, "blobs": [missing]}))
+    with pytest.raises(BadInput, match="bad namespace"):
+        import_bundle(archive, junk, into="no spaces allowed")
+    assert blob_count(archive) == 0
+
+
+def test_export_refuses_unknown_namespace_and_leaves_no_partial_bundle(
+    archive: Archive, tmp_path: Path
+) -> None:
+    with pytest.raises(NotFound, match="no namespace"):
+        export_namespace(archive, "nothing-here", tmp_path / "x.tar")
+    outcome = archive.put_bytes(b"doomed bytes", ref="ns:k")
+    key = archive.key_for("inbox", outcome.sha256, 1)
+    path = next(archive.config.data_dir.joinpath("inbox").rglob(key))
+    path.chmod(0o644)
+    path.write_bytes(b"doomed bytez")  # same size, other bytes: a corrupt copy
+    with pytest.raises(Conflict, match=outcome.sha256):
+        export_namespace(archive, "ns", tmp_path / "x.tar")
+    assert list(tmp_path.glob("x.tar*")) == []

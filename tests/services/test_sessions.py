@@ -1,0 +1,176 @@
+"""Sessions: token format, hashed storage, rotation, sign-out, timeouts, the re-check."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+
+import pytest
+from sqlalchemy import select
+
+from safekeeper.archive import Archive
+from safekeeper.db.session_models import LoginSession
+from safekeeper.errors import NotFound, RateLimited, Unauthenticated
+from safekeeper.services import accounts, sessions
+from safekeeper.services.sessions import LoginThrottle
+from tests.conftest import FakeClock
+
+PASSWORD = "correct horse battery"
+
+
+def _throttle(archive: Archive) -> LoginThrottle:
+    server = archive.config.server
+    return LoginThrottle(server.login_attempts, server.login_window)
+
+
+@pytest.fixture
+def alice(archive: Archive) -> str:
+    accounts.add_user(
+        archive, "alice", tenant="acme", role="member", password=PASSWORD, create_tenant=True
+    )
+    return "alice"
+
+
+def _sign_in(archive: Archive, name: str = "alice", **kw: str | None) -> str:
+    token, _ = accounts.sign_in(archive, _throttle(archive), name, PASSWORD, **kw)  # type: ignore[arg-type]
+    return token
+
+
+def _code(archive: Archive, token: str) -> str:
+    with pytest.raises(Unauthenticated) as caught:
+        sessions.validate(archive, token)
+    return caught.value.code
+
+
+def test_token_has_256_bits_and_a_url_safe_format(archive: Archive, alice: str) -> None:
+    tokens = {_sign_in(archive) for _ in range(3)}
+    assert len(tokens) == 3
+    for token in tokens:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
+        assert len(base64.urlsafe_b64decode(token + "=")) == 32
+    many = {sessions.new_token() for _ in range(2000)}
+    assert len(many) == 2000  # no repeats: the bits are random
+
+
+def test_only_the_hash_is_stored(archive: Archive, alice: str) -> None:
+    token = _sign_in(archive, ip="10.0.0.1", user_agent="pytest")
+    with archive.sessions_db.read() as session:
+        rows = session.scalars(select(LoginSession)).all()
+    assert [row.token_hash for row in rows] == [hashlib.sha256(token.encode()).hexdigest()]
+    assert rows[0].ip == "10.0.0.1" and rows[0].user_agent == "pytest"
+    stored = " ".join(str(vars(row)) for row in rows)
+    assert token not in stored
+
+
+def test_validate_returns_the_principal(archive: Archive, alice: str) -> None:
+    token = _sign_in(archive)
+    principal = sessions.validate(archive, token)
+    assert (principal.user_name, principal.tenant_name, principal.role, principal.via) == (
+        "alice",
+        "acme",
+        "member",
+        "session",
+    )
+    assert principal.session_token_hash == sessions.hash_token(token)
+
+
+def test_login_rotates_the_pre_login_token(archive: Archive, alice: str) -> None:
+    old = _sign_in(archive)
+    new = _sign_in(archive, replacing=old)
+    assert new != old
+    assert _code(archive, old) == "session_revoked"
+    assert sessions.validate(archive, new).user_name == "alice"
+
+
+def test_sign_out_kills_the_token(archive: Archive, alice: str) -> None:
+    token = _sign_in(archive)
+    sessions.end_session(archive, token)
+    assert _code(archive, token) == "session_revoked"
+    assert _code(archive, "never-issued") == "session_revoked"
+
+
+def test_idle_timeout(archive: Archive, alice: str, clock: FakeClock) -> None:
+    token = _sign_in(archive)
+    clock.advance(minutes=29)
+    sessions.validate(archive, token)  # activity moves the idle expiry
+    clock.advance(minutes=29)
+    sessions.validate(archive, token)
+    clock.advance(minutes=30, seconds=1)
+    assert _code(archive, token) == "session_expired"
+    assert _code(archive, token) == "session_revoked"  # the expired row is gone
+
+
+def test_absolute_timeout(archive: Archive, alice: str, clock: FakeClock) -> None:
+    token = _sign_in(archive)
+    for _ in range(12 * 4 - 1):
+        clock.advance(minutes=15)
+        sessions.validate(archive, token)
+    clock.advance(minutes=15)
+    assert _code(archive, token) == "session_expired"
+
+
+def test_wrong_password_and_unknown_user_look_the_same(archive: Archive, alice: str) -> None:
+    throttle = _throttle(archive)
+    for name, password in (("alice", "wrong password"), ("nobody", PASSWORD)):
+        with pytest.raises(Unauthenticated) as caught:
+            accounts.sign_in(archive, throttle, name, password)
+        assert caught.value.code == "bad_credentials"
+        assert str(caught.value) == "wrong user name or password"
+
+
+def test_throttle_per_account_and_per_address(
+    archive: Archive, alice: str, clock: FakeClock
+) -> None:
+    throttle = LoginThrottle(3, archive.config.server.login_window)
+    for n in range(3):
+        with pytest.raises(Unauthenticated):
+            accounts.sign_in(archive, throttle, "alice", "wrong password", ip=f"10.0.0.{n}")
+    # the account is locked even from a fresh address, with the right password
+    with pytest.raises(RateLimited) as caught:
+        accounts.sign_in(archive, throttle, "alice", PASSWORD, ip="10.9.9.9")
+    assert 0 < caught.value.retry_after <= 15 * 60
+    # one address guessing many names is stopped too
+    for n in range(3):
+        with pytest.raises(Unauthenticated):
+            accounts.sign_in(archive, throttle, f"guess{n}", "x" * 8, ip="10.1.1.1")
+    with pytest.raises(RateLimited):
+        accounts.sign_in(archive, throttle, "someone", "x" * 8, ip="10.1.1.1")
+    clock.advance(minutes=15)
+    token, _ = accounts.sign_in(archive, throttle, "alice", PASSWORD, ip="10.1.1.1")
+    assert sessions.validate(archive, token).user_name == "alice"
+
+
+def test_list_and_revoke_one_or_others(archive: Archive, alice: str) -> None:
+    first, second, third = (_sign_in(archive) for _ in range(3))
+    current = sessions.hash_token(second)
+    views = sessions.list_sessions(
+        archive, sessions.validate(archive, first).user_id, current_token_hash=current
+    )
+    assert len(views) == 3 and [v.current for v in views].count(True) == 1
+    assert all(re.fullmatch(r"[0-9a-f]{16}", v.id) for v in views)
+    assert not {v.id for v in views} & {sessions.hash_token(t)[:16] for t in (first, second, third)}
+    user_id = sessions.validate(archive, first).user_id
+    target = next(v.id for v in views if v.id == sessions.public_id(sessions.hash_token(first)))
+    sessions.revoke_session(archive, user_id, target)
+    assert _code(archive, first) == "session_revoked"
+    with pytest.raises(NotFound):
+        sessions.revoke_session(archive, user_id, target)
+    assert sessions.end_user_sessions(archive, [user_id], keep_token_hash=current) == 1
+    assert _code(archive, third) == "session_revoked"
+    assert sessions.validate(archive, second).user_name == "alice"
+
+
+def test_touch_is_rate_limited(archive: Archive, alice: str, clock: FakeClock) -> None:
+    token = _sign_in(archive)
+    clock.advance(seconds=30)
+    sessions.validate(archive, token)
+    with archive.sessions_db.read() as session:
+        row = session.scalars(select(LoginSession)).one()
+    assert row.last_seen == row.created_at  # within a minute: no write
+    clock.advance(seconds=31)
+    sessions.validate(archive, token)
+    with archive.sessions_db.read() as session:
+        row = session.scalars(select(LoginSession)).one()
+    assert row.last_seen == clock.now
+    assert row.idle_expires_at == clock.now + archive.config.server.session_idle_timeout
