@@ -4,6 +4,7 @@ The CLI needs no sign-in: whoever can run it can open the database anyway. First
 
     safekeeper tenants add acme
     safekeeper users add alice --tenant acme --role admin      # prompts for the password
+    safekeeper tenants assign acme course                      # acme's users see it
 
 Passwords come from a prompt (typed twice) or ``--password-stdin``, never from an
 argument, which would land in shell history and ``ps``.
@@ -194,6 +195,20 @@ def tenants_ls(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     table(
         None, ["tenant", "users", "created"], [(v.name, v.users, when(v.created_at)) for v in views]
     )
+
+
+@tenants_app.command("assign")
+def tenants_assign(
+    ctx: typer.Context,
+    tenant: str,
+    namespaces: Annotated[list[str], typer.Argument(help="Namespaces to give the tenant.")],
+    owner: Annotated[
+        str | None, typer.Option(help="A user of the tenant who owns them (for --erase).")
+    ] = None,
+) -> None:
+    """Give namespaces to a tenant: its users see them; other tenants get 404."""
+    accounts.assign_namespaces(state(ctx).archive(), tenant, namespaces, owner)
+    console.print(f"{', '.join(namespaces)} now belong to tenant {tenant}")
 
 
 @tenants_app.command("rm")

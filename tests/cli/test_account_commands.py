@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sqlalchemy import select
+
 from safekeeper.archive import Archive
 from safekeeper.config import load_config
+from safekeeper.db.models import Namespace, Tenant, User
 from safekeeper.errors import Unauthenticated
 from safekeeper.services import accounts, sessions
 from safekeeper.services.sessions import LoginThrottle
@@ -133,3 +136,30 @@ def test_disable_rm_and_erase_end_sessions(tmp_path: Path) -> None:
     )
     assert cli(data, "tenants", "rm", "acme")[0] == 0
     assert json.loads(cli(data, "tenants", "ls", "--json")[1]) == []
+
+
+def test_assigning_namespaces_gives_them_to_a_tenant(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for tenant in ("acme", "globex"):
+        assert cli(data, "tenants", "add", tenant)[0] == 0
+    code, _, _ = cli(
+        data, "users", "add", "bob", "--tenant", "globex", "--password-stdin", input=PASSWORD
+    )
+    assert code == 0
+    code, _, err = cli(data, "tenants", "assign", "acme", "course", "--owner", "bob")
+    assert code == 1 and "not in tenant 'acme'" in err
+    assert cli(data, "tenants", "assign", "nobody", "course")[0] == 1
+    assert cli(data, "tenants", "assign", "globex", "course", "notes", "--owner", "bob")[0] == 0
+
+    archive = Archive(load_config(data_dir=data))
+    try:
+        with archive.db.read() as session:
+            rows = session.execute(
+                select(Namespace.name, Tenant.name, User.name)
+                .join(Tenant, Namespace.tenant_id == Tenant.id)
+                .join(User, Namespace.owner_user_id == User.id)
+                .order_by(Namespace.name)
+            ).all()
+    finally:
+        archive.close()
+    assert [tuple(row) for row in rows] == [("course", "globex", "bob"), ("notes", "globex", "bob")]
