@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +17,18 @@ from safekeeper.units import format_size
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 STDIO = Path("-")
+
+
+@contextmanager
+def _byte_report(label: str, enabled: bool) -> Iterator[bundles.Progress]:
+    """A progress bar over the bundle's blob bytes, and the callback that moves it."""
+    with byte_progress(enabled=enabled) as progress:
+        task = progress.add_task(label, total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield report
 
 
 def export_command(
@@ -37,12 +51,7 @@ def export_command(
     """Write a namespace's references, package metadata and blobs to a bundle file."""
     archive = state(ctx).archive()
     to_stdout = output == STDIO
-    with byte_progress(enabled=not as_json) as progress:
-        task = progress.add_task("exporting", total=None)
-
-        def report(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
+    with _byte_report("exporting", enabled=not as_json) as report:
         target = sys.stdout.buffer if to_stdout else output
         outcome = bundles.export_namespace(archive, namespace, target, report, compress=zstd)
     if to_stdout:
@@ -65,14 +74,10 @@ def import_command(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Import a bundle: every blob checked, all references set in one transaction."""
+    """Import a bundle: every blob checked, every package validated, all references set
+    in one transaction."""
     archive = state(ctx).archive()
-    with byte_progress(enabled=not as_json) as progress:
-        task = progress.add_task("importing", total=None)
-
-        def report(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
+    with _byte_report("importing", enabled=not as_json) as report:
         source = sys.stdin.buffer if bundle == STDIO else bundle
         outcome = bundles.import_bundle(archive, source, into, report)
     if as_json:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TypeVar
 
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -28,6 +28,19 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 READ_SIZE = 4 * 1024 * 1024
 PIECE = 256 * 1024
 BLOCK = tarfile.BLOCKSIZE
+#: Values per IN (...) list: SQLite limits the number of bound parameters.
+QUERY_BATCH = 500
+
+#: ``progress(bytes_done, bytes_total)`` over the blobs' bytes, export and import alike.
+Progress = Callable[[int, int], None]
+
+_Item = TypeVar("_Item")
+
+
+def batches(items: Sequence[_Item]) -> Iterator[Sequence[_Item]]:
+    """``items`` in slices of ``QUERY_BATCH``, for IN (...) queries over a whole bundle."""
+    for start in range(0, len(items), QUERY_BATCH):
+        yield items[start : start + QUERY_BATCH]
 
 
 # -- the manifest ----------------------------------------------------------------------

@@ -201,35 +201,19 @@ def _publish(
     A handful of statements per batch, whatever its size. ``before_commit`` runs
     after every object is published and before the transaction commits.
     """
-    store = archive.store(location_name)
     now = archive.clock()
     with archive.db.write() as session:
-        location = get_location(session, location_name)
-        blobs = ensure_blobs(session, {i.staged.sha256: i.staged.size for i in items}, now)
-        states = live_states(session, [b.id for b in blobs.values()], location.id)
-        newly_present: list[int] = []
+        blobs, stored = record_staged(
+            archive, session, location_name, [item.staged for item in items], now
+        )
         outcomes: list[PutOutcome] = []
-        for item in items:
+        for item, wrote in zip(items, stored, strict=True):
             blob = blobs[item.staged.sha256]
-            state = states.get(blob.id)
-            if state == CopyState.DELETING:
-                raise Conflict(
-                    f"blob {blob.sha256} is being deleted from {location_name} right now; "
-                    "retry the put when that finishes"
-                )
-            stored = False
-            if state != CopyState.PRESENT:
-                key = archive.key_for(location_name, blob.sha256, blob.id)
-                stored = _publish_object(store, item.staged, key)
-                newly_present.append(blob.id)
-                states[blob.id] = CopyState.PRESENT  # a duplicate later in the batch
             outcomes.append(
-                PutOutcome(blob.sha256, blob.size, location_name, stored, item.name, item.ref)
+                PutOutcome(blob.sha256, blob.size, location_name, wrote, item.name, item.ref)
             )
-        record_present_many(session, newly_present, location.id, now)
-        for item in items:
             if item.ref is not None:
-                set_reference(session, item.ref, blobs[item.staged.sha256], now)
+                set_reference(session, item.ref, blob, now)
         if on_record is not None:
             on_record(session, blobs)
         if before_commit is not None:
@@ -261,10 +245,11 @@ def record_staged(
     location_name: str,
     staged: Sequence[Staged],
     now: datetime,
-) -> dict[str, Blob]:
+) -> tuple[dict[str, Blob], list[bool]]:
     """Inside the caller's transaction: record the staged blobs, publish the objects the
-    location does not hold yet and record their ``present`` copies; return the blob rows
-    by sha256. For callers that record more in the same transaction (bundle import).
+    location does not hold yet and record their ``present`` copies. Returns the blob rows
+    by sha256, and for each of ``staged`` whether its object was written by this call
+    (False: the location held it, it was adopted, or it came earlier in ``staged``).
 
     Same crash analysis as ``_publish`` (module doc): an object published before a
     rollback is adopted by the next put of those bytes or by ``verify --adopt``.
@@ -274,6 +259,7 @@ def record_staged(
     blobs = ensure_blobs(session, {s.sha256: s.size for s in staged}, now)
     states = live_states(session, [b.id for b in blobs.values()], location.id)
     newly_present: list[int] = []
+    stored: list[bool] = []
     for item in staged:
         blob = blobs[item.sha256]
         state = states.get(blob.id)
@@ -282,9 +268,12 @@ def record_staged(
                 f"blob {blob.sha256} is being deleted from {location_name} right now; "
                 "retry when that finishes"
             )
+        wrote = False
         if state != CopyState.PRESENT:
-            _publish_object(store, item, archive.key_for(location_name, blob.sha256, blob.id))
+            key = archive.key_for(location_name, blob.sha256, blob.id)
+            wrote = _publish_object(store, item, key)
             newly_present.append(blob.id)
-            states[blob.id] = CopyState.PRESENT
+            states[blob.id] = CopyState.PRESENT  # a duplicate later in ``staged``
+        stored.append(wrote)
     record_present_many(session, newly_present, location.id, now)
-    return blobs
+    return blobs, stored

@@ -224,13 +224,17 @@ def kernel_copy_hashed(source: Source, fd: int) -> tuple[int, str] | None:
     source_fd = _regular_file_fd(source)
     if source_fd is None:
         return None
+    file: BinaryIO = source  # type: ignore[assignment]  # it has a fileno: a file object
+    # The file object's position, not the descriptor's: a buffered file that was read
+    # and seeked back within its buffer has its descriptor further on.
+    start = file.tell()
     digest = hashlib.sha256()
     size = 0
     with ThreadPoolExecutor(1, thread_name_prefix="safekeeper-sha256") as hasher:
         pending: Future[None] | None = None
         while True:
             try:
-                copied = os.copy_file_range(source_fd, fd, KERNEL_COPY_CHUNK)
+                copied = os.copy_file_range(source_fd, fd, KERNEL_COPY_CHUNK, start + size)
             except OSError as exc:
                 if size == 0 and exc.errno in (
                     errno.EXDEV,
@@ -249,6 +253,7 @@ def kernel_copy_hashed(source: Source, fd: int) -> tuple[int, str] | None:
             size += copied
         if pending is not None:
             pending.result()
+    file.seek(start + size)  # consumed, as by the read path
     return size, digest.hexdigest()
 
 

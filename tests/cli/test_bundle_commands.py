@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import tarfile
 from pathlib import Path
@@ -10,6 +12,7 @@ from typer.testing import CliRunner
 
 from safekeeper.cli import app
 from tests.cli.test_blob_commands import cli
+from tests.packages.zips import build_zip
 
 runner = CliRunner()
 
@@ -89,3 +92,41 @@ def test_errors_and_usage(tmp_path: Path) -> None:
     assert code == 2
     code, _, err = cli(data_dir, "import", str(tmp_path / "missing.tar"))
     assert code == 1 and "cannot read" in err
+
+
+def test_package_that_fails_validation_is_an_error_naming_blob_and_member(
+    tmp_path: Path,
+) -> None:
+    evil = build_zip({"index.html": b"<html></html>", "../escape.html": b"outside"})
+    sha256 = hashlib.sha256(evil).hexdigest()
+    manifest = {
+        "format": "safekeeper-bundle",
+        "version": 1,
+        "created_at": "2026-01-01T00:00:00Z",
+        "namespace": "site",
+        "references": [{"key": "evil", "label": "draft", "blob": sha256, "size": len(evil)}],
+        "packages": [
+            {
+                "blob": sha256,
+                "kind": "html",
+                "entry": "index.html",
+                "title": None,
+                "member_count": 2,
+                "extracted_size": 20,
+            }
+        ],
+        "blobs": [{"sha256": sha256, "size": len(evil)}],
+    }
+    bundle = tmp_path / "evil.tar"
+    members = [("manifest.json", json.dumps(manifest).encode()), (f"blobs/{sha256}", evil)]
+    with tarfile.open(bundle, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+    target = tmp_path / "target"
+    code, _, err = cli(target, "import", str(bundle))
+    assert code == 1
+    assert err.startswith("error: ") and sha256 in err and "../escape.html" in err
+    assert refs(target, "site") == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import time
@@ -19,6 +20,7 @@ from safekeeper.errors import (
     TransientStoreError,
 )
 from safekeeper.stores import open_store
+from safekeeper.stores.base import KERNEL_COPY_MIN
 from safekeeper.stores.filesystem import TMP_DIR, FileStore, os_error
 from safekeeper.stores.memory import MemoryStore
 
@@ -203,3 +205,24 @@ def test_os_errors_map_to_store_errors(code: int, error: type[Exception]) -> Non
     mapped = os_error(OSError(code, os.strerror(code)), "doing things")
     assert type(mapped) is error
     assert "doing things" in str(mapped)
+
+
+@pytest.mark.parametrize("start", [0, 50])
+def test_large_put_starts_at_the_file_objects_position(tmp_path: Path, start: int) -> None:
+    """The kernel copy for big files must start where the file object is, not where its
+    descriptor is: after a read and a seek back inside Python's buffer they differ
+    (a package put once lost its first 4 KiB this way)."""
+    data = os.urandom(KERNEL_COPY_MIN + 12345)
+    source_path = tmp_path / "big.bin"
+    source_path.write_bytes(data)
+    store = open_store((tmp_path / "store").as_uri())
+    with source_path.open("rb") as source:
+        source.read(100)  # fills the buffer: the descriptor is now ahead of the object
+        source.seek(start)
+        assert os.lseek(source.fileno(), 0, os.SEEK_CUR) != start
+        result = store.put("abcd1234", source)
+        assert source.tell() == len(data)  # consumed, as a read loop would leave it
+    expected = data[start:]
+    assert result.size == len(expected)
+    assert result.sha256 == hashlib.sha256(expected).hexdigest()
+    assert store.read_range("abcd1234", 0, 64) == expected[:64]
