@@ -15,7 +15,7 @@ from safekeeper.api.principal import Principal
 from safekeeper.archive import Archive
 from safekeeper.errors import BadInput
 from safekeeper.services import accounts, erasure, sessions
-from safekeeper.services.accounts import UserView
+from safekeeper.services.accounts import TenantView, UserView
 
 NameParam = Annotated[str, PathParam(max_length=200)]
 
@@ -60,12 +60,6 @@ class Erased(Ended):
     references: list[str]
     blobs: list[str]
     namespaces: list[str]
-
-
-class TenantItem(BaseModel):
-    name: str
-    created_at: datetime
-    users: int
 
 
 class NewTenant(BaseModel):
@@ -130,12 +124,7 @@ def delete_user(
     archive = _archive(request)
     if erase:
         report = erasure.erase_user(archive, name, actor=f"user:{admin.user_name}")
-        return Erased(
-            sessions_ended=report.sessions_ended,
-            references=report.references,
-            blobs=report.blobs,
-            namespaces=report.namespaces,
-        )
+        return Erased.model_validate(report, from_attributes=True)
     ended = accounts.delete_users(archive, [name], hard=hard)
     return Erased(sessions_ended=ended, references=[], blobs=[], namespaces=[])
 
@@ -157,13 +146,13 @@ def end_user_sessions(name: NameParam, request: Request, _admin: Admin) -> Ended
 
 
 @router.get("/tenants")
-def list_tenants(request: Request, _admin: Admin) -> list[TenantItem]:
-    return [TenantItem(**vars(view)) for view in accounts.list_tenants(_archive(request))]
+def list_tenants(request: Request, _admin: Admin) -> list[TenantView]:
+    return accounts.list_tenants(_archive(request))
 
 
 @router.post("/tenants", status_code=201)
-def add_tenant(body: NewTenant, request: Request, _admin: Admin) -> TenantItem:
-    return TenantItem(**vars(accounts.add_tenant(_archive(request), body.name)))
+def add_tenant(body: NewTenant, request: Request, _admin: Admin) -> TenantView:
+    return accounts.add_tenant(_archive(request), body.name)
 
 
 @router.delete("/tenants/{name}")

@@ -103,9 +103,7 @@ def _slice(chunks: Iterator[bytes], start: int, end: int) -> Iterator[bytes]:
             if position > end:
                 break
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        _close(chunks)
 
 
 _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -27,42 +27,6 @@ OperatorDep = Annotated[Principal, Depends(require_operator)]
 LocationQuery = Annotated[str | None, Query(description="only this location")]
 
 
-class LocationOut(ApiModel):
-    name: str
-    kind: str
-    site: str
-    store: str
-    configured: bool = Field(description="false for a location dropped from the configuration")
-    objects: int
-    bytes: int
-    capacity: int | None
-    high_watermark: int | None = Field(description="bytes; gc frees space above this")
-    low_watermark: int | None = Field(description="bytes; gc frees space down to this")
-    backlog_copies: int = Field(description="copies wanted here, not yet transferred")
-    backlog_bytes: int
-
-
-class TaskOut(ApiModel):
-    id: int
-    kind: str
-    state: str
-    site: str
-    blob: str
-    location: str
-    attempts: int
-    last_error: str | None
-    created_at: datetime
-    finished_at: datetime | None
-
-
-class ReplicationOut(ApiModel):
-    queued: int
-    running: int
-    failed: int
-    done: int
-    failed_tasks: list[TaskOut]
-
-
 class RetryOut(ApiModel):
     requeued: list[int]
 
@@ -114,18 +78,6 @@ class GcOut(ApiModel):
     recovered: int
 
 
-class AuditOut(ApiModel):
-    id: int
-    at: datetime
-    actor: str
-    action: str
-    blob: str | None
-    location: str | None
-    rule: str | None
-    reason: str | None
-    evidence: Any
-
-
 def _location(archive_locations: dict[str, Any], name: str | None) -> str | None:
     if name is None:
         return None
@@ -135,21 +87,26 @@ def _location(archive_locations: dict[str, Any], name: str | None) -> str | None
     return name
 
 
-@router.get("/locations", response_model=list[LocationOut], responses=error_responses(401, 403))
-def list_locations(request: Request, _operator: OperatorDep) -> list[LocationOut]:
+@router.get(
+    "/locations", response_model=list[status.LocationUsage], responses=error_responses(401, 403)
+)
+def list_locations(request: Request, _operator: OperatorDep) -> list[status.LocationUsage]:
     """Each location: objects and bytes recorded, watermarks, replication backlog."""
-    return [LocationOut.model_validate(u) for u in status.location_usage(archive_of(request))]
+    return status.location_usage(archive_of(request))
 
 
-@router.get("/replication", response_model=ReplicationOut, responses=error_responses(401, 403))
+@router.get(
+    "/replication",
+    response_model=status.ReplicationStatus,
+    responses=error_responses(401, 403),
+)
 def replication(
     request: Request,
     _operator: OperatorDep,
     failed_limit: Annotated[int, Query(ge=0, le=1000)] = 100,
-) -> ReplicationOut:
+) -> status.ReplicationStatus:
     """Task counts by state and the failed tasks (out of retries), newest first."""
-    report = status.replication_status(archive_of(request), failed_limit)
-    return ReplicationOut.model_validate(report)
+    return status.replication_status(archive_of(request), failed_limit)
 
 
 @router.post(
@@ -245,7 +202,9 @@ def run_gc(
     )
 
 
-@router.get("/audit", response_model=list[AuditOut], responses=error_responses(400, 401, 403))
+@router.get(
+    "/audit", response_model=list[audit.AuditView], responses=error_responses(400, 401, 403)
+)
 def read_audit(
     request: Request,
     _operator: OperatorDep,
@@ -255,10 +214,10 @@ def read_audit(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> list[AuditOut]:
+) -> list[audit.AuditView]:
     """The deletion log, newest first: who deleted which copy, by which rule, on what
     evidence."""
-    entries = audit.read_audit(
+    return audit.read_audit(
         archive_of(request),
         blob=parse_blob_id(blob) if blob is not None else None,
         location=location,
@@ -267,7 +226,6 @@ def read_audit(
         until=_aware(until),
         limit=limit,
     )
-    return [AuditOut.model_validate(entry) for entry in entries]
 
 
 def _aware(moment: datetime | None) -> datetime | None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import datetime
-from typing import IO, Annotated
+from typing import IO, Annotated, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -20,10 +21,11 @@ from pydantic import Field
 from safekeeper.api.app import archive_of
 from safekeeper.api.auth import current_principal
 from safekeeper.api.principal import Principal
+from safekeeper.api.refs import ref_spec
 from safekeeper.api.schemas import ApiModel, error_responses, raw_body
 from safekeeper.api.uploads import consume_body, reader
 from safekeeper.archive import Archive
-from safekeeper.ids import RefSpec, check_key, check_name, parse_ref
+from safekeeper.ids import RefSpec, check_name, parse_ref
 from safekeeper.services import bundles, packages, tenant_data
 
 router = APIRouter(prefix="/api/namespaces", tags=["packages"])
@@ -55,8 +57,19 @@ class PackageRefOut(PackageOut):
     updated_at: datetime
 
 
+_Out = TypeVar("_Out", bound=PackageOut)
+
+
 def play_url(spec: RefSpec, entry: str) -> str:
     return "/p/" + "/".join(quote(part) for part in (spec.namespace, spec.key, spec.label, entry))
+
+
+def _package_out(
+    model: type[_Out], spec: RefSpec, package: packages.PackageOutcome | packages.PackageRefView
+) -> _Out:
+    """``package`` as ``model``, named by ``spec`` and with its play URL."""
+    fields = {**asdict(package), **asdict(spec), "play_url": play_url(spec, package.entry)}
+    return model.model_validate(fields)
 
 
 @router.post(
@@ -75,26 +88,14 @@ async def upload_package(
 ) -> UploadedPackageOut:
     """Validate the zip in the body and store it under ``namespace:key:label``."""
     archive = archive_of(request)
-    spec = RefSpec(check_name("namespace", namespace), check_key(key), check_name("label", label))
+    spec = ref_spec(namespace, key, label)
     tenant_data.claim(archive, principal, spec.namespace)
     outcome = await consume_body(
         request,
         archive.config.server.max_upload_size,
         lambda chunks: packages.put_package(archive, reader(chunks), spec),
     )
-    return UploadedPackageOut(
-        namespace=spec.namespace,
-        key=spec.key,
-        label=spec.label,
-        sha256=outcome.sha256,
-        size=outcome.size,
-        kind=outcome.kind,
-        entry=outcome.entry,
-        title=outcome.title,
-        play_url=play_url(spec, outcome.entry),
-        member_count=outcome.member_count,
-        extracted_size=outcome.extracted_size,
-    )
+    return _package_out(UploadedPackageOut, spec, outcome)
 
 
 @router.get(
@@ -108,24 +109,10 @@ def list_packages(
     """Every reference in the namespace that names a package, with its play URL."""
     archive = archive_of(request)
     tenant_data.check_namespace(archive, principal, check_name("namespace", namespace))
-    listed = []
-    for view in packages.list_packages(archive, namespace):
-        spec = parse_ref(view.ref)
-        listed.append(
-            PackageRefOut(
-                namespace=spec.namespace,
-                key=spec.key,
-                label=spec.label,
-                sha256=view.sha256,
-                size=view.size,
-                kind=view.kind,
-                entry=view.entry,
-                title=view.title,
-                play_url=play_url(spec, view.entry),
-                updated_at=view.updated_at,
-            )
-        )
-    return listed
+    return [
+        _package_out(PackageRefOut, parse_ref(view.ref), view)
+        for view in packages.list_packages(archive, namespace)
+    ]
 
 
 def _spool(archive: Archive) -> IO[bytes]:

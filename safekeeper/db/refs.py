@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import exists, insert, select, update
+from sqlalchemy import Select, exists, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import QueryableAttribute, Session
 
 from safekeeper.db.models import Blob, Copy, CopyState, Hold, Namespace, Reference
 from safekeeper.errors import Conflict, NotFound, PolicyDenied
@@ -155,10 +156,10 @@ class ReferenceView:
         return RefSpec(self.namespace, self.key, self.label)
 
 
-def list_references(
-    session: Session, namespace: str | None = None, blob_id: int | None = None
-) -> list[ReferenceView]:
-    query = (
+def references_query(*extra: QueryableAttribute[Any]) -> Select[Any]:
+    """Every reference as (namespace name, key, label, sha256, size, updated_at, *extra),
+    in that order of namespace, key and label; join tables that ``extra`` names."""
+    return (
         select(
             Namespace.name,
             Reference.key,
@@ -166,11 +167,18 @@ def list_references(
             Blob.sha256,
             Blob.size,
             Reference.updated_at,
+            *extra,
         )
         .join(Namespace, Reference.namespace_id == Namespace.id)
         .join(Blob, Reference.blob_id == Blob.id)
         .order_by(Namespace.name, Reference.key, Reference.label)
     )
+
+
+def list_references(
+    session: Session, namespace: str | None = None, blob_id: int | None = None
+) -> list[ReferenceView]:
+    query = references_query()
     if namespace is not None:
         query = query.where(Namespace.name == namespace)
     if blob_id is not None:

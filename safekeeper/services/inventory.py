@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
+from pydantic import Field
 from sqlalchemy import select, update
 
 from safekeeper.db.blobs import blobs_by_prefix, find_blob, list_blobs
@@ -84,13 +85,16 @@ def list_refs(archive: Archive, namespace: str | None = None) -> list[ReferenceV
         return list_references(session, namespace=namespace)
 
 
+# The description documents GET /api/locations, which answers LocationUsage(LocationStatus).
 @dataclass(frozen=True)
 class LocationStatus:
     name: str
     kind: str
     site: str
     store: str
-    configured: bool
+    configured: Annotated[
+        bool, Field(description="false for a location dropped from the configuration")
+    ]
     objects: int
     bytes: int
 

@@ -23,8 +23,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from safekeeper.db.models import Blob, Namespace, Package, Reference
-from safekeeper.db.refs import resolve
+from safekeeper.db.models import Blob, Namespace, Package
+from safekeeper.db.refs import list_references, references_query, resolve
 from safekeeper.errors import BadInput, NotFound, TooLarge
 from safekeeper.ids import RefSpec, check_key, check_name, parse_ref
 from safekeeper.packages.validate import PackageBudgets, PackageInfo, validate_package
@@ -189,12 +189,6 @@ def package_info(archive: Archive, text: str) -> PackageView:
         if row is None:
             raise NotFound(f"blob {sha256} is not a package (it was not put with `pkg put`)")
         blob, package = row
-        references = session.execute(
-            select(Namespace.name, Reference.key, Reference.label)
-            .join(Namespace, Reference.namespace_id == Namespace.id)
-            .where(Reference.blob_id == blob.id)
-            .order_by(Namespace.name, Reference.key, Reference.label)
-        )
         return PackageView(
             blob.sha256,
             blob.size,
@@ -204,7 +198,7 @@ def package_info(archive: Archive, text: str) -> PackageView:
             package.member_count,
             package.extracted_size,
             package.created_at,
-            [str(RefSpec(*r)) for r in references],
+            [str(r.spec) for r in list_references(session, blob_id=blob.id)],
         )
 
 
@@ -221,22 +215,8 @@ class PackageRefView:
 
 def list_packages(archive: Archive, namespace: str | None = None) -> list[PackageRefView]:
     """Every reference that points at a package, by namespace, key and label."""
-    query = (
-        select(
-            Namespace.name,
-            Reference.key,
-            Reference.label,
-            Blob.sha256,
-            Blob.size,
-            Package.kind,
-            Package.entry,
-            Package.title,
-            Reference.updated_at,
-        )
-        .join(Namespace, Reference.namespace_id == Namespace.id)
-        .join(Blob, Reference.blob_id == Blob.id)
-        .join(Package, Package.blob_id == Blob.id)
-        .order_by(Namespace.name, Reference.key, Reference.label)
+    query = references_query(Package.kind, Package.entry, Package.title).join(
+        Package, Package.blob_id == Blob.id
     )
     if namespace is not None:
         query = query.where(Namespace.name == check_name("namespace", namespace))

@@ -2,34 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Annotated
 
+from pydantic import Field
 from sqlalchemy import func, select
 
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Task, TaskState
 from safekeeper.policy import watermark_bytes
-from safekeeper.services.inventory import location_report
+from safekeeper.services.inventory import LocationStatus, location_report
 from safekeeper.services.tasks import TaskView, list_tasks
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
 
 
+# Also the body of GET /api/locations: the descriptions document its OpenAPI schema.
 @dataclass(frozen=True)
-class LocationUsage:
-    name: str
-    kind: str
-    site: str
-    store: str
-    configured: bool
-    objects: int
-    bytes: int
+class LocationUsage(LocationStatus):
+    """A location's recorded copies, its watermarks and its replication backlog."""
+
     capacity: int | None
-    high_watermark: int | None
-    low_watermark: int | None
-    #: Copies wanted here and not yet transferred (``pending``), and their bytes.
-    backlog_copies: int
+    high_watermark: Annotated[int | None, Field(description="bytes; gc frees space above this")]
+    low_watermark: Annotated[int | None, Field(description="bytes; gc frees space down to this")]
+    backlog_copies: Annotated[int, Field(description="copies wanted here, not yet transferred")]
     backlog_bytes: int
 
 
@@ -54,13 +50,7 @@ def location_usage(archive: Archive) -> list[LocationUsage]:
         count, size = backlog.get(status.name, (0, 0))
         usages.append(
             LocationUsage(
-                name=status.name,
-                kind=status.kind,
-                site=status.site,
-                store=status.store,
-                configured=status.configured,
-                objects=status.objects,
-                bytes=status.bytes,
+                **asdict(status),
                 capacity=capacity,
                 high_watermark=high,
                 low_watermark=low,

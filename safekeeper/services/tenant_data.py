@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, exists, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from safekeeper.api.principal import Principal
-from safekeeper.db.copies import CopyView, copies_of_blob
+from safekeeper.db.copies import copies_of_blob
 from safekeeper.db.models import Blob, Hold, Namespace, Reference, Tenant
 from safekeeper.db.refs import ReferenceView, list_references
 from safekeeper.errors import BadInput, NotFound
@@ -62,13 +62,7 @@ class HoldSummary:
 
 
 @dataclass(frozen=True)
-class BlobInfo:
-    sha256: str
-    size: int
-    created_at: datetime
-    unreferenced_since: datetime | None
-    copies: list[CopyView]
-    references: list[ReferenceView]
+class BlobInfo(inventory.BlobStatus):
     holds: list[HoldSummary]
 
 

@@ -10,11 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from safekeeper.api.app import create_app
 from safekeeper.archive import Archive
 from safekeeper.db.models import Blob
 from tests.api.accounts import Accounts, accounts_fixture, add_accounts  # noqa: F401
-from tests.conftest import ArchiveFactory
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -231,14 +229,6 @@ def test_upload_into_another_tenants_namespace_is_404_and_stores_nothing(
     )
     assert response.status_code == 404
     assert blob_count(app_archive) == 1
-
-
-@pytest.fixture
-def small(make_archive: ArchiveFactory) -> Iterator[tuple[TestClient, Accounts, Archive]]:
-    archive = make_archive(**{"SAFEKEEPER__SERVER__MAX_UPLOAD_SIZE": "1KiB"})
-    made = add_accounts(archive)
-    with TestClient(create_app(archive), base_url="http://127.0.0.1") as test_client:
-        yield test_client, made, archive
 
 
 def test_declared_size_over_the_limit_is_413(small: tuple[TestClient, Accounts, Archive]) -> None:

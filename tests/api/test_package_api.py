@@ -10,11 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from safekeeper.api.app import create_app
 from safekeeper.archive import Archive
 from safekeeper.db.models import Blob
 from tests.api.accounts import Accounts, accounts_fixture, add_accounts  # noqa: F401
-from tests.conftest import ArchiveFactory
 from tests.packages.zips import build_html_package, build_scorm12, build_symlink
 
 ZIP_HEADERS = {"Content-Type": "application/zip"}
@@ -125,14 +123,6 @@ def test_truncated_bundle_imports_nothing(client: TestClient, accounts: Accounts
     assert response.status_code == 400
     listed = client.get("/api/namespaces/copy/refs", headers=accounts.headers("alice"))
     assert listed.json() == []
-
-
-@pytest.fixture
-def small(make_archive: ArchiveFactory) -> Iterator[tuple[TestClient, Accounts, Archive]]:
-    archive = make_archive(**{"SAFEKEEPER__SERVER__MAX_UPLOAD_SIZE": "1KiB"})
-    made = add_accounts(archive)
-    with TestClient(create_app(archive), base_url="http://127.0.0.1") as test_client:
-        yield test_client, made, archive
 
 
 @pytest.mark.parametrize("path", ["course/packages/big", "course/import"])
