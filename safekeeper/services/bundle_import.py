@@ -16,7 +16,6 @@ different ones replaced (refused in a namespace on hold), and none are removed.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import tarfile
 import tempfile
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from sqlalchemy import select
 
 from safekeeper.db.models import Blob, Copy, CopyState, Hold, Namespace, Package
+from safekeeper.db.packages import ensure_packages
 from safekeeper.db.refs import list_references, set_references
 from safekeeper.errors import BadInput, Conflict, PackageRejected, PolicyDenied
 from safekeeper.ids import check_name
@@ -304,10 +304,7 @@ def _record_packages(
     known: set[int] = set()
     for batch in batches(list(by_id)):
         known.update(session.scalars(select(Package.blob_id).where(Package.blob_id.in_(batch))))
-    fresh = [(blob_id, info) for blob_id, info in by_id.items() if blob_id not in known]
-    session.add_all(
-        Package(blob_id=blob_id, created_at=now, **dataclasses.asdict(info))
-        for blob_id, info in fresh
-    )
-    session.flush()
+    fresh = {blob_id: info for blob_id, info in by_id.items() if blob_id not in known}
+    # Conflict-tolerant: a concurrent import or upload of the same zip may insert first.
+    ensure_packages(session, fresh, now)
     return len(fresh)

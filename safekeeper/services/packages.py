@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from safekeeper.db.models import Blob, Namespace, Package
+from safekeeper.db.packages import ensure_packages
 from safekeeper.db.refs import list_references, references_query, resolve
 from safekeeper.errors import BadInput, NotFound, TooLarge
 from safekeeper.ids import RefSpec, check_key, check_name, parse_ref
-from safekeeper.packages.validate import PackageBudgets, PackageInfo, validate_package
+from safekeeper.packages.validate import PackageBudgets, validate_package
 from safekeeper.services import inventory, refs
 from safekeeper.services.ingest import put_stream
 
@@ -68,7 +67,7 @@ def put_package(archive: Archive, source: BinaryIO | Path, ref: RefSpec) -> Pack
 
         def record_package(session: Session, blobs: Mapping[str, Blob]) -> None:
             for blob in blobs.values():
-                _ensure_package_row(session, blob, info, now)
+                ensure_packages(session, {blob.id: info}, now)
 
         outcome = put_stream(archive, spooled, ref, name=None, on_record=record_package)
     return PackageOutcome(
@@ -117,25 +116,6 @@ def _copy_limited(source: IO[bytes], target: IO[bytes], limit: int) -> None:
         if copied > limit:
             raise TooLarge(f"package upload larger than {limit} bytes (server.max_upload_size)")
         target.write(chunk)
-
-
-def _ensure_package_row(session: Session, blob: Blob, info: PackageInfo, now: datetime) -> None:
-    """Insert the description once per blob; a concurrent upload of the same zip may have
-    inserted it first, which is fine: validation describes the same bytes the same way."""
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(
-        insert(Package)
-        .values(
-            blob_id=blob.id,
-            kind=info.kind,
-            entry=info.entry,
-            title=info.title,
-            member_count=info.member_count,
-            extracted_size=info.extracted_size,
-            created_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["blob_id"])
-    )
 
 
 @dataclass(frozen=True)
