@@ -11,7 +11,9 @@ Benchmarks:
     ``wrk`` (one thread, ``--connections``), from four servers, each one process:
 
     - ``safekeeper``: the real app (``create_app``) serving ``/p/blob/{sha}/data/blob.bin``
-      from its extracted tree in the cache location;
+      from its extracted tree in the cache location, to a signed-in member of the
+      tenant owning the package (every request carries the ``sk_session`` cookie a
+      browser sends, so each one pays the session check and the tenant check);
     - ``StaticFiles``: Starlette's ``StaticFiles`` over the same extracted tree;
     - ``memory``: a minimal ASGI app answering the same bytes from memory (the ceiling
       of any Python app on this server stack);
@@ -140,27 +142,34 @@ class Server:
     name: str
     url: str
     process: subprocess.Popen[bytes]
+    #: Request headers (safekeeper: the session cookie).
+    headers: dict[str, str]
 
 
-def _wait_for(url: str, process: subprocess.Popen[bytes], name: str, timeout: float = 60) -> None:
+def _wait_for(server: Server, timeout: float = 60) -> None:
     import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + timeout
+    request = urllib.request.Request(server.url, headers=server.headers)
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with status {process.returncode} before serving")
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"{server.name} exited with status {server.process.returncode} before serving"
+            )
         try:
-            with urllib.request.urlopen(url, timeout=5) as answer:
+            with urllib.request.urlopen(request, timeout=5) as answer:
                 if answer.status == 200:
                     return
         except (urllib.error.URLError, OSError):
             time.sleep(0.1)
-    raise RuntimeError(f"{name} did not answer {url} within {timeout} s")
+    raise RuntimeError(f"{server.name} did not answer {server.url} within {timeout} s")
 
 
 @contextlib.contextmanager
-def servers(work: Path, data_dir: Path, tree: Path, sha: str) -> Iterator[list[Server]]:
+def servers(
+    work: Path, data_dir: Path, tree: Path, sha: str, cookie: str
+) -> Iterator[list[Server]]:
     """Start the four servers, each on its own port; stop them at the end."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SAFEKEEPER")},
@@ -188,7 +197,8 @@ def servers(work: Path, data_dir: Path, tree: Path, sha: str) -> Iterator[list[S
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-            started.append(Server(name, f"http://127.0.0.1:{port}{path}", process))
+            headers = {"Cookie": cookie} if name == "safekeeper" else {}
+            started.append(Server(name, f"http://127.0.0.1:{port}{path}", process, headers))
         port = free_port()
         (work / "nginx-tmp").mkdir(exist_ok=True)
         conf = work / "nginx.conf"
@@ -199,9 +209,9 @@ def servers(work: Path, data_dir: Path, tree: Path, sha: str) -> Iterator[list[S
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        started.append(Server("nginx", f"http://127.0.0.1:{port}/data/blob.bin", nginx))
+        started.append(Server("nginx", f"http://127.0.0.1:{port}/data/blob.bin", nginx, {}))
         for server in started:
-            _wait_for(server.url, server.process, server.name)
+            _wait_for(server)
         yield started
     finally:
         for server in started:
@@ -221,58 +231,74 @@ _RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
 _ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 
 
-def wrk(url: str, seconds: int, connections: int) -> float:
+def wrk(server: Server, seconds: int, connections: int) -> float:
     """Requests per second over ``seconds`` of one wrk thread; fail on any error."""
-    out = run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", url])
+    headers = [arg for name, value in server.headers.items() for arg in ("-H", f"{name}: {value}")]
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
+    out = run([*argv, *headers, server.url])
     errors = _ERRORS.search(out)
     if errors:
-        raise RuntimeError(f"wrk reported errors against {url}:\n{out}")
+        raise RuntimeError(f"wrk reported errors against {server.url}:\n{out}")
     found = _RPS.search(out)
     if not found:
         raise RuntimeError(f"no Requests/sec in wrk's output:\n{out}")
     return float(found.group(1))
 
 
-def prepare(work: Path) -> tuple[Path, Path, str]:
-    """A data dir holding one HTML package (4 KiB member ``data/blob.bin``); the
-    extracted tree is built by unzipping it next door (the same bytes the cache holds)."""
+def prepare(work: Path) -> tuple[Path, Path, str, str]:
+    """A data dir holding one HTML package (4 KiB member ``data/blob.bin``) in namespace
+    ``bench`` of tenant ``bench``, and the Cookie header of a signed-in member of that
+    tenant; the extracted tree is built by unzipping it next door (the same bytes the
+    cache holds)."""
     sys.path.insert(0, str(REPO_ROOT))
     from io import BytesIO
 
     from safekeeper import open_archive
+    from safekeeper.api.auth import COOKIE
     from safekeeper.ids import parse_ref
+    from safekeeper.services import accounts, sessions
     from safekeeper.services.packages import put_package
+    from safekeeper.services.tenancy import claim_namespace
     from tests.packages.zips import build_html_package
 
     data_dir = work / "sk-data"
     run(["safekeeper", "init", data_dir])
     data = build_html_package()
+    password = "bench password, not secret"
     with open_archive(data_dir) as archive:
+        accounts.add_tenant(archive, "bench")
+        accounts.add_user(archive, "member", tenant="bench", role="member", password=password)
+        account = accounts.authenticate(archive, "member", password)
+        with archive.db.write() as session:
+            member = sessions.principal_of(account, "session", None)
+            claim_namespace(session, member, "bench", archive.clock())
+        cookie = f"{COOKIE}={sessions.create_session(archive, account)}"
         sha = put_package(archive, BytesIO(data), parse_ref("bench:course")).sha256
     tree = work / "tree"
     import zipfile
 
     with zipfile.ZipFile(BytesIO(data)) as package:
         package.extractall(tree)
-    return data_dir, tree, sha
+    return data_dir, tree, sha, cookie
 
 
 def bench_serving(settings: Settings) -> tuple[dict[str, Any], list[Row]]:
-    data_dir, tree, sha = prepare(settings.work)
+    data_dir, tree, sha, cookie = prepare(settings.work)
     samples: dict[str, list[float]] = {name: [] for name in SERVERS}
-    with servers(settings.work, data_dir, tree, sha) as started:
+    with servers(settings.work, data_dir, tree, sha, cookie) as started:
         for server in started:
-            wrk(server.url, 1, settings.connections)  # warm-up; safekeeper extracts here
+            wrk(server, 1, settings.connections)  # warm-up; safekeeper extracts here
         for i in range(settings.repeats):
             order = started[i % len(started) :] + started[: i % len(started)]
             for server in order:
-                rate = wrk(server.url, settings.seconds, settings.connections)
+                rate = wrk(server, settings.seconds, settings.connections)
                 samples[server.name].append(rate)
                 log(f"serving: round {i + 1} {server.name}: {rate:,.0f} req/s")
     medians = {name: median(values) for name, values in samples.items()}
     ratio = medians["safekeeper"] / medians["memory"]
     result = {
         "member_bytes": 4096,
+        "safekeeper_auth": "sk_session cookie of a member of the package's tenant",
         "connections": settings.connections,
         "seconds_per_run": settings.seconds,
         "requests_per_second": {n: [round(v, 1) for v in s] for n, s in samples.items()},

@@ -42,11 +42,10 @@ def _archive(request: Request) -> Archive:
     return archive
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header is None:
+def _bearer(authorization: str | None) -> str | None:
+    if authorization is None:
         return None
-    scheme, _, value = header.partition(" ")
+    scheme, _, value = authorization.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         raise Unauthenticated("Authorization header must be 'Bearer <token>'")
     return value.strip()
@@ -57,28 +56,41 @@ def _session_token(request: Request) -> str | None:
     return token if token else None
 
 
-async def current_principal(request: Request) -> Principal:
-    """The signed-in user, or 401 (``unauthenticated``, ``session_revoked``,
-    ``session_expired``); 403 ``csrf_failed`` for a cookie request missing its CSRF header.
+async def authenticate(
+    archive: Archive, session_token: str | None, authorization: str | None
+) -> Principal:
+    """Who a request is, from its ``sk_session`` cookie value and ``Authorization``
+    header (a bearer token wins); Unauthenticated (``unauthenticated``,
+    ``session_revoked``, ``session_expired``) otherwise. Shared by the API routes and
+    package serving (``/p``), so both accept and refuse exactly the same requests.
 
     Async so that the common case costs no thread hop: on SQLite both reads are local
     and short (WAL readers never wait for writers), so they run on the event loop; any
     write (touch, expiry, cleanup), bearer tokens and PostgreSQL go to the thread pool.
     """
-    archive = _archive(request)
-    bearer = _bearer(request)
+    bearer = _bearer(authorization)
     if bearer is not None:
         if len(bearer) > _MAX_TOKEN:
             raise Unauthenticated("unknown or revoked API token")
         return await run_in_threadpool(tokens.validate, archive, bearer)
-    token = _session_token(request)
-    if token is None or len(token) > _MAX_TOKEN:
+    if not session_token or len(session_token) > _MAX_TOKEN:
         raise Unauthenticated("sign in first")
-    principal = sessions.peek(archive, token) if _local_reads(archive) else None
+    principal = sessions.peek(archive, session_token) if _local_reads(archive) else None
     if principal is None:
-        principal = await run_in_threadpool(sessions.validate, archive, token)
-    if request.method not in _SAFE_METHODS and not sessions.csrf_matches(
-        token, request.headers.get(CSRF_HEADER)
+        principal = await run_in_threadpool(sessions.validate, archive, session_token)
+    return principal
+
+
+async def current_principal(request: Request) -> Principal:
+    """The signed-in user, or 401 (``unauthenticated``, ``session_revoked``,
+    ``session_expired``); 403 ``csrf_failed`` for a cookie request missing its CSRF header."""
+    token = _session_token(request)
+    principal = await authenticate(_archive(request), token, request.headers.get("authorization"))
+    if (
+        principal.via == "session"
+        and token is not None
+        and request.method not in _SAFE_METHODS
+        and not sessions.csrf_matches(token, request.headers.get(CSRF_HEADER))
     ):
         error = Forbidden(f"missing or wrong {CSRF_HEADER} header")
         error.code = "csrf_failed"

@@ -5,10 +5,19 @@ the first request (``packages.cache``). Blob URLs name immutable content and are
 for a year; reference URLs can move to another blob, so they are ``no-cache`` (the
 browser revalidates with the ETag, which names blob and member).
 
-The hot path — a known package whose tree this process has seen — does no database
-work and no thread hop: a small member is read in the event loop (page-cache reads of
-a few KiB cost less than handing them to a thread). Larger members stream from the
-open file in a worker thread, so an eviction mid-response cannot cut them short.
+Every request is authenticated like an API request (``api.auth.authenticate``: the
+``sk_session`` cookie the dashboard's player iframe sends, or a bearer token) — 401
+with the API's codes otherwise — and sees only its tenant's packages: a reference in
+a namespace of another tenant, or a blob no visible namespace references, answers the
+very 404 an unknown one does, so a URL reveals nothing about other tenants. Admins
+see every package.
+
+The hot path — a known package whose tree this process has seen — does no thread
+hop and no database work beyond the session check (two indexed reads on SQLite, in
+the event loop; visibility answers are remembered by ``PackageLookup``): a small
+member is read in the event loop (page-cache reads of a few KiB cost less than
+handing them to a thread). Larger members stream from the open file in a worker
+thread, so an eviction mid-response cannot cut them short.
 """
 
 from __future__ import annotations
@@ -27,21 +36,25 @@ import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from safekeeper.api.auth import COOKIE, authenticate
 from safekeeper.api.errors import error_response, status_of
+from safekeeper.api.principal import Principal
 from safekeeper.archive import Archive
 from safekeeper.errors import PackageRejected, SafekeeperError
 from safekeeper.ids import is_blob_id
 from safekeeper.packages.cache import PackageCache, package_cache
 from safekeeper.packages.content_types import content_type
-from safekeeper.packages.lookup import PackageInfo, PackageLookup
+from safekeeper.packages.lookup import PackageInfo, PackageLookup, ReferenceTarget
 from safekeeper.packages.validate import safe_member_path
 
 #: Members up to this size are read whole in the event loop; larger ones stream.
 SMALL_MEMBER = 256 * 1024
 CHUNK = 256 * 1024
-IMMUTABLE = "public, max-age=31536000, immutable"
+#: ``private``: a shared cache must not hand one tenant's package to another.
+IMMUTABLE = "private, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
 
 
@@ -55,8 +68,7 @@ class PackageServing:
     """ASGI middleware: ``/p/...`` requests are answered here, everything else goes on
     to the app. Serving sits in front of FastAPI's router on purpose: matching a path
     against every API route and solving dependencies cost more than serving a small
-    member does (measured: about 2x the requests/s). Authentication, when it comes, is
-    one check at the top of ``_dispatch``."""
+    member does (measured: about 2x the requests/s)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -82,14 +94,30 @@ class PackageServing:
     async def _dispatch(self, request: Request) -> Response:
         if request.scope["method"] not in ("GET", "HEAD"):
             return error_response(405, "method_not_allowed", "package members are GET or HEAD")
-        namespace, _, rest = request.scope["path"][len("/p/") :].partition("/")
         serving = self._state(request)
+        principal = await _principal(serving.lookup.archive, request.scope)
+        namespace, _, rest = request.scope["path"][len("/p/") :].partition("/")
         if namespace == "blob":
             blob, _, path = rest.partition("/")
             if is_blob_id(blob):
-                return await _blob_member(request, serving, blob, path)
+                return await _blob_member(request, serving, principal, blob, path)
             # Not a blob id: a reference in a namespace that happens to be called "blob".
-        return await _reference_member(request, serving, namespace, rest)
+        return await _reference_member(request, serving, principal, namespace, rest)
+
+
+async def _principal(archive: Archive, scope: Scope) -> Principal:
+    """The caller, from the raw headers (one pass; no Request.headers/cookies objects)."""
+    cookie: str | None = None
+    authorization: str | None = None
+    for name, value in scope["headers"]:
+        if name == b"cookie":
+            # Several Cookie headers (HTTP/2 style) are one list joined by "; ".
+            text = value.decode("latin-1")
+            cookie = text if cookie is None else f"{cookie}; {text}"
+        elif name == b"authorization":
+            authorization = value.decode("latin-1")
+    session_token = cookie_parser(cookie).get(COOKIE) if cookie is not None else None
+    return await authenticate(archive, session_token, authorization)
 
 
 def install(app: FastAPI) -> None:
@@ -97,24 +125,39 @@ def install(app: FastAPI) -> None:
     app.add_middleware(PackageServing)
 
 
-async def _blob_member(request: Request, serving: _Serving, blob: str, path: str) -> Response:
-    """A member of the package zip ``blob`` (64 hex), cacheable forever."""
-    known, info = serving.lookup.cached_package(blob)
-    if not known:
-        info = await run_in_threadpool(serving.lookup.package, blob)
+async def _blob_member(
+    request: Request, serving: _Serving, principal: Principal, blob: str, path: str
+) -> Response:
+    """A member of the package zip ``blob`` (64 hex), cacheable forever — by browsers:
+    ``private``, since whether a caller may read it depends on who they are."""
+    lookup = serving.lookup
+    visible = lookup.cached_blob_visible(principal, blob)
+    if visible is None:
+        visible = await run_in_threadpool(lookup.blob_visible, principal, blob)
+    info: PackageInfo | None = None
+    if visible:
+        known, info = lookup.cached_package(blob)
+        if not known:
+            info = await run_in_threadpool(lookup.package, blob)
     if info is None:
         return error_response(404, "not_a_package", f"blob {blob} is not a stored package")
     return await _member_response(request, serving.cache, info, path, IMMUTABLE)
 
 
 async def _reference_member(
-    request: Request, serving: _Serving, namespace: str, rest: str
+    request: Request, serving: _Serving, principal: Principal, namespace: str, rest: str
 ) -> Response:
     """A member of the package a reference names: ``KEY/LABEL/PATH`` (keys may contain
     slashes, labels may not; the shortest key that names a reference wins)."""
-    known, target = serving.lookup.cached_reference(namespace, rest)
-    if not known:
-        target = await run_in_threadpool(serving.lookup.reference, namespace, rest)
+    lookup = serving.lookup
+    visible = lookup.cached_namespace_visible(principal, namespace)
+    if visible is None:
+        visible = await run_in_threadpool(lookup.namespace_visible, principal, namespace)
+    target: ReferenceTarget | None = None
+    if visible:
+        known, target = lookup.cached_reference(namespace, rest)
+        if not known:
+            target = await run_in_threadpool(lookup.reference, namespace, rest)
     if target is None:
         return error_response(
             404, "not_found", f"no reference in {namespace!r} matches {rest!r} as KEY/LABEL/PATH"

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from safekeeper.db.models import ApiToken, Namespace, Tenant, User
+from safekeeper.db.quick_reads import QuickReader
 from safekeeper.errors import NotFound
 
 
@@ -83,10 +84,14 @@ _ACTIVE_ACCOUNT = (
 _ACTIVE_ACCOUNT_BY_ID = _ACTIVE_ACCOUNT.where(User.id == bindparam("user_id"))
 
 
-def active_account(session: Session | Connection, user_id: int) -> Account | None:
-    """The user with their tenant, or None unless both are active. Takes a bare
-    connection too: the per-request check skips the ORM session's overhead."""
-    row = session.execute(_ACTIVE_ACCOUNT_BY_ID, {"user_id": user_id}).first()
+def active_account(session: Session | QuickReader, user_id: int) -> Account | None:
+    """The user with their tenant, or None unless both are active. Takes a quick
+    reader too: the per-request check skips SQLAlchemy's per-statement overhead."""
+    params = {"user_id": user_id}
+    if isinstance(session, QuickReader):
+        row = session.first(_ACTIVE_ACCOUNT_BY_ID, params)
+    else:
+        row = session.execute(_ACTIVE_ACCOUNT_BY_ID, params).first()
     return Account(*row) if row is not None else None
 
 

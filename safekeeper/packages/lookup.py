@@ -4,6 +4,13 @@ Serving answers thousands of requests a second for the same few packages, so the
 answers are kept in memory for ``ttl`` seconds: a package row never changes for its
 blob, and a reference that moves is seen moved within the TTL (reference URLs are
 served ``no-cache``, so browsers revalidate and pick up the move).
+
+Who may see what is remembered the same way, per tenant: a non-admin sees a namespace
+of their tenant, and a blob that such a namespace references (the rules of
+``services.tenancy`` and ``services.tenant_data``); admins see everything and need no
+lookup. A reference removed or a namespace handed to another tenant stops being
+served within the TTL. Only the answer about content is remembered here, never who
+the caller is: the session or token is checked on every request.
 """
 
 from __future__ import annotations
@@ -14,9 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, exists, or_, select
 
+from safekeeper.api.principal import Principal
 from safekeeper.db.models import Blob, Namespace, Package, Reference
+from safekeeper.services.tenancy import visible_namespace_filter
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -81,6 +90,53 @@ class PackageLookup:
         self.archive = archive
         self._packages: _Memo[str, PackageInfo | None] = _Memo(ttl)
         self._references: _Memo[tuple[str, str], ReferenceTarget | None] = _Memo(ttl)
+        self._namespace_visible: _Memo[tuple[int, str], bool] = _Memo(ttl)
+        self._blob_visible: _Memo[tuple[int, str], bool] = _Memo(ttl)
+
+    def cached_namespace_visible(self, principal: Principal, namespace: str) -> bool | None:
+        """Whether ``principal`` may see ``namespace``; None: ask ``namespace_visible``."""
+        if principal.is_admin:
+            return True
+        known, visible = self._namespace_visible.get((principal.tenant_id, namespace))
+        return visible if known else None
+
+    def namespace_visible(self, principal: Principal, namespace: str) -> bool:
+        """Whether a namespace called ``namespace`` exists and ``principal`` may see it."""
+        if principal.is_admin:
+            return True
+        with self.archive.db.read() as session:
+            visible = session.scalar(
+                select(
+                    exists().where(Namespace.name == namespace, visible_namespace_filter(principal))
+                )
+            )
+        self._namespace_visible.put((principal.tenant_id, namespace), bool(visible))
+        return bool(visible)
+
+    def cached_blob_visible(self, principal: Principal, sha256: str) -> bool | None:
+        """Whether ``principal`` may see blob ``sha256``; None: ask ``blob_visible``."""
+        if principal.is_admin:
+            return True
+        known, visible = self._blob_visible.get((principal.tenant_id, sha256))
+        return visible if known else None
+
+    def blob_visible(self, principal: Principal, sha256: str) -> bool:
+        """Whether a namespace ``principal`` may see references blob ``sha256``."""
+        if principal.is_admin:
+            return True
+        with self.archive.db.read() as session:
+            visible = session.scalar(
+                select(
+                    exists().where(
+                        Blob.sha256 == sha256,
+                        Reference.blob_id == Blob.id,
+                        Namespace.id == Reference.namespace_id,
+                        visible_namespace_filter(principal),
+                    )
+                )
+            )
+        self._blob_visible.put((principal.tenant_id, sha256), bool(visible))
+        return bool(visible)
 
     def cached_package(self, sha256: str) -> tuple[bool, PackageInfo | None]:
         """(known, info) without touching the database."""

@@ -1,5 +1,9 @@
 """Serving package members over HTTP: types, ETag/304, Range/206/416, HEAD, cache
-headers, JSON 404s, a rebuild from an S3 copy, and one extraction for 100 first requests."""
+headers, JSON 404s, a rebuild from an S3 copy, one extraction for 100 first requests,
+and who may play what (401 without credentials; other tenants' packages are 404s).
+
+``client`` is signed in as an admin (``root``, bearer token), who may play every
+package, including those stored from the CLI (namespaces without a tenant)."""
 
 from __future__ import annotations
 
@@ -16,27 +20,43 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from safekeeper.api.app import create_app
 from safekeeper.archive import Archive
 from safekeeper.config import load_config
-from safekeeper.db.models import AuditEntry, Blob, CopyState, Package
+from safekeeper.db.models import AuditEntry, Blob, CopyState, Package, Tenant
+from safekeeper.db.refs import ensure_namespace
 from safekeeper.engine.embedded import run_due
 from safekeeper.ids import parse_ref
-from safekeeper.services import inventory, replication
+from safekeeper.services import accounts, inventory, replication, sessions
 from safekeeper.services.verify import verify
-from tests.conftest import ArchiveFactory
+from tests.api.accounts import Accounts, accounts_fixture, add_accounts, login  # noqa: F401
+from tests.conftest import ArchiveFactory, FakeClock
 from tests.packages import zips
 from tests.servers import S3Server
 from tests.util import free_port
 
 
-def put_package(archive: Archive, data: bytes, ref: str) -> str:
+def put_package(archive: Archive, data: bytes, ref: str, tenant: str | None = None) -> str:
+    """Store a package under ``ref``; with ``tenant``, its namespace belongs to that
+    tenant (otherwise it has none, like one made from the CLI: admins only)."""
     from safekeeper.services.packages import put_package as put
 
-    return put(archive, io.BytesIO(data), parse_ref(ref)).sha256
+    spec = parse_ref(ref)
+    if tenant is not None:
+        with archive.db.write() as session:
+            tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == tenant))
+            ensure_namespace(session, spec.namespace, archive.clock()).tenant_id = tenant_id
+    return put(archive, io.BytesIO(data), spec).sha256
+
+
+@pytest.fixture
+def client(app: FastAPI, accounts: Accounts) -> Iterator[TestClient]:
+    with TestClient(app, base_url="http://127.0.0.1", headers=accounts.headers("root")) as signed:
+        yield signed
 
 
 def _entry(archive: Archive, sha256: str) -> str:
@@ -96,7 +116,8 @@ def test_scorm2004_by_blob_url_is_cacheable_forever(
     assert entry == "content/launch.html"
     response = client.get(f"/p/blob/{sha}/{entry}")
     assert response.status_code == 200 and response.content == zips.INDEX_HTML
-    assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+    # private: whether a caller may read it depends on who they are (no shared caches).
+    assert response.headers["cache-control"] == "private, max-age=31536000, immutable"
     # Same content by reference: same validator, different caching.
     by_ref = client.get(f"/p/courses/advanced/default/{entry}")
     assert by_ref.headers["etag"] == response.headers["etag"]
@@ -164,7 +185,7 @@ def test_conditional_requests(client: TestClient, html_blob: str) -> None:
         assert response.status_code == 304, headers
         assert response.content == b""
         assert response.headers["etag"] == etag
-        assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert response.headers["cache-control"] == "private, max-age=31536000, immutable"
     for headers in (
         {"If-None-Match": '"nope"'},
         # If-None-Match wins over a matching If-Modified-Since.
@@ -233,7 +254,8 @@ def test_lost_cache_and_inbox_copy_are_rebuilt_from_the_s3_archive_copy(
     replication.replication_pass(archive)
     assert run_due(archive)["done"] == 1
     url = "/p/courses/intro/default/shared/blob.bin"
-    with TestClient(create_app(archive), base_url="http://127.0.0.1") as client:
+    admin = add_accounts(archive).headers("root")
+    with TestClient(create_app(archive), base_url="http://127.0.0.1", headers=admin) as client:
         assert client.get(url).content == zips.ASSET_4K
         cache_tree = next(
             Path(archive.config.store_url("cache").removeprefix("file://")).glob(f"*/{sha}")
@@ -251,10 +273,12 @@ def test_lost_cache_and_inbox_copy_are_rebuilt_from_the_s3_archive_copy(
 
 
 @pytest.fixture
-def served(tmp_path: Path, data_dir: Path) -> Iterator[tuple[str, Archive, str]]:
-    """A real ``safekeeper serve`` process on a data dir holding one package."""
+def served(tmp_path: Path, data_dir: Path) -> Iterator[tuple[str, Archive, str, dict[str, str]]]:
+    """A real ``safekeeper serve`` process on a data dir holding one package of tenant
+    ``acme``, and the headers of its member ``alice``."""
     archive = Archive(load_config(data_dir=data_dir))
-    sha = put_package(archive, zips.build_scorm2004(), "courses:concurrent")
+    alice = add_accounts(archive).headers("alice")
+    sha = put_package(archive, zips.build_scorm2004(), "courses:concurrent", tenant="acme")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEKEEPER")}
     log = (tmp_path / "serve.log").open("wb")
@@ -288,7 +312,7 @@ def served(tmp_path: Path, data_dir: Path) -> Iterator[tuple[str, Archive, str]]
                     f"safekeeper serve did not start:\n{(tmp_path / 'serve.log').read_text()}"
                 )
             time.sleep(0.1)
-        yield base, archive, sha
+        yield base, archive, sha, alice
     finally:
         process.terminate()
         process.wait(timeout=20)
@@ -298,9 +322,9 @@ def served(tmp_path: Path, data_dir: Path) -> Iterator[tuple[str, Archive, str]]
 
 @pytest.mark.slow
 def test_100_concurrent_first_requests_cause_one_extraction(
-    served: tuple[str, Archive, str],
+    served: tuple[str, Archive, str, dict[str, str]],
 ) -> None:
-    base, archive, sha = served
+    base, archive, sha, alice = served
     start = threading.Barrier(100)
     results: list[tuple[int, bytes]] = []
     errors: list[BaseException] = []
@@ -308,7 +332,7 @@ def test_100_concurrent_first_requests_cause_one_extraction(
     def fetch(url: str) -> None:
         start.wait()
         try:
-            response = httpx.get(url, timeout=60)
+            response = httpx.get(url, headers=alice, timeout=60)
             results.append((response.status_code, response.content))
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
@@ -341,3 +365,159 @@ def test_a_namespace_called_blob_is_served_by_reference(
 ) -> None:
     put_package(app_archive, zips.build_html_package(), "blob:site")
     assert client.get("/p/blob/site/default/index.html").content == zips.INDEX_HTML
+
+
+# -- who may play what --------------------------------------------------------------
+
+ACME_REF_URL = "/p/acme-courses/intro/default/index.html"
+
+
+@pytest.fixture
+def tenancy(archive: Archive) -> Iterator[tuple[TestClient, Accounts, str]]:
+    """On SQLite and PostgreSQL: a package of tenant ``acme`` (``acme-courses:intro``),
+    the accounts of tests/api/accounts.py, and a client with no credentials."""
+    made = add_accounts(archive)
+    sha = put_package(
+        archive, zips.build_html_package(marker=b"acme"), "acme-courses:intro", tenant="acme"
+    )
+    with TestClient(create_app(archive), base_url="http://127.0.0.1") as client:
+        yield client, made, sha
+
+
+def test_package_urls_answer_401_without_valid_credentials(
+    tenancy: tuple[TestClient, Accounts, str],
+) -> None:
+    client, _, sha = tenancy
+    urls = [
+        ACME_REF_URL,
+        f"/p/blob/{sha}/index.html",
+        "/p/nowhere/home/default/index.html",
+        f"/p/blob/{'0' * 64}/index.html",
+    ]
+    credentials = {
+        "unauthenticated": [
+            {},
+            {"Authorization": "Bearer not-a-token"},
+            {"Authorization": "Basic x"},
+        ],
+        "session_revoked": [{"Cookie": "sk_session=not-a-session"}],
+    }
+    for code, variants in credentials.items():
+        for headers in variants:
+            # The same answer the API gives for the same credentials.
+            api = client.get("/api/auth/session", headers=headers)
+            assert (api.status_code, api.json()["code"]) == (401, code), headers
+            for url in urls:
+                response = client.get(url, headers=headers)
+                assert (response.status_code, response.json()["code"]) == (401, code), url
+                assert b"acme" not in response.content
+
+
+def test_a_member_plays_their_tenants_packages_and_no_other_tenants(
+    tenancy: tuple[TestClient, Accounts, str],
+) -> None:
+    client, made, sha = tenancy
+    blob_url = f"/p/blob/{sha}/index.html"
+    for url in (ACME_REF_URL, blob_url):
+        response = client.get(url, headers=made.headers("alice"))
+        assert response.status_code == 200, url
+        assert response.content.endswith(b"acme")
+    # Asked right after alice (her tenant's answers are remembered for a second), olga
+    # of tenant "other" gets exactly what a package that does not exist answers.
+    olga = made.headers("olga")
+    by_ref = client.get(ACME_REF_URL, headers=olga)
+    assert (by_ref.status_code, by_ref.json()) == (404, _no_reference("acme-courses"))
+    missing_ref = client.get("/p/no-such-ns/intro/default/index.html", headers=olga)
+    assert (missing_ref.status_code, missing_ref.json()) == (404, _no_reference("no-such-ns"))
+    by_blob = client.get(blob_url, headers=olga)
+    assert (by_blob.status_code, by_blob.json()) == (404, _not_a_package(sha))
+    missing_blob = client.get(f"/p/blob/{'0' * 64}/index.html", headers=olga)
+    assert (missing_blob.status_code, missing_blob.json()) == (404, _not_a_package("0" * 64))
+    assert by_ref.headers.keys() == missing_ref.headers.keys()
+    assert by_ref.headers["content-type"] == missing_ref.headers["content-type"]
+    # An operator of the other tenant is scoped like a member.
+    assert client.get(blob_url, headers=made.headers("otto")).status_code == 404
+    # Conditional and ranged requests reveal nothing either.
+    etag = client.get(blob_url, headers=made.headers("alice")).headers["etag"]
+    for headers in ({"If-None-Match": etag}, {"Range": "bytes=0-0"}):
+        assert client.get(blob_url, headers=olga | headers).status_code == 404
+
+
+def _no_reference(namespace: str) -> dict[str, str]:
+    message = f"no reference in {namespace!r} matches 'intro/default/index.html' as KEY/LABEL/PATH"
+    return {"code": "not_found", "message": message}
+
+
+def _not_a_package(sha256: str) -> dict[str, str]:
+    return {"code": "not_a_package", "message": f"blob {sha256} is not a stored package"}
+
+
+def test_a_blob_two_tenants_reference_plays_for_both(
+    tenancy: tuple[TestClient, Accounts, str], archive: Archive
+) -> None:
+    client, made, sha = tenancy
+    same = put_package(
+        archive, zips.build_html_package(marker=b"acme"), "other-courses:copy", tenant="other"
+    )
+    assert same == sha  # stored once, referenced from both tenants
+    for user in ("alice", "olga"):
+        response = client.get(f"/p/blob/{sha}/index.html", headers=made.headers(user))
+        assert response.status_code == 200 and response.content.endswith(b"acme"), user
+    assert client.get(ACME_REF_URL, headers=made.headers("olga")).status_code == 404
+    olga_ref = client.get("/p/other-courses/copy/default/index.html", headers=made.headers("olga"))
+    assert olga_ref.status_code == 200
+    assert client.get(olga_ref.url.path, headers=made.headers("alice")).status_code == 404
+
+
+def test_an_admin_plays_every_tenants_packages_and_cli_ones(
+    tenancy: tuple[TestClient, Accounts, str], archive: Archive
+) -> None:
+    client, made, sha = tenancy
+    other = put_package(
+        archive, zips.build_html_package(marker=b"other"), "other-courses:x", tenant="other"
+    )
+    cli = put_package(archive, zips.build_html_package(marker=b"cli"), "cli-courses:x")
+    root = made.headers("root")
+    for url, marker in {
+        ACME_REF_URL: b"acme",
+        f"/p/blob/{sha}/index.html": b"acme",
+        "/p/other-courses/x/default/index.html": b"other",
+        f"/p/blob/{other}/index.html": b"other",
+        "/p/cli-courses/x/default/index.html": b"cli",
+        f"/p/blob/{cli}/index.html": b"cli",
+    }.items():
+        response = client.get(url, headers=root)
+        assert response.status_code == 200 and response.content.endswith(marker), url
+    # A namespace without a tenant is an admin's only.
+    alice = made.headers("alice")
+    assert client.get("/p/cli-courses/x/default/index.html", headers=alice).status_code == 404
+    assert client.get(f"/p/blob/{cli}/index.html", headers=alice).status_code == 404
+
+
+def test_an_ended_session_is_refused_on_the_very_next_request(
+    tenancy: tuple[TestClient, Accounts, str], archive: Archive, clock: FakeClock
+) -> None:
+    client, _, sha = tenancy
+    urls = (ACME_REF_URL, f"/p/blob/{sha}/index.html")
+
+    def codes() -> list[tuple[int, str | None]]:
+        answers = [client.get(url) for url in urls]
+        return [
+            (a.status_code, a.json()["code"] if a.status_code != 200 else None) for a in answers
+        ]
+
+    login(client, "alice")  # the cookie the dashboard's player iframe sends
+    assert codes() == [(200, None), (200, None)]
+    sessions.end_user_sessions(archive, [accounts.user_id_of(archive, "alice")])
+    assert codes() == [(401, "session_revoked")] * 2
+
+    login(client, "alice")
+    assert codes() == [(200, None), (200, None)]
+    accounts.set_disabled(archive, "alice", True)
+    assert codes() == [(401, "session_revoked")] * 2
+    accounts.set_disabled(archive, "alice", False)
+
+    login(client, "alice")
+    assert codes() == [(200, None), (200, None)]
+    clock.advance(seconds=archive.config.server.session_idle_timeout.total_seconds() + 1)
+    assert codes() == [(401, "session_expired"), (401, "session_revoked")]

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from safekeeper.archive import Archive
 from safekeeper.config import load_config, write_default
 from safekeeper.db.models import Blob, Package
-from safekeeper.errors import BadInput, Conflict, NotFound, PolicyDenied
+from safekeeper.errors import BadInput, Conflict, NotFound, PackageRejected, PolicyDenied
 from safekeeper.ids import parse_ref
 from safekeeper.services.bundle_format import ZSTD_MAGIC
 from safekeeper.services.bundles import export_namespace, import_bundle
@@ -23,7 +23,7 @@ from safekeeper.services.holds import add_hold
 from safekeeper.services.inventory import list_refs
 from safekeeper.services.packages import put_package
 from tests.conftest import FakeClock
-from tests.packages.zips import INDEX_HTML, build_html_package, build_scorm12
+from tests.packages.zips import INDEX_HTML, build_html_package, build_scorm12, build_zip
 
 OtherFactory = Callable[..., Archive]
 PACKAGE_FIELDS = ("kind", "entry", "title", "member_count", "extracted_size")
@@ -34,10 +34,10 @@ def make_other(tmp_path: Path, clock: FakeClock) -> Iterator[OtherFactory]:
     """Fresh SQLite data directories: other deployments to import into."""
     opened: list[Archive] = []
 
-    def factory(name: str = "other") -> Archive:
+    def factory(name: str = "other", environ: dict[str, str] | None = None) -> Archive:
         directory = tmp_path / name
         write_default(directory)
-        archive = Archive(load_config(data_dir=directory, environ={}), clock=clock)
+        archive = Archive(load_config(data_dir=directory, environ=environ or {}), clock=clock)
         opened.append(archive)
         return archive
 
@@ -82,10 +82,11 @@ def blob_count(archive: Archive) -> int:
 
 
 def stored_files(archive: Archive) -> list[Path]:
-    """Every file under the data directory's stores, temp areas included."""
+    """Every file under the data directory's stores and its spool area, temp areas
+    included."""
     return sorted(
         p
-        for name in archive.config.locations
+        for name in [*archive.config.locations, ".tmp"]
         if (root := archive.config.data_dir / name).exists()
         for p in root.rglob("*")
         if p.is_file()
@@ -127,17 +128,22 @@ def test_export_import_into_another_data_directory(
 def test_imported_package_plays_without_configuration(
     archive: Archive, other: Archive, tmp_path: Path
 ) -> None:
-    from safekeeper.packages.cache import PackageCache
-    from safekeeper.packages.lookup import PackageLookup
+    from fastapi.testclient import TestClient
+
+    from safekeeper.api.app import create_app
+    from tests.api.accounts import add_accounts
 
     fill_course(archive)
     export_namespace(archive, "course", tmp_path / "b.tar")
     import_bundle(other, tmp_path / "b.tar")
-    target = PackageLookup(other).reference("course", "lesson-1/published/sco/index.html")
-    assert target is not None and target.package is not None
-    assert target.package.entry == "sco/index.html"
-    tree = PackageCache(other).tree_for(target.package.sha256)
-    assert (tree / target.package.entry).read_bytes() == INDEX_HTML
+    # Imported outside any tenant (as from the CLI): an admin of the new deployment
+    # plays it at once; /p needs someone signed in.
+    admin = add_accounts(other).headers("root")
+    url = "/p/course/lesson-1/published/sco/index.html"
+    with TestClient(create_app(other), base_url="http://127.0.0.1") as client:
+        assert client.get(url).status_code == 401
+        launch = client.get(url, headers=admin)
+        assert launch.status_code == 200 and launch.content == INDEX_HTML
 
 
 def test_compressed_bundle_is_detected_by_content_not_name(
@@ -350,3 +356,148 @@ def test_export_refuses_unknown_namespace_and_leaves_no_partial_bundle(
     with pytest.raises(Conflict, match=outcome.sha256):
         export_namespace(archive, "ns", tmp_path / "x.tar")
     assert list(tmp_path.glob("x.tar*")) == []
+
+
+# -- package blobs are validated, not trusted ----------------------------------------------
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_bundle(path: Path, manifest: dict[str, object], blobs: list[bytes]) -> Path:
+    """A bundle written with ``tarfile``, saying whatever ``manifest`` says."""
+    members = [("manifest.json", json.dumps(manifest).encode())]
+    members += [(f"blobs/{sha(data)}", data) for data in blobs]
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def rewrite_manifest(
+    bundle: Path, out: Path, edit: Callable[[dict[str, object]], None]
+) -> dict[str, object]:
+    """Copy ``bundle`` to ``out`` with its manifest changed by ``edit``; return it."""
+    with tarfile.open(bundle) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        blobs = [
+            tar.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.name.startswith("blobs/")
+        ]
+    edit(manifest)
+    write_bundle(out, manifest, blobs)
+    return manifest
+
+
+def test_package_blob_with_a_traversal_member_imports_nothing(
+    archive: Archive, tmp_path: Path
+) -> None:
+    evil = build_zip({"index.html": INDEX_HTML, "../escape.html": b"outside the tree"})
+    plain = b"an innocent blob, staged before the package"
+    manifest = {
+        "format": "safekeeper-bundle",
+        "version": 1,
+        "created_at": "2026-01-01T00:00:00Z",
+        "namespace": "course",
+        "references": [
+            {"key": "a.txt", "label": "default", "blob": sha(plain), "size": len(plain)},
+            {"key": "evil", "label": "draft", "blob": sha(evil), "size": len(evil)},
+        ],
+        "packages": [
+            {
+                "blob": sha(evil),
+                "kind": "html",
+                "entry": "index.html",
+                "title": None,
+                "member_count": 2,
+                "extracted_size": len(INDEX_HTML) + 16,
+            }
+        ],
+        "blobs": [{"sha256": sha(d), "size": len(d)} for d in (plain, evil)],
+    }
+    bundle = write_bundle(tmp_path / "evil.tar", manifest, [plain, evil])
+    before = blob_count(archive), stored_files(archive)
+
+    with pytest.raises(PackageRejected) as error:
+        import_bundle(archive, bundle)
+    assert (error.value.code, error.value.member) == ("unsafe_path", "../escape.html")
+    assert sha(evil) in str(error.value) and "nothing imported" in str(error.value)
+    assert_nothing_imported(archive, *before)
+
+
+@pytest.mark.parametrize(
+    ("field", "lie"),
+    [
+        ("entry", "shared/app.js"),
+        ("kind", "scorm2004"),
+        ("title", "Not what the package says"),
+        ("member_count", 1),
+        ("extracted_size", 10),
+    ],
+)
+def test_manifest_that_misdescribes_a_package_imports_nothing(
+    archive: Archive,
+    course_bundle: tuple[Path, dict[str, bytes]],
+    tmp_path: Path,
+    field: str,
+    lie: object,
+) -> None:
+    bundle, _ = course_bundle
+    scorm = sha(build_scorm12(title="Bundled course"))
+
+    def misdescribe(manifest: dict[str, object]) -> None:
+        packages = manifest["packages"]
+        assert isinstance(packages, list)
+        claim = next(p for p in packages if p["blob"] == scorm)
+        assert claim[field] != lie
+        claim[field] = lie
+
+    lying = tmp_path / "lying.tar"
+    rewrite_manifest(bundle, lying, misdescribe)
+    before = blob_count(archive), stored_files(archive)
+
+    with pytest.raises(PackageRejected, match=rf"{scorm}.*{field}") as error:
+        import_bundle(archive, lying)
+    assert error.value.code == "manifest_mismatch"
+    assert error.value.member == (lie if field == "entry" else None)
+    assert_nothing_imported(archive, *before)
+
+
+def test_package_claims_are_checked_for_blobs_already_held(
+    archive: Archive, course_bundle: tuple[Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """Bytes the archive holds as plain blobs become packages only if they validate."""
+    bundle, content = course_bundle
+    for data in content.values():
+        archive.put_bytes(data)
+    lying = tmp_path / "lying.tar"
+
+    def lie_about_every_entry(manifest: dict[str, object]) -> None:
+        for claim in manifest["packages"]:  # type: ignore[attr-defined]
+            claim["entry"] = "shared/style.css"
+
+    rewrite_manifest(bundle, lying, lie_about_every_entry)
+    with pytest.raises(PackageRejected, match="entry"):
+        import_bundle(archive, lying)
+    assert packages_of(archive) == {} and refs_of(archive, "course") == []
+
+    outcome = import_bundle(archive, bundle)
+    assert (outcome.blobs_skipped, outcome.packages_created) == (4, 2)
+    entries = {fields[1] for fields in packages_of(archive).values()}
+    assert entries == {"sco/index.html", "index.html"}
+
+
+def test_the_importing_side_budgets_apply(
+    make_other: OtherFactory, course_bundle: tuple[Path, dict[str, bytes]]
+) -> None:
+    bundle, _ = course_bundle
+    strict = make_other("strict", {"SAFEKEEPER__PACKAGES__MAX_MEMBERS": "3"})
+    before = blob_count(strict), stored_files(strict)
+    with pytest.raises(PackageRejected, match="more than the 3 allowed") as error:
+        import_bundle(strict, bundle)
+    assert error.value.code == "too_many_members"
+    assert_nothing_imported(strict, *before)
