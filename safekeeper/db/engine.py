@@ -8,6 +8,7 @@ a retryable error that would leak into every service. Read transactions stay def
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from safekeeper import migrations, migrations_sessions
+from safekeeper.db.quick_reads import QuickReader
 from safekeeper.errors import BadInput, ConfigError
 
 if TYPE_CHECKING:
@@ -121,6 +123,8 @@ class Database:
         #: For single-statement reads on hot paths: SQLite skips the explicit BEGIN (one
         #: statement is its own consistent snapshot); elsewhere the same as ``engine``.
         self.single_read_engine = self.engine.execution_options(sqlite_begin="NONE")
+        self._quick: QuickReader | None = None
+        self._quick_lock = threading.Lock()
         if migrate:
             try:
                 upgrade(self.engine, schema)
@@ -148,5 +152,17 @@ class Database:
         with Session(self.engine, expire_on_commit=False) as session:
             yield session
 
+    @property
+    def quick(self) -> QuickReader:
+        """Single-row reads on hot paths without SQLAlchemy's per-statement overhead."""
+        with self._quick_lock:
+            if self._quick is None:
+                self._quick = QuickReader(self)
+            return self._quick
+
     def close(self) -> None:
+        with self._quick_lock:
+            if self._quick is not None:
+                self._quick.close()
+                self._quick = None
         self.engine.dispose()

@@ -17,7 +17,6 @@ On PostgreSQL the reads go through the engine as usual.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +59,8 @@ class QuickReader:
         self._sqlite = database.dialect == "sqlite"
         self._local = threading.local()
         self._compiled: dict[int, tuple[_Select, _Compiled]] = {}
+        self._opened: list[Any] = []
+        self._opened_lock = threading.Lock()
 
     def first(self, statement: _Select, params: Mapping[str, Any]) -> Sequence[Any] | None:
         """The first row of ``statement`` (meant for lookups by a unique key), or None."""
@@ -95,24 +96,21 @@ class QuickReader:
         if connection is None:
             engine = self._database.engine
             args, kwargs = engine.dialect.create_connect_args(engine.url)
-            # Closed with this reader (when its Database goes), from any thread.
+            # Closed by ``close`` from whichever thread closes the Database.
             connection = engine.dialect.loaded_dbapi.connect(
                 *args, **{**kwargs, "check_same_thread": False}
             )
             connection.isolation_level = None
             connection.execute("PRAGMA busy_timeout=60000")
             self._local.connection = connection
+            with self._opened_lock:
+                self._opened.append(connection)
         return connection
 
-
-_readers: weakref.WeakKeyDictionary[Database, QuickReader] = weakref.WeakKeyDictionary()
-_readers_lock = threading.Lock()
-
-
-def quick_reader(database: Database) -> QuickReader:
-    """The reader of ``database`` (one per Database, made on first use)."""
-    reader = _readers.get(database)
-    if reader is None:
-        with _readers_lock:
-            reader = _readers.setdefault(database, QuickReader(database))
-    return reader
+    def close(self) -> None:
+        """Close every thread's connection (``Database.close`` calls this)."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for connection in opened:
+            connection.close()
+        self._local = threading.local()

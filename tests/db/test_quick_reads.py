@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import bindparam, delete, select
 
 from safekeeper.archive import Archive
 from safekeeper.db.models import Tenant
-from safekeeper.db.quick_reads import quick_reader
 from safekeeper.services import accounts
+from tests.conftest import ArchiveFactory
 
 BY_NAME = select(Tenant.id, Tenant.name, Tenant.created_at, Tenant.deleted_at).where(
     Tenant.name == bindparam("name")
@@ -18,8 +20,8 @@ BY_NAME = select(Tenant.id, Tenant.name, Tenant.created_at, Tenant.deleted_at).w
 
 
 def test_rows_match_sqlalchemy_and_every_read_sees_the_latest_commit(archive: Archive) -> None:
-    reader = quick_reader(archive.db)
-    assert quick_reader(archive.db) is reader
+    reader = archive.db.quick
+    assert archive.db.quick is reader
     assert reader.first(BY_NAME, {"name": "acme"}) is None
     accounts.add_tenant(archive, "acme")
     row = reader.first(BY_NAME, {"name": "acme"})
@@ -36,7 +38,7 @@ def test_rows_match_sqlalchemy_and_every_read_sees_the_latest_commit(archive: Ar
 
 def test_each_thread_reads_on_its_own_connection(archive: Archive) -> None:
     accounts.add_tenant(archive, "acme")
-    reader = quick_reader(archive.db)
+    reader = archive.db.quick
     found: list[object] = []
 
     def read() -> None:
@@ -49,3 +51,24 @@ def test_each_thread_reads_on_its_own_connection(archive: Archive) -> None:
     for thread in threads:
         thread.join()
     assert len(found) == 200 and all(row is not None and row[1] == "acme" for row in found)
+
+
+def test_closing_the_database_closes_every_threads_connection(make_archive: ArchiveFactory) -> None:
+    archive = make_archive()
+    accounts.add_tenant(archive, "acme")
+    reader = archive.db.quick
+    threads = [
+        threading.Thread(target=reader.first, args=(BY_NAME, {"name": "acme"})) for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    opened = list(reader._opened)
+    if archive.db.dialect == "sqlite":
+        assert len(opened) == 3
+    archive.db.close()
+    for connection in opened:
+        with pytest.raises(sqlite3.ProgrammingError):  # closed
+            connection.execute("SELECT 1")
+    assert archive.db.quick is not reader  # a fresh reader if the database is used again
