@@ -22,8 +22,10 @@ thread, so an eviction mid-response cannot cut them short.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -48,7 +50,7 @@ from safekeeper.ids import is_blob_id
 from safekeeper.packages.cache import PackageCache, package_cache
 from safekeeper.packages.content_types import content_type
 from safekeeper.packages.lookup import PackageInfo, PackageLookup, ReferenceTarget
-from safekeeper.packages.validate import safe_member_path
+from safekeeper.packages.validate import MAX_PATH_BYTES, safe_member_path
 
 #: Members up to this size are read whole in the event loop; larger ones stream.
 SMALL_MEMBER = 256 * 1024
@@ -149,6 +151,11 @@ async def _reference_member(
 ) -> Response:
     """A member of the package a reference names: ``KEY/LABEL/PATH`` (keys may contain
     slashes, labels may not; the shortest key that names a reference wins)."""
+    if "\x00" in namespace or "\x00" in rest:
+        # No name holds NUL, and PostgreSQL refuses it in a query (a 500, not a 404).
+        return error_response(
+            404, "not_found", f"no reference in {namespace!r} matches {rest!r} as KEY/LABEL/PATH"
+        )
     lookup = serving.lookup
     visible = lookup.cached_namespace_visible(principal, namespace)
     if visible is None:
@@ -174,7 +181,8 @@ async def _reference_member(
 async def _member_response(
     request: Request, cache: PackageCache, info: PackageInfo, path: str, cache_control: str
 ) -> Response:
-    member = _exact_member(path)
+    # Longer paths are no member's, and must not fill the memo with 16 KiB URLs.
+    member = _exact_member(path) if len(path) <= MAX_PATH_BYTES else None
     if member is None:
         return _no_member(info, path)
     etag, last_modified = _validators(info.sha256, member, info.created_at)
@@ -237,6 +245,11 @@ def _open(cache: PackageCache, sha256: str, member: str) -> _Opened | None:
         fd = os.open(f"{tree}/{member}", os.O_RDONLY)
     except (FileNotFoundError, NotADirectoryError):
         return "missing" if os.path.isdir(tree) else None
+    except OSError as exc:
+        # A name no member can have (a segment over 255 bytes): not there, not a 500.
+        if exc.errno == errno.ENAMETOOLONG:
+            return "missing"
+        raise
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
@@ -311,6 +324,16 @@ async def _stream(fd: int, start: int, length: int) -> AsyncIterator[bytes]:
         os.close(fd)
 
 
+#: ASCII digits only: ``str.isdigit`` takes "²", which ``int`` refuses.
+_BYTE_RANGE = re.compile(r"([0-9]*)[ \t]*-[ \t]*([0-9]*)", re.ASCII)
+#: Past this many digits a position is beyond any member (and ``int`` refuses over 4,300).
+_MAX_DIGITS = 18
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
+
+
 _CONDITIONS = (b"if-none-match", b"if-modified-since", b"range", b"if-range")
 
 
@@ -354,19 +377,20 @@ def _wanted_range(
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
-    first, dash, last = (part.strip() for part in spec.partition("-"))
-    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+    found = _BYTE_RANGE.fullmatch(spec.strip())
+    if found is None:
         return None
+    first, last = found.group(1), found.group(2)
     if first == "":
         if last == "":
             return None
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0 or size == 0:
             return "unsatisfiable"
         return max(0, size - suffix), size - 1
-    start = int(first)
-    if last != "" and int(last) < start:
+    start = _position(first)
+    if last != "" and _position(last) < start:
         return None
     if start >= size:
         return "unsatisfiable"
-    return start, size - 1 if last == "" else min(int(last), size - 1)
+    return start, size - 1 if last == "" else min(_position(last), size - 1)

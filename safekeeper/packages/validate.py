@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import re
 import struct
+import unicodedata
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -40,6 +41,11 @@ RATIO_FLOOR = 1024 * 1024
 #: What real packaging tools write. Others (bzip2, lzma, deflate64, ...) would make the
 #: package cache depend on more decoders for no benefit to web content.
 SUPPORTED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
+
+#: Filesystem limits a member path must fit into the cache (NAME_MAX; PATH_MAX less
+#: room for the cache directory itself).
+MAX_SEGMENT_BYTES = 255
+MAX_PATH_BYTES = 1024
 
 _CHUNK = 256 * 1024
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -99,7 +105,17 @@ def safe_member_path(name: str) -> str:
         raise _reject("unsafe_path", name, "'..' path segment")
     if not segments:
         raise _reject("unsafe_path", name or "''", "empty name")
-    return "/".join(segments)
+    path = "/".join(segments)
+    # Longer names fail to extract (ENAMETOOLONG): refuse them at upload, not on play.
+    if len(path.encode()) > MAX_PATH_BYTES or any(
+        len(s.encode()) > MAX_SEGMENT_BYTES for s in segments
+    ):
+        raise _reject(
+            "unsafe_path",
+            name[:200],
+            f"name longer than {MAX_PATH_BYTES} bytes or with a part over {MAX_SEGMENT_BYTES}",
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,9 @@ def _check_directory(archive: zipfile.ZipFile, budgets: PackageBudgets) -> list[
             f"{len(infos)} members, more than the {budgets.max_members} allowed",
         )
     files: dict[str, _Member] = {}
+    #: NFC form → path: "é" composed and decomposed are one name to a user and to some
+    #: filesystems (APFS), which would extract only one of the two.
+    unicode_forms: dict[str, str] = {}
     folders: set[str] = set()
     declared_total = 0
     for info in infos:
@@ -167,6 +186,11 @@ def _check_directory(archive: zipfile.ZipFile, budgets: PackageBudgets) -> list[
         if path in files:
             raise _reject(
                 "duplicate_member", name, f"same path as {files[path].info.orig_filename!r}"
+            )
+        same = unicode_forms.setdefault(unicodedata.normalize("NFC", path), path)
+        if same != path:
+            raise _reject(
+                "duplicate_member", name, f"same path as {same!r} after Unicode normalisation"
             )
         files[path] = _Member(info, path)
         folders.update(_parents(path))

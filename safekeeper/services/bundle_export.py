@@ -114,6 +114,10 @@ def _plan_export(archive: Archive, namespace: str) -> tuple[Manifest, _Sources]:
             for sha256, blob_id, location in copies:
                 if location in archive.config.locations:
                     sources[sha256].append((location, blob_id))
+    for sha256, candidates in sources.items():
+        if not candidates:
+            # Found now, before a stream (stdout, HTTP) gets a bundle it cannot finish.
+            raise NotFound(f"no readable copy of blob {sha256}; no bundle written")
     ingest = archive.config.ingest_location
     for candidates in sources.values():
         candidates.sort(key=lambda c: (c[0] != ingest, c[0]))

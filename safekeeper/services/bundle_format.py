@@ -239,6 +239,10 @@ class BundleReader:
         """Up to ``size`` bytes (fewer only at the end); -1: some bytes, or none at the end."""
         if size < 0:
             return self.read_some(READ_SIZE)
+        if size > READ_SIZE:
+            # Only tarfile asks for more: a pax or GNU long-name header, which it reads
+            # whole. Ours are a few hundred bytes; a huge one is a memory bomb.
+            raise BadInput(f"bundle has a tar header of {size} bytes near {self.what}")
         parts: list[bytes] = []
         while size > 0 and (piece := self.read_some(size)):
             parts.append(piece)

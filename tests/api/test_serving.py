@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from safekeeper.api.app import create_app
+from safekeeper.api.packages import _exact_member
 from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db.models import AuditEntry, Blob, CopyState, Package, Tenant
@@ -160,9 +161,16 @@ def test_ranges(client: TestClient, html_blob: str) -> None:
     assert unsatisfiable.status_code == 416
     assert unsatisfiable.headers["content-range"] == "bytes */4096"
     # A malformed range or several ranges: the whole member (RFC 9110 allows ignoring).
-    for header in ("bytes=abc", "items=0-1", "bytes=0-1,5-6"):
-        response = client.get(url, headers={"Range": header})
+    for header in ("bytes=abc", "items=0-1", "bytes=0-1,5-6", "bytes=5-3", "bytes=\xb2-"):
+        response = client.get(url, headers={"Range": header.encode("latin-1")})
         assert (response.status_code, response.content) == (200, data), header
+    # Positions past int()'s 4,300 digits: beyond any member, not a 500.
+    huge = "9" * 5000
+    tail = client.get(url, headers={"Range": f"bytes=4000-{huge}"})
+    assert tail.status_code == 206 and tail.content == data[4000:]
+    assert client.get(url, headers={"Range": f"bytes=-{huge}"}).content == data
+    for header in (f"bytes={huge}-", "bytes=-0"):
+        assert client.get(url, headers={"Range": header}).status_code == 416, header
     etag = client.get(url).headers["etag"]
     matching = client.get(url, headers={"Range": "bytes=0-9", "If-Range": etag})
     assert matching.status_code == 206 and matching.content == data[:10]
@@ -215,6 +223,9 @@ def test_json_404s(client: TestClient, app_archive: Archive, html_blob: str) -> 
         f"/p/blob/{html_blob}/css//style.css": "no_such_member",  # not the exact path
         f"/p/blob/{html_blob}/css/%2e/style.css": "no_such_member",
         f"/p/blob/{html_blob}/%2e%2e/%2e%2e/etc/passwd": "no_such_member",
+        f"/p/blob/{html_blob}/{'a' * 300}": "no_such_member",  # not ENAMETOOLONG → 500
+        f"/p/blob/{html_blob}/{'a/' * 2100}x": "no_such_member",
+        f"/p/blob/{html_blob}/css%2Fstyle.css%00": "no_such_member",
         f"/p/blob/{plain}/index.html": "not_a_package",
         f"/p/blob/{'0' * 64}/index.html": "not_a_package",
         "/p/site/nothing/default/index.html": "not_found",
@@ -227,6 +238,12 @@ def test_json_404s(client: TestClient, app_archive: Archive, html_blob: str) -> 
         assert response.status_code == 404, url
         assert response.json()["code"] == code, url
         assert response.json()["message"]
+    # Overlong paths are answered without being remembered (a client could fill the memo).
+    remembered = _exact_member.cache_info().currsize
+    for n in range(3):
+        response = client.get(f"/p/blob/{html_blob}/{n}{'x' * 2000}")
+        assert response.json()["code"] == "no_such_member"
+    assert _exact_member.cache_info().currsize == remembered
 
 
 def test_a_moved_reference_serves_the_new_package(client: TestClient, app_archive: Archive) -> None:
@@ -441,6 +458,19 @@ def test_a_member_plays_their_tenants_packages_and_no_other_tenants(
     etag = client.get(blob_url, headers=made.headers("alice")).headers["etag"]
     for headers in ({"If-None-Match": etag}, {"Range": "bytes=0-0"}):
         assert client.get(blob_url, headers=olga | headers).status_code == 404
+
+
+def test_a_nul_in_a_reference_url_is_a_404_on_both_databases(
+    tenancy: tuple[TestClient, Accounts, str],
+) -> None:
+    client, made, _ = tenancy
+    for user in ("root", "alice"):
+        for url in (
+            "/p/acme%00/intro/default/index.html",
+            "/p/acme-courses/in%00tro/default/index.html",
+        ):
+            response = client.get(url, headers=made.headers(user))
+            assert (response.status_code, response.json()["code"]) == (404, "not_found"), url
 
 
 def _no_reference(namespace: str) -> dict[str, str]:

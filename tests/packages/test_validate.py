@@ -95,6 +95,14 @@ HAZARDS: dict[str, tuple[Callable[[], bytes], str, str | None]] = {
         "duplicate_member",
         "./a/b",
     ),
+    "duplicate-unicode-forms": (
+        lambda: with_index(("caf\u00e9.html", b"1"), ("cafe\u0301.html", b"2")),
+        "duplicate_member",
+        "cafe\u0301.html",
+    ),
+    # Names the cache could never create (ENAMETOOLONG): refused here, not a 500 on play.
+    "name-part-too-long": (lambda: with_index(("a" * 256, b"x")), "unsafe_path", "a" * 200),
+    "path-too-long": (lambda: with_index(("d/" * 600 + "x", b"x")), "unsafe_path", "d/" * 100),
     "file-and-folder": (lambda: with_index(("a", b"1"), ("a/b", b"2")), "duplicate_member", "a"),
     "bad-utf8-name": (
         lambda: zips.build_raw_names([(b"index.html", 0), (b"\xff\xfe.html", 0x800)]),

@@ -6,15 +6,17 @@ import hashlib
 import io
 import json
 import tarfile
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import zstandard
 from sqlalchemy import func, select
 
 from safekeeper.archive import Archive
 from safekeeper.config import load_config, write_default
-from safekeeper.db.models import Blob, Package
+from safekeeper.db.models import Blob, Copy, CopyState, Package
 from safekeeper.errors import BadInput, Conflict, NotFound, PackageRejected, PolicyDenied
 from safekeeper.ids import parse_ref
 from safekeeper.services.bundle_format import ZSTD_MAGIC
@@ -501,3 +503,42 @@ def test_the_importing_side_budgets_apply(
         import_bundle(strict, bundle)
     assert error.value.code == "too_many_members"
     assert_nothing_imported(strict, *before)
+
+
+def test_a_huge_tar_header_is_refused_without_reading_it_into_memory(
+    archive: Archive, tmp_path: Path
+) -> None:
+    # A pax header claiming 256 MiB, then 256 MiB of zeros: a few hundred KiB once
+    # zstd-compressed. tarfile reads a pax header whole, so the reader must refuse it.
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = 256 * 1024 * 1024
+    zeros = bytes(16 * 1024 * 1024)
+    path = tmp_path / "bomb.tar.zst"
+    with path.open("wb") as out, zstandard.ZstdCompressor().stream_writer(out) as writer:
+        writer.write(header.tobuf(tarfile.USTAR_FORMAT))
+        for _ in range(16):
+            writer.write(zeros)
+    del zeros
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadInput, match="tar header"):
+            import_bundle(archive, path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024 * 1024
+    assert blob_count(archive) == 0
+
+
+def test_export_of_a_blob_without_a_present_copy_writes_nothing(archive: Archive) -> None:
+    archive.put_bytes(b"first", ref="ns:a")
+    lost = archive.put_bytes(b"lost", ref="ns:b").sha256
+    with archive.db.write() as session:
+        blob_id = session.scalar(select(Blob.id).where(Blob.sha256 == lost))
+        for copy in session.scalars(select(Copy).where(Copy.blob_id == blob_id)):
+            copy.state = CopyState.MISSING
+    out = io.BytesIO()
+    with pytest.raises(NotFound, match=f"no readable copy of blob {lost}"):
+        export_namespace(archive, "ns", out)
+    assert out.getvalue() == b""  # refused before a byte of a stream was written
