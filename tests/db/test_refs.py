@@ -14,7 +14,14 @@ from safekeeper.db.blobs import ensure_blob, get_blob
 from safekeeper.db.catalog import get_location
 from safekeeper.db.copies import record_present, transition
 from safekeeper.db.models import Blob, Copy, CopyState
-from safekeeper.db.refs import list_references, remove_reference, resolve, set_reference
+from safekeeper.db.refs import (
+    SetCounts,
+    list_references,
+    remove_reference,
+    resolve,
+    set_reference,
+    set_references,
+)
 from safekeeper.errors import Conflict, NotFound
 from safekeeper.ids import RefSpec
 from tests.conftest import FakeClock
@@ -85,3 +92,52 @@ def test_a_reference_needs_a_present_copy(archive: Archive, clock: FakeClock) ->
         transition(session, copy_id, CopyState.PRESENT, CopyState.DELETING, clock())
         with pytest.raises(Conflict):
             set_reference(session, RefSpec("ns", "k2"), blob, clock())
+
+
+def test_bulk_set_counts_replaces_and_keeps_the_grace_clock(
+    archive: Archive, clock: FakeClock
+) -> None:
+    with archive.db.write() as session:
+        old, new, other = (_stored_blob(session, n, 10 * n, clock()) for n in (1, 2, 3))
+        set_reference(session, RefSpec("course", "unit", "draft"), old, clock())
+    clock.advance(hours=1)
+    with archive.db.write() as session:
+        counts = set_references(
+            session,
+            "course",
+            {
+                ("unit", "draft"): get_blob(session, _blob_id(2)),  # replaces old
+                ("unit", "published"): get_blob(session, _blob_id(2)),  # new
+                ("extra", "default"): get_blob(session, _blob_id(3)),  # new
+            },
+            clock(),
+        )
+        assert counts == SetCounts(created=2, replaced=1, unchanged=0)
+    with archive.db.write() as session:
+        again = set_references(
+            session, "course", {("extra", "default"): get_blob(session, _blob_id(3))}, clock()
+        )
+        assert again == SetCounts(created=0, replaced=0, unchanged=1)
+    with archive.db.read() as session:
+        assert get_blob(session, _blob_id(1)).unreferenced_since == clock()
+        assert get_blob(session, _blob_id(2)).unreferenced_since is None
+        assert get_blob(session, _blob_id(3)).unreferenced_since is None
+        assert {(r.key, r.label, r.blob) for r in list_references(session, "course")} == {
+            ("unit", "draft", new.sha256),
+            ("unit", "published", new.sha256),
+            ("extra", "default", other.sha256),
+        }
+
+
+def test_bulk_set_refuses_a_blob_without_a_present_copy(archive: Archive, clock: FakeClock) -> None:
+    with archive.db.write() as session:
+        blob = _stored_blob(session, 1, 10, clock())
+        copy_id = session.scalar(select(Copy.id).where(Copy.blob_id == blob.id))
+        assert copy_id is not None
+        transition(session, copy_id, CopyState.PRESENT, CopyState.DELETING, clock())
+    with pytest.raises(Conflict, match="no present copy"), archive.db.write() as session:
+        set_references(
+            session, "course", {("unit", "draft"): get_blob(session, blob.sha256)}, clock()
+        )
+    with archive.db.read() as session:
+        assert list_references(session, "course") == []
