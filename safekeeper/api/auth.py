@@ -279,7 +279,13 @@ def change_password(
 ) -> SessionInfo:
     """Change your own password: every other session ends, this one is rotated."""
     archive = _archive(request)
-    accounts.authenticate(archive, principal.user_name, body.current_password)
+    accounts.authenticate_throttled(
+        archive,
+        _throttle(request),
+        principal.user_name,
+        body.current_password,
+        ip=request.client.host if request.client else None,
+    )
     current = _session_token(request) if principal.via == "session" else None
     token = accounts.set_password(
         archive, principal.user_name, body.new_password, current_token=current

@@ -207,7 +207,7 @@ def run_gc(
 )
 def read_audit(
     request: Request,
-    _operator: OperatorDep,
+    operator: OperatorDep,
     blob: Annotated[str | None, Query(description="a blob's SHA-256")] = None,
     location: Annotated[str | None, Query(max_length=200)] = None,
     rule: Annotated[str | None, Query(max_length=100)] = None,
@@ -216,9 +216,10 @@ def read_audit(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[audit.AuditView]:
     """The deletion log, newest first: who deleted which copy, by which rule, on what
-    evidence."""
-    return audit.read_audit(
-        archive_of(request),
+    evidence. Entries naming another tenant's references are left out."""
+    archive = archive_of(request)
+    entries = audit.read_audit(
+        archive,
         blob=parse_blob_id(blob) if blob is not None else None,
         location=location,
         rule=rule,
@@ -226,6 +227,7 @@ def read_audit(
         until=_aware(until),
         limit=limit,
     )
+    return tenant_data.visible_audit(archive, operator, entries)
 
 
 def _aware(moment: datetime | None) -> datetime | None:

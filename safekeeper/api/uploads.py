@@ -40,6 +40,15 @@ def check_declared_size(request: Request, limit: int) -> None:
         raise _too_large(limit)
 
 
+def check_spooled_size(file: BinaryIO, limit: int) -> None:
+    """Refuse a form file (already spooled by the multipart parser) larger than
+    ``limit``: a chunked body declares no Content-Length for ``check_declared_size``."""
+    size = file.seek(0, io.SEEK_END)
+    file.seek(0)
+    if size > limit:
+        raise _too_large(limit)
+
+
 async def consume_body(request: Request, limit: int, consumer: Callable[[Iterator[bytes]], T]) -> T:
     """Run ``consumer`` in a worker thread over the request body's chunks."""
     check_declared_size(request, limit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from safekeeper.api.principal import Principal
@@ -20,12 +20,14 @@ from safekeeper.services.inventory import resolve_blob, stat_blob
 from safekeeper.services.planner import explain, make_plan
 from safekeeper.services.status import location_usage
 from safekeeper.services.tasks import list_tasks, retry_failed
-from safekeeper.services.tenant_data import list_namespaces
+from safekeeper.services.tenant_data import list_namespaces, visible_audit
 from safekeeper.units import parse_duration
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 Operator = Annotated[Principal, Depends(operator)]
+#: Ids in page URLs stay within the database's 64-bit integers (larger ones are 422).
+RowId = Annotated[int, Path(ge=1, le=2**62)]
 
 
 def gc_runner(request: Request) -> GcRunner:
@@ -122,7 +124,7 @@ def run_gc_page(
 
 
 @router.get("/plan/runs/{run_id}")
-def gc_run_page(request: Request, run_id: int, _: Operator) -> Response:
+def gc_run_page(request: Request, run_id: RowId, _: Operator) -> Response:
     run = gc_runner(request).get(run_id)
     if run is None:
         raise NotFound(f"no gc run {run_id} (runs are forgotten when the server restarts)")
@@ -130,7 +132,7 @@ def gc_run_page(request: Request, run_id: int, _: Operator) -> Response:
 
 
 @router.get("/plan/runs/{run_id}/progress")
-def gc_run_progress(request: Request, run_id: int, _: Operator) -> Response:
+def gc_run_progress(request: Request, run_id: RowId, _: Operator) -> Response:
     run = gc_runner(request).get(run_id)
     if run is None:
         raise NotFound(f"no gc run {run_id}")
@@ -147,7 +149,7 @@ def failures_page(request: Request, _: Operator, retried: str = "") -> Response:
 @router.post("/failures/{task_id}/retry")
 def retry_page(
     request: Request,
-    task_id: int,
+    task_id: RowId,
     _: Operator,
     _csrf: Annotated[None, Depends(checked_form)],
 ) -> Response:
@@ -178,7 +180,7 @@ def _since(text: str, now: datetime) -> datetime | None:
 @router.get("/audit")
 def audit_page(
     request: Request,
-    _: Operator,
+    principal: Operator,
     blob: str = "",
     location: str = "",
     rule: str = "",
@@ -195,6 +197,7 @@ def audit_page(
             since=_since(since, archive.clock()),
             limit=500,
         )
+        entries = visible_audit(archive, principal, entries)
         problem = None
     except SafekeeperError as exc:
         entries, problem = [], str(exc)

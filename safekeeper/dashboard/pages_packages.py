@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from safekeeper.api.errors import status_of
 from safekeeper.api.principal import Principal
-from safekeeper.api.uploads import check_declared_size, consume_body
+from safekeeper.api.uploads import check_declared_size, check_spooled_size, consume_body
 from safekeeper.dashboard.auth import checked_form, checked_header, signed_in
 from safekeeper.dashboard.web import PageRoute, archive_of, render, see_other
 from safekeeper.errors import BadInput, NotFound, PackageRejected, SafekeeperError
@@ -204,6 +204,7 @@ def import_page(
         raise BadInput("choose a bundle file to import")
     archive = archive_of(request)
     check_declared_size(request, archive.config.server.max_upload_size)
+    check_spooled_size(bundle.file, archive.config.server.max_upload_size)
     with archive.db.write() as session:
         claim_namespace(session, principal, namespace, archive.clock())
     outcome = bundles.import_bundle(archive, bundle.file, into=namespace)

@@ -300,6 +300,19 @@ def authenticate(archive: Archive, name: str, password: str) -> queries.Account:
     return account
 
 
+def authenticate_throttled(
+    archive: Archive, throttle: LoginThrottle, name: str, password: str, *, ip: str | None
+) -> queries.Account:
+    """``authenticate`` counted by the sign-in throttle per account and per address
+    (signing in, and re-checking the current password before changing it)."""
+    now = archive.clock()
+    keys = [f"user:{name}", f"ip:{ip or '?'}"]
+    throttle.begin(keys, now)
+    account = authenticate(archive, name, password)
+    throttle.succeed(keys, now)
+    return account
+
+
 def sign_in(
     archive: Archive,
     throttle: LoginThrottle,
@@ -312,15 +325,7 @@ def sign_in(
 ) -> tuple[str, Principal]:
     """Check the password under the throttle and open a session (rotating ``replacing``).
     Returns the new token and who it signs in."""
-    now = archive.clock()
-    keys = [f"user:{name}", f"ip:{ip or '?'}"]
-    throttle.check(keys, now)
-    try:
-        account = authenticate(archive, name, password)
-    except Unauthenticated:
-        throttle.fail(keys, now)
-        raise
-    throttle.succeed(keys[0])
+    account = authenticate_throttled(archive, throttle, name, password, ip=ip)
     token = sessions.create_session(
         archive, account, ip=ip, user_agent=user_agent, replacing=replacing
     )

@@ -305,8 +305,10 @@ class LoginThrottle:
             self._failures.pop(key, None)
         return kept
 
-    def check(self, keys: Sequence[str], now: datetime) -> None:
-        """RateLimited if any key has used up its attempts; else nothing."""
+    def begin(self, keys: Sequence[str], now: datetime) -> None:
+        """Count an attempt against every key, or RateLimited if any key has used up
+        its attempts. Counted before the password is checked, in one locked step, so
+        guesses sent in parallel cannot all pass the check while none has failed yet."""
         with self._lock:
             for key in keys:
                 recent = self._recent(key, now)
@@ -316,15 +318,20 @@ class LoginThrottle:
                         "too many failed sign-ins; try again later",
                         max(1, math.ceil(wait.total_seconds())),
                     )
-
-    def fail(self, keys: Sequence[str], now: datetime) -> None:
-        with self._lock:
             if len(self._failures) > self.MAX_KEYS:
                 for key in list(self._failures):
                     self._recent(key, now)
             for key in keys:
                 self._failures.setdefault(key, []).append(now)
 
-    def succeed(self, key: str) -> None:
+    def succeed(self, keys: Sequence[str], now: datetime) -> None:
+        """The attempt ``begin`` counted succeeded: the account (``keys[0]``) starts
+        afresh and the attempt no longer counts against the other keys."""
         with self._lock:
-            self._failures.pop(key, None)
+            self._failures.pop(keys[0], None)
+            for key in keys[1:]:
+                moments = self._failures.get(key)
+                if moments is not None and now in moments:
+                    moments.remove(now)
+                    if not moments:
+                        del self._failures[key]

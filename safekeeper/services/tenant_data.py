@@ -26,6 +26,7 @@ from safekeeper.db.refs import ReferenceView, list_references
 from safekeeper.errors import BadInput, NotFound
 from safekeeper.ids import RefSpec
 from safekeeper.services import ingest, inventory, refs
+from safekeeper.services.audit import AuditView
 from safekeeper.services.ingest import PutOutcome
 from safekeeper.services.tenancy import claim_namespace, visible_namespace, visible_namespace_filter
 
@@ -213,3 +214,36 @@ def claim(archive: Archive, principal: Principal, name: str) -> None:
     before anything is stored under it; NotFound if another tenant's."""
     with archive.db.write() as session:
         claim_namespace(session, principal, name, archive.clock())
+
+
+def _audited_references(entry: AuditView) -> list[str] | None:
+    """The references an audit entry names (reference changes, erasures); None when
+    it names none and is a storage fact (a copy deleted, a tree extracted)."""
+    evidence = entry.evidence if isinstance(entry.evidence, dict) else {}
+    named = [evidence[k] for k in ("ref", "reference") if isinstance(evidence.get(k), str)]
+    listed = evidence.get("references")
+    if isinstance(listed, list):
+        named += [str(item) for item in listed]
+    if named or "user" in evidence:
+        return named
+    return None
+
+
+def visible_audit(
+    archive: Archive, principal: Principal, entries: list[AuditView]
+) -> list[AuditView]:
+    """The audit entries ``principal`` may read. Copy-level entries are storage facts
+    every operator sees, like the plan; an entry naming references (namespace, key,
+    the user who changed them) only when every namespace it names is visible."""
+    if principal.is_admin:
+        return entries
+    with archive.db.read() as session:
+        visible = set(
+            session.scalars(select(Namespace.name).where(visible_namespace_filter(principal)))
+        )
+    kept = []
+    for entry in entries:
+        named = _audited_references(entry)
+        if named is None or (named and all(ref.split(":", 1)[0] in visible for ref in named)):
+            kept.append(entry)
+    return kept

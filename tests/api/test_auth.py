@@ -256,3 +256,15 @@ def test_openapi_lists_the_auth_routes(client: TestClient) -> None:
     paths = client.get("/api/openapi.json").json()["paths"]
     for path in ("/api/auth/login", "/api/auth/sessions/{session_id}", "/api/users/bulk-delete"):
         assert path in paths
+
+
+def test_guessing_the_current_password_is_rate_limited(clients: list[TestClient]) -> None:
+    """A stolen session must not become an unthrottled way to guess the password."""
+    mine = clients[0]
+    _login(mine, "alice")
+    for n in range(3):
+        guess = {"current_password": f"guess number {n}", "new_password": "fresh pass 1"}
+        assert mine.post("/api/auth/password", json=guess).status_code == 401
+    right = {"current_password": PASSWORD, "new_password": "fresh pass 1"}
+    limited = mine.post("/api/auth/password", json=right)
+    assert limited.status_code == 429 and _code(limited) == "rate_limited"

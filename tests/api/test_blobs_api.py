@@ -267,3 +267,23 @@ def test_body_at_the_limit_is_stored(small: tuple[TestClient, Accounts, Archive]
     )
     assert response.status_code == 201
     assert blob_count(archive) == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        ("bytes=0-" + "9" * 5000, 206),
+        ("bytes=" + "9" * 5000 + "-", 416),
+        ("bytes=-" + "9" * 5000, 206),
+    ],
+)
+def test_huge_range_numbers_are_not_a_500(
+    client: TestClient, accounts: Accounts, header: str, status: int
+) -> None:
+    upload(client, accounts, "alice", DATA, "course:a")
+    response = client.get(
+        f"/api/blobs/{SHA}", headers={**accounts.headers("alice"), "Range": header}
+    )
+    assert response.status_code == status
+    if status == 206:
+        assert response.content == DATA

@@ -161,3 +161,25 @@ def test_invalid_values_are_422(
     response = client.request(method, path, params=params, headers=accounts.headers("ops"))
     assert response.status_code == 422
     assert response.json()["code"] == "bad_request"
+
+
+def test_audit_hides_other_tenants_references_from_operators(
+    client: TestClient, accounts: Accounts
+) -> None:
+    """Reference changes name a namespace, a key and a user: an operator of another
+    tenant sees none of them (admins and the tenant's own operators do)."""
+    sha256 = put(client, accounts, "alice", "course:secret-plan")
+    removed = client.delete(
+        "/api/namespaces/course/refs/secret-plan", headers=accounts.headers("alice")
+    )
+    assert removed.status_code == 204
+
+    def mentions(user: str) -> list[str]:
+        entries = client.get("/api/audit", headers=accounts.headers(user)).json()
+        return [e["action"] for e in entries if "secret-plan" in str(e) or "alice" in str(e)]
+
+    assert mentions("otto") == []
+    assert mentions("ops") == ["ref-removed"]
+    assert mentions("root") == ["ref-removed"]
+    by_blob = client.get("/api/audit", params={"blob": sha256}, headers=accounts.headers("otto"))
+    assert by_blob.json() == []

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from safekeeper.api.app import create_app
 from safekeeper.archive import Archive
-from safekeeper.db.models import Tenant, User
+from safekeeper.db.models import Reference, Tenant, User
 from safekeeper.services import accounts
 from tests.conftest import ArchiveFactory, FakeClock
 from tests.packages.zips import build_html_package, build_zip
@@ -244,3 +244,59 @@ def test_admin_adds_and_disables_users(client: TestClient) -> None:
     assert re.search(r'data-user="mia">.*?disabled', disabled.text, re.S)
     tenant = client.post("/admin/tenants", data={"csrf_token": csrf, "name": "initech"})
     assert 'data-tenant="initech"' in tenant.text
+
+
+def _multipart(fields: dict[str, str], name: str, data: bytes) -> tuple[bytes, str]:
+    boundary = "safekeeper-test-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+        for key, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="bundle"; filename="{name}"\r\n'
+        "Content-Type: application/x-tar\r\n\r\n".encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def test_import_over_the_limit_without_content_length_is_413(
+    client: TestClient, make_archive: ArchiveFactory
+) -> None:
+    """A chunked body declares no size: the import still refuses past the limit and
+    stores nothing."""
+    csrf = sign_in(client, "mia")
+    uploaded = client.post(
+        "/namespaces/courses/upload?key=intro",
+        content=build_html_package(marker=b"<p>" + b"x" * 4000 + b"</p>"),
+        headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    bundle = client.get("/namespaces/courses/export").content
+    assert len(bundle) > 2048
+
+    # The same archive, served with a 2 KiB upload limit.
+    small = make_archive(**{"SAFEKEEPER__SERVER__MAX_UPLOAD_SIZE": "2KiB"})
+    with TestClient(create_app(small), base_url="http://127.0.0.1") as other:
+        small_csrf = sign_in(other, "mia")
+        body, content_type = _multipart({"csrf_token": small_csrf}, "courses.tar", bundle)
+        answer = other.post(
+            "/namespaces/copy/import",
+            content=iter([body]),
+            headers={"Content-Type": content_type},
+            follow_redirects=False,
+        )
+        assert "content-length" not in {k.lower() for k in answer.request.headers}
+        assert answer.status_code == 413, answer.text
+    with small.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Reference)) == 1
+
+
+def test_huge_task_ids_are_not_a_500(client: TestClient) -> None:
+    csrf = sign_in(client, "oscar")
+    answer = client.post(
+        f"/failures/{10**30}/retry", data={"csrf_token": csrf}, follow_redirects=False
+    )
+    assert answer.status_code < 500
+    assert client.get(f"/plan/runs/{10**30}").status_code < 500

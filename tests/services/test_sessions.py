@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import select
@@ -174,3 +176,33 @@ def test_touch_is_rate_limited(archive: Archive, alice: str, clock: FakeClock) -
         row = session.scalars(select(LoginSession)).one()
     assert row.last_seen == clock.now
     assert row.idle_expires_at == clock.now + archive.config.server.session_idle_timeout
+
+
+def test_concurrent_guesses_cannot_outrun_the_throttle(archive: Archive, alice: str) -> None:
+    """Guesses in flight together each count before their hash is checked: a burst of
+    parallel requests gets no more tries than the limit."""
+    throttle = LoginThrottle(3, archive.config.server.login_window)
+    start = threading.Barrier(12)
+
+    def guess(n: int) -> str:
+        start.wait()
+        try:
+            accounts.sign_in(archive, throttle, "alice", f"wrong password {n}", ip=f"10.0.0.{n}")
+        except Unauthenticated:
+            return "checked"
+        except RateLimited:
+            return "throttled"
+        return "signed in"
+
+    with ThreadPoolExecutor(12) as pool:
+        outcomes = list(pool.map(guess, range(12)))
+    assert outcomes.count("checked") == 3
+    assert outcomes.count("throttled") == 9
+
+
+def test_a_success_does_not_count_against_the_address(archive: Archive, alice: str) -> None:
+    throttle = LoginThrottle(2, archive.config.server.login_window)
+    for _ in range(5):
+        accounts.sign_in(archive, throttle, "alice", PASSWORD, ip="10.0.0.1")
+    with pytest.raises(Unauthenticated):
+        accounts.sign_in(archive, throttle, "alice", "wrong password", ip="10.0.0.1")
