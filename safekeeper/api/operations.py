@@ -76,6 +76,7 @@ class GcOut(ApiModel):
     kept_on_recheck: int
     failed: int
     recovered: int
+    trees_dropped: int = Field(description="extracted package trees whose zip is gone")
 
 
 def _location(archive_locations: dict[str, Any], name: str | None) -> str | None:
@@ -199,6 +200,7 @@ def run_gc(
         kept_on_recheck=len(report.kept_on_recheck),
         failed=len(report.failed),
         recovered=report.recovered,
+        trees_dropped=report.trees_dropped,
     )
 
 

@@ -106,6 +106,7 @@ def gc_command(
             f"({format_size(report.bytes_freed)}), kept on re-check "
             f"{len(report.kept_on_recheck)}, failed {len(report.failed)}"
             + (f", recovered {report.recovered} from an interrupted gc" if report.recovered else "")
+            + (f", {report.trees_dropped} extracted package trees" if report.trees_dropped else "")
         )
         for blob, loc, rule, reason in report.kept_on_recheck:
             console.print(f"kept     {blob} at {loc}: {rule}: {reason}")
@@ -116,11 +117,12 @@ def gc_command(
 
 
 def _evict_package_cache(archive: Archive) -> None:
-    """Extracted package trees above the cache's high watermark go first (on stderr,
-    so ``--json`` output stays gc's report)."""
-    from safekeeper.packages.eviction import evict
+    """Extracted package trees above the cache's high watermark, and those whose zip
+    has no copy left (deleted by an earlier gc, perhaps on workers), go first (on
+    stderr, so ``--json`` output stays gc's report)."""
+    from safekeeper.packages.eviction import drop_orphaned_trees, evict
 
-    evicted = evict(archive, archive.clock())
+    evicted = drop_orphaned_trees(archive, archive.clock()) + evict(archive, archive.clock())
     if evicted:
         size = format_size(sum(tree.size for tree in evicted))
         err_console.print(f"evicted {len(evicted)} extracted package trees ({size}) from the cache")

@@ -1,4 +1,5 @@
-"""Evicting extracted trees from the cache location under its watermarks.
+"""Evicting extracted trees from the cache location: under its watermarks, and when
+their zip is gone.
 
 Usage is the sum of ``extracted_trees.size`` at the cache location. Above the
 location's ``high_watermark``, trees go least recently accessed first until usage is
@@ -7,6 +8,10 @@ Trees are derived data, so no safety rule applies: any tree can be rebuilt from 
 of its zip. Each eviction, under the tree's file lock: delete the row (commit), rename
 the directory away, remove it. A reader that resolved a path just before sees a missing
 file and the server rebuilds the tree.
+
+A tree whose blob has no live copy left (gc deleted the last one: garbage, erasure)
+goes too (``drop_orphaned_trees``, run by every gc): it holds the same content, so
+"every copy everywhere is gone" must include it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, func, select
 
 from safekeeper.db import audit
-from safekeeper.db.models import Blob, ExtractedTree
+from safekeeper.db.models import Blob, Copy, CopyState, ExtractedTree
 from safekeeper.packages.cache import ACTOR, CacheLayout, location_id
 from safekeeper.policy import Candidate, Rule, select_under_pressure, watermark_bytes
 
@@ -71,32 +76,82 @@ def evict(archive: Archive, now: datetime, keep: Collection[str] = ()) -> list[E
     ]
     evicted = []
     for chosen in select_under_pressure(candidates, used, high, low):
-        sha256 = shas[chosen.copy_id]
-        with layout.file_lock(sha256):
-            with archive.db.write() as session:
-                gone = session.execute(
-                    delete(ExtractedTree).where(
-                        ExtractedTree.blob_id == chosen.copy_id,
-                        ExtractedTree.location_id == where,
-                    )
-                )
-                if not gone.rowcount:  # type: ignore[attr-defined]
-                    continue  # another process evicted it first
-                audit.record(
-                    session,
-                    [
-                        {
-                            "at": now,
-                            "actor": ACTOR,
-                            "action": "cache-evict",
-                            "blob_sha256": sha256,
-                            "location": name,
-                            "rule": Rule.DISK_PRESSURE.value,
-                            "reason": f"cache above its high watermark of {high} bytes",
-                            "evidence": {"size": chosen.size, "last_access": chosen.last_used},
-                        }
-                    ],
-                )
-            layout.discard(layout.tree(sha256))
-        evicted.append(EvictedTree(sha256, chosen.size, chosen.last_used))
+        tree = EvictedTree(shas[chosen.copy_id], chosen.size, chosen.last_used)
+        reason = f"cache above its high watermark of {high} bytes"
+        if _evict_one(archive, layout, name, where, tree, Rule.DISK_PRESSURE, reason, now):
+            evicted.append(tree)
     return evicted
+
+
+def drop_orphaned_trees(archive: Archive, now: datetime) -> list[EvictedTree]:
+    """Remove the trees of blobs with no live copy (present, pending or deleting) left."""
+    name = archive.config.cache_location
+    if name is None:
+        return []
+    layout = CacheLayout.of(archive)
+    live = (
+        select(Copy.id)
+        .where(
+            Copy.blob_id == ExtractedTree.blob_id,
+            Copy.state.in_([CopyState.PRESENT, CopyState.PENDING, CopyState.DELETING]),
+        )
+        .exists()
+    )
+    with archive.db.read() as session:
+        where = location_id(session, name)
+        orphans = [
+            EvictedTree(row.sha256, row.size, row.last_access)
+            for row in session.execute(
+                select(Blob.sha256, ExtractedTree.size, ExtractedTree.last_access)
+                .join(Blob, Blob.id == ExtractedTree.blob_id)
+                .where(ExtractedTree.location_id == where, ~live)
+            )
+        ]
+    reason = "no copy of its zip is left"
+    return [
+        tree
+        for tree in orphans
+        if _evict_one(archive, layout, name, where, tree, Rule.GARBAGE, reason, now)
+    ]
+
+
+def _evict_one(
+    archive: Archive,
+    layout: CacheLayout,
+    location: str,
+    location_db_id: int,
+    tree: EvictedTree,
+    rule: Rule,
+    reason: str,
+    now: datetime,
+) -> bool:
+    """Delete one tree's row with an audit entry, then its directory, under its file
+    lock; False when another process evicted it first."""
+    with layout.file_lock(tree.sha256):
+        with archive.db.write() as session:
+            blob_id = select(Blob.id).where(Blob.sha256 == tree.sha256).scalar_subquery()
+            gone = session.execute(
+                delete(ExtractedTree).where(
+                    ExtractedTree.blob_id == blob_id,
+                    ExtractedTree.location_id == location_db_id,
+                )
+            )
+            if not gone.rowcount:  # type: ignore[attr-defined]
+                return False
+            audit.record(
+                session,
+                [
+                    {
+                        "at": now,
+                        "actor": ACTOR,
+                        "action": "cache-evict",
+                        "blob_sha256": tree.sha256,
+                        "location": location,
+                        "rule": rule.value,
+                        "reason": reason,
+                        "evidence": {"size": tree.size, "last_access": tree.last_access},
+                    }
+                ],
+            )
+        layout.discard(layout.tree(tree.sha256))
+    return True

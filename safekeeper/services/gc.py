@@ -37,6 +37,7 @@ from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.db.tasks import enqueue
 from safekeeper.engine.types import Completion, TaskInfo
 from safekeeper.errors import NotFound, SafekeeperError, TransientStoreError
+from safekeeper.packages.eviction import drop_orphaned_trees
 from safekeeper.policy import Decision, Evidence, Policy, Rule, decide, is_verified
 from safekeeper.services.planner import make_plan, policy_from_config
 
@@ -58,6 +59,8 @@ class GcReport:
     #: (blob, location, error) of copies whose physical delete failed
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     recovered: int = 0
+    #: Extracted package trees removed because no copy of their zip is left.
+    trees_dropped: int = 0
 
 
 # -- phase 1: claim ---------------------------------------------------------------
@@ -337,6 +340,9 @@ def run_gc(
         execute_batch(archive, name, batch, actor, report)
         if on_batch is not None:
             on_batch(len(batch))
+    # Extracted package trees are not copies, but hold the same content: they go with
+    # the last copy of their zip.
+    report.trees_dropped = len(drop_orphaned_trees(archive, archive.clock()))
     return report
 
 

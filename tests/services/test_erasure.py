@@ -3,18 +3,40 @@ and the audit log ties every deletion to the erasure."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 from sqlalchemy import select
 
 from safekeeper.archive import Archive
-from safekeeper.db.models import AuditEntry, Blob, Copy, CopyState, Location, Namespace, User
+from safekeeper.db.models import (
+    AuditEntry,
+    Blob,
+    Copy,
+    CopyState,
+    ExtractedTree,
+    Location,
+    Namespace,
+    User,
+)
 from safekeeper.engine.embedded import run_due
 from safekeeper.errors import NotFound, PolicyDenied, Unauthenticated
-from safekeeper.services import accounts, erasure, gc, holds, replication, sessions, tenancy
+from safekeeper.ids import RefSpec
+from safekeeper.packages.cache import package_cache
+from safekeeper.services import (
+    accounts,
+    erasure,
+    gc,
+    holds,
+    packages,
+    replication,
+    sessions,
+    tenancy,
+)
 from safekeeper.services.sessions import LoginThrottle
 from tests.conftest import ArchiveFactory, FakeClock
+from tests.packages.zips import build_html_package
 
 PASSWORD = "correct horse battery"
 REPLICATING = {"SAFEKEEPER__LOCATIONS__INBOX__REPLICATE_TO": '["archive"]'}
@@ -117,3 +139,42 @@ def test_a_hold_refuses_erasure_and_nothing_changes(archive: Archive) -> None:
         assert session.scalar(select(AuditEntry).where(AuditEntry.action == "erase")) is None
     with pytest.raises(NotFound):
         erasure.erase_user(archive, "nobody", actor="test")
+
+
+def test_an_erased_users_package_leaves_no_extracted_tree(
+    replicating: Archive, clock: FakeClock
+) -> None:
+    """The unpacked tree in the cache holds the same content as the zip: it goes with
+    the zip's last copy, with its own audit entry."""
+    archive = replicating
+    accounts.add_user(
+        archive, "alice", tenant="acme", role="member", password=PASSWORD, create_tenant=True
+    )
+    _, alice = accounts.sign_in(
+        archive, LoginThrottle(100, archive.config.server.login_window), "alice", PASSWORD
+    )
+    with archive.db.write() as session:
+        tenancy.claim_namespace(session, alice, "alice-course", archive.clock())
+    zip_bytes = build_html_package(marker=b"alice")
+    package = packages.put_package(
+        archive, io.BytesIO(zip_bytes), RefSpec("alice-course", "intro", "draft")
+    )
+    tree = package_cache(archive).tree_for(package.sha256)
+    assert (tree / "index.html").is_file()
+    replication.replication_pass(archive)
+    run_due(archive)
+
+    erasure.erase_user(archive, "alice", actor="test")
+    clock.advance(days=7, seconds=1)
+    report = gc.run_gc(archive, actor="gc-test")
+
+    assert _live_copies(archive, package.sha256) == []
+    assert report.trees_dropped == 1 and not tree.exists()
+    with archive.db.read() as session:
+        assert session.scalar(select(ExtractedTree.blob_id)) is None
+        evicted = session.scalars(
+            select(AuditEntry).where(
+                AuditEntry.blob_sha256 == package.sha256, AuditEntry.action == "cache-evict"
+            )
+        ).all()
+    assert [(entry.rule, entry.location) for entry in evicted] == [("garbage", "cache")]
