@@ -12,17 +12,12 @@ from pydantic import BaseModel, Field
 
 from safekeeper.api.auth import Name, NewPassword, RoleName, require_admin, require_operator
 from safekeeper.api.principal import Principal
-from safekeeper.archive import Archive
+from safekeeper.api.state import archive_of
 from safekeeper.errors import BadInput
 from safekeeper.services import accounts, erasure, sessions
 from safekeeper.services.accounts import TenantView, UserView
 
 NameParam = Annotated[str, PathParam(max_length=200)]
-
-
-def _archive(request: Request) -> Archive:
-    archive: Archive = request.app.state.archive
-    return archive
 
 
 class UserItem(BaseModel):
@@ -86,13 +81,13 @@ def list_users(
 ) -> list[UserItem]:
     """Users: all of them for admins, your tenant's for operators."""
     tenant = None if principal.is_admin else principal.tenant_name
-    return [_item(view) for view in accounts.list_users(_archive(request), tenant=tenant)]
+    return [_item(view) for view in accounts.list_users(archive_of(request), tenant=tenant)]
 
 
 @router.post("/users", status_code=201)
 def add_user(body: NewUser, request: Request, _admin: Admin) -> UserItem:
     view = accounts.add_user(
-        _archive(request), body.name, tenant=body.tenant, role=body.role, password=body.password
+        archive_of(request), body.name, tenant=body.tenant, role=body.role, password=body.password
     )
     return _item(view)
 
@@ -100,7 +95,7 @@ def add_user(body: NewUser, request: Request, _admin: Admin) -> UserItem:
 @router.patch("/users/{name}")
 def change_user(name: NameParam, body: UserChange, request: Request, _admin: Admin) -> UserItem:
     """Change role, disabled or password; each ends the user's sessions."""
-    archive = _archive(request)
+    archive = archive_of(request)
     accounts.get_user(archive, name)
     if body.role is None and body.disabled is None and body.password is None:
         raise BadInput("nothing to change: give role, disabled or password")
@@ -121,7 +116,7 @@ def delete_user(
     erase: Annotated[bool, Query(description="Also remove their namespaces' references")] = False,
     hard: Annotated[bool, Query(description="Remove the row, not only mark it deleted")] = False,
 ) -> Erased:
-    archive = _archive(request)
+    archive = archive_of(request)
     if erase:
         report = erasure.erase_user(archive, name, actor=f"user:{admin.user_name}")
         return Erased.model_validate(report, from_attributes=True)
@@ -133,29 +128,29 @@ def delete_user(
 def bulk_delete(body: BulkDelete, request: Request, _admin: Admin) -> Ended:
     """Delete many users at once: all named or none."""
     return Ended(
-        sessions_ended=accounts.delete_users(_archive(request), body.names, hard=body.hard)
+        sessions_ended=accounts.delete_users(archive_of(request), body.names, hard=body.hard)
     )
 
 
 @router.delete("/users/{name}/sessions")
 def end_user_sessions(name: NameParam, request: Request, _admin: Admin) -> Ended:
     """Sign a user out everywhere."""
-    archive = _archive(request)
+    archive = archive_of(request)
     user_id = accounts.user_id_of(archive, name)
     return Ended(sessions_ended=sessions.end_user_sessions(archive, [user_id]))
 
 
 @router.get("/tenants")
 def list_tenants(request: Request, _admin: Admin) -> list[TenantView]:
-    return accounts.list_tenants(_archive(request))
+    return accounts.list_tenants(archive_of(request))
 
 
 @router.post("/tenants", status_code=201)
 def add_tenant(body: NewTenant, request: Request, _admin: Admin) -> TenantView:
-    return accounts.add_tenant(_archive(request), body.name)
+    return accounts.add_tenant(archive_of(request), body.name)
 
 
 @router.delete("/tenants/{name}")
 def delete_tenant(name: NameParam, request: Request, _admin: Admin) -> Ended:
     """Delete a tenant: its users can no longer sign in; every session of theirs ends."""
-    return Ended(sessions_ended=accounts.delete_tenant(_archive(request), name))
+    return Ended(sessions_ended=accounts.delete_tenant(archive_of(request), name))

@@ -1,23 +1,18 @@
 """``create_app``: the one ASGI app ``safekeeper serve`` runs.
 
 The app holds one open ``Archive`` (database, stores, configuration) in
-``app.state.archive``; routes reach it through ``archive_of(request)``. Each feature
+``app.state.archive``; routes reach it through ``api.state.archive_of(request)``. Each feature
 area is a router in its own module, included here.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
-from safekeeper.api import admin, auth, errors
+from safekeeper.api import admin, auth, blobs, errors, operations, package_api, refs
 from safekeeper.api import packages as package_serving
 from safekeeper.archive import Archive
 from safekeeper.dashboard import install as install_dashboard
-
-
-def archive_of(request: Request) -> Archive:
-    archive: Archive = request.app.state.archive
-    return archive
 
 
 def create_app(archive: Archive) -> FastAPI:
@@ -30,14 +25,16 @@ def create_app(archive: Archive) -> FastAPI:
     )
     app.state.archive = archive
     errors.install(app)
-    app.include_router(auth.router)
-    app.include_router(admin.router)
     package_serving.install(app)
-    # Imported here, not at the top: these routers import ``archive_of`` from this module.
-    from safekeeper.api import blobs, operations, package_api, refs
-
-    for data_router in (blobs.router, refs.router, package_api.router, operations.router):
-        app.include_router(data_router)
+    for router in (
+        auth.router,
+        admin.router,
+        blobs.router,
+        refs.router,
+        package_api.router,
+        operations.router,
+    ):
+        app.include_router(router)
 
     @app.get("/api/health", tags=["meta"])
     def health() -> dict[str, str]:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from safekeeper.api.principal import Principal
+from safekeeper.api.state import archive_of
 from safekeeper.archive import Archive
 from safekeeper.errors import Forbidden, Unauthenticated
 from safekeeper.services import accounts, sessions, tokens
@@ -35,11 +36,6 @@ CSRF_HEADER = "X-CSRF-Token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _LOOPBACK_NAMES = frozenset({"localhost"})
 _MAX_TOKEN = 200
-
-
-def _archive(request: Request) -> Archive:
-    archive: Archive = request.app.state.archive
-    return archive
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -85,7 +81,7 @@ async def current_principal(request: Request) -> Principal:
     """The signed-in user, or 401 (``unauthenticated``, ``session_revoked``,
     ``session_expired``); 403 ``csrf_failed`` for a cookie request missing its CSRF header."""
     token = _session_token(request)
-    principal = await authenticate(_archive(request), token, request.headers.get("authorization"))
+    principal = await authenticate(archive_of(request), token, request.headers.get("authorization"))
     if (
         principal.via == "session"
         and token is not None
@@ -120,7 +116,7 @@ CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
 def _secure_cookie(request: Request) -> bool:
-    configured = _archive(request).config.server.secure_cookies
+    configured = archive_of(request).config.server.secure_cookies
     if configured is not None:
         return configured
     if request.url.scheme != "http":
@@ -140,7 +136,7 @@ def _set_cookie(request: Request, response: Response, token: str) -> None:
     response.set_cookie(
         COOKIE,
         token,
-        max_age=int(_archive(request).config.server.session_absolute_timeout.total_seconds()),
+        max_age=int(archive_of(request).config.server.session_absolute_timeout.total_seconds()),
         path="/",
         httponly=True,
         samesite="lax",
@@ -151,7 +147,7 @@ def _set_cookie(request: Request, response: Response, token: str) -> None:
 def _throttle(request: Request) -> LoginThrottle:
     throttle: LoginThrottle | None = getattr(request.app.state, "login_throttle", None)
     if throttle is None:
-        server = _archive(request).config.server
+        server = archive_of(request).config.server
         throttle = LoginThrottle(server.login_attempts, server.login_window)
         request.app.state.login_throttle = throttle
     return throttle
@@ -246,7 +242,7 @@ _ERRORS: dict[int | str, dict[str, str]] = {
 def login(body: LoginRequest, request: Request, response: Response) -> SessionInfo:
     """Sign in: sets the session cookie (a cookie held before is revoked: rotation)."""
     token, principal = accounts.sign_in(
-        _archive(request),
+        archive_of(request),
         _throttle(request),
         body.user,
         body.password,
@@ -263,7 +259,7 @@ def logout(principal: CurrentPrincipal, request: Request, response: Response) ->
     """Sign out: the session ends on the server, not only in this browser."""
     token = _session_token(request)
     if principal.via == "session" and token is not None:
-        sessions.end_session(_archive(request), token)
+        sessions.end_session(archive_of(request), token)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax")
 
 
@@ -278,7 +274,7 @@ def change_password(
     body: PasswordChange, principal: CurrentPrincipal, request: Request, response: Response
 ) -> SessionInfo:
     """Change your own password: every other session ends, this one is rotated."""
-    archive = _archive(request)
+    archive = archive_of(request)
     accounts.authenticate_throttled(
         archive,
         _throttle(request),
@@ -299,7 +295,7 @@ def change_password(
 def my_sessions(principal: CurrentPrincipal, request: Request) -> list[SessionItem]:
     """Your sessions; ``current`` marks the one making this request."""
     views = sessions.list_sessions(
-        _archive(request), principal.user_id, current_token_hash=principal.session_token_hash
+        archive_of(request), principal.user_id, current_token_hash=principal.session_token_hash
     )
     return [SessionItem(**vars(view)) for view in views]
 
@@ -311,14 +307,14 @@ def revoke_session(
     request: Request,
 ) -> None:
     """End one of your sessions (by its public id)."""
-    sessions.revoke_session(_archive(request), principal.user_id, session_id)
+    sessions.revoke_session(archive_of(request), principal.user_id, session_id)
 
 
 @router.post("/sessions/revoke-others", responses=_ERRORS)
 def revoke_other_sessions(principal: CurrentPrincipal, request: Request) -> Count:
     """End every session of yours but this one."""
     ended = sessions.end_user_sessions(
-        _archive(request), [principal.user_id], keep_token_hash=principal.session_token_hash
+        archive_of(request), [principal.user_id], keep_token_hash=principal.session_token_hash
     )
     return Count(ended=ended)
 
@@ -326,13 +322,15 @@ def revoke_other_sessions(principal: CurrentPrincipal, request: Request) -> Coun
 @router.post("/tokens", status_code=201, responses=_ERRORS)
 def create_token(body: TokenRequest, principal: CurrentPrincipal, request: Request) -> NewToken:
     """A new API token for you; the token is in this answer only."""
-    view, token = tokens.create_token(_archive(request), principal.user_id, body.name)
+    view, token = tokens.create_token(archive_of(request), principal.user_id, body.name)
     return NewToken(**vars(view), token=token)
 
 
 @router.get("/tokens", responses=_ERRORS)
 def list_tokens(principal: CurrentPrincipal, request: Request) -> list[TokenItem]:
-    return [TokenItem(**vars(v)) for v in tokens.list_tokens(_archive(request), principal.user_id)]
+    return [
+        TokenItem(**vars(v)) for v in tokens.list_tokens(archive_of(request), principal.user_id)
+    ]
 
 
 @router.delete("/tokens/{token_id}", status_code=204, responses=_ERRORS)
@@ -341,4 +339,4 @@ def revoke_token(
     principal: CurrentPrincipal,
     request: Request,
 ) -> None:
-    tokens.revoke_token(_archive(request), principal.user_id, token_id)
+    tokens.revoke_token(archive_of(request), principal.user_id, token_id)

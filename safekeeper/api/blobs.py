@@ -13,11 +13,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from safekeeper.api.app import archive_of
 from safekeeper.api.auth import current_principal
 from safekeeper.api.errors import error_response
 from safekeeper.api.principal import Principal
 from safekeeper.api.schemas import BlobInfoOut, ReferenceOut, UploadOut, error_responses, raw_body
+from safekeeper.api.state import archive_of
 from safekeeper.api.uploads import consume_body
 from safekeeper.errors import SafekeeperError
 from safekeeper.ids import parse_blob_id, parse_ref

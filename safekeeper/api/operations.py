@@ -13,10 +13,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import Field
 
-from safekeeper.api.app import archive_of
 from safekeeper.api.auth import require_operator
 from safekeeper.api.principal import Principal
 from safekeeper.api.schemas import ApiModel, error_responses
+from safekeeper.api.state import archive_of
 from safekeeper.errors import BadInput
 from safekeeper.ids import check_name, parse_blob_id
 from safekeeper.services import audit, gc, planner, status, tasks, tenant_data

@@ -18,11 +18,11 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
-from safekeeper.api.app import archive_of
 from safekeeper.api.auth import current_principal
 from safekeeper.api.principal import Principal
 from safekeeper.api.refs import ref_spec
 from safekeeper.api.schemas import ApiModel, error_responses, raw_body
+from safekeeper.api.state import archive_of
 from safekeeper.api.uploads import consume_body, reader
 from safekeeper.archive import Archive
 from safekeeper.ids import RefSpec, check_name, parse_ref

@@ -44,6 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from safekeeper.api.auth import COOKIE, authenticate
 from safekeeper.api.errors import error_response, status_of
 from safekeeper.api.principal import Principal
+from safekeeper.api.state import archive_of
 from safekeeper.archive import Archive
 from safekeeper.errors import PackageRejected, SafekeeperError
 from safekeeper.ids import is_blob_id
@@ -89,7 +90,7 @@ class PackageServing:
 
     def _state(self, request: Request) -> _Serving:
         if self._serving is None:
-            archive: Archive = request.app.state.archive
+            archive = archive_of(request)
             self._serving = _Serving(package_cache(archive), PackageLookup(archive))
         return self._serving
 

@@ -12,10 +12,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from safekeeper.api.app import archive_of
 from safekeeper.api.auth import current_principal
 from safekeeper.api.principal import Principal
 from safekeeper.api.schemas import ApiModel, ReferenceOut, error_responses
+from safekeeper.api.state import archive_of
 from safekeeper.ids import DEFAULT_LABEL, RefSpec, check_key, check_name, parse_blob_id
 from safekeeper.services import packages, tenant_data
 

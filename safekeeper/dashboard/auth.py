@@ -13,7 +13,8 @@ from fastapi import Form, Request
 
 from safekeeper.api.auth import COOKIE
 from safekeeper.api.principal import Principal
-from safekeeper.dashboard.web import SignInRequired, archive_of
+from safekeeper.api.state import archive_of
+from safekeeper.dashboard.web import SignInRequired
 from safekeeper.errors import Forbidden, Unauthenticated
 from safekeeper.services import sessions
 

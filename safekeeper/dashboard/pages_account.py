@@ -9,11 +9,11 @@ from fastapi.responses import RedirectResponse
 
 from safekeeper.api.auth import COOKIE
 from safekeeper.api.principal import Principal
+from safekeeper.api.state import archive_of
 from safekeeper.dashboard.auth import admin, checked_form, session_token, signed_in
 from safekeeper.dashboard.web import (
     SIGNIN_MESSAGES,
     PageRoute,
-    archive_of,
     render,
     see_other,
 )

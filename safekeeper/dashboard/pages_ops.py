@@ -9,9 +9,10 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from safekeeper.api.principal import Principal
+from safekeeper.api.state import archive_of
 from safekeeper.dashboard.auth import checked_form, operator
 from safekeeper.dashboard.gc_runs import GcRunner
-from safekeeper.dashboard.web import PageRoute, archive_of, render, see_other
+from safekeeper.dashboard.web import PageRoute, render, see_other
 from safekeeper.errors import BadInput, NotFound, SafekeeperError
 from safekeeper.ids import parse_blob_id, parse_ref
 from safekeeper.services.audit import read_audit

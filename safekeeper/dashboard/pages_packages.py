@@ -17,9 +17,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from safekeeper.api.errors import status_of
 from safekeeper.api.principal import Principal
+from safekeeper.api.state import archive_of
 from safekeeper.api.uploads import check_declared_size, check_spooled_size, consume_body
 from safekeeper.dashboard.auth import checked_form, checked_header, signed_in
-from safekeeper.dashboard.web import PageRoute, archive_of, render, see_other
+from safekeeper.dashboard.web import PageRoute, render, see_other
 from safekeeper.errors import BadInput, NotFound, PackageRejected, SafekeeperError
 from safekeeper.ids import RefSpec, check_key, check_name
 from safekeeper.services import bundles, packages

@@ -21,7 +21,6 @@ from fastapi.templating import Jinja2Templates
 
 from safekeeper.api.errors import status_of
 from safekeeper.api.principal import Principal
-from safekeeper.archive import Archive
 from safekeeper.errors import SafekeeperError
 from safekeeper.units import format_size
 
@@ -63,11 +62,6 @@ SIGNIN_MESSAGES = {
     "signin_required": "Please sign in to continue.",
     "signed_out": "You are signed out.",
 }
-
-
-def archive_of(request: Request) -> Archive:
-    archive: Archive = request.app.state.archive
-    return archive
 
 
 def render(
