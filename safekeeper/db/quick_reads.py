@@ -81,6 +81,16 @@ class QuickReader:
             for process, value in zip(compiled.results, rows[0], strict=True)
         )
 
+    def data_version(self) -> int | None:
+        """SQLite's ``PRAGMA data_version`` on this thread's connection: it changes
+        whenever another connection commits (and only this reader's connections never
+        write), so an unchanged value means every earlier read here would read the
+        same. None on other databases."""
+        if not self._sqlite:
+            return None
+        version: int = self._connection().execute("PRAGMA data_version").fetchone()[0]
+        return version
+
     def _compile(self, statement: _Select) -> _Compiled:
         # Keyed by identity and holding the statement, so the id cannot be reused.
         found = self._compiled.get(id(statement))

@@ -9,9 +9,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from safekeeper.archive import Archive
+from safekeeper.db.models import User
 from safekeeper.db.session_models import LoginSession
 from safekeeper.errors import NotFound, RateLimited, Unauthenticated
 from safekeeper.services import accounts, sessions
@@ -206,3 +207,36 @@ def test_a_success_does_not_count_against_the_address(archive: Archive, alice: s
         accounts.sign_in(archive, throttle, "alice", PASSWORD, ip="10.0.0.1")
     with pytest.raises(Unauthenticated):
         accounts.sign_in(archive, throttle, "alice", "wrong password", ip="10.0.0.1")
+
+
+def test_a_remembered_answer_never_outlives_a_commit(
+    archive: Archive, alice: str, clock: FakeClock
+) -> None:
+    """On SQLite a thread reuses a validation while neither database changed; every
+    change is a commit by some other connection, so the next check sees it."""
+    token = _sign_in(archive)
+    principal = sessions.validate(archive, token)
+    assert sessions.validate(archive, token) == principal
+    if archive.db.dialect == "sqlite":
+        # The remembered answer is used: this thread's reads are only data_version now.
+        traced: list[str] = []
+        for database in (archive.db, archive.sessions_db):
+            database.quick._local.connection.set_trace_callback(traced.append)
+        sessions.validate(archive, token)
+        assert traced and all(sql == "PRAGMA data_version" for sql in traced)
+        for database in (archive.db, archive.sessions_db):
+            database.quick._local.connection.set_trace_callback(None)
+    # A commit from elsewhere (another process, a raw connection): disabled at once.
+    with archive.db.engine.begin() as connection:
+        connection.execute(update(User).where(User.name == "alice").values(disabled_at=clock()))
+    assert _code(archive, token) == "session_revoked"
+
+
+def test_a_remembered_answer_ends_at_expiry_without_any_commit(
+    archive: Archive, alice: str, clock: FakeClock
+) -> None:
+    token = _sign_in(archive)
+    sessions.validate(archive, token)
+    sessions.validate(archive, token)
+    clock.advance(minutes=30, seconds=1)  # idle expiry: nothing was written meanwhile
+    assert _code(archive, token) == "session_expired"
