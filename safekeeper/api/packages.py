@@ -44,6 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from safekeeper.api.auth import COOKIE, authenticate
 from safekeeper.api.errors import error_response, status_of
 from safekeeper.api.principal import Principal
+from safekeeper.api.single_flight import SingleFlight
 from safekeeper.api.state import archive_of
 from safekeeper.archive import Archive
 from safekeeper.errors import PackageRejected, SafekeeperError
@@ -65,6 +66,7 @@ REVALIDATE = "no-cache"
 class _Serving:
     cache: PackageCache
     lookup: PackageLookup
+    flights: SingleFlight
 
 
 class PackageServing:
@@ -91,7 +93,7 @@ class PackageServing:
     def _state(self, request: Request) -> _Serving:
         if self._serving is None:
             archive = archive_of(request)
-            self._serving = _Serving(package_cache(archive), PackageLookup(archive))
+            self._serving = _Serving(package_cache(archive), PackageLookup(archive), SingleFlight())
         return self._serving
 
     async def _dispatch(self, request: Request) -> Response:
@@ -136,12 +138,14 @@ async def _blob_member(
     lookup = serving.lookup
     visible = lookup.cached_blob_visible(principal, blob)
     if visible is None:
-        visible = await run_in_threadpool(lookup.blob_visible, principal, blob)
+        visible = await serving.flights.run(
+            ("blob", principal.tenant_id, blob), lookup.blob_visible, principal, blob
+        )
     info: PackageInfo | None = None
     if visible:
         known, info = lookup.cached_package(blob)
         if not known:
-            info = await run_in_threadpool(lookup.package, blob)
+            info = await serving.flights.run(("package", blob), lookup.package, blob)
     if info is None:
         return error_response(404, "not_a_package", f"blob {blob} is not a stored package")
     return await _member_response(request, serving.cache, info, path, IMMUTABLE)
@@ -160,12 +164,19 @@ async def _reference_member(
     lookup = serving.lookup
     visible = lookup.cached_namespace_visible(principal, namespace)
     if visible is None:
-        visible = await run_in_threadpool(lookup.namespace_visible, principal, namespace)
+        visible = await serving.flights.run(
+            ("namespace", principal.tenant_id, namespace),
+            lookup.namespace_visible,
+            principal,
+            namespace,
+        )
     target: ReferenceTarget | None = None
     if visible:
         known, target = lookup.cached_reference(namespace, rest)
         if not known:
-            target = await run_in_threadpool(lookup.reference, namespace, rest)
+            target = await serving.flights.run(
+                ("reference", namespace, rest), lookup.reference, namespace, rest
+            )
     if target is None:
         return error_response(
             404, "not_found", f"no reference in {namespace!r} matches {rest!r} as KEY/LABEL/PATH"
