@@ -8,15 +8,30 @@ area is a router in its own module, included here.
 from __future__ import annotations
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from safekeeper.api import admin, auth, blobs, errors, operations, package_api, refs
-from safekeeper.api import packages as package_serving
+from safekeeper.api.packages import PackageServing, is_package_request
 from safekeeper.archive import Archive
 from safekeeper.dashboard import install as install_dashboard
 
 
+class SafekeeperApp(FastAPI):
+    """FastAPI, with package members (``/p/...``) answered first: see
+    ``api.packages.PackageServing`` for why they skip the router and middleware."""
+
+    package_serving: PackageServing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if is_package_request(scope):
+            scope["app"] = self
+            await self.package_serving(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(archive: Archive) -> FastAPI:
-    app = FastAPI(
+    app = SafekeeperApp(
         title="safekeeper",
         version="1",
         openapi_url="/api/openapi.json",
@@ -27,8 +42,8 @@ def create_app(archive: Archive) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.archive = archive
+    app.package_serving = PackageServing()
     errors.install(app)
-    package_serving.install(app)
     for router in (
         auth.router,
         admin.router,
