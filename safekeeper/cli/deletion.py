@@ -93,7 +93,7 @@ def gc_command(
     with --wait, archive copies are queued once every other batch has ended.
     """
     archive = state(ctx).archive()
-    _evict_package_cache(archive)
+    _collect_derived_garbage(archive)
     if archive.config.tasks.executor == "celery":
         _gc_on_workers(archive, location, actor, wait, as_json)
         return
@@ -116,12 +116,16 @@ def gc_command(
         raise typer.Exit(1)
 
 
-def _evict_package_cache(archive: Archive) -> None:
-    """Extracted package trees above the cache's high watermark, and those whose zip
-    has no copy left (deleted by an earlier gc, perhaps on workers), go first (on
-    stderr, so ``--json`` output stays gc's report)."""
+def _collect_derived_garbage(archive: Archive) -> None:
+    """Expired sign-in sessions, extracted package trees above the cache's high
+    watermark and those whose zip has no copy left (deleted by an earlier gc, perhaps on
+    workers) go first (on stderr, so ``--json`` output stays gc's report)."""
     from safekeeper.packages.eviction import drop_orphaned_trees, evict
+    from safekeeper.services.sessions import purge_expired
 
+    purged = purge_expired(archive)
+    if purged:
+        err_console.print(f"removed {purged} expired sign-in sessions")
     evicted = drop_orphaned_trees(archive, archive.clock()) + evict(archive, archive.clock())
     if evicted:
         size = format_size(sum(tree.size for tree in evicted))

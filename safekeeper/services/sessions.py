@@ -119,6 +119,14 @@ def create_session(
     server = archive.config.server
     token = new_token()
     with archive.sessions_db.write() as session:
+        # The user's expired sessions go here (an indexed delete); the rest with
+        # ``purge_expired``, which ``safekeeper gc`` runs.
+        session.execute(
+            delete(LoginSession).where(
+                LoginSession.user_id == account.user_id,
+                (LoginSession.idle_expires_at <= now) | (LoginSession.absolute_expires_at <= now),
+            )
+        )
         if replacing is not None:
             session.execute(
                 delete(LoginSession).where(LoginSession.token_hash == hash_token(replacing))

@@ -240,3 +240,22 @@ def test_a_remembered_answer_ends_at_expiry_without_any_commit(
     sessions.validate(archive, token)
     clock.advance(minutes=30, seconds=1)  # idle expiry: nothing was written meanwhile
     assert _code(archive, token) == "session_expired"
+
+
+def test_expired_sessions_are_purged_at_sign_in_and_by_purge(
+    archive: Archive, alice: str, clock: FakeClock
+) -> None:
+    accounts.add_user(archive, "bob", tenant="acme", role="member", password=PASSWORD)
+    _sign_in(archive)
+    _sign_in(archive, "bob")
+    clock.advance(minutes=31)  # both idle-expired; neither presented again
+
+    def holders() -> list[int]:
+        with archive.sessions_db.read() as session:
+            return sorted(session.scalars(select(LoginSession.user_id)))
+
+    assert len(holders()) == 2
+    _sign_in(archive)  # alice's expired row goes with her new sign-in; bob's stays
+    assert len(holders()) == 2
+    assert sessions.purge_expired(archive) == 1  # bob's
+    assert len(holders()) == 1
