@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -14,14 +17,48 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    with_worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Embedded executor: also replicate and run due tasks in this process "
+            "(turn off when `safekeeper worker` runs elsewhere).",
+        ),
+    ] = True,
 ) -> None:
     """Serve the HTTP API, packages and the dashboard (default http://127.0.0.1:8470)."""
     import uvicorn
 
     from safekeeper.api.app import create_app
+    from safekeeper.engine import worker as worker_process
 
     archive = state(ctx).archive()
     settings = archive.config.server
     bind_host, bind_port = host or settings.host, port or settings.port
+    stop = threading.Event()
+    worker: threading.Thread | None = None
+    if with_worker and archive.config.tasks.executor == "embedded":
+        sites = worker_process.configured_sites(archive)
+        worker = threading.Thread(
+            target=worker_process.embedded_loop,
+            args=(archive, sites, stop),
+            name="safekeeper-embedded-worker",
+            daemon=True,
+        )
+        worker.start()
     err_console.print(f"serving {archive.config.data_dir} on http://{bind_host}:{bind_port}/")
-    uvicorn.run(create_app(archive), host=bind_host, port=bind_port, log_level="warning")
+
+    def shut_down(_signum: int, _frame: FrameType | None) -> None:
+        # uvicorn handles SIGTERM/SIGINT itself, then raises the signal again once the
+        # server has stopped: that lands here, so the worker's tasks can finish too.
+        raise SystemExit(0)
+
+    previous = {sig: signal.signal(sig, shut_down) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        uvicorn.run(create_app(archive), host=bind_host, port=bind_port, log_level="warning")
+    finally:
+        stop.set()
+        if worker is not None:
+            worker.join(timeout=60)  # the running tasks finish; their claims stay valid
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

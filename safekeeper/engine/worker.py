@@ -199,16 +199,24 @@ def _run_embedded(archive: Archive, sites: Sequence[str]) -> None:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     logger.info("embedded worker for sites %s", ", ".join(sites))
-    interval: timedelta = archive.config.tasks.replicate_interval
-    next_pass = time.monotonic()
     try:
-        while not stop.is_set():
-            if time.monotonic() >= next_pass:
-                next_pass = time.monotonic() + interval.total_seconds()
-                _guard("replication pass", lambda: _replicate(archive))
-            _guard("running due tasks", lambda: run_due(archive, sites=sites))
-            stop.wait(EMBEDDED_ROUND_SECONDS)
+        embedded_loop(archive, sites, stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     logger.info("worker stopped")
+
+
+def embedded_loop(archive: Archive, sites: Sequence[str], stop: threading.Event) -> None:
+    """The embedded executor's work until ``stop``: a replication pass every
+    ``tasks.replicate_interval`` (the first at once) and the sites' due tasks about
+    once a second. ``safekeeper worker`` runs it in the foreground, ``safekeeper
+    serve`` on a thread beside the server."""
+    interval: timedelta = archive.config.tasks.replicate_interval
+    next_pass = time.monotonic()
+    while not stop.is_set():
+        if time.monotonic() >= next_pass:
+            next_pass = time.monotonic() + interval.total_seconds()
+            _guard("replication pass", lambda: _replicate(archive))
+        _guard("running due tasks", lambda: run_due(archive, sites=sites))
+        stop.wait(EMBEDDED_ROUND_SECONDS)
