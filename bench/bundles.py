@@ -38,6 +38,7 @@ from common import (
     CommandFailed,
     Row,
     Samples,
+    add_output_options,
     alternate,
     count_files,
     exit_status,
@@ -233,12 +234,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, help="blobs in the namespace (default 2000)")
     parser.add_argument("--blob-size", default="512KiB", help="bytes per blob (512KiB)")
     parser.add_argument("--repeats", type=int, help="rounds (default 3; quick 1)")
-    parser.add_argument("--workdir", type=Path, help="parent of the temp work directory")
-    parser.add_argument("--keep", action="store_true", help="do not delete the temp data")
-    parser.add_argument("--json-out", type=Path, help="also write results as JSON here")
-    parser.add_argument(
-        "--check-targets", action="store_true", help="exit with status 1 if a target is missed"
-    )
+    add_output_options(parser)
     return parser.parse_args(argv)
 
 

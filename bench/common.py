@@ -11,6 +11,7 @@ first) and report medians; the raw samples are kept for the JSON output.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -594,6 +595,18 @@ def report(
             },
         )
         log(f"wrote {json_out}")
+
+
+def add_output_options(parser: argparse.ArgumentParser, workdir_help: str | None = None) -> None:
+    """``--workdir``, ``--keep``, ``--json-out`` and ``--check-targets``: every script's."""
+    parser.add_argument(
+        "--workdir", type=Path, help=workdir_help or "parent of the temp work directory"
+    )
+    parser.add_argument("--keep", action="store_true", help="do not delete the temp data")
+    parser.add_argument("--json-out", type=Path, help="also write results as JSON here")
+    parser.add_argument(
+        "--check-targets", action="store_true", help="exit with status 1 if a target is missed"
+    )
 
 
 def exit_status(results: Mapping[str, Any], status: int, check_targets: bool) -> int:

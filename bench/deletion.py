@@ -62,6 +62,7 @@ from common import (
     CommandFailed,
     Row,
     Samples,
+    add_output_options,
     alternate,
     annex_version,
     clone_data_dir,
@@ -872,12 +873,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gc-count", type=int, help="files for 'gc' (default 100000)")
     parser.add_argument("--e2e-count", type=int, help="files for 'e2e' (default 10000)")
     parser.add_argument("--file-size", default="4KiB", help="small file size (default 4KiB)")
-    parser.add_argument("--workdir", type=Path, help="parent of the temp work directory")
-    parser.add_argument("--keep", action="store_true", help="do not delete the temp data")
-    parser.add_argument("--json-out", type=Path, help="also write results as JSON here")
-    parser.add_argument(
-        "--check-targets", action="store_true", help="exit with status 1 if a target is missed"
-    )
+    add_output_options(parser)
     return parser.parse_args(argv)
 
 

@@ -47,6 +47,7 @@ from common import (
     CommandFailed,
     Row,
     Samples,
+    add_output_options,
     alternate,
     annex_version,
     exit_status,
@@ -419,16 +420,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--growth-sizes", help="file counts for 'growth' (default 1000,10000,100000)"
     )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        help="put temp data in a fresh directory under this one (default: /tmp when it is on "
+    add_output_options(
+        parser,
+        "put temp data in a fresh directory under this one (default: /tmp when it is on "
         "the repository's filesystem, else bench/out)",
-    )
-    parser.add_argument("--keep", action="store_true", help="do not delete the temp data")
-    parser.add_argument("--json-out", type=Path, help="also write results as JSON here")
-    parser.add_argument(
-        "--check-targets", action="store_true", help="exit with status 1 if a target is missed"
     )
     return parser.parse_args(argv)
 

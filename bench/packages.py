@@ -48,6 +48,7 @@ from common import (
     REPO_ROOT,
     CommandFailed,
     Row,
+    add_output_options,
     exit_status,
     find_executable,
     free_port,
@@ -364,12 +365,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="rounds per server (default 3; quick 1)")
     parser.add_argument("--seconds", type=int, help="seconds per wrk run (default 5; quick 2)")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (50)")
-    parser.add_argument("--workdir", type=Path, help="put temp data under this directory")
-    parser.add_argument("--keep", action="store_true", help="do not delete the temp data")
-    parser.add_argument("--json-out", type=Path, help="also write results as JSON here")
-    parser.add_argument(
-        "--check-targets", action="store_true", help="exit with status 1 if a target is missed"
-    )
+    add_output_options(parser)
     return parser.parse_args(argv)
 
 

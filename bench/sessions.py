@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Row, exit_status, log, machine_info, report, verdict, workdir
+from common import Row, add_output_options, exit_status, log, machine_info, report, verdict, workdir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -225,10 +225,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, help="validate: batches per route")
     parser.add_argument("--batch", type=int, default=200, help="validate: requests per batch")
     parser.add_argument("--users", type=int, help="tenant: users (3 sessions each)")
-    parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--json-out", type=Path)
-    parser.add_argument("--check-targets", action="store_true")
+    add_output_options(parser)
     return parser.parse_args(argv)
 
 
