@@ -91,6 +91,14 @@ class QuickReader:
         version: int = self._connection().execute("PRAGMA data_version").fetchone()[0]
         return version
 
+    def thread_memo(self) -> dict[Any, Any]:
+        """A dict for this thread's answers derived from this reader's reads; it goes
+        with the reader (``close``), so nothing outlives the connection it came from."""
+        memo: dict[Any, Any] | None = getattr(self._local, "memo", None)
+        if memo is None:
+            memo = self._local.memo = {}
+        return memo
+
     def _compile(self, statement: _Select) -> _Compiled:
         # Keyed by identity and holding the statement, so the id cannot be reused.
         found = self._compiled.get(id(statement))

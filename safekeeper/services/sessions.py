@@ -180,15 +180,15 @@ class _Validated:
     valid_until: datetime
 
 
-#: Per thread (``data_version`` is per connection): (database id, token hash) → answer.
-_validated = threading.local()
 _MAX_REMEMBERED = 10_000
 
 
-def _remembered(archive: Archive) -> dict[tuple[int, str], _Validated]:
-    remembered: dict[tuple[int, str], _Validated] | None = getattr(_validated, "map", None)
-    if remembered is None or len(remembered) > _MAX_REMEMBERED:
-        remembered = _validated.map = {}
+def _remembered(archive: Archive) -> dict[str, _Validated]:
+    """Token hash → answer, for this thread and these databases (``data_version`` is
+    per connection: the memory lives and dies with the thread's quick-read connection)."""
+    remembered: dict[str, _Validated] = archive.sessions_db.quick.thread_memo()
+    if len(remembered) > _MAX_REMEMBERED:
+        remembered.clear()
     return remembered
 
 
@@ -205,9 +205,8 @@ def _validate(archive: Archive, token: str, *, read_only: bool) -> Principal | N
     token_hash = hash_token(token)
     # Read before the rows: a commit in between makes the next request re-read.
     versions = _versions(archive)
-    key = (id(archive.db), token_hash)
     if versions is not None:
-        known = _remembered(archive).get(key)
+        known = _remembered(archive).get(token_hash)
         if known is not None and known.versions == versions and now < known.valid_until:
             return known.principal
     checked = _check(archive, token_hash, now, read_only=read_only)
@@ -215,7 +214,7 @@ def _validate(archive: Archive, token: str, *, read_only: bool) -> Principal | N
         return None
     principal, valid_until = checked
     if versions is not None and now < valid_until:
-        _remembered(archive)[key] = _Validated(versions, principal, valid_until)
+        _remembered(archive)[token_hash] = _Validated(versions, principal, valid_until)
     return principal
 
 
