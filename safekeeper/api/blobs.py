@@ -6,7 +6,6 @@ the CLI, where a person types them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from safekeeper.api.auth import current_principal
 from safekeeper.api.errors import error_response
 from safekeeper.api.principal import Principal
+from safekeeper.api.ranges import byte_range
 from safekeeper.api.schemas import BlobInfoOut, ReferenceOut, UploadOut, error_responses, raw_body
 from safekeeper.api.state import archive_of
 from safekeeper.api.uploads import consume_body
@@ -27,7 +27,6 @@ router = APIRouter(prefix="/api/blobs", tags=["blobs"])
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 BlobPath = Annotated[str, Path(description="the blob's SHA-256 (64 hex characters)")]
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 class RangeNotSatisfiable(SafekeeperError):
@@ -67,34 +66,12 @@ async def upload_blob(
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The one range asked for as (start, end inclusive); None for the whole blob.
-
-    Malformed and multi-range headers are ignored (RFC 9110 allows serving the whole
-    representation); a well-formed range outside the blob is 416.
-    """
-    if header is None:
-        return None
-    match = _RANGE.fullmatch(header.strip())
-    if match is None or (not match[1] and not match[2]):
-        return None
-    if not match[1]:  # suffix: the last N bytes
-        suffix = _position(match[2])
-        if suffix == 0 or size == 0:
-            raise RangeNotSatisfiable(header, size)
-        return max(0, size - suffix), size - 1
-    start = _position(match[1])
-    if match[2] and _position(match[2]) < start:
-        return None
-    if start >= size:
-        raise RangeNotSatisfiable(header, size)
-    end = _position(match[2]) if match[2] else size - 1
-    return start, min(end, size - 1)
-
-
-def _position(digits: str) -> int:
-    """A byte position from a Range header. Past 18 digits it is beyond any blob, and
-    ``int()`` of thousands of digits raises (Python's conversion limit): clamp instead."""
-    return int(digits) if len(digits) <= 18 else 10**18
+    """The one range asked for as (start, end inclusive); None for the whole blob;
+    RangeNotSatisfiable (416) for a well-formed range outside the blob."""
+    wanted = byte_range(header, size)
+    if wanted == "unsatisfiable":
+        raise RangeNotSatisfiable(header or "", size)
+    return wanted
 
 
 def _slice(chunks: Iterator[bytes], start: int, end: int) -> Iterator[bytes]:

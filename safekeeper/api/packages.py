@@ -25,7 +25,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import re
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from starlette.types import Receive, Scope, Send
 from safekeeper.api.auth import COOKIE, authenticate
 from safekeeper.api.errors import error_response, status_of
 from safekeeper.api.principal import Principal
+from safekeeper.api.ranges import byte_range
 from safekeeper.api.single_flight import SingleFlight
 from safekeeper.api.state import archive_of
 from safekeeper.archive import Archive
@@ -354,16 +354,6 @@ async def _stream(fd: int, start: int, length: int) -> AsyncIterator[bytes]:
         os.close(fd)
 
 
-#: ASCII digits only: ``str.isdigit`` takes "²", which ``int`` refuses.
-_BYTE_RANGE = re.compile(r"([0-9]*)[ \t]*-[ \t]*([0-9]*)", re.ASCII)
-#: Past this many digits a position is beyond any member (and ``int`` refuses over 4,300).
-_MAX_DIGITS = 18
-
-
-def _position(digits: str) -> int:
-    return int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
-
-
 _CONDITIONS = (b"if-none-match", b"if-modified-since", b"range", b"if-range")
 
 
@@ -395,32 +385,8 @@ def _not_modified(headers: dict[bytes, str], etag: str, modified: datetime) -> b
 def _wanted_range(
     headers: dict[bytes, str], size: int, etag: str, last_modified: str
 ) -> tuple[int, int] | Literal["unsatisfiable"] | None:
-    """One ``bytes=`` range as (first, last) inclusive; None: send the whole member
-    (no Range, a stale If-Range, several ranges, or a malformed header — RFC 9110
-    lets a server ignore those)."""
-    header = headers.get(b"range")
-    if header is None:
-        return None
+    """The range to send (``api.ranges.byte_range``); None also for a stale If-Range."""
     if_range = headers.get(b"if-range")
     if if_range is not None and if_range not in (etag, last_modified):
         return None
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    found = _BYTE_RANGE.fullmatch(spec.strip())
-    if found is None:
-        return None
-    first, last = found.group(1), found.group(2)
-    if first == "":
-        if last == "":
-            return None
-        suffix = _position(last)
-        if suffix == 0 or size == 0:
-            return "unsatisfiable"
-        return max(0, size - suffix), size - 1
-    start = _position(first)
-    if last != "" and _position(last) < start:
-        return None
-    if start >= size:
-        return "unsatisfiable"
-    return start, size - 1 if last == "" else min(_position(last), size - 1)
+    return byte_range(headers.get(b"range"), size)
