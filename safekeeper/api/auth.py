@@ -185,17 +185,6 @@ class PasswordChange(BaseModel):
     new_password: NewPassword
 
 
-class SessionItem(BaseModel):
-    id: str = Field(description="Public handle (not the token, not its hash).")
-    created_at: datetime
-    last_seen: datetime
-    idle_expires_at: datetime
-    absolute_expires_at: datetime
-    ip: str | None
-    user_agent: str | None
-    current: bool
-
-
 class Count(BaseModel):
     ended: int
 
@@ -204,14 +193,11 @@ class TokenRequest(BaseModel):
     name: Name
 
 
-class TokenItem(BaseModel):
+class NewToken(BaseModel):
     id: int
     name: str
     created_at: datetime
     last_used_at: datetime | None
-
-
-class NewToken(TokenItem):
     token: str = Field(description="Shown once; only its SHA-256 is stored.")
 
 
@@ -292,12 +278,11 @@ def change_password(
 
 
 @router.get("/sessions", responses=_ERRORS)
-def my_sessions(principal: CurrentPrincipal, request: Request) -> list[SessionItem]:
+def my_sessions(principal: CurrentPrincipal, request: Request) -> list[sessions.SessionView]:
     """Your sessions; ``current`` marks the one making this request."""
-    views = sessions.list_sessions(
+    return sessions.list_sessions(
         archive_of(request), principal.user_id, current_token_hash=principal.session_token_hash
     )
-    return [SessionItem(**vars(view)) for view in views]
 
 
 @router.delete("/sessions/{session_id}", status_code=204, responses=_ERRORS)
@@ -327,10 +312,8 @@ def create_token(body: TokenRequest, principal: CurrentPrincipal, request: Reque
 
 
 @router.get("/tokens", responses=_ERRORS)
-def list_tokens(principal: CurrentPrincipal, request: Request) -> list[TokenItem]:
-    return [
-        TokenItem(**vars(v)) for v in tokens.list_tokens(archive_of(request), principal.user_id)
-    ]
+def list_tokens(principal: CurrentPrincipal, request: Request) -> list[tokens.TokenView]:
+    return tokens.list_tokens(archive_of(request), principal.user_id)
 
 
 @router.delete("/tokens/{token_id}", status_code=204, responses=_ERRORS)

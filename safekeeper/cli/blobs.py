@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from safekeeper.archive import Archive
 from safekeeper.cli.context import parse_ref_param, state
 from safekeeper.cli.output import byte_progress, console, emit_json, table, when
 from safekeeper.errors import BadInput, Conflict
@@ -115,6 +116,19 @@ def _check(actual: str, expected: str) -> None:
         raise Conflict(f"copy of {expected} read back as {actual}: run `safekeeper verify`")
 
 
+def print_references(archive: Archive, namespace: str | None, as_json: bool) -> None:
+    """References (of one namespace, or all) as a table or JSON: ``ls`` and ``ref ls``."""
+    references = inventory.list_refs(archive, namespace)
+    if as_json:
+        emit_json(references)
+        return
+    table(
+        None,
+        ["reference", "blob", "size", "updated"],
+        [(r.spec, r.blob, r.size, when(r.updated_at)) for r in references],
+    )
+
+
 def ls(
     ctx: typer.Context,
     namespace: Annotated[
@@ -127,15 +141,7 @@ def ls(
     """List blobs, or references with --refs or a NAMESPACE."""
     archive = state(ctx).archive()
     if refs or namespace is not None:
-        references = inventory.list_refs(archive, namespace)
-        if as_json:
-            emit_json(references)
-            return
-        table(
-            None,
-            ["reference", "blob", "size", "updated"],
-            [(r.spec, r.blob, r.size, when(r.updated_at)) for r in references],
-        )
+        print_references(archive, namespace, as_json)
         return
     blobs = inventory.list_all_blobs(archive, limit)
     if as_json:

@@ -6,11 +6,12 @@ from typing import Annotated
 
 import typer
 
+from safekeeper.cli.blobs import print_references
 from safekeeper.cli.context import parse_ref_param, state
-from safekeeper.cli.output import console, emit_json, table, when
+from safekeeper.cli.output import console, emit_json
 from safekeeper.errors import BadInput
 from safekeeper.ids import RefSpec, parse_ref
-from safekeeper.services import inventory, packages, refs
+from safekeeper.services import packages, refs
 
 refs_app = typer.Typer(help="References NAMESPACE:KEY[:LABEL] → blob.", no_args_is_help=True)
 
@@ -63,15 +64,7 @@ def ls_command(
     as_json: JsonFlag = False,
 ) -> None:
     """List references."""
-    references = inventory.list_refs(state(ctx).archive(), namespace)
-    if as_json:
-        emit_json(references)
-        return
-    table(
-        None,
-        ["reference", "blob", "size", "updated"],
-        [(r.spec, r.blob, r.size, when(r.updated_at)) for r in references],
-    )
+    print_references(state(ctx).archive(), namespace, as_json)
 
 
 @refs_app.command("publish")

@@ -30,8 +30,9 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn, cast
 
+from pydantic import Field
 from sqlalchemy import bindparam, delete, select, update
 
 from safekeeper.api.principal import Principal
@@ -92,7 +93,7 @@ def principal_of(
 
 @dataclass(frozen=True)
 class SessionView:
-    id: str
+    id: Annotated[str, Field(description="Public handle (not the token, not its hash).")]
     created_at: datetime
     last_seen: datetime
     idle_expires_at: datetime
