@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from safekeeper.cli.output import console, emit_json, err_console, table, when
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.engine.wait import wait_for_tasks
 from safekeeper.errors import BadInput
+from safekeeper.packages.eviction import EvictedTree, drop_orphaned_trees
 from safekeeper.services import audit, gc, holds, inventory, jobs, planner
 from safekeeper.units import format_size, parse_duration
 
@@ -117,16 +119,18 @@ def gc_command(
 
 
 def _collect_derived_garbage(archive: Archive) -> None:
-    """Expired sign-in sessions, extracted package trees above the cache's high
-    watermark and those whose zip has no copy left (deleted by an earlier gc, perhaps on
-    workers) go first (on stderr, so ``--json`` output stays gc's report)."""
-    from safekeeper.packages.eviction import drop_orphaned_trees, evict
+    """Expired sign-in sessions and extracted package trees above the cache's high
+    watermark go first (on stderr, so ``--json`` output stays gc's report)."""
+    from safekeeper.packages.eviction import evict
     from safekeeper.services.sessions import purge_expired
 
     purged = purge_expired(archive)
     if purged:
         err_console.print(f"removed {purged} expired sign-in sessions")
-    evicted = drop_orphaned_trees(archive, archive.clock()) + evict(archive, archive.clock())
+    _report_trees(evict(archive, archive.clock()))
+
+
+def _report_trees(evicted: Sequence[EvictedTree]) -> None:
     if evicted:
         size = format_size(sum(tree.size for tree in evicted))
         err_console.print(f"evicted {len(evicted)} extracted package trees ({size}) from the cache")
@@ -145,6 +149,9 @@ def _gc_on_workers(
         for state_name, count in wait_for_tasks(archive, archive_ids).items():
             outcome[state_name] = outcome.get(state_name, 0) + count
         task_ids += archive_ids
+    # The cache is this host's: trees whose zip the workers deleted the last copy of go
+    # here (run_gc does it in the embedded mode; without --wait, the next gc does).
+    _report_trees(drop_orphaned_trees(archive, archive.clock()))
     summary = {"planned": planned, "batches": len(task_ids), "tasks": outcome}
     if as_json:
         emit_json(summary)

@@ -155,6 +155,9 @@ class Database:
     @property
     def quick(self) -> QuickReader:
         """Single-row reads on hot paths without SQLAlchemy's per-statement overhead."""
+        reader = self._quick
+        if reader is not None:  # the hot path: no lock once made
+            return reader
         with self._quick_lock:
             if self._quick is None:
                 self._quick = QuickReader(self)

@@ -65,8 +65,7 @@ def test_closing_the_database_closes_every_threads_connection(make_archive: Arch
     for thread in threads:
         thread.join()
     opened = list(reader._opened)
-    if archive.db.dialect == "sqlite":
-        assert len(opened) == 3
+    assert len(opened) == 3
     archive.db.close()
     for connection in opened:
         with pytest.raises(sqlite3.ProgrammingError):  # closed
