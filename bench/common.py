@@ -25,11 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -607,6 +607,31 @@ def add_output_options(parser: argparse.ArgumentParser, workdir_help: str | None
     parser.add_argument(
         "--check-targets", action="store_true", help="exit with status 1 if a target is missed"
     )
+
+
+#: A script's settings, passed through to its benchmarks.
+S = TypeVar("S")
+
+
+def run_selected(
+    runners: Mapping[str, Callable[[S], tuple[Any, list[Row]]]],
+    only: Collection[str],
+    settings: S,
+    results: dict[str, Any],
+    rows: list[Row],
+) -> int:
+    """Run the chosen benchmarks in ``runners`` order, filling ``results`` and ``rows``
+    as each ends (so the caller's ``finally`` reports what finished); the exit status:
+    2 when a command failed, else 0."""
+    try:
+        for name, runner in runners.items():
+            if name in only:
+                results[name], new_rows = runner(settings)
+                rows.extend(new_rows)
+    except RuntimeError as exc:  # CommandFailed, or a server that would not start
+        log(f"error: {exc}")
+        return 2
+    return 0
 
 
 def exit_status(results: Mapping[str, Any], status: int, check_targets: bool) -> int:

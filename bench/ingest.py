@@ -44,7 +44,6 @@ from typing import Any
 
 from common import (
     MB,
-    CommandFailed,
     Row,
     Samples,
     add_output_options,
@@ -61,6 +60,7 @@ from common import (
     remove,
     report,
     run,
+    run_selected,
     run_timed,
     verdict,
     warm_cache,
@@ -465,13 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, Any] = {}
         rows: list[Row] = []
         try:
-            for name in BENCHMARKS:
-                if name in only:
-                    results[name], new_rows = runners[name](settings)
-                    rows.extend(new_rows)
-        except CommandFailed as exc:
-            log(f"error: {exc}")
-            status = 2
+            status = run_selected(runners, only, settings, results, rows)
         finally:
             report(
                 "ingest",

@@ -46,7 +46,6 @@ from typing import Any
 
 from common import (
     REPO_ROOT,
-    CommandFailed,
     Row,
     add_output_options,
     exit_status,
@@ -58,6 +57,7 @@ from common import (
     parse_only,
     report,
     run,
+    run_selected,
     verdict,
     workdir,
 )
@@ -392,13 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, Any] = {}
         rows: list[Row] = []
         try:
-            for name in BENCHMARKS:
-                if name in only:
-                    results[name], new_rows = runners[name](settings)
-                    rows.extend(new_rows)
-        except (CommandFailed, RuntimeError) as exc:
-            log(f"error: {exc}")
-            status = 2
+            status = run_selected(runners, only, settings, results, rows)
         finally:
             report(
                 "packages",

@@ -70,6 +70,7 @@ from common import (
     remove,
     report,
     run,
+    run_selected,
     run_timed,
     verdict,
     warm_cache,
@@ -613,13 +614,7 @@ def main(argv: list[str] | None = None) -> int:
             "many": bench_many,
         }
         try:
-            for name in BENCHMARKS:
-                if name in only:
-                    results[name], new_rows = runners[name](settings)
-                    rows.extend(new_rows)
-        except (CommandFailed, RuntimeError) as exc:
-            log(f"error: {exc}")
-            status = 2
+            status = run_selected(runners, only, settings, results, rows)
         finally:
             tools = {
                 "rclone": None
