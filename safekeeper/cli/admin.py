@@ -10,7 +10,7 @@ import typer
 from safekeeper.cli.context import state
 from safekeeper.cli.output import console, emit_json, table
 from safekeeper.config import DEFAULT_DATA_DIR, load_config, write_default
-from safekeeper.db.engine import Database, current_revision
+from safekeeper.db.engine import SESSIONS, Database, current_revision
 from safekeeper.services import inventory
 from safekeeper.units import format_size
 
@@ -53,6 +53,13 @@ db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
-    """Apply pending migrations (opening an archive does this too)."""
+    """Apply pending migrations of the catalog and the sessions schema (opening an
+    archive migrates the catalog too; sessions are migrated on first use)."""
     archive = state(ctx).archive()
-    console.print(f"{archive.db.safe_url}: at revision {current_revision(archive.db.engine)}")
+    sessions = archive.sessions_db
+    console.print(
+        f"catalog {archive.db.safe_url}: at revision {current_revision(archive.db.engine)}"
+    )
+    console.print(
+        f"sessions {sessions.safe_url}: at revision {current_revision(sessions.engine, SESSIONS)}"
+    )

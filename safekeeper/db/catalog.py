@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from safekeeper.config import Config
+from safekeeper.db.engine import lock_schema
 from safekeeper.db.models import Location, Site
 from safekeeper.errors import NotFound
 
@@ -14,7 +15,9 @@ def sync_catalog(session: Session, config: Config) -> dict[str, Location]:
     """Insert or update a row per configured site and location; return locations by name.
 
     Locations dropped from the configuration keep their rows: copies still point at them.
+    Processes starting together on one database take turns (``lock_schema``).
     """
+    lock_schema(session.connection())
     site_names = set(config.sites) | {loc.site for loc in config.locations.values()}
     sites = {site.name: site for site in session.scalars(select(Site))}
     for name in sorted(site_names - set(sites)):

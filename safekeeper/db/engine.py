@@ -103,14 +103,41 @@ def current_revision(engine: Engine, schema: Schema = CATALOG) -> str | None:
             return None  # no version table yet: an empty database
 
 
+#: The PostgreSQL advisory lock that serializes schema changes and the catalog sync of
+#: processes starting together (one key for both histories: they may share a database).
+SCHEMA_LOCK_KEY = 0x5AFE_0001
+
+
+def lock_schema(connection: Connection) -> None:
+    """Serialize with every other process migrating or syncing this database, until the
+    transaction ends. SQLite needs nothing here: the caller's ``BEGIN IMMEDIATE`` already
+    holds the database's one write lock."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+
+
 def upgrade(engine: Engine, schema: Schema = CATALOG) -> None:
-    """Bring the schema to the newest migration; a no-op when it already is."""
+    """Bring the schema to the newest migration; a no-op when it already is.
+
+    Safe when several processes open a fresh database at once: the migration runs under
+    a database-wide lock (PostgreSQL advisory lock, SQLite write lock), and whoever gets
+    it second finds the schema already at head."""
     if current_revision(engine, schema) == schema.head:
         return
     from alembic import command
 
-    with engine.begin() as connection:
+    with engine.execution_options(sqlite_begin="IMMEDIATE").begin() as connection:
+        lock_schema(connection)
+        if _revision_in(connection, schema) == schema.head:
+            return  # another process migrated while we waited for the lock
         command.upgrade(_alembic_config(connection, schema), "head")
+
+
+def _revision_in(connection: Connection, schema: Schema) -> str | None:
+    exists = connection.dialect.has_table(connection, schema.version_table)
+    if not exists:
+        return None
+    return connection.execute(text(f"SELECT version_num FROM {schema.version_table}")).scalar()
 
 
 class Database:
