@@ -176,14 +176,29 @@ def references_query(*extra: QueryableAttribute[Any]) -> Select[Any]:
 
 
 def list_references(
-    session: Session, namespace: str | None = None, blob_id: int | None = None
+    session: Session,
+    namespace: str | None = None,
+    blob_id: int | None = None,
+    *,
+    key_prefix: str = "",
+    label: str | None = None,
 ) -> list[ReferenceView]:
     query = references_query()
     if namespace is not None:
         query = query.where(Namespace.name == namespace)
     if blob_id is not None:
         query = query.where(Reference.blob_id == blob_id)
-    return [ReferenceView(*row) for row in session.execute(query)]
+    if key_prefix:
+        query = query.where(Reference.key.startswith(key_prefix, autoescape=True))
+    if label is not None:
+        query = query.where(Reference.label == label)
+    views = [ReferenceView(*row) for row in session.execute(query)]
+    # SQLite's LIKE ignores ASCII case: keep the exact-prefix matches only.
+    return [view for view in views if view.key.startswith(key_prefix)]
+
+
+def namespace_names(session: Session) -> list[str]:
+    return list(session.scalars(select(Namespace.name).order_by(Namespace.name)))
 
 
 #: Values per IN (...) list in the bulk functions (SQLite limits bound parameters).

@@ -19,6 +19,7 @@ from safekeeper.ids import BLOB_ID_LENGTH, is_blob_id, parse_ref
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
+    from safekeeper.stores import Store
 
 
 def resolve_blob(archive: Archive, text: str) -> str:
@@ -131,7 +132,18 @@ def open_blob(archive: Archive, text: str) -> Iterator[bytes]:
     Prefers the ingest location, then other locations by name. The access time of the
     copy that served is recorded (disk-pressure rules evict least recently used first).
     """
-    sha256 = resolve_blob(archive, text)
+    store, key = readable_copy(archive, resolve_blob(archive, text))
+    return store.open(key)
+
+
+def read_blob_range(archive: Archive, sha256: str, start: int, length: int) -> bytes:
+    """``length`` bytes of a blob from ``start`` (fewer at its end), from a present copy."""
+    store, key = readable_copy(archive, sha256)
+    return store.read_range(key, start, length)
+
+
+def readable_copy(archive: Archive, sha256: str) -> tuple[Store, str]:
+    """The store and key of the first present copy of ``sha256`` that exists there."""
     with archive.db.read() as session:
         rows = list(
             session.execute(
@@ -162,5 +174,5 @@ def open_blob(archive: Archive, text: str) -> Iterator[bytes]:
             session.execute(
                 update(Copy).where(Copy.id == copy_id).values(last_access=archive.clock())
             )
-        return store.open(key)
+        return store, key
     raise NotFound(f"no readable copy of blob {sha256}: {last_error}")

@@ -1,0 +1,1 @@
+"""Adapters for the frameworks applications already run (optional extras)."""
