@@ -71,8 +71,13 @@ class TestPipe(AbstractPipeTests, SafekeeperFixtures):  # type: ignore[misc]
     pass
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def data_dir(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A data directory with the default config; its catalog on SQLite, then PostgreSQL."""
+    if request.param == "postgresql":
+        monkeypatch.setenv("SAFEKEEPER_DATABASE_URL", request.getfixturevalue("postgres_url"))
     directory = tmp_path / "data"
     write_default(directory)
     return directory
