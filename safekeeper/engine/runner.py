@@ -8,6 +8,7 @@ so a worker that was presumed dead and replaced cannot record a stale result.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -19,6 +20,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from safekeeper.db import tasks as task_rows
@@ -29,6 +31,8 @@ from safekeeper.errors import SafekeeperError, TransientStoreError
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
+
+log = logging.getLogger(__name__)
 
 
 def worker_name() -> str:
@@ -52,10 +56,16 @@ class _Heartbeat:
 
     def _beat(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            with self._archive.db.write() as session:
-                now = self._archive.clock()
-                if not task_rows.heartbeat(session, self._task_ids, self._worker, now):
-                    return
+            try:
+                with self._archive.db.write() as session:
+                    now = self._archive.clock()
+                    if not task_rows.heartbeat(session, self._task_ids, self._worker, now):
+                        return  # every claim was taken over: nothing left to keep alive
+            except DBAPIError as exc:
+                # A database hiccup must not end the heartbeats of a long transfer (another
+                # worker would then run it too): try again at the next beat. The outcome
+                # is recorded only if the claim is still ours, whatever happens here.
+                log.warning("heartbeat for tasks %s failed, retrying: %s", self._task_ids, exc)
 
     def __enter__(self) -> _Heartbeat:
         self._thread.start()
@@ -88,9 +98,17 @@ def _execute(archive: Archive, task: TaskInfo) -> _Outcome:
         return _Outcome(task, handler, error=str(exc))
     except OSError as exc:  # local I/O trouble is worth another try
         return _Outcome(task, handler, error=str(exc), transient=True)
-    except Exception as exc:  # noqa: BLE001 - a bug must not leave the task running forever
-        error = f"unexpected {type(exc).__name__}: {exc}"
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a bug must not leave the task running forever
+        # BaseException, not Exception: a panic in native code (pyo3's PanicException)
+        # derives from BaseException, and must fail this attempt, not the worker.
+        error = f"unexpected {type(exc).__name__}: {_first_line(exc)}"
         return _Outcome(task, handler, error=error, transient=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().split("\n", 1)[0]
 
 
 def _record(session: Session, archive: Archive, worker: str, outcome: _Outcome) -> TaskState | None:

@@ -237,14 +237,25 @@ class S3Store:
         if self.exists(key):
             raise AlreadyExists(f"{self.url}: object {key!r} already exists")
         try:
-            obstore.put(
-                self.client,
-                key,
-                payload,
-                use_multipart=True,
-                chunk_size=part_size,
-                max_concurrency=UPLOAD_CONCURRENCY,
-            )
+            if isinstance(payload, Path):
+                obstore.put(
+                    self.client,
+                    key,
+                    payload,
+                    use_multipart=True,
+                    chunk_size=part_size,
+                    max_concurrency=UPLOAD_CONCURRENCY,
+                )
+            else:
+                # Chunks are pushed from this thread, never pulled by obstore's runtime:
+                # they may come from another obstore stream (S3 → S3), and obstore cannot
+                # run inside its own runtime (it panics). Leaving the block on an error
+                # aborts the upload.
+                with obstore.open_writer(
+                    self.client, key, buffer_size=part_size, max_concurrency=UPLOAD_CONCURRENCY
+                ) as writer:
+                    for chunk in payload:
+                        writer.write(chunk)
         except SafekeeperError:
             raise  # from the source, passed back through obstore
         except Exception as exc:  # obstore aborts the multipart upload itself
