@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from safekeeper.api import admin, auth, blobs, errors, operations, package_api, refs
+from safekeeper.api import admin, auth, blobs, errors, metrics, operations, package_api, refs
 from safekeeper.api.packages import PackageServing, is_package_request
 from safekeeper.archive import Archive
 from safekeeper.dashboard import install as install_dashboard
@@ -51,13 +51,9 @@ def create_app(archive: Archive) -> FastAPI:
         refs.router,
         package_api.router,
         operations.router,
+        metrics.router,
     ):
         app.include_router(router)
-
-    @app.get("/api/health", tags=["meta"])
-    def health() -> dict[str, str]:
-        """Liveness: answers when the server is up."""
-        return {"status": "ok"}
 
     install_dashboard(app)
     return app

@@ -84,3 +84,77 @@ def replication_status(archive: Archive, failed_limit: int = 100) -> Replication
         done=int(counts.get(TaskState.DONE, 0)),
         failed_tasks=list_tasks(archive, failed_only=True, limit=failed_limit),
     )
+
+
+@dataclass(frozen=True)
+class SiteQueue:
+    """One site's task queue, for ``safekeeper status``, the dashboard and /metrics."""
+
+    site: str
+    queued: int
+    running: int
+    failed: int
+    #: Seconds the oldest queued task that is due has waited (0 when none waits).
+    oldest_queued_age: float
+    #: Seconds since the stalest running task's last heartbeat (0 when none runs).
+    stalest_heartbeat_age: float
+
+
+def site_queues(archive: Archive) -> list[SiteQueue]:
+    now = archive.clock()
+    with archive.db.read() as session:
+        counts: dict[tuple[str, str], int] = {
+            (site, state): int(n)
+            for site, state, n in session.execute(
+                select(Task.site, Task.state, func.count())
+                .where(Task.state != TaskState.DONE)
+                .group_by(Task.site, Task.state)
+            )
+        }
+        oldest_due = dict(
+            session.execute(
+                select(Task.site, func.min(Task.not_before))
+                .where(Task.state == TaskState.QUEUED, Task.not_before <= now)
+                .group_by(Task.site)
+            ).all()
+        )
+        stalest_beat = dict(
+            session.execute(
+                select(Task.site, func.min(Task.heartbeat_at))
+                .where(Task.state == TaskState.RUNNING)
+                .group_by(Task.site)
+            ).all()
+        )
+    sites = sorted({site for site, _state in counts} | set(archive.config.sites))
+
+    def age(moment: object) -> float:
+        return max((now - moment).total_seconds(), 0.0) if moment is not None else 0.0  # type: ignore[operator]
+
+    return [
+        SiteQueue(
+            site=site,
+            queued=counts.get((site, TaskState.QUEUED), 0),
+            running=counts.get((site, TaskState.RUNNING), 0),
+            failed=counts.get((site, TaskState.FAILED), 0),
+            oldest_queued_age=age(oldest_due.get(site)),
+            stalest_heartbeat_age=age(stalest_beat.get(site)),
+        )
+        for site in sites
+    ]
+
+
+def copy_totals(archive: Archive) -> list[tuple[str, str, int, int]]:
+    """(location, state, copies, bytes) for every location and copy state in use."""
+    with archive.db.read() as session:
+        return [
+            (location, state, int(count), int(size))
+            for location, state, count, size in session.execute(
+                select(
+                    Location.name, Copy.state, func.count(), func.coalesce(func.sum(Blob.size), 0)
+                )
+                .join(Copy, Copy.location_id == Location.id)
+                .join(Blob, Copy.blob_id == Blob.id)
+                .where(Copy.state != CopyState.DELETED)  # deleted rows are the audit trail
+                .group_by(Location.name, Copy.state)
+            )
+        ]

@@ -1,0 +1,62 @@
+"""Health checks that notice a dead database, and /metrics parsed as Prometheus does."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine
+
+from safekeeper.archive import Archive
+from safekeeper.services.replication import replication_pass
+from tests.util import free_port
+
+
+def _samples(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_copies_and_tasks(client: TestClient, app_archive: Archive) -> None:
+    app_archive.put_bytes(b"a" * 1000)
+    app_archive.put_bytes(b"b" * 24)
+    replication_pass(app_archive)  # two transfers queued for the archive location
+    samples = _samples(client)
+    assert samples[("safekeeper_database_up", ())] == 1
+    inbox = (("location", "inbox"), ("state", "present"))
+    assert samples[("safekeeper_copies", inbox)] == 2
+    assert samples[("safekeeper_copy_bytes", inbox)] == 1024
+    pending = (("location", "archive"), ("state", "pending"))
+    assert samples[("safekeeper_copies", pending)] == 2
+    assert samples[("safekeeper_tasks", (("site", "local"), ("state", "queued")))] == 2
+    assert ("safekeeper_oldest_queued_task_age_seconds", (("site", "local"),)) in samples
+    # The process's own metrics come along (prometheus_client's default collectors).
+    assert any(name.startswith("process_") or name.startswith("python_") for name, _ in samples)
+
+
+def test_health_fails_when_the_database_is_unreachable(
+    client: TestClient, app_archive: Archive
+) -> None:
+    assert client.get("/api/health/live").json() == {"status": "ok"}
+    assert client.get("/api/health/ready").status_code == 200
+    assert client.get("/api/health").status_code == 200
+    working = app_archive.db.engine
+    app_archive.db.engine = create_engine(  # a database server that is not there
+        f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/gone",
+        connect_args={"connect_timeout": 2},
+    )
+    try:
+        for path in ("/api/health/ready", "/api/health"):
+            response = client.get(path)
+            assert response.status_code == 503
+            assert response.json()["code"] == "database_unavailable"
+        assert client.get("/api/health/live").status_code == 200
+        assert _samples(client)[("safekeeper_database_up", ())] == 0
+    finally:
+        app_archive.db.engine.dispose()
+        app_archive.db.engine = working
