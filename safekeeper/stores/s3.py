@@ -75,6 +75,7 @@ DEFAULT_READ_WINDOW = 256 * MIB
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _STATUS_RE = re.compile(r"status code: (\d{3})")
+_INSTANCE_METADATA = "169.254.169.254"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -84,6 +85,14 @@ def _first_line(exc: BaseException) -> str:
 def map_error(exc: Exception, what: str) -> SafekeeperError:
     """Translate an obstore exception into the safekeeper error it means."""
     message = f"{what}: {_first_line(exc)}"
+    if _INSTANCE_METADATA in str(exc):
+        # With no credentials configured, obstore asks the cloud's instance-metadata
+        # service; off a cloud VM that fails with an error about that address instead.
+        return PermanentStoreError(
+            f"{what}: no credentials for the bucket: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY in this process's environment (or the location's "
+            "access_key_id / secret_access_key)"
+        )
     if isinstance(exc, FileNotFoundError):  # obstore raises the builtin for NotFound
         if "NoSuchBucket" in str(exc):
             return PermanentStoreError(message)
