@@ -21,8 +21,9 @@ records anything). The ingest of a directory does that per batch.
 A crash can leave files in ``.tmp``; listings never show them and ``clean_temp``
 removes old ones. The identity marker ``.safekeeper-store`` sits in the root; like
 ``.tmp`` it starts with a dot, which no key does, so listings skip it. Opening a
-store creates nothing; ``initialize`` creates the root, once. Publishing needs hard links; a filesystem without them (FAT,
-some network mounts) fails with PermanentStoreError rather than losing create-only.
+store creates nothing; ``initialize`` creates the root, once. Publishing needs hard
+links; a filesystem without them (FAT, some network mounts) fails with
+PermanentStoreError rather than losing create-only.
 """
 
 from __future__ import annotations
