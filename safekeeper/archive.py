@@ -92,7 +92,13 @@ class Archive:
                     self._identities[location] = (uuid, time.monotonic())
                 return self._stores[location]
         if fresh or time.monotonic() - checked > identity.IDENTITY_TTL:
-            identity.recheck(location, store, uuid)
+            try:
+                identity.recheck(location, store, uuid)
+            except StoreError:
+                with self._stores_lock:  # check again on every use until it passes
+                    if location in self._identities:
+                        self._identities[location] = (uuid, float("-inf"))
+                raise
             with self._stores_lock:
                 if location in self._identities:
                     self._identities[location] = (uuid, time.monotonic())

@@ -20,6 +20,7 @@ there → released. Archive copies are processed after every other location's.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import socket
@@ -36,7 +37,13 @@ from safekeeper.db.evidence import CopyFacts, gather
 from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.db.tasks import enqueue
 from safekeeper.engine.types import Completion, TaskInfo
-from safekeeper.errors import NotFound, SafekeeperError, StoreIdentityError, TransientStoreError
+from safekeeper.errors import (
+    NotFound,
+    SafekeeperError,
+    StoreError,
+    StoreIdentityError,
+    TransientStoreError,
+)
 from safekeeper.packages.eviction import drop_orphaned_trees
 from safekeeper.policy import Decision, Evidence, Policy, Rule, decide, is_verified
 from safekeeper.services.planner import make_plan, policy_from_config
@@ -258,9 +265,14 @@ def _audit_row(verdict: Verdict, actor: str, action: str, now: datetime) -> dict
 def execute_batch(
     archive: Archive, location: str, copy_ids: Sequence[int], actor: str, report: GcReport
 ) -> None:
-    # A store that is not the one the catalog records is not deleted from: refuse
-    # before claiming anything (StoreIdentityError; invariant 10).
+    # Invariant 10: a store that is not the one the catalog records is neither deleted
+    # from (refused before claiming anything) nor counted as evidence (a failed check
+    # makes every re-confirmation there fail until the marker is right again).
     archive.store(location, fresh=True)
+    for other in archive.config.locations:
+        if other != location:
+            with contextlib.suppress(StoreError):
+                archive.store(other, fresh=True)
     process_claimed(archive, location, claim(archive, copy_ids), actor, report)
 
 

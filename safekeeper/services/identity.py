@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from safekeeper.archive import Archive
 
 #: Seconds a confirmed identity is trusted before ``Archive.store`` reads the marker
-#: again (a disk can be unmounted under a long-running server).
+#: again (a disk can be unmounted under a long-running server). Writers (ingest, the
+#: transfer's target) and gc batches ask for a fresh check instead.
 IDENTITY_TTL = 1.0
 #: Present copies looked for in a store that has no marker and no recorded one
 #: (a catalog from before markers): at least one must be there.
