@@ -3,8 +3,10 @@ except a location's store and kind, which hold copies and never change silently.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -70,6 +72,9 @@ def sync_catalog(
         if row.site_id != site_id:
             row.site_id = site_id  # routing only: the copies stay where they are
         same_store = same_store_url(row.store_url, store_url)
+        if not same_store and _follows_data_dir(wanted.store, row.store_url):
+            row.store_url = store_url  # the marker, checked on first use, proves it
+            same_store = True
         if (same_store and row.kind == wanted.kind) or name in moving:
             continue
         copies = live_copy_count(session, row.id)
@@ -87,6 +92,18 @@ def sync_catalog(
         raise ConfigError("\n".join(f"{origin}: {drift.describe()}" for drift in drifts))
     session.flush()
     return {name: existing[name] for name in config.locations}
+
+
+def _follows_data_dir(configured: str, recorded_url: str) -> bool:
+    """A relative ``file:`` store (``file:inbox``) moves with its data directory: the
+    recorded absolute path still ends with the same relative path."""
+    if not configured.startswith("file:") or configured.startswith("file:/"):
+        return False
+    relative = os.path.normpath(configured[len("file:") :])
+    if relative.startswith(".."):
+        return False
+    recorded = unquote(urlsplit(recorded_url).path)
+    return recorded.endswith("/" + relative)
 
 
 def get_location(session: Session, name: str) -> Location:

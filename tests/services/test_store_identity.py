@@ -448,3 +448,25 @@ def test_cli_names_the_location_and_what_to_check(
     assert line.startswith("error: store of location 'archive' (file://")
     assert "is the disk mounted" in line
     assert list((data_dir / "archive").iterdir()) == []
+
+
+def test_moved_data_dir_follows_but_an_empty_one_is_refused(tmp_path: Path) -> None:
+    """Relative stores move with their data directory (the markers come along); a new,
+    empty data directory on the same catalog is refused, not set up anew."""
+    data_dir = tmp_path / "data"
+    database = f"sqlite:///{tmp_path / 'catalog.db'}"
+    env = {"SAFEKEEPER_DATABASE_URL": database}
+    with Archive(load_config(data_dir=data_dir, environ=env)) as archive:
+        archive.put_bytes(DATA, ref="ns:k")
+        _replicate(archive)
+    os.rename(data_dir, tmp_path / "moved")
+    with Archive(load_config(data_dir=tmp_path / "moved", environ=env)) as archive:
+        assert archive.read_blob(SHA) == DATA
+        assert gc.run_gc(archive).deleted == 1
+    with Archive(load_config(data_dir=tmp_path / "empty", environ=env)) as archive:
+        with pytest.raises(StoreIdentityError, match="has no identity marker"):
+            archive.store("archive")
+        with pytest.raises(StoreIdentityError, match="has no identity marker"):
+            archive.put_bytes(b"new")
+    assert not (tmp_path / "empty" / "inbox").exists()
+    assert _good_file(tmp_path / "moved" / "archive", SHA)
