@@ -248,7 +248,7 @@ def test_unmounted_under_a_running_archive(make_archive: ArchiveFactory, data_di
     """A long-running server opened the archive store before the disk went: gc checks
     the marker again before it deletes, and counts nothing in the empty mount point."""
     archive = make_archive()
-    archive.put_bytes(b"archived before", ref="ns:old")
+    old = archive.put_bytes(b"archived before", ref="ns:old").sha256
     _replicate(archive)
     assert archive.store("archive")  # confirmed and cached
     hidden = _unmount(data_dir / "archive")
@@ -257,6 +257,9 @@ def test_unmounted_under_a_running_archive(make_archive: ArchiveFactory, data_di
     gc.run_gc(archive)
     assert _good_file(data_dir / "inbox", SHA)
     assert not _files(data_dir / "archive", SHA)
+    # Not evidence, and not proof of absence either: the old copies stay as they were.
+    assert _states(archive, old) == {"inbox": "present", "archive": "present"}
+    assert _good_file(data_dir / "inbox", old)
     with pytest.raises(StoreIdentityError):
         archive.store("archive", fresh=True)
     _mount(data_dir / "archive", hidden)
@@ -470,3 +473,47 @@ def test_moved_data_dir_follows_but_an_empty_one_is_refused(tmp_path: Path) -> N
             archive.put_bytes(b"new")
     assert not (tmp_path / "empty" / "inbox").exists()
     assert _good_file(tmp_path / "moved" / "archive", SHA)
+
+
+def test_gc_does_not_delete_from_an_unmounted_store(
+    make_archive: ArchiveFactory, data_dir: Path, clock: FakeClock
+) -> None:
+    """Garbage whose archive copy is due while the archive's disk is away: nothing is
+    claimed there, nothing recorded deleted; the object is still on the disk."""
+    archive = make_archive()
+    archive.put_bytes(DATA)  # no reference: garbage after the grace period
+    _replicate(archive)
+    clock.advance(days=8)
+    hidden = _unmount(data_dir / "archive")
+    report = gc.run_gc(archive)
+    assert list(report.refused) == ["archive"]
+    assert "has no identity marker" in report.refused["archive"]
+    assert _states(archive, SHA) == {"archive": "present"}  # not claimed, not deleted
+    assert _good_file(hidden, SHA)
+    _mount(data_dir / "archive", hidden)
+    assert gc.run_gc(archive).deleted == 1
+    assert not _files(data_dir / "archive", SHA)
+
+
+def test_store_is_checked_again_right_before_the_delete(
+    make_archive: ArchiveFactory, data_dir: Path, clock: FakeClock
+) -> None:
+    """The disk goes between the claim and the delete: the delete is refused and the
+    claim is left for recovery, never recorded as deleted."""
+    archive = make_archive()
+    archive.put_bytes(DATA)
+    _replicate(archive)
+    clock.advance(days=8)
+    gc.run_gc(archive, location="inbox")
+    copy_ids = [d.copy_id for d in gc.make_plan(archive, "archive").deletions]
+    assert len(copy_ids) == 1
+    claimed = gc.claim(archive, copy_ids)
+    hidden = _unmount(data_dir / "archive")
+    with pytest.raises(StoreIdentityError):
+        gc.process_claimed(archive, "archive", claimed, "test", gc.GcReport())
+    assert _states(archive, SHA) == {"archive": "deleting"}
+    _mount(data_dir / "archive", hidden)
+    clock.advance(hours=1)
+    report = gc.run_gc(archive)
+    assert report.recovered == 1 and report.deleted == 1
+    assert not _files(data_dir / "archive", SHA)
