@@ -361,7 +361,7 @@ def check_distinct_stores(config: Config) -> None:
             if reason is not None:
                 raise ConfigError(
                     f"{origin}: locations.{name}.store: {config.store_url(name)} is {reason} "
-                    f"as locations.{other}.store ({config.store_url(other)}): two locations "
+                    f"locations.{other}.store ({config.store_url(other)}): two locations "
                     "on one store would count one object as two copies"
                 )
         seen.append((name, place))

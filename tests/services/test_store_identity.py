@@ -23,7 +23,7 @@ from safekeeper.cli import app
 from safekeeper.config import load_config
 from safekeeper.db.models import AuditEntry, Location
 from safekeeper.engine.embedded import run_due
-from safekeeper.errors import ConfigError, StoreIdentityError
+from safekeeper.errors import ConfigError, NotFound, StoreIdentityError
 from safekeeper.services import gc, ingest, inventory, replication
 from safekeeper.services.identity import Action, Facts, judge, move_location
 from safekeeper.stores.marker import MARKER_NAME, StoreMarker
@@ -123,6 +123,7 @@ def _write_config(data_dir: Path, inbox: str, archive: str, kind: str = "archive
         ("file:disk", "file:disk/archive", "inside"),
         ("file:disk/inbox", "file:disk", "around"),
         ("file:{root}/disk", "file:disk", "the same place"),  # absolute and relative
+        ("file:disk", "file://{root}/link/", "the same place"),  # absolute link -> disk
         ("memory://one", "memory://one/", "the same place"),
         ("s3://bucket-a/p", "s3://bucket-a/p/", "the same place"),
         ("s3://bucket-a/p", "s3://bucket-a/p/q", "overlapping"),
@@ -135,7 +136,7 @@ def test_two_locations_on_one_place_are_refused(
     data_dir = tmp_path / "data"
     (data_dir / "disk").mkdir(parents=True)
     (data_dir / "link").symlink_to(data_dir / "disk")
-    _write_config(data_dir, inbox.format(root=data_dir), archive)
+    _write_config(data_dir, inbox.format(root=data_dir), archive.format(root=data_dir))
     with pytest.raises(ConfigError) as caught:
         load_config(data_dir=data_dir, environ={})
     message = str(caught.value)
@@ -517,3 +518,71 @@ def test_store_is_checked_again_right_before_the_delete(
     report = gc.run_gc(archive)
     assert report.recovered == 1 and report.deleted == 1
     assert not _files(data_dir / "archive", SHA)
+
+
+def test_put_into_an_inbox_unmounted_under_a_running_archive(
+    make_archive: ArchiveFactory, data_dir: Path, tmp_path: Path
+) -> None:
+    archive = make_archive()
+    archive.put_bytes(b"first")  # the inbox store is open and confirmed
+    hidden = _unmount(data_dir / "inbox")
+    with pytest.raises(StoreIdentityError, match="store of location 'inbox'"):
+        archive.put_bytes(DATA, ref="ns:k")
+    source = tmp_path / "file.bin"
+    source.write_bytes(DATA)
+    files = ingest.scan([source])
+    with pytest.raises(StoreIdentityError, match="store of location 'inbox'"):
+        list(ingest.put_files(archive, files))
+    assert list((data_dir / "inbox").iterdir()) == []
+    with pytest.raises(NotFound):
+        inventory.stat_blob(archive, SHA)
+    _mount(data_dir / "inbox", hidden)
+    assert archive.put_bytes(DATA, ref="ns:k").stored
+
+
+def test_move_refuses_another_store(make_archive: ArchiveFactory, data_dir: Path) -> None:
+    """Even holding every copy, a store whose marker is not the location's is another
+    store (a backup of it, another installation's): the move is refused."""
+    archive = make_archive()
+    archive.put_bytes(DATA, ref="ns:k")
+    _replicate(archive)
+    archive.close()
+    shutil.copytree(data_dir / "archive", data_dir / "copy")
+    (data_dir / "copy" / MARKER_NAME).unlink()
+    (data_dir / "copy" / MARKER_NAME).write_bytes(StoreMarker.new("elsewhere").encode())
+    config = data_dir / "safekeeper.toml"
+    config.write_text(config.read_text().replace('"file:archive"', '"file:copy"'))
+    moving = Archive(load_config(data_dir=data_dir, environ={}), moving={"archive"})
+    try:
+        with pytest.raises(StoreIdentityError, match="it is another store"):
+            move_location(moving, "archive", store_url="file:copy")
+    finally:
+        moving.close()
+    (data_dir / "copy" / MARKER_NAME).unlink()
+    shutil.copy(data_dir / "inbox" / MARKER_NAME, data_dir / "copy" / MARKER_NAME)
+    moving = Archive(load_config(data_dir=data_dir, environ={}), moving={"archive"})
+    try:
+        with pytest.raises(StoreIdentityError, match="is the store of location 'inbox'"):
+            move_location(moving, "archive", store_url="file:copy")
+    finally:
+        moving.close()
+    config.write_text(config.read_text().replace('"file:copy"', '"file:archive"'))
+    assert make_archive().store("archive")
+
+
+def test_gc_checks_the_evidence_stores_before_each_batch(
+    make_archive: ArchiveFactory, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However long an identity is trusted between checks, gc reads every store's
+    marker before a batch: an empty mount point is neither evidence nor proof that
+    the archive copy is gone."""
+    monkeypatch.setattr("safekeeper.services.identity.IDENTITY_TTL", 3600.0)
+    archive = make_archive()
+    archive.put_bytes(DATA, ref="ns:k")
+    _replicate(archive)
+    assert archive.store("archive")
+    hidden = _unmount(data_dir / "archive")
+    report = gc.run_gc(archive)
+    assert report.deleted == 0
+    assert _states(archive, SHA) == {"inbox": "present", "archive": "present"}
+    assert _good_file(data_dir / "inbox", SHA) and _good_file(hidden, SHA)
