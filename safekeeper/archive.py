@@ -12,7 +12,8 @@ together and hands them to the services, which own the transactions.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -23,9 +24,9 @@ from safekeeper.config import Config, load_config
 from safekeeper.db.catalog import sync_catalog
 from safekeeper.db.engine import SESSIONS, Database
 from safekeeper.db.models import utcnow
-from safekeeper.errors import NotFound
+from safekeeper.errors import NotFound, StoreError
 from safekeeper.ids import RefSpec, parse_ref
-from safekeeper.services import ingest, inventory
+from safekeeper.services import identity, ingest, inventory
 from safekeeper.services.ingest import PutOutcome
 from safekeeper.stores import Store, open_store
 from safekeeper.stores.base import deferred_sync, sync_store
@@ -37,35 +38,79 @@ STALE_TEMP_SECONDS = 6 * 3600
 
 
 class Archive:
-    def __init__(self, config: Config, *, clock: Clock = utcnow, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock = utcnow,
+        migrate: bool = True,
+        moving: Collection[str] = (),
+    ) -> None:
+        """``moving``: locations whose changed store or kind ``locations move`` is about
+        to confirm (any other such change refuses to open, see ``sync_catalog``)."""
         self.config = config
         self.clock = clock
         self._migrate = migrate
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(config.database_url, migrate=migrate)
         self._stores: dict[str, Store] = {}
+        #: Per open store: the marker uuid confirmed, and when (time.monotonic).
+        self._identities: dict[str, tuple[str, float]] = {}
         self._stores_lock = threading.Lock()
         self._sessions_db: Database | None = None
         self._sessions_db_lock = threading.Lock()
         with self.db.write() as session:
-            sync_catalog(session, config)
+            sync_catalog(session, config, moving=moving)
 
     # -- plumbing the services use -------------------------------------------------
 
-    def store(self, location: str) -> Store:
-        """The (cached) store of a configured location."""
+    def store(self, location: str, *, fresh: bool = False) -> Store:
+        """The (cached) store of a configured location, once its identity marker is
+        confirmed to be the one the catalog records (set up on the location's first
+        use); StoreIdentityError otherwise. The marker is read again when the last
+        check is older than ``IDENTITY_TTL`` — or now, with ``fresh`` (before a
+        destructive batch)."""
         if location not in self.config.locations:
             raise NotFound(f"no location named {location!r} in {self.config_origin}")
         with self._stores_lock:
-            if location not in self._stores:
-                options = self.config.locations[location].store_options()
-                store = open_store(self.config.store_url(location), options)
-                # Temp files of writers that crashed long ago (see services.ingest).
-                clean_temp = getattr(store, "clean_temp", None)
-                if clean_temp is not None:
-                    clean_temp(STALE_TEMP_SECONDS)
-                self._stores[location] = store
-            return self._stores[location]
+            store = self._stores.get(location)
+            if store is not None:
+                uuid, checked = self._identities[location]
+        if store is None:
+            # Outside the lock: confirming reads the database, and a caller may hold
+            # a write transaction while another thread waits here.
+            options = self.config.locations[location].store_options()
+            store = open_store(self.config.store_url(location), options)
+            uuid = identity.confirm(self, location, store)
+            # Temp files of writers that crashed long ago (see services.ingest).
+            clean_temp = getattr(store, "clean_temp", None)
+            if clean_temp is not None:
+                clean_temp(STALE_TEMP_SECONDS)
+            with self._stores_lock:
+                if location not in self._stores:
+                    self._stores[location] = store
+                    self._identities[location] = (uuid, time.monotonic())
+                return self._stores[location]
+        if fresh or time.monotonic() - checked > identity.IDENTITY_TTL:
+            try:
+                identity.recheck(location, store, uuid)
+            except StoreError:
+                with self._stores_lock:  # check again on every use until it passes
+                    if location in self._identities:
+                        self._identities[location] = (uuid, float("-inf"))
+                raise
+            with self._stores_lock:
+                if location in self._identities:
+                    self._identities[location] = (uuid, time.monotonic())
+        return store
+
+    def forget_store(self, location: str) -> None:
+        """Drop the cached store of ``location`` (its row was pointed elsewhere)."""
+        with self._stores_lock:
+            store = self._stores.pop(location, None)
+            self._identities.pop(location, None)
+        if store is not None:
+            store.close()
 
     @property
     def sessions_db(self) -> Database:
@@ -96,7 +141,11 @@ class Archive:
         ``sync_stores``; used to make many small writes durable with one sync."""
         with ExitStack() as stack:
             for name in self.config.locations:
-                stack.enter_context(deferred_sync(self.store(name)))
+                try:
+                    store = self.store(name)
+                except StoreError:
+                    continue  # refused or unreachable: whoever uses it gets the error
+                stack.enter_context(deferred_sync(store))
             yield
 
     def sync_stores(self) -> None:
@@ -115,6 +164,7 @@ class Archive:
             for store in self._stores.values():
                 store.close()
             self._stores.clear()
+            self._identities.clear()
         with self._sessions_db_lock:
             if self._sessions_db is not None:
                 self._sessions_db.close()

@@ -67,6 +67,15 @@ class PermanentStoreError(StoreError):
     code = "store_permanent"
 
 
+class StoreIdentityError(TransientStoreError):
+    """A location's store is not the store the catalog recorded for it: its identity
+    marker is missing (a disk not mounted?), different (a changed path?) or shared with
+    another location. Nothing is written to, deleted from or counted in such a store;
+    it is transient because mounting the right disk (or fixing the path) cures it."""
+
+    code = "store_identity"
+
+
 class PackageRejected(BadInput):
     """A zip package failed validation; ``code`` says which check, ``member`` which entry."""
 

@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
+from safekeeper.archive import Archive
 from safekeeper.cli.context import state
 from safekeeper.cli.output import console, emit_json, table
 from safekeeper.config import DEFAULT_DATA_DIR, load_config, write_default
-from safekeeper.db.engine import SESSIONS, Database, current_revision
-from safekeeper.services import inventory
+from safekeeper.db.engine import SESSIONS, current_revision
+from safekeeper.services import identity, inventory
+from safekeeper.services.gc import default_actor
 from safekeeper.units import format_size
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -23,13 +25,25 @@ def init(
     """Write a default safekeeper.toml (an inbox and an archive) and create the database."""
     path = write_default(directory)
     config = load_config(path)
-    Database(config.database_url).close()
+    with Archive(config) as archive:
+        for name in config.locations:
+            archive.store(name)  # creates each store's root and identity marker
     console.print(f"wrote {path}")
     console.print(f"locations: {', '.join(config.locations)}; database: {config.database_url}")
 
 
+locations_app = typer.Typer(
+    help="Each location with kind, site, store, object count and bytes; `move` confirms a "
+    "changed store or kind.",
+    invoke_without_command=True,
+)
+
+
+@locations_app.callback()
 def locations(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Each location with kind, site, store, object count and bytes."""
+    if ctx.invoked_subcommand is not None:
+        return
     report = inventory.location_report(state(ctx).archive())
     if as_json:
         emit_json(report)
@@ -62,4 +76,35 @@ def db_upgrade(ctx: typer.Context) -> None:
     )
     console.print(
         f"sessions {sessions.safe_url}: at revision {current_revision(sessions.engine, SESSIONS)}"
+    )
+
+
+@locations_app.command("move")
+def locations_move(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The location.")],
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store", metavar="URL", help="The new store URL, as safekeeper.toml gives it."
+        ),
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="The new kind, as safekeeper.toml gives it.")
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Who to record in the audit log.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Confirm that a location's store (or kind) changed in safekeeper.toml: the new
+    store must carry the location's identity marker, or hold its copies; audited."""
+    archive = state(ctx).archive(moving={name})
+    report = identity.move_location(
+        archive, name, store_url=store, kind=kind, actor=actor or default_actor()
+    )
+    if as_json:
+        emit_json(report)
+        return
+    console.print(
+        f"moved {report.location}: store {report.old_store} -> {report.new_store}, kind "
+        f"{report.old_kind} -> {report.new_kind} ({report.how}, store {report.store_uuid})"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +20,11 @@ class CliState:
     data_dir: Path | None = None
     _archive: Archive | None = field(default=None, repr=False)
 
-    def archive(self) -> Archive:
+    def archive(self, moving: Collection[str] = ()) -> Archive:
+        """The archive, opened once; ``moving``: see ``Archive``."""
         if self._archive is None:
-            self._archive = Archive(load_config(self.config_path, self.data_dir))
+            config = load_config(self.config_path, self.data_dir)
+            self._archive = Archive(config, moving=moving)
         return self._archive
 
     def close(self) -> None:

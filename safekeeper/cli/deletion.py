@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from safekeeper.archive import Archive
 from safekeeper.cli.context import state
@@ -114,7 +115,9 @@ def gc_command(
             console.print(f"kept     {blob} at {loc}: {rule}: {reason}")
         for blob, loc, error in report.failed:
             console.print(f"failed   {blob} at {loc}: {error}")
-    if report.failed:
+    for error in report.refused.values():
+        err_console.print(Text.assemble(("error: ", "bold red"), error))
+    if report.failed or report.refused:
         raise typer.Exit(1)
 
 

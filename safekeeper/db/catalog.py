@@ -1,19 +1,53 @@
-"""Sites and locations: the configuration is the source of truth, the tables follow it."""
+"""Sites and locations: the configuration is the source of truth, the tables follow it —
+except a location's store and kind, which hold copies and never change silently."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from safekeeper.config import Config
+from safekeeper.config import Config, same_store_url
 from safekeeper.db.engine import lock_schema
-from safekeeper.db.models import Location, Site
-from safekeeper.errors import NotFound
+from safekeeper.db.models import Blob, Copy, CopyState, Location, Site
+from safekeeper.errors import ConfigError, NotFound
 
 
-def sync_catalog(session: Session, config: Config) -> dict[str, Location]:
+@dataclass(frozen=True)
+class Drift:
+    """A location whose configured store or kind differs from the catalog's."""
+
+    name: str
+    field: str  # "store" or "kind"
+    recorded: str
+    configured: str
+    copies: int
+
+    def describe(self) -> str:
+        option = "--store" if self.field == "store" else "--kind"
+        return (
+            f"locations.{self.name}.{self.field}: {self.configured} differs from the "
+            f"{self.field} the catalog records for location '{self.name}' ({self.recorded}), "
+            f"which holds {self.copies} copies; safekeeper never follows such a change "
+            f"silently. If that is intended (the objects moved there, with their "
+            f".safekeeper-store marker), run `safekeeper locations move {self.name} "
+            f"{option} {self.configured}`; otherwise restore the old setting"
+        )
+
+
+def sync_catalog(
+    session: Session, config: Config, *, moving: Collection[str] = ()
+) -> dict[str, Location]:
     """Insert or update a row per configured site and location; return locations by name.
 
+    A location whose configured store URL or kind differs from its row is refused with
+    a ConfigError naming ``safekeeper locations move`` — unless it holds no copies
+    (then the row follows, and its store is set up anew on first use), or it is in
+    ``moving`` (the row is left for ``services.identity.move_location``).
     Locations dropped from the configuration keep their rows: copies still point at them.
     Processes starting together on one database take turns (``lock_schema``).
     """
@@ -25,6 +59,7 @@ def sync_catalog(session: Session, config: Config) -> dict[str, Location]:
         session.add(sites[name])
     session.flush()
     existing = {loc.name: loc for loc in session.scalars(select(Location))}
+    drifts: list[Drift] = []
     for name, wanted in config.locations.items():
         row = existing.get(name)
         site_id = sites[wanted.site].id
@@ -33,10 +68,42 @@ def sync_catalog(session: Session, config: Config) -> dict[str, Location]:
             row = Location(name=name, kind=wanted.kind, site_id=site_id, store_url=store_url)
             session.add(row)
             existing[name] = row
-        elif (row.kind, row.site_id, row.store_url) != (wanted.kind, site_id, store_url):
-            row.kind, row.site_id, row.store_url = wanted.kind, site_id, store_url
+            continue
+        if row.site_id != site_id:
+            row.site_id = site_id  # routing only: the copies stay where they are
+        same_store = same_store_url(row.store_url, store_url)
+        if not same_store and _follows_data_dir(wanted.store, row.store_url):
+            row.store_url = store_url  # the marker, checked on first use, proves it
+            same_store = True
+        if (same_store and row.kind == wanted.kind) or name in moving:
+            continue
+        copies = live_copy_count(session, row.id)
+        if copies == 0:
+            if not same_store:
+                row.store_uuid = None  # a new store, set up on first use
+            row.kind, row.store_url = wanted.kind, store_url
+            continue
+        if not same_store:
+            drifts.append(Drift(name, "store", row.store_url, store_url, copies))
+        if row.kind != wanted.kind:
+            drifts.append(Drift(name, "kind", row.kind, wanted.kind, copies))
+    if drifts:
+        origin = str(config.source) if config.source else "the configuration"
+        raise ConfigError("\n".join(f"{origin}: {drift.describe()}" for drift in drifts))
     session.flush()
     return {name: existing[name] for name in config.locations}
+
+
+def _follows_data_dir(configured: str, recorded_url: str) -> bool:
+    """A relative ``file:`` store (``file:inbox``) moves with its data directory: the
+    recorded absolute path still ends with the same relative path."""
+    if not configured.startswith("file:") or configured.startswith("file:/"):
+        return False
+    relative = os.path.normpath(configured[len("file:") :])
+    if relative.startswith(".."):
+        return False
+    recorded = unquote(urlsplit(recorded_url).path)
+    return recorded.endswith("/" + relative)
 
 
 def get_location(session: Session, name: str) -> Location:
@@ -44,3 +111,47 @@ def get_location(session: Session, name: str) -> Location:
     if location is None:
         raise NotFound(f"no location named {name!r}")
     return location
+
+
+def live_copy_count(session: Session, location_id: int) -> int:
+    """Copies at the location that are, are becoming or should be there (not deleted)."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Copy)
+            .where(Copy.location_id == location_id, Copy.state != CopyState.DELETED)
+        )
+        or 0
+    )
+
+
+def sample_present(session: Session, location_id: int, limit: int) -> list[tuple[str, int]]:
+    """(sha256, blob id) of up to ``limit`` of the newest present copies at a location."""
+    rows = session.execute(
+        select(Blob.sha256, Blob.id)
+        .join(Copy, Copy.blob_id == Blob.id)
+        .where(
+            Copy.location_id == location_id,
+            Copy.state.in_([CopyState.PRESENT, CopyState.DELETING]),
+        )
+        .order_by(Copy.id.desc())
+        .limit(limit)
+    )
+    return [(sha256, blob_id) for sha256, blob_id in rows]
+
+
+def owner_of_store(session: Session, store_uuid: str) -> str | None:
+    """The location whose store carries marker ``store_uuid``, if any records it."""
+    return session.scalar(select(Location.name).where(Location.store_uuid == store_uuid))
+
+
+def record_store_uuid(session: Session, location_id: int, store_uuid: str) -> bool:
+    """Record the marker of a location set up for the first time; False if the row
+    already records one (a concurrent set-up won: compare with it)."""
+    result = session.execute(
+        update(Location)
+        .where(Location.id == location_id, Location.store_uuid.is_(None))
+        .values(store_uuid=store_uuid)
+        .returning(Location.id)
+    )
+    return result.first() is not None

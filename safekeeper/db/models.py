@@ -84,12 +84,17 @@ class Location(Base):
             "kind IN ('source', 'buffer', 'archive', 'processing', 'cache')",
             name="location_kind",
         ),
+        # One store, one location: two rows can never claim the same marker.
+        Index("ux_locations_store_uuid", "store_uuid", unique=True),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     kind: Mapped[str] = mapped_column(String(20))
     site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
     store_url: Mapped[str] = mapped_column(Text)
+    #: The uuid of the identity marker in the location's store (``stores.marker``),
+    #: recorded when the location is first set up; NULL until then.
+    store_uuid: Mapped[str | None] = mapped_column(String(36), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -20,6 +20,7 @@ there → released. Archive copies are processed after every other location's.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import socket
@@ -36,7 +37,13 @@ from safekeeper.db.evidence import CopyFacts, gather
 from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.db.tasks import enqueue
 from safekeeper.engine.types import Completion, TaskInfo
-from safekeeper.errors import NotFound, SafekeeperError, TransientStoreError
+from safekeeper.errors import (
+    NotFound,
+    SafekeeperError,
+    StoreError,
+    StoreIdentityError,
+    TransientStoreError,
+)
 from safekeeper.packages.eviction import drop_orphaned_trees
 from safekeeper.policy import Decision, Evidence, Policy, Rule, decide, is_verified
 from safekeeper.services.planner import make_plan, policy_from_config
@@ -61,6 +68,8 @@ class GcReport:
     recovered: int = 0
     #: Extracted package trees removed because no copy of their zip is left.
     trees_dropped: int = 0
+    #: location → why its store was refused (invariant 10): nothing deleted there.
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 # -- phase 1: claim ---------------------------------------------------------------
@@ -194,7 +203,7 @@ def release(archive: Archive, copy_ids: Iterable[int], error: str | None = None)
 
 def delete_objects(archive: Archive, location: str, verdicts: Sequence[Verdict]) -> set[int]:
     """Delete the objects; return the copy ids whose object is now gone."""
-    store = archive.store(location)
+    store = archive.store(location, fresh=True)  # still the recorded store (invariant 10)
     keys = {
         v.facts.copy_id: archive.key_for(location, v.facts.sha256, v.facts.blob_id)
         for v in verdicts
@@ -256,6 +265,14 @@ def _audit_row(verdict: Verdict, actor: str, action: str, now: datetime) -> dict
 def execute_batch(
     archive: Archive, location: str, copy_ids: Sequence[int], actor: str, report: GcReport
 ) -> None:
+    # Invariant 10: a store that is not the one the catalog records is neither deleted
+    # from (refused before claiming anything) nor counted as evidence (a failed check
+    # makes every re-confirmation there fail until the marker is right again).
+    archive.store(location, fresh=True)
+    for other in archive.config.locations:
+        if other != location:
+            with contextlib.suppress(StoreError):
+                archive.store(other, fresh=True)
     process_claimed(archive, location, claim(archive, copy_ids), actor, report)
 
 
@@ -296,7 +313,10 @@ def recover_stale_claims(archive: Archive, actor: str, report: GcReport) -> None
     for copy_id, location, sha256, blob_id in stale:
         if location not in archive.config.locations:
             continue
-        exists = archive.store(location).exists(archive.key_for(location, sha256, blob_id))
+        try:
+            exists = archive.store(location).exists(archive.key_for(location, sha256, blob_id))
+        except StoreIdentityError:
+            continue  # not the recorded store: its answer proves nothing; left claimed
         (still_there if exists else gone).append(copy_id)
     release(archive, still_there)
     recovered = [
@@ -337,7 +357,12 @@ def run_gc(
     recover_stale_claims(archive, actor, report)
     report.planned, batches = _batches(archive, location)
     for name, batch in batches[:max_batches]:
-        execute_batch(archive, name, batch, actor, report)
+        if name in report.refused:
+            continue
+        try:
+            execute_batch(archive, name, batch, actor, report)
+        except StoreIdentityError as exc:
+            report.refused[name] = str(exc)
         if on_batch is not None:
             on_batch(len(batch))
     # Extracted package trees are not copies, but hold the same content: they go with

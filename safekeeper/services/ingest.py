@@ -80,7 +80,7 @@ def put_stream(
 ) -> PutOutcome:
     """Store one stream as a blob at ``location`` (default: the ingest location)."""
     target = location or archive.config.ingest_location
-    with archive.store(target).stage(source) as staged:
+    with archive.store(target, fresh=True).stage(source) as staged:  # invariant 10
         return _publish(archive, target, [_Item(staged, ref, name)], on_record=on_record)[0]
 
 
@@ -141,7 +141,7 @@ def put_files(
     make each batch durable with two syncs instead of several fsyncs per file.
     """
     target = location or archive.config.ingest_location
-    store = archive.store(target)
+    store = archive.store(target, fresh=True)  # invariant 10
 
     def stage(file: TreeFile) -> _Item:
         try:

@@ -14,7 +14,7 @@ from safekeeper.db.blobs import blobs_by_prefix, find_blob, list_blobs
 from safekeeper.db.copies import CopyView, copies_of_blob, present_totals
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Site
 from safekeeper.db.refs import ReferenceView, list_references, resolve
-from safekeeper.errors import BadInput, NotFound
+from safekeeper.errors import BadInput, NotFound, StoreIdentityError
 from safekeeper.ids import BLOB_ID_LENGTH, is_blob_id, parse_ref
 
 if TYPE_CHECKING:
@@ -163,11 +163,11 @@ def readable_copy(archive: Archive, sha256: str) -> tuple[Store, str]:
     for blob_id, copy_id, location in rows:
         if location not in archive.config.locations:
             continue
-        store = archive.store(location)
         key = archive.key_for(location, sha256, blob_id)
         try:
+            store = archive.store(location)
             store.stat(key)
-        except NotFound as exc:
+        except (NotFound, StoreIdentityError) as exc:  # gone, or not the recorded store
             last_error = exc
             continue
         with archive.db.write() as session:

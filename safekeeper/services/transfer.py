@@ -71,7 +71,7 @@ class Transfer:
         usable = [name for _, name in sources if name in archive.config.locations]
         if not usable:
             raise PermanentStoreError(f"no present copy of {blob.sha256} to transfer from")
-        target_store = archive.store(target_location)
+        target_store = archive.store(target_location, fresh=True)  # invariant 10
         target_key = archive.key_for(target_location, blob.sha256, blob.id)
         problems: list[str] = []
         for source_location in usable:

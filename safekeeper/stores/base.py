@@ -14,6 +14,12 @@ Rules every backend keeps (the suite checks them):
 - ``delete`` is idempotent: missing keys are not an error.
 - Missing keys raise NotFound from ``open``, ``read_range`` and ``stat``.
 - Failures raise TransientStoreError (worth a retry) or PermanentStoreError.
+- Identity (see ``stores.marker``): ``initialize`` creates the store — its root, for
+  a backend that has one — and writes the identity marker, create-only;
+  ``read_marker`` returns it, or None when the store has none (or no root). Opening a
+  store creates nothing: a filesystem store whose root is missing fails its writes
+  instead of making a new, empty root (a disk that is not mounted must stay visible).
+  The marker never appears in ``list`` or ``usage`` and no key can name it.
 """
 
 from __future__ import annotations
@@ -133,6 +139,15 @@ class Store(Protocol):
         ...
 
     def usage(self) -> Usage: ...
+
+    def read_marker(self) -> bytes | None:
+        """The store's identity marker, or None if it has none (or no root)."""
+        ...
+
+    def initialize(self, marker: bytes) -> None:
+        """Create the store (its root, where it has one) and write ``marker``,
+        create-only: AlreadyExists, and the marker untouched, if it has one."""
+        ...
 
     def close(self) -> None: ...
 

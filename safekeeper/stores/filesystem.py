@@ -19,8 +19,11 @@ filesystem — after staging (before any link) and again after publishing (befor
 records anything). The ingest of a directory does that per batch.
 
 A crash can leave files in ``.tmp``; listings never show them and ``clean_temp``
-removes old ones. Publishing needs hard links; a filesystem without them (FAT,
-some network mounts) fails with PermanentStoreError rather than losing create-only.
+removes old ones. The identity marker ``.safekeeper-store`` sits in the root; like
+``.tmp`` it starts with a dot, which no key does, so listings skip it. Opening a
+store creates nothing; ``initialize`` creates the root, once. Publishing needs hard
+links; a filesystem without them (FAT, some network mounts) fails with
+PermanentStoreError rather than losing create-only.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from safekeeper.stores.base import (
     write_hashed,
 )
 from safekeeper.stores.layouts import DEFAULT_INTERVAL_SIZE, Layout, validate_prefix
+from safekeeper.stores.marker import MARKER_NAME, MAX_MARKER_SIZE
 
 TMP_DIR = ".tmp"
 
@@ -141,10 +145,8 @@ class FileStore:
         # Per thread: only the thread inside deferred_sync() skips its fsyncs, so a
         # concurrent writer in another thread keeps its own durability.
         self._local = threading.local()
-        try:
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise os_error(exc, f"{url}: cannot create store directory") from exc
+        # Nothing is created here: only ``initialize`` makes a root. A root that is
+        # missing (or an empty mount point) must fail, not quietly become a new store.
 
     @classmethod
     def from_url(
@@ -179,8 +181,56 @@ class FileStore:
         try:
             # Read-only from birth: a published object is never modified in place.
             return tmp, os.open(tmp, flags, 0o444)
+        except FileNotFoundError:
+            self._make_tmp_dir()  # .tmp removed by hand: make it again, inside the root
         except OSError as exc:
             raise os_error(exc, f"{self.url}: cannot create temp file") from exc
+        try:
+            return tmp, os.open(tmp, flags, 0o444)
+        except OSError as exc:
+            raise os_error(exc, f"{self.url}: cannot create temp file") from exc
+
+    def _make_tmp_dir(self) -> None:
+        """Create ``.tmp`` inside the root — never the root itself."""
+        try:
+            self.tmp_dir.mkdir(exist_ok=True)
+        except FileNotFoundError as exc:
+            raise PermanentStoreError(
+                f"{self.url}: the store's root {self.root} does not exist (a disk not "
+                "mounted?); safekeeper creates a root only when a location is first set up"
+            ) from exc
+        except OSError as exc:
+            raise os_error(exc, f"{self.url}: cannot create {TMP_DIR}") from exc
+
+    # -- identity ------------------------------------------------------------
+
+    def read_marker(self) -> bytes | None:
+        try:
+            with builtins.open(self.root / MARKER_NAME, "rb") as f:
+                return f.read(MAX_MARKER_SIZE + 1)
+        except OSError as exc:
+            if exc.errno in _NOT_FOUND:
+                return None
+            raise os_error(exc, f"{self.url}: cannot read {MARKER_NAME}") from exc
+
+    def initialize(self, marker: bytes) -> None:
+        """Create the root (and parents), ``.tmp`` and the marker, create-only."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise os_error(exc, f"{self.url}: cannot create the store's root") from exc
+        tmp, _, _ = self._write_tmp([marker])
+        try:
+            os.link(tmp, self.root / MARKER_NAME)
+            _fsync_dir(self.root)
+            _fsync_dir(self.root.parent)
+        except FileExistsError as exc:
+            raise AlreadyExists(f"{self.url}: the store already has a marker") from exc
+        except OSError as exc:
+            raise os_error(exc, f"{self.url}: cannot write {MARKER_NAME}") from exc
+        finally:
+            _unlink_quietly(tmp)
 
     def _make_parents(self, directory: Path) -> list[Path]:
         """Create ``directory`` and missing ancestors; return the ones created."""
@@ -396,6 +446,8 @@ class FileStore:
         """
         cutoff = time.time() - older_than_seconds
         removed = 0
+        if not self.tmp_dir.is_dir():
+            return 0  # nothing written yet (or no root: that is for the writer to report)
         try:
             with os.scandir(self.tmp_dir) as entries:
                 for entry in entries:

@@ -32,6 +32,8 @@ from safekeeper.stores.layouts import validate_key, validate_prefix
 class _Bucket:
     lock: threading.Lock = field(default_factory=threading.Lock)
     objects: dict[str, tuple[bytes, datetime]] = field(default_factory=dict)
+    #: The identity marker: kept apart from the objects, so no listing shows it.
+    marker: bytes | None = None
 
 
 _registry: dict[str, _Bucket] = {}
@@ -170,6 +172,16 @@ class MemoryStore:
         with self._bucket.lock:
             sizes = [len(data) for data, _ in self._bucket.objects.values()]
         return Usage(used_bytes=sum(sizes), object_count=len(sizes))
+
+    def read_marker(self) -> bytes | None:
+        with self._bucket.lock:
+            return self._bucket.marker
+
+    def initialize(self, marker: bytes) -> None:
+        with self._bucket.lock:
+            if self._bucket.marker is not None:
+                raise AlreadyExists(f"{self.url}: the store already has a marker")
+            self._bucket.marker = bytes(marker)
 
     def close(self) -> None:
         """Nothing to release: the objects outlive the handle, by design."""

@@ -17,6 +17,9 @@ the key between our HEAD and our completion is overwritten (each reader still se
 one writer's complete object, as completion is atomic). Safekeeper writes large
 objects under their SHA-256, where racing writers carry identical bytes.
 
+The identity marker is the object ``.safekeeper-store`` under the prefix; listings
+skip it (no key starts with a dot).
+
 Reads of large objects go in ``read_window`` ranges pinned to the first ETag, so no
 single request outlives the client timeout and a replaced object is noticed.
 """
@@ -60,6 +63,7 @@ from safekeeper.stores.base import (
     write_hashed,
 )
 from safekeeper.stores.layouts import validate_key, validate_prefix
+from safekeeper.stores.marker import MARKER_NAME
 
 if TYPE_CHECKING:  # obstore's TypedDicts exist only in its stubs
     from obstore import GetOptions, ObjectMeta
@@ -400,8 +404,8 @@ class S3Store:
                         if prefix and key > prefix:
                             return
                         continue
-                    if "/" in key:
-                        continue  # deeper than our keys: not ours
+                    if "/" in key or key.startswith("."):
+                        continue  # deeper than our keys, or the marker: not an object
                     yield ObjectInfo(key=key, size=meta["size"], modified=meta["last_modified"])
         except Exception as exc:
             raise map_error(exc, f"{self.url}: cannot list") from exc
@@ -412,6 +416,26 @@ class S3Store:
             used += info.size
             count += 1
         return Usage(used_bytes=used, object_count=count)
+
+    # -- identity ------------------------------------------------------------
+
+    def read_marker(self) -> bytes | None:
+        try:
+            return bytes(obstore.get(self.client, MARKER_NAME).bytes())
+        except Exception as exc:
+            error = map_error(exc, f"{self.url}: cannot read {MARKER_NAME}")
+            if isinstance(error, NotFound):
+                return None
+            raise error from exc
+
+    def initialize(self, marker: bytes) -> None:
+        """Write the marker create-only (a bucket is created by its owner, not here)."""
+        try:
+            obstore.put(self.client, MARKER_NAME, marker, mode="create")
+        except obe.AlreadyExistsError as exc:
+            raise AlreadyExists(f"{self.url}: the store already has a marker") from exc
+        except Exception as exc:
+            raise _write_error(exc, f"{self.url}: cannot write {MARKER_NAME}") from exc
 
     def close(self) -> None:
         """Nothing to release: obstore pools connections per client object."""

@@ -11,7 +11,9 @@ listings. A backend's tests subclass it and say how to make a fresh, empty store
             return MyStore.from_url("my://fresh-empty-place")
 
 (or override the ``store`` fixture instead, to use other fixtures such as
-``tmp_path``). Keys come from ``make_key(i)``, by default the SHA-256 hex of
+``tmp_path``). Before each test the suite calls ``store.initialize(marker)``, as
+safekeeper does when it registers a location, so the store may be one whose root
+does not exist yet. Keys come from ``make_key(i)``, by default the SHA-256 hex of
 ``str(i)``; a backend that only takes integer keys returns ``str(i)``. Override
 ``bad_keys()`` if the backend's key policy differs from safekeeper's.
 """
@@ -31,6 +33,7 @@ import pytest
 
 from safekeeper.errors import AlreadyExists, BadInput, NotFound
 from safekeeper.stores.base import Staged, Store
+from safekeeper.stores.marker import MARKER_NAME, StoreMarker
 
 MIB = 1024 * 1024
 
@@ -63,6 +66,8 @@ class StoreConformance:
     big_size = 5 * MIB + 12345
     #: Threads racing to create one key.
     race_writers = 8
+    #: The identity marker every test's store is initialised with.
+    marker = StoreMarker(uuid="00000000-0000-4000-8000-00000000c0de", location="suite").encode()
 
     def make_store(self) -> Store:
         raise NotImplementedError("override make_store() or the store fixture")
@@ -74,6 +79,14 @@ class StoreConformance:
             yield store
         finally:
             store.close()
+
+    @pytest.fixture(autouse=True)
+    def marker_before_initialize(self, store: Store) -> bytes | None:
+        """Initialise the fresh store with ``marker``, as registering a location does;
+        the value is the marker it had before (a fresh store has none)."""
+        before = store.read_marker()
+        store.initialize(self.marker)
+        return before
 
     def make_key(self, i: int) -> str:
         return _sha(str(i).encode())
@@ -320,6 +333,36 @@ class StoreConformance:
         thread.join()
         assert all(got in (b"", data) for got in seen)
         assert self._read(store, key) == data
+
+    # -- identity marker -----------------------------------------------------------
+
+    def test_fresh_store_has_no_marker(self, marker_before_initialize: bytes | None) -> None:
+        assert marker_before_initialize is None
+
+    def test_marker_roundtrip(self, store: Store) -> None:
+        assert store.read_marker() == self.marker
+        assert StoreMarker.parse(self.marker, "suite").uuid.endswith("c0de")
+
+    def test_initialize_is_create_only(self, store: Store) -> None:
+        other = StoreMarker(uuid="00000000-0000-4000-8000-0000000000ff").encode()
+        with pytest.raises(AlreadyExists):
+            store.initialize(other)
+        assert store.read_marker() == self.marker
+
+    def test_marker_is_not_an_object(self, store: Store) -> None:
+        assert list(store.list()) == []
+        assert (store.usage().used_bytes, store.usage().object_count) == (0, 0)
+        self._put(store, self.make_key(21), b"object")
+        assert [info.key for info in store.list()] == [self.make_key(21)]
+        store.delete([info.key for info in store.list()])
+        assert store.read_marker() == self.marker  # emptying a store keeps who it is
+        for call in (store.exists, store.stat, store.open):
+            with pytest.raises(BadInput):
+                call(MARKER_NAME)
+        with pytest.raises(BadInput):
+            store.delete([MARKER_NAME])
+        with pytest.raises(BadInput):
+            store.put(MARKER_NAME, [b"{}"])
 
     # -- key policy ----------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from safekeeper.archive import Archive
 from safekeeper.db.models import Blob
+from safekeeper.stores.marker import MARKER_NAME
 from tests.api.accounts import Accounts, accounts_fixture, add_accounts  # noqa: F401
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
@@ -36,7 +37,7 @@ def stored_files(archive: Archive) -> list[Path]:
     for name in archive.config.locations:
         root = archive.config.data_dir / name
         if root.exists():
-            found += [p for p in root.rglob("*") if p.is_file()]
+            found += [p for p in root.rglob("*") if p.is_file() and p.name != MARKER_NAME]
     return found
 
 

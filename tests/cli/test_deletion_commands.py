@@ -220,6 +220,7 @@ def test_gc_deletes_what_the_plan_said(data_dir: Path, two_blobs: tuple[str, str
         "failed": [],
         "recovered": 0,
         "trees_dropped": 0,
+        "refused": {},
     }
     assert planned == {(first, "inbox"), (second, "inbox")}
     for blob in two_blobs:

@@ -24,6 +24,7 @@ from safekeeper.services.bundles import export_namespace, import_bundle
 from safekeeper.services.holds import add_hold
 from safekeeper.services.inventory import list_refs
 from safekeeper.services.packages import put_package
+from safekeeper.stores.marker import MARKER_NAME
 from tests.conftest import FakeClock
 from tests.packages.zips import INDEX_HTML, build_html_package, build_scorm12, build_zip
 
@@ -91,7 +92,7 @@ def stored_files(archive: Archive) -> list[Path]:
         for name in [*archive.config.locations, ".tmp"]
         if (root := archive.config.data_dir / name).exists()
         for p in root.rglob("*")
-        if p.is_file()
+        if p.is_file() and p.name != MARKER_NAME  # a store's identity, not its content
     )
 
 

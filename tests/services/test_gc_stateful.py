@@ -13,14 +13,22 @@ runs, two gc runs interleaved, and gc runs that die half-way. After every step:
 
 Tampering changes an object's size: gc re-confirms relied-upon copies by existence and
 size right before deleting (invariant 2); same-size rot is verify's job.
+
+In the archive world ``tape-a`` is a directory, and its disk is unmounted (an empty
+directory left at its root) and mounted again at random (invariant 10): whatever
+safekeeper wrote to the empty mount point would vanish on remount, so the invariants
+read the objects where they physically are — on the disk, wherever it is mounted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import shutil
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -47,11 +55,12 @@ from safekeeper.db.models import (
 )
 from safekeeper.db.refs import remove_reference, set_reference
 from safekeeper.engine.embedded import run_due
-from safekeeper.errors import AlreadyExists, Conflict, NotFound, PolicyDenied
+from safekeeper.errors import AlreadyExists, Conflict, NotFound, PolicyDenied, StoreIdentityError
 from safekeeper.ids import RefSpec
 from safekeeper.policy import decide
 from safekeeper.services import gc, holds, jobs, planner, replication
 from safekeeper.services.verify import verify
+from safekeeper.stores import Store, open_store
 
 PAYLOADS = [f"payload {i} ".encode() * (i + 1) for i in range(3)]
 HASHES = [hashlib.sha256(p).hexdigest() for p in PAYLOADS]
@@ -92,7 +101,7 @@ delete_after_copies_at = ["tape-a"]
 
 [locations.tape-a]
 kind = "archive"
-store = "memory://archive-world-tape-a"
+store = "file:tape-a"
 
 [locations.tape-b]
 kind = "archive"
@@ -149,11 +158,35 @@ class DeletionMachine(RuleBasedStateMachine):
                 Blob,
             ):
                 session.execute(delete(model))
+        self.disk = next(
+            (
+                Path(self.archive.config.store_url(name).removeprefix("file://"))
+                for name in self.locations
+                if self.archive.config.store_url(name).startswith("file:")
+            ),
+            None,
+        )
         for name in self.locations:
             store = self.archive.store(name)
             store.delete([info.key for info in store.list()])
         self.tampered: set[tuple[str, str]] = set()
         self.job_running = False
+
+    def teardown(self) -> None:
+        if hasattr(self, "disk"):
+            self.mount_disk()
+
+    def _unmounted_at(self) -> Path | None:
+        return self.disk.with_name(self.disk.name + "-unmounted") if self.disk else None
+
+    def _physical(self, location: str) -> Store:
+        """The location's store where its bytes really are: for an unmounted disk, the
+        disk itself, not the empty mount point (reads bypass the identity check)."""
+        url = self.archive.config.store_url(location)
+        hidden = self._unmounted_at()
+        if self.disk and hidden and hidden.exists() and url == self.disk.as_uri():
+            url = hidden.as_uri()
+        return open_store(url, self.archive.config.locations[location].store_options())
 
     # -- the application ----------------------------------------------------------
 
@@ -228,13 +261,35 @@ class DeletionMachine(RuleBasedStateMachine):
     # -- operators and the world --------------------------------------------------
 
     @rule()
+    def unmount_disk(self) -> None:
+        """Behind safekeeper's back: the disk under a directory store goes away and
+        leaves its empty mount point."""
+        hidden = self._unmounted_at()
+        if self.disk is None or hidden is None or hidden.exists():
+            return
+        os.rename(self.disk, hidden)
+        self.disk.mkdir()
+
+    @rule()
+    def mount_disk(self) -> None:
+        """The disk comes back over the mount point, hiding whatever was written there."""
+        hidden = self._unmounted_at()
+        if self.disk is None or hidden is None or not hidden.exists():
+            return
+        shutil.rmtree(self.disk)
+        os.rename(hidden, self.disk)
+
+    @rule()
     def replicate(self) -> None:
         replication.replication_pass(self.archive)
         run_due(self.archive)
 
     @rule()
     def run_verify(self) -> None:
-        verify(self.archive)
+        try:
+            verify(self.archive)
+        except StoreIdentityError:
+            return  # refuses a store that is not the recorded one (invariant 10)
         run_due(self.archive)
         self.tampered.clear()  # verify has now marked every tampered copy
 
@@ -243,7 +298,7 @@ class DeletionMachine(RuleBasedStateMachine):
         """Behind safekeeper's back: remove an object, or change its size — but never
         the last intact one (that loss would be the adversary's, not safekeeper's)."""
         where = self.tamper_targets[pick % len(self.tamper_targets)]
-        store = self.archive.store(where)
+        store = self._physical(where)
         if not store.exists(HASHES[i]) or not self._intact_elsewhere(HASHES[i], where):
             return
         store.delete([HASHES[i]])
@@ -278,7 +333,9 @@ class DeletionMachine(RuleBasedStateMachine):
             claimed.append((deletion.location, gc.claim(self.archive, [deletion.copy_id])))
         data.draw(st.randoms()).shuffle(claimed)
         for location, ids in claimed:
-            gc.process_claimed(self.archive, location, ids, "machine", gc.GcReport())
+            # A refused store (invariant 10) leaves the claims for recovery.
+            with contextlib.suppress(StoreIdentityError):
+                gc.process_claimed(self.archive, location, ids, "machine", gc.GcReport())
 
     @rule(data=st.data())
     def gc_dies_half_way(self, data: st.DataObject) -> None:
@@ -292,7 +349,8 @@ class DeletionMachine(RuleBasedStateMachine):
                 continue
             verdicts = gc.recheck(self.archive, [deletion.copy_id])
             if data.draw(st.booleans()) and verdicts and verdicts[0].decision.allowed:
-                gc.delete_objects(self.archive, deletion.location, verdicts)
+                with contextlib.suppress(StoreIdentityError):
+                    gc.delete_objects(self.archive, deletion.location, verdicts)
 
     @rule()
     def claims_go_stale(self) -> None:
@@ -314,7 +372,7 @@ class DeletionMachine(RuleBasedStateMachine):
         for location, state in copies:
             if state not in (CopyState.PRESENT, CopyState.DELETING):
                 continue
-            store = self.archive.store(location)
+            store = self._physical(location)
             try:
                 data = b"".join(store.open(blob.sha256))
             except NotFound:
@@ -358,7 +416,7 @@ class DeletionMachine(RuleBasedStateMachine):
             ).all()
         for location, sha256 in rows:
             if (location, sha256) not in self.tampered:
-                assert self.archive.store(location).exists(sha256), (location, sha256[:12])
+                assert self._physical(location).exists(sha256), (location, sha256[:12])
 
     @invariant()
     def every_deletion_is_audited_once(self) -> None:

@@ -22,6 +22,7 @@ from safekeeper.errors import (
 from safekeeper.stores import open_store
 from safekeeper.stores.base import KERNEL_COPY_MIN
 from safekeeper.stores.filesystem import TMP_DIR, FileStore, os_error
+from safekeeper.stores.marker import MARKER_NAME
 from safekeeper.stores.memory import MemoryStore
 
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -54,11 +55,32 @@ def test_objects_land_where_the_layout_says(
     assert [info.key for info in store.list()] == [key]
 
 
-def test_root_is_created_with_its_temp_dir(tmp_path: Path) -> None:
+def test_only_initialize_creates_the_root(tmp_path: Path) -> None:
+    """Opening or writing to a store whose root is missing (a disk not mounted) must
+    fail and create nothing; ``initialize`` makes the root, its temp dir and marker."""
     root = tmp_path / "a" / "b"
     store = _store(root)
-    assert (root / TMP_DIR).is_dir()
     assert store.url == root.as_uri()
+    assert not root.exists() and store.read_marker() is None
+    with pytest.raises(PermanentStoreError, match="does not exist"):
+        store.put(SHA, [b"payload"])
+    with pytest.raises(PermanentStoreError, match="does not exist"):
+        store.stage([b"payload"])
+    assert not root.exists()
+    assert store.clean_temp(0) == 0
+    store.initialize(b'{"format": 1}')
+    assert (root / TMP_DIR).is_dir()
+    assert (root / MARKER_NAME).read_bytes() == b'{"format": 1}'
+    store.put(SHA, [b"payload"])
+    assert [info.key for info in store.list()] == [SHA]
+
+
+def test_temp_dir_removed_by_hand_comes_back_inside_the_root(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.initialize(b"{}")
+    os.rmdir(tmp_path / TMP_DIR)
+    store.put(SHA, [b"payload"])
+    assert (tmp_path / TMP_DIR).is_dir()
 
 
 @pytest.mark.parametrize("form", ["file:{path}", "file://{path}", "file://localhost{path}"])
@@ -216,6 +238,7 @@ def test_large_put_starts_at_the_file_objects_position(tmp_path: Path, start: in
     source_path = tmp_path / "big.bin"
     source_path.write_bytes(data)
     store = open_store((tmp_path / "store").as_uri())
+    store.initialize(b"{}")
     with source_path.open("rb") as source:
         source.read(100)  # fills the buffer: the descriptor is now ahead of the object
         source.seek(start)
