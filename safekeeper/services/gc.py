@@ -41,7 +41,6 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from safekeeper.db import audit, claims
-from safekeeper.db.clock import sane_now
 from safekeeper.db.evidence import CopyFacts, gather
 from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.db.tasks import enqueue
@@ -99,7 +98,7 @@ def claim(archive: Archive, copy_ids: Sequence[int]) -> Claim:
     if not copy_ids:
         return Claim(token, [])
     with archive.db.write() as session:
-        now = sane_now(session, archive.clock())
+        now = archive.clock()
         return Claim(token, claims.claim(session, copy_ids, token, now))
 
 
@@ -116,7 +115,7 @@ class Heartbeat:
         if time.monotonic() - self.last < self.every:
             return
         with self.archive.db.write() as session:
-            now = sane_now(session, self.archive.clock())
+            now = self.archive.clock()
             claims.heartbeat(session, self.claim.copy_ids, self.claim.token, now)
         self.last = time.monotonic()
 
@@ -220,7 +219,7 @@ def release(
     if not ids:
         return set()
     with archive.db.write() as session:
-        now = sane_now(session, archive.clock())
+        now = archive.clock()
         return claims.release(
             session,
             ids,
@@ -238,7 +237,7 @@ def fence(archive: Archive, held: Claim, copy_ids: Iterable[int]) -> set[int]:
     if not ids:
         return set()
     with archive.db.write() as session:
-        now = sane_now(session, archive.clock())
+        now = archive.clock()
         return claims.fence(session, ids, held.token, now)
 
 
@@ -266,7 +265,7 @@ def record_deleted(
     if not verdicts:
         return []
     with archive.db.write() as session:
-        now = sane_now(session, archive.clock())
+        now = archive.clock()
         done = claims.mark_deleted(session, [v.facts.copy_id for v in verdicts], held.token, now)
         recorded = [v for v in verdicts if v.facts.copy_id in done]
         audit.record(session, [_audit_row(v, actor, action, now) for v in recorded])
@@ -340,7 +339,7 @@ def recover_stale_claims(archive: Archive, actor: str, report: GcReport) -> None
     timeout = archive.config.policy.gc_claim_timeout
     token = claims.new_token()
     with archive.db.write() as session:
-        now = sane_now(session, archive.clock())
+        now = archive.clock()
         stale = claims.stale_claims(session, now, timeout)
         taken = claims.take_over(session, stale, token, now, timeout) if stale else {}
     if not taken:
