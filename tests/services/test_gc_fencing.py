@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from safekeeper.archive import Archive
 from safekeeper.config import load_config
+from safekeeper.db import claims
 from safekeeper.db.blobs import get_blob
 from safekeeper.db.models import AuditEntry, Blob, Copy, CopyState, Location
 from safekeeper.db.refs import remove_reference, set_reference
@@ -253,6 +254,29 @@ def test_a_heartbeat_keeps_a_slow_gc_claim(archive: Archive, clock: FakeClock) -
     assert report.recovered == 0
     gc.process_claimed(archive, "inbox", slow, "slow", report)
     assert report.deleted == 1 and not _on_disk(archive, "inbox", blob)
+    _check_physical_truth(archive)
+
+
+def test_a_recovery_that_looked_before_a_heartbeat_takes_nothing(
+    archive: Archive, clock: FakeClock
+) -> None:
+    """The take-over re-checks staleness in its UPDATE: a live claimant whose heartbeat
+    landed between the recovering gc's read and its UPDATE keeps its claim."""
+    blob = _archived(archive, b"heartbeat in between" * 100)
+    inbox_copy = _planned(archive, blob, "inbox")
+    live = gc.claim(archive, [inbox_copy])
+    clock.advance(minutes=11)
+    with archive.db.read() as session:
+        stale = claims.stale_claims(session, clock(), TIMEOUT)
+    assert stale == [inbox_copy]
+    beat = gc.Heartbeat(archive, live)
+    beat.every = 0
+    beat()
+    with archive.db.write() as session:
+        assert claims.take_over(session, stale, claims.new_token(), clock(), TIMEOUT) == {}
+    report = gc.GcReport()
+    gc.process_claimed(archive, "inbox", live, "live", report)
+    assert (report.deleted, report.claims_lost) == (1, 0)
     _check_physical_truth(archive)
 
 
