@@ -109,8 +109,7 @@ def gc_command(
             f"{len(report.kept_on_recheck)}, failed {len(report.failed)}"
             + (f", recovered {report.recovered} from an interrupted gc" if report.recovered else "")
             + (
-                f", {report.claims_lost} claims lost (to a gc that recovered them, a hold or "
-                "a job)"
+                f", {report.claims_lost} claims lost (to a gc that recovered them, a hold or a job)"
                 if report.claims_lost
                 else ""
             )
