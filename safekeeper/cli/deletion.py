@@ -109,6 +109,11 @@ def gc_command(
             f"({format_size(report.bytes_freed)}), kept on re-check "
             f"{len(report.kept_on_recheck)}, failed {len(report.failed)}"
             + (f", recovered {report.recovered} from an interrupted gc" if report.recovered else "")
+            + (
+                f", {report.claims_lost} claims lost (to a gc that recovered them, a hold or a job)"
+                if report.claims_lost
+                else ""
+            )
             + (f", {report.trees_dropped} extracted package trees" if report.trees_dropped else "")
         )
         for blob, loc, rule, reason in report.kept_on_recheck:

@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from safekeeper.db.clock import sane_now
 from safekeeper.db.models import Blob
 from safekeeper.errors import NotFound
 
@@ -34,9 +35,10 @@ def ensure_blob(session: Session, sha256: str, size: int, now: datetime) -> Blob
     """Return the blob row for ``sha256``, inserting it if absent (race-free)."""
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    since = sane_now(session, now)  # a clock stepped back must not age it at birth
     statement = (
         insert(Blob)
-        .values(sha256=sha256, size=size, created_at=now, unreferenced_since=now)
+        .values(sha256=sha256, size=size, created_at=now, unreferenced_since=since)
         .on_conflict_do_nothing(index_elements=["sha256"])
     )
     session.execute(statement)
@@ -49,10 +51,11 @@ def ensure_blobs(session: Session, sizes: dict[str, int], now: datetime) -> dict
         return {}
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    since = sane_now(session, now)  # a clock stepped back must not age them at birth
     session.execute(
         insert(Blob).on_conflict_do_nothing(index_elements=["sha256"]),
         [
-            {"sha256": sha256, "size": size, "created_at": now, "unreferenced_since": now}
+            {"sha256": sha256, "size": size, "created_at": now, "unreferenced_since": since}
             for sha256, size in sizes.items()
         ],
     )

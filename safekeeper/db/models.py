@@ -141,6 +141,24 @@ class Copy(Base):
     last_access: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     retries: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: While ``deleting``: the claimant's token. Only the holder of the current token
+    #: may delete the object or record the copy ``deleted``; taking a claim over (stale
+    #: recovery) or back (a hold, a staging job) changes or clears it (invariant 12).
+    claim_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: When the claimant passed its fence, i.e. started the physical delete. A claim
+    #: that has not can be taken back by a hold or a job; one that has cannot.
+    fenced_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ClockFloor(Base):
+    """One row: the latest time a safekeeper process has used for a safety timestamp.
+
+    Time as the database has seen it never goes backwards: a process whose clock is
+    behind this floor writes the floor instead (``safekeeper.db.clock``)."""
+
+    __tablename__ = "clock_floor"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    high_water: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Namespace(Base):

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import QueryableAttribute, Session
 
+from safekeeper.db.clock import sane_now
 from safekeeper.db.models import Blob, Copy, CopyState, Hold, Namespace, Reference
 from safekeeper.errors import Conflict, NotFound, PolicyDenied
 from safekeeper.ids import RefSpec
@@ -48,11 +49,13 @@ def _find(session: Session, spec: RefSpec) -> Reference | None:
 
 
 def _mark_unreferenced_if_orphaned(session: Session, blob_id: int, now: datetime) -> None:
+    """Start the blob's grace period if nothing references it any more — never before
+    the database's clock floor: a clock stepped back must not date it in the past."""
     still_used = exists().where(Reference.blob_id == blob_id)
     session.execute(
         update(Blob)
         .where(Blob.id == blob_id, ~still_used)
-        .values(unreferenced_since=now)
+        .values(unreferenced_since=sane_now(session, now))
         .execution_options(synchronize_session=False)
     )
 
@@ -96,6 +99,7 @@ def set_reference(session: Session, spec: RefSpec, blob: Blob, now: datetime) ->
     The blob must have a present copy, which stays pinned until the transaction ends.
     """
     pin_present_copies(session, blob.id, now)
+    sane_now(session, now)  # keeps the clock floor current (see safekeeper.db.clock)
     reference = _find(session, spec)
     previous: int | None = None
     if reference is None:
@@ -221,6 +225,7 @@ def set_references(
     blob_ids = sorted({blob.id for blob in targets.values()})
     for start in range(0, len(blob_ids), _BATCH):
         _pin_present_copies_many(session, blob_ids[start : start + _BATCH], now)
+    sane_now(session, now)  # keeps the clock floor current (see safekeeper.db.clock)
     space = ensure_namespace(session, namespace, now)
     existing = {
         (r.key, r.label): r

@@ -2,20 +2,28 @@
 
 Per batch of planned copies at one location:
 
-1. **claim** — ``present → deleting`` in one conditional UPDATE, committed. A claimed
-   copy no longer counts as a copy for anyone (invariant 4).
-2. **re-check** — gather the evidence again *after* the claim committed and decide
-   with the pure policy; copies relied upon as verified elsewhere are re-confirmed in
-   their stores (exists, right size). A copy found gone there is marked ``missing``
-   (invariant 2).
+1. **claim** — ``present → deleting`` under a fresh random token, in one conditional
+   UPDATE, committed. A claimed copy no longer counts as a copy for anyone
+   (invariant 4).
+2. **re-check** — gather the evidence again *after* the claim committed (references,
+   holds, jobs, transfers, other copies) and decide with the pure policy; copies relied
+   upon as verified elsewhere are re-confirmed in their stores (a copy found gone there
+   is marked ``missing``, invariant 2). Long re-checks send heartbeats.
 3. **release** what the re-check no longer allows (``deleting → present``).
-4. **delete** the rest from the store in one bulk call.
-5. **record** ``deleting → deleted`` and one audit row per copy, in one transaction
-   (invariant 8).
+4. **fence** — the last database step before the store: stamp ``fenced_at`` on the
+   copies still claimed under our token. Claims taken over meanwhile (a gc that
+   recovered them after ``gc_claim_timeout``) or taken back (a hold, a staging job)
+   match nothing and are not deleted (invariant 12).
+5. **delete** the fenced copies' objects in one bulk call.
+6. **record** ``deleting → deleted`` and one audit row for each copy whose UPDATE
+   matched our token, in one transaction (invariant 8).
 
-A gc that dies leaves copies ``deleting``; the next gc, once they are older than
-``gc_claim_timeout``, looks in the store: gone → recorded deleted (and audited), still
-there → released. Archive copies are processed after every other location's.
+A gc that dies leaves copies ``deleting``; the next gc takes those claims over once
+they are older than ``gc_claim_timeout`` (or dated further in the future than that)
+and looks in the store: gone → recorded deleted (and audited); still there and never
+fenced → released; still there and fenced → decided again from the start. Archive
+copies are processed after every other location's. The timeline is in docs/design.md
+("Fenced claims").
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import contextlib
 import getpass
 import json
 import socket
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -32,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from safekeeper.db import audit
+from safekeeper.db import audit, claims
 from safekeeper.db.evidence import CopyFacts, gather
 from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.db.tasks import enqueue
@@ -66,6 +75,9 @@ class GcReport:
     #: (blob, location, error) of copies whose physical delete failed
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     recovered: int = 0
+    #: Copies this gc had claimed but no longer owned at its fence (taken over by a
+    #: gc that found the claim stale, or taken back by a hold or a staging job).
+    claims_lost: int = 0
     #: Extracted package trees removed because no copy of their zip is left.
     trees_dropped: int = 0
     #: location → why its store was refused (invariant 10): nothing deleted there.
@@ -75,19 +87,46 @@ class GcReport:
 # -- phase 1: claim ---------------------------------------------------------------
 
 
-def claim(archive: Archive, copy_ids: Sequence[int]) -> list[int]:
-    """``present → deleting`` for those still present; returns the ids this call won."""
+@dataclass(frozen=True)
+class Claim:
+    """Copies claimed under one token: only its holder may delete or record them."""
+
+    token: str
+    copy_ids: list[int]
+
+    def __bool__(self) -> bool:
+        return bool(self.copy_ids)
+
+    def subset(self, copy_ids: Iterable[int]) -> Claim:
+        return Claim(self.token, list(copy_ids))
+
+
+def claim(archive: Archive, copy_ids: Sequence[int]) -> Claim:
+    """``present → deleting`` for those still present, under a fresh token."""
+    token = claims.new_token()
     if not copy_ids:
-        return []
+        return Claim(token, [])
     with archive.db.write() as session:
-        return list(
-            session.scalars(
-                update(Copy)
-                .where(Copy.id.in_(copy_ids), Copy.state == CopyState.PRESENT)
-                .values(state=CopyState.DELETING, updated_at=archive.clock())
-                .returning(Copy.id)
-            )
-        )
+        now = archive.clock()
+        return Claim(token, claims.claim(session, copy_ids, token, now))
+
+
+class Heartbeat:
+    """Refreshes a claim's time every quarter of ``gc_claim_timeout`` (wall time)."""
+
+    def __init__(self, archive: Archive, held: Claim) -> None:
+        self.archive = archive
+        self.claim = held
+        self.every = archive.config.policy.gc_claim_timeout.total_seconds() / 4
+        self.last = time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.last < self.every:
+            return
+        with self.archive.db.write() as session:
+            now = self.archive.clock()
+            claims.heartbeat(session, self.claim.copy_ids, self.claim.token, now)
+        self.last = time.monotonic()
 
 
 # -- phase 2: re-check ------------------------------------------------------------
@@ -111,8 +150,11 @@ def _relied_upon(facts: CopyFacts, ev: Evidence, policy: Policy, now: datetime) 
     ]
 
 
-def recheck(archive: Archive, copy_ids: Sequence[int]) -> list[Verdict]:
-    """Decide again on claimed copies, re-confirming the verified copies relied upon."""
+def recheck(
+    archive: Archive, copy_ids: Sequence[int], heartbeat: Callable[[], None] | None = None
+) -> list[Verdict]:
+    """Decide again on claimed copies, re-confirming the verified copies relied upon
+    (calling ``heartbeat`` between copies: the store round-trips can take long)."""
     policy = policy_from_config(archive.config)
     now = archive.clock()
     with archive.db.read() as session:
@@ -135,6 +177,8 @@ def recheck(archive: Archive, copy_ids: Sequence[int]) -> list[Verdict]:
             ev = replace(ev, others=others)
             decision = decide(ev, policy, now)
         verdicts.append(Verdict(facts, ev, decision))
+        if heartbeat is not None:
+            heartbeat()
     return verdicts
 
 
@@ -175,30 +219,35 @@ def _mark_missing(archive: Archive, blob_id: int, location: str) -> None:
 # -- phases 3-5: release, delete, record ------------------------------------------
 
 
-def release(archive: Archive, copy_ids: Iterable[int], error: str | None = None) -> None:
-    """``deleting → present``; with ``error``, count a failed attempt (→ ``failed``
-    past the retry limit)."""
+def release(
+    archive: Archive, held: Claim, copy_ids: Iterable[int], error: str | None = None
+) -> set[int]:
+    """``deleting → present`` for the copies still claimed under ``held``'s token; with
+    ``error``, count a failed attempt (→ ``failed`` past the retry limit)."""
     ids = list(copy_ids)
     if not ids:
-        return
+        return set()
     with archive.db.write() as session:
         now = archive.clock()
-        values: dict[str, Any] = {"state": CopyState.PRESENT, "updated_at": now}
-        if error is not None:
-            values.update(retries=Copy.retries + 1, last_error=error)
-        session.execute(
-            update(Copy).where(Copy.id.in_(ids), Copy.state == CopyState.DELETING).values(**values)
+        return claims.release(
+            session,
+            ids,
+            held.token,
+            now,
+            error=error,
+            max_retries=archive.config.policy.max_retries,
         )
-        if error is not None:
-            session.execute(
-                update(Copy)
-                .where(
-                    Copy.id.in_(ids),
-                    Copy.state == CopyState.PRESENT,
-                    Copy.retries >= archive.config.policy.max_retries,
-                )
-                .values(state=CopyState.FAILED)
-            )
+
+
+def fence(archive: Archive, held: Claim, copy_ids: Iterable[int]) -> set[int]:
+    """The copies still claimed under ``held``'s token, now marked as being deleted:
+    the only ones whose objects may be deleted. Right before the store delete."""
+    ids = list(copy_ids)
+    if not ids:
+        return set()
+    with archive.db.write() as session:
+        now = archive.clock()
+        return claims.fence(session, ids, held.token, now)
 
 
 def delete_objects(archive: Archive, location: str, verdicts: Sequence[Verdict]) -> set[int]:
@@ -217,21 +266,19 @@ def delete_objects(archive: Archive, location: str, verdicts: Sequence[Verdict])
 
 
 def record_deleted(
-    archive: Archive, verdicts: Sequence[Verdict], actor: str, action: str = "delete"
-) -> None:
+    archive: Archive, held: Claim, verdicts: Sequence[Verdict], actor: str, action: str = "delete"
+) -> list[Verdict]:
+    """``deleting → deleted`` plus one audit row, for the copies still claimed under
+    ``held``'s token (a claim taken over is recorded by whoever took it); returns
+    those recorded."""
     if not verdicts:
-        return
+        return []
     with archive.db.write() as session:
         now = archive.clock()
-        session.execute(
-            update(Copy)
-            .where(
-                Copy.id.in_([v.facts.copy_id for v in verdicts]),
-                Copy.state == CopyState.DELETING,
-            )
-            .values(state=CopyState.DELETED, updated_at=now)
-        )
-        audit.record(session, [_audit_row(v, actor, action, now) for v in verdicts])
+        done = claims.mark_deleted(session, [v.facts.copy_id for v in verdicts], held.token, now)
+        recorded = [v for v in verdicts if v.facts.copy_id in done]
+        audit.record(session, [_audit_row(v, actor, action, now) for v in recorded])
+    return recorded
 
 
 def _audit_row(verdict: Verdict, actor: str, action: str, now: datetime) -> dict[str, Any]:
@@ -277,54 +324,79 @@ def execute_batch(
 
 
 def process_claimed(
-    archive: Archive, location: str, claimed: Sequence[int], actor: str, report: GcReport
+    archive: Archive, location: str, held: Claim, actor: str, report: GcReport
 ) -> None:
-    """Phases 2-5 for copies this process has claimed."""
-    verdicts = recheck(archive, claimed)
+    """Phases 2-6 for copies this process has claimed."""
+    verdicts = recheck(archive, held.copy_ids, Heartbeat(archive, held))
     kept = [v for v in verdicts if not v.decision.allowed]
     allowed = [v for v in verdicts if v.decision.allowed]
-    release(archive, [v.facts.copy_id for v in kept])
+    release(archive, held, [v.facts.copy_id for v in kept])
     report.kept_on_recheck.extend(
         (v.facts.sha256, location, v.decision.rule.value, v.decision.reason) for v in kept
     )
-    gone = delete_objects(archive, location, allowed) if allowed else set()
-    deleted = [v for v in allowed if v.facts.copy_id in gone]
-    failed = [v for v in allowed if v.facts.copy_id not in gone]
-    record_deleted(archive, deleted, actor)
-    release(archive, [v.facts.copy_id for v in failed], error="store delete failed")
+    owned = fence(archive, held, [v.facts.copy_id for v in allowed])
+    report.claims_lost += len(allowed) - len(owned)
+    fenced = [v for v in allowed if v.facts.copy_id in owned]
+    gone = delete_objects(archive, location, fenced) if fenced else set()
+    deleted = record_deleted(archive, held, [v for v in fenced if v.facts.copy_id in gone], actor)
+    failed = [v for v in fenced if v.facts.copy_id not in gone]
+    release(archive, held, [v.facts.copy_id for v in failed], error="store delete failed")
     report.failed.extend((v.facts.sha256, location, "store delete failed") for v in failed)
     report.deleted += len(deleted)
     report.bytes_freed += sum(v.facts.size for v in deleted)
 
 
 def recover_stale_claims(archive: Archive, actor: str, report: GcReport) -> None:
-    """Finish or undo the work of a gc that died with copies claimed."""
-    cutoff = archive.clock() - archive.config.policy.gc_claim_timeout
+    """Take over the claims of a gc that died (or stalled past ``gc_claim_timeout``),
+    then finish or undo its work.
+
+    The take-over is a conditional UPDATE that re-checks staleness and changes the
+    token, so it never races a live claimant: one whose heartbeat landed first keeps its
+    claim; one that lost it finds its fence and record matching nothing."""
+    timeout = archive.config.policy.gc_claim_timeout
+    token = claims.new_token()
+    with archive.db.write() as session:
+        now = archive.clock()
+        stale = claims.stale_claims(session, now, timeout)
+        taken = claims.take_over(session, stale, token, now, timeout) if stale else {}
+    if not taken:
+        return
+    ours = Claim(token, sorted(taken))
     with archive.db.read() as session:
-        stale = session.execute(
+        rows = session.execute(
             select(Copy.id, Location.name, Blob.sha256, Blob.id)
             .join(Location, Copy.location_id == Location.id)
             .join(Blob, Copy.blob_id == Blob.id)
-            .where(Copy.state == CopyState.DELETING, Copy.updated_at < cutoff)
+            .where(Copy.id.in_(ours.copy_ids))
         ).all()
-        evidence = gather(session, copy_ids=[row[0] for row in stale]) if stale else {}
+        evidence = gather(session, copy_ids=ours.copy_ids)
     gone: list[int] = []
     still_there: list[int] = []
-    for copy_id, location, sha256, blob_id in stale:
+    decide_again: dict[str, list[int]] = {}
+    for copy_id, location, sha256, blob_id in rows:
         if location not in archive.config.locations:
-            continue
+            continue  # stays claimed; a later gc with that location configured recovers it
         try:
             exists = archive.store(location).exists(archive.key_for(location, sha256, blob_id))
         except StoreIdentityError:
             continue  # not the recorded store: its answer proves nothing; left claimed
-        (still_there if exists else gone).append(copy_id)
-    release(archive, still_there)
+        if not exists:
+            gone.append(copy_id)
+        elif taken[copy_id]:
+            # Its claimant passed the fence: it may still delete the object. Releasing
+            # would leave a present copy it may remove; decide again instead.
+            decide_again.setdefault(location, []).append(copy_id)
+        else:
+            still_there.append(copy_id)  # never fenced, so never deleted by it
+    release(archive, ours, still_there)
     recovered = [
         Verdict(facts, ev, Decision(True, Rule.RECOVERED, "object gone after an interrupted gc"))
         for facts, ev in (evidence[i] for i in gone)
     ]
-    record_deleted(archive, recovered, actor, action="delete-recovered")
-    report.recovered = len(gone) + len(still_there)
+    record_deleted(archive, ours, recovered, actor, action="delete-recovered")
+    for location, ids in decide_again.items():
+        process_claimed(archive, location, ours.subset(ids), actor, report)
+    report.recovered = len(taken)
 
 
 def _batches(archive: Archive, location: str | None) -> tuple[int, list[tuple[str, list[int]]]]:

@@ -1,4 +1,11 @@
-"""Holds (legal holds): while one is active, no copy of its blob(s) is deleted."""
+"""Holds (legal holds): while one is active, no copy of its blob(s) is deleted.
+
+A hold pins like a reference does (docs/design.md, "Fenced claims"): in the
+transaction that adds it, the blobs' present copies are locked and any gc claim on
+them that has not reached its fence is taken back; a claim past its fence (the object
+may be going at this moment) makes the hold fail with Conflict. So a hold is either
+in force before any further deletion, or refused — never accepted and ignored.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from safekeeper.db.blobs import get_blob
-from safekeeper.db.models import Blob, Hold, Namespace
+from safekeeper.db.claims import take_back
+from safekeeper.db.models import Blob, Hold, Namespace, Reference
 from safekeeper.errors import BadInput, NotFound
 from safekeeper.ids import check_name, is_blob_id
 from safekeeper.services.inventory import resolve_blob
@@ -58,11 +66,17 @@ def add_hold(archive: Archive, target: str, reason: str, actor: str) -> HoldView
         hold = Hold(reason=reason, created_by=actor, created_at=now)
         if kind == "blob":
             hold.blob_id = get_blob(session, value).id
+            take_back(session, [hold.blob_id], now)
         else:
             namespace = session.scalar(select(Namespace).where(Namespace.name == value))
             if namespace is None:
                 raise NotFound(f"no namespace {value!r} (and no blob with that id prefix)")
             hold.namespace_id = namespace.id
+            take_back(
+                session,
+                select(Reference.blob_id).where(Reference.namespace_id == namespace.id),
+                now,
+            )
         session.add(hold)
         session.flush()
         return HoldView(hold.id, value, kind, reason, actor, now, None)

@@ -1,4 +1,9 @@
-"""Staging jobs: a job needs some blobs at a processing location until it ends."""
+"""Staging jobs: a job needs some blobs at a processing location until it ends.
+
+Starting a job pins its blobs' copies at the processing location like a hold pins a
+blob (``safekeeper.db.claims.take_back``): a gc claim on one that has not reached its
+fence is taken back; one past its fence makes the start fail with Conflict.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from safekeeper.db.blobs import get_blob
 from safekeeper.db.catalog import get_location
+from safekeeper.db.claims import take_back
 from safekeeper.db.copies import live_copy
 from safekeeper.db.models import Copy, CopyState, Location, StagingJob, StagingJobBlob
 from safekeeper.engine.dispatch import dispatch
@@ -57,6 +63,7 @@ def start_job(archive: Archive, name: str, location: str, blobs: Sequence[str]) 
             for sha256 in hashes:
                 blob = get_blob(session, sha256)
                 session.add(StagingJobBlob(job_id=job.id, blob_id=blob.id))
+                take_back(session, [blob.id], now, location_id=target.id)
                 if live_copy(session, blob.id, target.id) is None:
                     session.execute(
                         insert(Copy).values(

@@ -219,6 +219,7 @@ def test_gc_deletes_what_the_plan_said(data_dir: Path, two_blobs: tuple[str, str
         "kept_on_recheck": [],
         "failed": [],
         "recovered": 0,
+        "claims_lost": 0,
         "trees_dropped": 0,
         "refused": {},
     }

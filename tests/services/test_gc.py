@@ -180,12 +180,13 @@ def test_a_reference_added_during_gc_keeps_the_blob_or_fails(
     inbox_copy = next(d.copy_id for d in plan.deletions if d.location == "inbox")
     archive_copy = next(d.copy_id for d in plan.deletions if d.location == "archive")
     # gc has claimed the inbox copy; a reference now lands on the archive copy
-    assert gc.claim(archive, [inbox_copy]) == [inbox_copy]
+    inbox_claim = gc.claim(archive, [inbox_copy])
+    assert inbox_claim.copy_ids == [inbox_copy]
     ref_blob = inventory.stat_blob(archive, blob)
     with archive.db.write() as session:
         set_reference(session, RefSpec("app", "late"), get_blob(session, blob), clock())
     report = gc.GcReport()
-    gc.process_claimed(archive, "inbox", [inbox_copy], "test", report)
+    gc.process_claimed(archive, "inbox", inbox_claim, "test", report)
     gc.execute_batch(archive, "archive", [archive_copy], "test", report)
     # No longer garbage: the inbox copy may still go (archived elsewhere), the archive
     # copy stays, and the new reference points at a blob that still has it.
@@ -199,7 +200,7 @@ def test_a_reference_added_during_gc_keeps_the_blob_or_fails(
         remove_reference(session, RefSpec("app", "late"), clock())
     clock.advance(days=8)
     claimed = gc.claim(archive, [d.copy_id for d in planner.make_plan(archive).deletions])
-    assert claimed == [archive_copy]
+    assert claimed.copy_ids == [archive_copy]
     with archive.db.write() as session, pytest.raises(Conflict, match="no present copy"):
         set_reference(session, RefSpec("app", "too-late"), get_blob(session, blob), clock())
     # ...while putting the bytes again brings a fresh copy, and the reference keeps it all.

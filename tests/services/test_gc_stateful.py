@@ -2,13 +2,21 @@
 
 Random interleavings of put, replicate, verify, tampering with archive objects behind
 safekeeper's back, adding and removing references, holds, staging jobs, plans, gc
-runs, two gc runs interleaved, and gc runs that die half-way. After every step:
+runs, two gc runs interleaved, gc runs that die half-way, gc runs paused between two
+of their phases (after the claim, after the re-check, after the store delete) and
+resumed any number of steps later — across claim expiry, recoveries by other gcs,
+holds and jobs added meanwhile — and the clock stepped back and corrected. After
+every step:
 
 - no referenced or held blob has lost its last good copy (an object that exists and
   hashes to the blob id, recorded as present — or deleting, for a dead gc's claim);
 - every present copy's object exists, except where the test removed it behind
   safekeeper's back;
 - every deleted copy has exactly one audit record;
+- a copy present (or claimed but not fenced) when a hold or staging job was accepted
+  is not deleted while the hold or job lasts;
+- no blob is deleted as garbage before its grace period by the true clock (the one
+  the test keeps; the archive's clock may be behind it);
 - whatever the planner would delete, the pure policy allows.
 
 Tampering changes an object's size: gc re-confirms relied-upon copies by existence and
@@ -29,6 +37,7 @@ import shutil
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -39,10 +48,12 @@ from sqlalchemy import delete, select
 from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db.blobs import find_blob
+from safekeeper.db.clock import STEP
 from safekeeper.db.evidence import gather
 from safekeeper.db.models import (
     AuditEntry,
     Blob,
+    ClockFloor,
     Copy,
     CopyState,
     Hold,
@@ -147,6 +158,7 @@ class DeletionMachine(RuleBasedStateMachine):
         self.clock.now = datetime(2026, 3, 1, tzinfo=UTC)
         with self.archive.db.write() as session:
             for model in (
+                ClockFloor,
                 StagingJobBlob,
                 StagingJob,
                 Task,
@@ -171,6 +183,17 @@ class DeletionMachine(RuleBasedStateMachine):
             store.delete([info.key for info in store.list()])
         self.tampered: set[tuple[str, str]] = set()
         self.job_running = False
+        #: The true time; the archive's clock is ``skew`` behind it.
+        self.true_now = self.clock.now
+        self.skew = timedelta(0)
+        #: gc runs paused between two phases: (location, claim, phase, verdicts).
+        self.paused: list[tuple[str, gc.Claim, str, list[gc.Verdict]]] = []
+        #: Copy ids a hold (by hold id) or the running job pinned when accepted.
+        self.pinned_by_hold: dict[int, set[int]] = {}
+        self.pinned_by_job: set[int] = set()
+        #: Blob id → the true time it was last seen referenced (or first seen).
+        self.last_referenced: dict[int, datetime] = {}
+        self.audits_checked = 0
 
     def teardown(self) -> None:
         if hasattr(self, "disk"):
@@ -219,23 +242,49 @@ class DeletionMachine(RuleBasedStateMachine):
 
     @rule(i=st.integers(0, 2), on=st.booleans())
     def hold_blob(self, i: int, on: bool) -> None:
+        # Conflict: a gc is past its fence on a copy of the blob — refused, not ignored
         try:
             if on:
-                holds.add_hold(self.archive, HASHES[i], "test", "machine")
+                view = holds.add_hold(self.archive, HASHES[i], "test", "machine")
+                self.pinned_by_hold[view.id] = self._live_copies(
+                    select(Blob.id).where(Blob.sha256 == HASHES[i])
+                )
             else:
                 holds.release_holds(self.archive, HASHES[i])
-        except NotFound:
+        except (NotFound, Conflict):
             pass
+        self._forget_released_holds()
 
     @rule(on=st.booleans())
     def hold_namespace(self, on: bool) -> None:
         try:
             if on:
-                holds.add_hold(self.archive, "ns", "test", "machine")
+                view = holds.add_hold(self.archive, "ns", "test", "machine")
+                self.pinned_by_hold[view.id] = self._live_copies(
+                    select(Reference.blob_id)
+                    .join(Namespace, Reference.namespace_id == Namespace.id)
+                    .where(Namespace.name == "ns")
+                )
             else:
                 holds.release_holds(self.archive, "ns")
-        except NotFound:
+        except (NotFound, Conflict):
             pass
+        self._forget_released_holds()
+
+    def _live_copies(self, blob_ids: Any, location: str | None = None) -> set[int]:
+        """Copies a pin must keep: present ones (a claim taken back is present again)."""
+        query = select(Copy.id).where(Copy.blob_id.in_(blob_ids), Copy.state == "present")
+        if location is not None:
+            query = query.join(Location, Copy.location_id == Location.id).where(
+                Location.name == location
+            )
+        with self.archive.db.read() as session:
+            return set(session.scalars(query))
+
+    def _forget_released_holds(self) -> None:
+        with self.archive.db.read() as session:
+            active = set(session.scalars(select(Hold.id).where(Hold.released_at.is_(None))))
+        self.pinned_by_hold = {k: v for k, v in self.pinned_by_hold.items() if k in active}
 
     @rule(i=st.integers(0, 2))
     def start_job(self, i: int) -> None:
@@ -243,9 +292,12 @@ class DeletionMachine(RuleBasedStateMachine):
             return
         try:
             jobs.start_job(self.archive, "job", "scratch", [HASHES[i]])
-        except NotFound:
+        except (NotFound, Conflict):
             return
         self.job_running = True
+        self.pinned_by_job = self._live_copies(
+            select(Blob.id).where(Blob.sha256 == HASHES[i]), "scratch"
+        )
         run_due(self.archive)
 
     @rule()
@@ -253,10 +305,21 @@ class DeletionMachine(RuleBasedStateMachine):
         if self.job_running:
             jobs.end_job(self.archive, "job")
             self.job_running = False
+            self.pinned_by_job = set()
+
+    def _tick(self, delta: timedelta = timedelta(0)) -> None:
+        self.true_now += delta
+        self.clock.now = self.true_now - self.skew
 
     @rule(days=st.sampled_from([0.01, 1, 3, 8]))
     def time_passes(self, days: float) -> None:
-        self.clock.now += timedelta(days=days)
+        self._tick(timedelta(days=days))
+
+    @rule(days=st.sampled_from([0, 0, 2, 30, 365]))
+    def clock_steps(self, days: int) -> None:
+        """The archive's clock is stepped back by ``days`` (0: corrected again)."""
+        self.skew = timedelta(days=days)
+        self._tick()
 
     # -- operators and the world --------------------------------------------------
 
@@ -345,16 +408,70 @@ class DeletionMachine(RuleBasedStateMachine):
             return
         chosen = data.draw(st.lists(st.sampled_from(deletions), max_size=3, unique=True))
         for deletion in chosen:
-            if not gc.claim(self.archive, [deletion.copy_id]):
+            held = gc.claim(self.archive, [deletion.copy_id])
+            if not held:
                 continue
-            verdicts = gc.recheck(self.archive, [deletion.copy_id])
-            if data.draw(st.booleans()) and verdicts and verdicts[0].decision.allowed:
+            verdicts = gc.recheck(self.archive, held.copy_ids)
+            if (
+                data.draw(st.booleans())
+                and verdicts
+                and verdicts[0].decision.allowed
+                and gc.fence(self.archive, held, held.copy_ids)
+            ):
                 with contextlib.suppress(StoreIdentityError):
                     gc.delete_objects(self.archive, deletion.location, verdicts)
 
     @rule()
     def claims_go_stale(self) -> None:
-        self.clock.now += timedelta(minutes=11)
+        self._tick(timedelta(minutes=11))
+
+    @rule()
+    def another_gc_recovers_claims(self) -> None:
+        gc.recover_stale_claims(self.archive, "recoverer", gc.GcReport())
+
+    @rule(data=st.data(), phase=st.sampled_from(["claim", "recheck", "delete"]))
+    def gc_pauses(self, data: st.DataObject, phase: str) -> None:
+        """A gc runs up to a phase and stops there (until ``paused_gc_resumes``)."""
+        deletions = planner.make_plan(self.archive).deletions
+        if not deletions:
+            return
+        location = data.draw(st.sampled_from(sorted({d.location for d in deletions})))
+        ids = [d.copy_id for d in deletions if d.location == location][:2]
+        held = gc.claim(self.archive, ids)
+        verdicts: list[gc.Verdict] = []
+        if phase in ("recheck", "delete"):
+            verdicts = gc.recheck(self.archive, held.copy_ids)
+        if phase == "delete":
+            allowed = [v for v in verdicts if v.decision.allowed]
+            gc.release(
+                self.archive, held, [v.facts.copy_id for v in verdicts if not v.decision.allowed]
+            )
+            owned = gc.fence(self.archive, held, [v.facts.copy_id for v in allowed])
+            verdicts = [v for v in allowed if v.facts.copy_id in owned]
+            gone = gc.delete_objects(self.archive, location, verdicts) if verdicts else set()
+            verdicts = [v for v in verdicts if v.facts.copy_id in gone]
+        self.paused.append((location, held, phase, verdicts))
+
+    @rule(data=st.data())
+    def paused_gc_resumes(self, data: st.DataObject) -> None:
+        if not self.paused:
+            return
+        index = data.draw(st.integers(0, len(self.paused) - 1))
+        location, held, phase, verdicts = self.paused.pop(index)
+        report = gc.GcReport()
+        if phase == "claim":
+            gc.process_claimed(self.archive, location, held, "machine", report)
+            return
+        if phase == "recheck":
+            allowed = [v for v in verdicts if v.decision.allowed]
+            gc.release(
+                self.archive, held, [v.facts.copy_id for v in verdicts if not v.decision.allowed]
+            )
+            owned = gc.fence(self.archive, held, [v.facts.copy_id for v in allowed])
+            verdicts = [v for v in allowed if v.facts.copy_id in owned]
+            gone = gc.delete_objects(self.archive, location, verdicts) if verdicts else set()
+            verdicts = [v for v in verdicts if v.facts.copy_id in gone]
+        gc.record_deleted(self.archive, held, verdicts, "machine")
 
     def _intact_elsewhere(self, sha256: str, besides: str) -> bool:
         with self.archive.db.read() as session:
@@ -417,6 +534,44 @@ class DeletionMachine(RuleBasedStateMachine):
         for location, sha256 in rows:
             if (location, sha256) not in self.tampered:
                 assert self._physical(location).exists(sha256), (location, sha256[:12])
+
+    @invariant()
+    def pinned_copies_are_not_deleted(self) -> None:
+        if not hasattr(self, "archive"):
+            return
+        pinned = set(self.pinned_by_job).union(*self.pinned_by_hold.values())
+        if not pinned:
+            return
+        with self.archive.db.read() as session:
+            gone = set(
+                session.scalars(select(Copy.id).where(Copy.id.in_(pinned), Copy.state == "deleted"))
+            )
+        assert not gone, f"copies deleted under a hold or a job: {gone}"
+
+    @invariant()
+    def garbage_waits_its_grace_period_by_the_true_clock(self) -> None:
+        if not hasattr(self, "archive"):
+            return
+        grace = self.archive.config.policy.grace_period
+        with self.archive.db.read() as session:
+            blobs = dict(session.execute(select(Blob.sha256, Blob.id)).all())
+            referenced = set(session.scalars(select(Reference.blob_id)))
+            entries = session.execute(
+                select(AuditEntry.blob_sha256, AuditEntry.rule)
+                .order_by(AuditEntry.id)
+                .offset(self.audits_checked)
+            ).all()
+        for sha256, why in entries:
+            if why == "garbage":
+                last = self.last_referenced[blobs[sha256]]
+                assert self.true_now - last >= grace - STEP, (
+                    f"{sha256[:12]} deleted as garbage {self.true_now - last} after its "
+                    "last reference (true clock)"
+                )
+        self.audits_checked += len(entries)
+        for blob_id in blobs.values():
+            if blob_id in referenced or blob_id not in self.last_referenced:
+                self.last_referenced[blob_id] = self.true_now
 
     @invariant()
     def every_deletion_is_audited_once(self) -> None:
