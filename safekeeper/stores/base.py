@@ -58,6 +58,10 @@ class ObjectInfo:
     key: str
     size: int
     modified: datetime | None = None
+    #: A cheap token that changes when the object is replaced or rewritten in place,
+    #: as far as the backend can tell without reading it (``stat`` fills it in; see
+    #: each backend). Compared for equality only; None when the backend cannot say.
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,9 @@ class StoreConformance:
     big_size = 5 * MIB + 12345
     #: Threads racing to create one key.
     race_writers = 8
+    #: Whether ``stat`` gives a fingerprint. A backend without one is still usable: gc
+    #: then re-hashes every copy it relies on before a delete.
+    has_fingerprints = True
 
     def make_store(self) -> Store:
         raise NotImplementedError("override make_store() or the store fixture")
@@ -219,6 +222,21 @@ class StoreConformance:
             assert info.modified.tzinfo is not None
             assert before <= info.modified <= datetime.now(UTC) + timedelta(minutes=5)
         assert store.exists(key) is True
+
+    def test_fingerprint_changes_when_the_object_is_replaced(self, store: Store) -> None:
+        """Stable while the object stands; different once other bytes of the same size
+        are at the key (gc's re-confirmation relies on it)."""
+        if not self.has_fingerprints:
+            pytest.skip("backend gives no fingerprint")
+        key = self.make_key(31)
+        self._put(store, key, b"a" * 64)
+        first = store.stat(key).fingerprint
+        assert isinstance(first, str) and first
+        assert store.stat(key).fingerprint == first
+        time.sleep(0.05)  # past the coarse clock tick of file timestamps
+        store.delete([key])
+        self._put(store, key, b"b" * 64)
+        assert store.stat(key).fingerprint not in (None, first)
 
     # -- delete ------------------------------------------------------------------
 
