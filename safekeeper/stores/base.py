@@ -141,6 +141,17 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def fingerprint_of(store: Store, key: str) -> str | None:
+    """The object's fingerprint, to record right after its bytes were hashed right;
+    None when the store cannot say now (gc then re-hashes before relying on it)."""
+    from safekeeper.errors import SafekeeperError
+
+    try:
+        return store.stat(key).fingerprint
+    except SafekeeperError:
+        return None
+
+
 def iter_source(source: Source, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
     """Yield the chunks of a file object or an iterable of byte chunks."""
     if isinstance(source, bytes | bytearray | memoryview):
