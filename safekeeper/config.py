@@ -27,6 +27,7 @@ import tomli_w
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -184,7 +185,7 @@ class PolicyConfig(_Strict):
     #: A copy left ``deleting`` longer than this belongs to a gc that died; the next gc
     #: finishes or undoes its work. At least twice ``gc_batch_deadline``: the
     #: re-confirmation, then the delete and its record, must fit in it.
-    gc_claim_timeout: timedelta = timedelta(minutes=10)
+    gc_claim_timeout: timedelta = Field(default=timedelta(minutes=10), validate_default=True)
 
     _durations = field_validator(
         "grace_period", "verify_max_age", "gc_batch_deadline", "gc_claim_timeout", mode="before"
