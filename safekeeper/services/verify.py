@@ -56,7 +56,10 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
     repairs_scheduled: int = 0
+    #: Missing or corrupt copies with no good copy to repair them from.
     unrepairable: list[str] = field(default_factory=list)
+    #: Copies that could not be checked (the store failed): ``<blob> at <location>: why``.
+    errors: list[str] = field(default_factory=list)
     orphans: list[Orphan] = field(default_factory=list)
 
 
@@ -128,6 +131,8 @@ def _record(
             error = f"verify found the object {verdict}"
             if transition(session, subject.copy_id, CopyState.PRESENT, new, now, last_error=error):
                 getattr(report, verdict).append(f"{subject.sha256} at {subject.location}")
+        else:
+            report.errors.append(f"{subject.sha256} at {subject.location}: {verdict}")
     report.checked += 1
 
 
