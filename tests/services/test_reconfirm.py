@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db.models import Copy, Location
 from safekeeper.engine.embedded import run_due
-from safekeeper.services import audit, gc, inventory, replication
+from safekeeper.services import audit, gc, inventory, reconfirm, replication
 from tests.conftest import FakeClock
 from tests.servers import S3Server
 
@@ -284,3 +284,60 @@ allow_http = true
     assert _states(archive) == {"archive": "corrupt", "inbox": "present"}
     assert _sha(_file(archive, "inbox").read_bytes()) == SHA
     assert s3.get_object(Bucket=bucket, Key=f"objects/{SHA}")["Body"].read() == OTHER
+
+
+# -- what the fingerprint cannot see; the batch deadline -------------------------------
+
+
+def _pretend_fingerprint_unchanged(archive: Archive, location: str) -> None:
+    """As if the rewrite happened within the clock tick of the verification: the
+    recorded fingerprint equals what the store reports now."""
+    now = archive.store(location).stat(SHA).fingerprint
+    with archive.db.write() as session:
+        session.execute(
+            update(Copy)
+            .where(Copy.state == "present")
+            .where(
+                Copy.location_id
+                == select(Location.id).where(Location.name == location).scalar_subquery()
+            )
+            .values(fingerprint=now)
+        )
+
+
+@pytest.mark.parametrize(("rehash_max", "deleted"), [(None, 0), ("0", 1)])
+def test_the_last_copy_is_rehashed_where_the_fingerprint_is_blind(
+    tmp_path: Path, clock: FakeClock, opened: list[Archive], rehash_max: str | None, deleted: int
+) -> None:
+    """The last other copy, when small enough, is re-hashed whatever its fingerprint
+    says; with re-hashing off (0) the fingerprint is all there is — the documented
+    residual risk, bounded by verify_max_age."""
+    archive = _open(tmp_path, clock, opened, DEFAULT, **_rehash_max(rehash_max))
+    archive.put_bytes(DATA, ref="proj:data")
+    _replicate(archive)
+    _overwrite_in_place(_file(archive, "archive"), OTHER)
+    _pretend_fingerprint_unchanged(archive, "archive")
+    assert gc.run_gc(archive).deleted == deleted
+    if deleted == 0:
+        assert _states(archive) == {"archive": "corrupt", "inbox": "present"}
+        assert _sha(_file(archive, "inbox").read_bytes()) == SHA
+
+
+def test_checks_not_started_by_the_deadline_count_for_nothing(
+    tmp_path: Path, clock: FakeClock, opened: list[Archive], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = _open(tmp_path, clock, opened, FLOOR)
+    archive.put_bytes(DATA, ref="proj:data")
+    _replicate(archive)
+
+    class Late:
+        @staticmethod
+        def monotonic() -> float:
+            return float("inf")  # every batch's deadline has passed
+
+    monkeypatch.setattr(reconfirm, "time", Late)
+    report = gc.run_gc(archive)
+    assert report.deleted == 0
+    assert "no other copy re-confirmed" in report.kept_on_recheck[0][3]
+    assert _states(archive) == {"backup": "present", "inbox": "present"}  # nothing condemned
+    assert _file(archive, "inbox").exists()
