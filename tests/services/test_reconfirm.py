@@ -20,6 +20,7 @@ from safekeeper.config import load_config
 from safekeeper.db.models import Copy, Location
 from safekeeper.engine.embedded import run_due
 from safekeeper.services import audit, gc, inventory, reconfirm, replication
+from safekeeper.services.verify import verify
 from tests.conftest import FakeClock
 from tests.servers import S3Server
 
@@ -341,3 +342,18 @@ def test_checks_not_started_by_the_deadline_count_for_nothing(
     assert "no other copy re-confirmed" in report.kept_on_recheck[0][3]
     assert _states(archive) == {"backup": "present", "inbox": "present"}  # nothing condemned
     assert _file(archive, "inbox").exists()
+
+
+def test_verify_records_the_fingerprint_it_hashed(
+    tmp_path: Path, clock: FakeClock, opened: list[Archive]
+) -> None:
+    archive = _open(tmp_path, clock, opened, DEFAULT)
+    archive.put_bytes(DATA, ref="proj:data")
+    _replicate(archive)
+    path = _file(archive, "archive")
+    restored = path.with_name("restored")
+    restored.write_bytes(DATA)
+    os.replace(restored, path)  # same bytes, new inode: the recorded fingerprint is stale
+    assert _fingerprint(archive, "archive") != archive.store("archive").stat(SHA).fingerprint
+    assert verify(archive, location="archive").ok == 1
+    assert _fingerprint(archive, "archive") == archive.store("archive").stat(SHA).fingerprint
