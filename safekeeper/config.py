@@ -25,7 +25,15 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from safekeeper.errors import BadInput, ConfigError
 from safekeeper.units import parse_duration, parse_size
@@ -139,22 +147,74 @@ class LocationConfig(_Strict):
         return {}
 
 
+def _at_least(minimum: int) -> Any:
+    def check(value: int) -> int:
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return check
+
+
+def _positive_duration(value: timedelta | None) -> timedelta | None:
+    if value is not None and value <= timedelta(0):
+        raise ValueError(f"must be longer than zero, got {value}")
+    return value
+
+
 class PolicyConfig(_Strict):
+    #: Verified archive copies needed before a copy elsewhere may go. 0 drops the
+    #: archive requirement, never the floor: the copy still goes only while another
+    #: copy is re-confirmed in its store.
     min_archive_copies: int = 1
     grace_period: timedelta = timedelta(days=7)
-    verify_max_age: timedelta | None = None
+    #: A verification older than this no longer counts: a copy relied upon must have
+    #: been re-hashed (by ``verify``, a transfer or gc) within it. It bounds how long a
+    #: change the fingerprint cannot see (docs/design.md) can go unnoticed.
+    verify_max_age: timedelta | None = timedelta(days=30)
     max_retries: int = 5
     #: Where ``put`` stores new blobs; default: the first ``source`` location.
     ingest_location: str | None = None
     #: Copies claimed and deleted per batch by ``gc``.
     gc_batch_size: int = 1000
+    #: Before a delete, gc re-hashes the last other copy when it is at most this big
+    #: (bigger ones are checked by fingerprint only).
+    gc_rehash_max_size: int = 64 * 1024**2
+    #: The longest a gc batch may spend re-confirming copies: checks not started by
+    #: then are skipped, and their copies kept (released) for the next run.
+    gc_batch_deadline: timedelta = timedelta(minutes=2)
     #: A copy left ``deleting`` longer than this belongs to a gc that died; the next gc
-    #: finishes or undoes its work.
-    gc_claim_timeout: timedelta = timedelta(minutes=10)
+    #: finishes or undoes its work. At least twice ``gc_batch_deadline``: the
+    #: re-confirmation, then the delete and its record, must fit in it.
+    gc_claim_timeout: timedelta = Field(default=timedelta(minutes=10), validate_default=True)
 
     _durations = field_validator(
-        "grace_period", "verify_max_age", "gc_claim_timeout", mode="before"
+        "grace_period", "verify_max_age", "gc_batch_deadline", "gc_claim_timeout", mode="before"
     )(_duration)
+    _positive = field_validator("verify_max_age", "gc_batch_deadline", "gc_claim_timeout")(
+        _positive_duration
+    )
+    _sizes = field_validator("gc_rehash_max_size", mode="before")(_size)
+    _non_negative = field_validator("min_archive_copies")(_at_least(0))
+    _one_or_more = field_validator("max_retries", "gc_batch_size")(_at_least(1))
+
+    @field_validator("grace_period")
+    @classmethod
+    def _grace(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError(f"must not be negative, got {value}")
+        return value
+
+    @field_validator("gc_claim_timeout")
+    @classmethod
+    def _claim_outlives_a_batch(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        deadline = info.data.get("gc_batch_deadline")
+        if deadline is not None and value < 2 * deadline:
+            raise ValueError(
+                f"{value} is shorter than twice gc_batch_deadline ({deadline}): another gc "
+                "could take over the claims of a batch that is still running"
+            )
+        return value
 
 
 class TasksConfig(_Strict):
@@ -173,6 +233,10 @@ class TasksConfig(_Strict):
     _durations = field_validator(
         "heartbeat_timeout", "retry_base", "retry_max", "replicate_interval", mode="before"
     )(_duration)
+    _positive = field_validator(
+        "heartbeat_timeout", "retry_base", "retry_max", "replicate_interval"
+    )(_positive_duration)
+    _one_or_more = field_validator("threads")(_at_least(1))
 
 
 class DatabaseConfig(_Strict):
@@ -236,6 +300,11 @@ class Config(_Strict):
             if self.sites and location.site not in self.sites:
                 raise ValueError(f"location {name!r} names unknown site {location.site!r}")
             for target in (*location.replicate_to, *location.delete_after_copies_at):
+                if target == name:
+                    raise ValueError(
+                        f"location {name!r} names itself in replicate_to or "
+                        "delete_after_copies_at: a copy cannot stand in for itself"
+                    )
                 if target not in self.locations:
                     raise ValueError(f"location {name!r} names unknown location {target!r}")
                 if self.locations[target].kind == "cache":

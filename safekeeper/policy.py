@@ -18,9 +18,16 @@ Rules, in the order they are applied (the first that keeps a copy is its reason)
                     exist: ``min_archive_copies`` archive copies, or one at each of the
                     location's ``delete_after_copies_at``. Verified means ``present``,
                     with ``verified_at`` set and no older than ``verify_max_age``, and not
-                    found missing when re-confirmed in its store.
+                    found missing or changed when re-confirmed in its store.
 8. ``last-copy``    a floor under every configuration: the last present copy of a blob
                     that is not garbage is never deleted.
+
+Two modes. Planning (``Evidence.reconfirmed`` False) judges the database's rows: a
+copy not re-confirmed (``confirmed`` None) counts. gc's re-check judges physical
+evidence (``reconfirmed`` True): only copies re-confirmed in their stores in this run
+(``confirmed`` True) count, as verified copies and for the floor, and any other copy
+found gone or changed (``confirmed`` False) keeps the copy until ``verify`` has
+looked (rule ``archived-elsewhere``). The planner encodes planning mode in SQL.
 
 Disk pressure is a selection over the copies these rules allow, not a per-copy
 rule: see ``select_under_pressure``.
@@ -72,7 +79,9 @@ class OtherCopy:
     kind: str
     state: str
     verified_at: datetime | None
-    #: Re-confirmed in its store right now: True/False, or None when not checked.
+    #: Re-confirmed in its store in this run: True (there, unchanged or re-hashed
+    #: right), False (found gone or with other bytes), None (not checked, or the
+    #: store could not answer).
     confirmed: bool | None = None
 
 
@@ -88,6 +97,9 @@ class Evidence:
     transfer_source: bool = False
     needed_by_job: bool = False
     others: tuple[OtherCopy, ...] = ()
+    #: The others' ``confirmed`` come from re-confirming them in their stores in this
+    #: run (gc's re-check): only copies confirmed True count (module doc).
+    reconfirmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,8 +117,16 @@ def is_garbage(unreferenced_since: datetime | None, policy: Policy, now: datetim
     return unreferenced_since is not None and now - unreferenced_since >= policy.grace_period
 
 
-def is_verified(copy: OtherCopy, policy: Policy, now: datetime) -> bool:
-    if copy.state != "present" or copy.verified_at is None or copy.confirmed is False:
+def counts(copy: OtherCopy, reconfirmed: bool) -> bool:
+    """Whether a present copy counts as physically there: in planning mode unless it
+    was found damaged; after a re-confirmation only if confirmed."""
+    if copy.state != "present":
+        return False
+    return copy.confirmed is True if reconfirmed else copy.confirmed is not False
+
+
+def is_verified(copy: OtherCopy, policy: Policy, now: datetime, reconfirmed: bool = False) -> bool:
+    if not counts(copy, reconfirmed) or copy.verified_at is None:
         return False
     max_age = policy.verify_max_age
     return max_age is None or now - copy.verified_at <= max_age
@@ -129,7 +149,8 @@ def decide(evidence: Evidence, policy: Policy, now: datetime) -> Decision:
         return Decision(True, Rule.GARBAGE, f"unreferenced for {policy.grace_period} or more")
     if location.kind == "archive":
         return _keep(Rule.ARCHIVE, "archive copies are deleted only as garbage")
-    verified = [c for c in evidence.others if is_verified(c, policy, now)]
+    physical = evidence.reconfirmed
+    verified = [c for c in evidence.others if is_verified(c, policy, now, physical)]
     if location.delete_after_copies_at:
         have = {c.location for c in verified}
         lacking = [name for name in location.delete_after_copies_at if name not in have]
@@ -144,7 +165,15 @@ def decide(evidence: Evidence, policy: Policy, now: datetime) -> Decision:
                 Rule.ARCHIVED_ELSEWHERE, f"verified archive copies: {archived} of {needed}"
             )
         reason = f"verified archive copies: {archived} (at least {needed} needed)"
-    if not any(c.state == "present" for c in evidence.others):
+    damaged = [c.location for c in evidence.others if c.confirmed is False]
+    if damaged:
+        return _keep(
+            Rule.ARCHIVED_ELSEWHERE,
+            f"the copy at {', '.join(damaged)} was found gone or changed: verify first",
+        )
+    if not any(counts(c, physical) for c in evidence.others):
+        if physical:
+            return _keep(Rule.LAST_COPY, "no other copy re-confirmed in its store")
         return _keep(Rule.LAST_COPY, "the last present copy of a live blob")
     return Decision(True, Rule.ARCHIVED_ELSEWHERE, reason)
 

@@ -125,6 +125,62 @@ def test_bad_config_names_file_key_and_problem(tmp_path: Path, text: str, messag
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "message"),
+    [
+        ("policy", "min_archive_copies = -1", "policy.min_archive_copies: must be at least 0"),
+        ("policy", "gc_batch_size = 0", "policy.gc_batch_size: must be at least 1"),
+        ("policy", "gc_batch_size = -5", "policy.gc_batch_size: must be at least 1"),
+        ("policy", "max_retries = 0", "policy.max_retries: must be at least 1"),
+        ("policy", "grace_period = '-1d'", "policy.grace_period"),
+        ("policy", "verify_max_age = '0s'", "policy.verify_max_age: must be longer than zero"),
+        ("policy", "gc_batch_deadline = '0s'", "policy.gc_batch_deadline: must be longer"),
+        ("policy", "gc_claim_timeout = '0s'", "policy.gc_claim_timeout: must be longer"),
+        (
+            "policy",
+            "gc_claim_timeout = '3m'",
+            "policy.gc_claim_timeout: 0:03:00 is shorter than twice gc_batch_deadline",
+        ),
+        (
+            "policy",
+            "gc_batch_deadline = '10m'",
+            "policy.gc_claim_timeout: 0:10:00 is shorter than twice gc_batch_deadline",
+        ),
+        ("policy", "gc_rehash_max_size = 'huge'", "policy.gc_rehash_max_size: bad size"),
+        ("tasks", "threads = 0", "tasks.threads: must be at least 1"),
+        ("tasks", "threads = -2", "tasks.threads: must be at least 1"),
+        ("tasks", "heartbeat_timeout = '0s'", "tasks.heartbeat_timeout: must be longer"),
+        ("tasks", "retry_base = '0s'", "tasks.retry_base: must be longer"),
+    ],
+)
+def test_unsafe_or_meaningless_values_are_refused(
+    tmp_path: Path, section: str, key: str, message: str
+) -> None:
+    path = _write(tmp_path, f"[{section}]\n{key}\n" + BASE)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value)
+
+
+def test_a_location_cannot_stand_in_for_itself(tmp_path: Path) -> None:
+    path = _write(tmp_path, BASE + "delete_after_copies_at = ['inbox']\n")
+    with pytest.raises(ConfigError, match="names itself"):
+        load_config(path, environ={})
+
+
+def test_safe_limits_are_accepted(tmp_path: Path) -> None:
+    text = (
+        "[policy]\nmin_archive_copies = 0\ngc_batch_size = 1\ngc_batch_deadline = '1m'\n"
+        "gc_claim_timeout = '2m'\ngc_rehash_max_size = 0\ngrace_period = '0s'\n"
+        "[tasks]\nthreads = 1\n" + BASE
+    )
+    config = load_config(_write(tmp_path, text), environ={})
+    assert config.policy.min_archive_copies == 0
+    assert config.policy.gc_claim_timeout == 2 * config.policy.gc_batch_deadline
+    assert config.policy.verify_max_age == timedelta(days=30)  # the default bounds the risk
+
+
 def test_bad_environment_override_is_named(tmp_path: Path) -> None:
     path = write_default(tmp_path)
     with pytest.raises(ConfigError, match=r"policy\.grace_period: bad duration"):

@@ -69,7 +69,9 @@ def verify(
 ) -> None:
     """Re-hash copies; mark missing/corrupt ones and schedule repairs; report orphans.
 
-    Never deletes anything.
+    Never deletes anything. Exits 1 when a copy is missing or corrupt with no good copy
+    left to repair it from, or could not be checked (``unrepairable`` and ``errors``
+    in --json say which).
     """
     archive = state(ctx).archive()
     age = parse_duration(older_than) if older_than is not None else None
@@ -87,7 +89,13 @@ def verify(
         run_due(archive)
     if as_json:
         emit_json(report)
-        return
+    else:
+        _print_verify(report)
+    if report.unrepairable or report.errors:
+        raise typer.Exit(1)
+
+
+def _print_verify(report: verify_service.VerifyReport) -> None:
     console.print(
         f"checked {report.checked}: {report.ok} ok, {len(report.missing)} missing, "
         f"{len(report.corrupt)} corrupt; {report.repairs_scheduled} repairs scheduled"
@@ -98,6 +106,8 @@ def verify(
         console.print(f"corrupt  {line}")
     for line in report.unrepairable:
         console.print(f"no good copy left to repair from: {line}")
+    for line in report.errors:
+        console.print(f"not checked: {line}")
     for orphan in report.orphans:
         console.print(
             f"orphan   {orphan.location}/{orphan.key} ({orphan.size} bytes): {orphan.outcome}"

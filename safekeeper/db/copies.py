@@ -6,12 +6,12 @@ Every state change that another process could race is a conditional UPDATE
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from safekeeper.db.models import Blob, Copy, CopyState, Location
@@ -41,9 +41,16 @@ def live_states(session: Session, blob_ids: Sequence[int], location_id: int) -> 
 
 
 def record_present_many(
-    session: Session, blob_ids: Sequence[int], location_id: int, now: datetime
+    session: Session,
+    blob_ids: Sequence[int],
+    location_id: int,
+    now: datetime,
+    fingerprints: Mapping[int, str | None] | None = None,
 ) -> None:
-    """``record_present`` for many blobs: reuse live rows, insert the rest, in bulk."""
+    """``record_present`` for many blobs: reuse live rows, insert the rest, in bulk.
+    ``fingerprints``: blob id → its new object's fingerprint (reused rows get none:
+    gc re-hashes them before relying on them)."""
+    fingerprints = fingerprints or {}
     if not blob_ids:
         return
     existing = live_states(session, blob_ids, location_id)
@@ -55,7 +62,13 @@ def record_present_many(
                 Copy.location_id == location_id,
                 Copy.state != CopyState.DELETED,
             )
-            .values(state=CopyState.PRESENT, updated_at=now, verified_at=now, last_error=None)
+            .values(
+                state=CopyState.PRESENT,
+                updated_at=now,
+                verified_at=now,
+                fingerprint=None,
+                last_error=None,
+            )
             .execution_options(synchronize_session=False)
         )
     fresh = [blob_id for blob_id in blob_ids if blob_id not in existing]
@@ -70,6 +83,7 @@ def record_present_many(
                     "created_at": now,
                     "updated_at": now,
                     "verified_at": now,
+                    "fingerprint": fingerprints.get(blob_id),
                     "retries": 0,
                 }
                 for blob_id in fresh
@@ -78,7 +92,12 @@ def record_present_many(
 
 
 def record_present(
-    session: Session, blob_id: int, location_id: int, now: datetime, verified: bool = True
+    session: Session,
+    blob_id: int,
+    location_id: int,
+    now: datetime,
+    verified: bool = True,
+    fingerprint: str | None = None,
 ) -> Copy:
     """Record that the blob's bytes are fully written and hashed at the location.
 
@@ -101,6 +120,7 @@ def record_present(
     copy.last_error = None
     if verified:
         copy.verified_at = now
+        copy.fingerprint = fingerprint
     session.flush()
     return copy
 
@@ -121,6 +141,46 @@ def transition(
         .values(state=new, updated_at=now, **changes)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def present_fingerprints(
+    session: Session, blob_ids: Sequence[int]
+) -> dict[tuple[int, str], tuple[int, str | None]]:
+    """(blob id, location name) → (copy id, recorded fingerprint) of present copies."""
+    rows = session.execute(
+        select(Copy.blob_id, Location.name, Copy.id, Copy.fingerprint)
+        .join(Location, Copy.location_id == Location.id)
+        .where(Copy.blob_id.in_(blob_ids), Copy.state == CopyState.PRESENT)
+    )
+    return {(blob_id, name): (copy_id, fp) for blob_id, name, copy_id, fp in rows}
+
+
+def record_rehashed(session: Session, fingerprints: dict[int, str | None], now: datetime) -> None:
+    """Copies whose bytes were just hashed right: ``verified_at`` now, and the
+    fingerprint their object had (None when it moved while being hashed: that hash is
+    not trusted as a verification, and the next check re-hashes)."""
+    copies = cast(Table, Copy.__table__)
+    known = [{"cid": i, "fp": fp} for i, fp in fingerprints.items() if fp is not None]
+    moved = [i for i, fp in fingerprints.items() if fp is None]
+    if known:
+        session.execute(
+            update(copies)
+            .where(copies.c.id == bindparam("cid"), copies.c.state == CopyState.PRESENT)
+            .values(verified_at=now, fingerprint=bindparam("fp")),
+            known,
+        )
+    if moved:
+        session.execute(
+            update(copies)
+            .where(copies.c.id.in_(moved), copies.c.state == CopyState.PRESENT)
+            .values(fingerprint=None)
+        )
+
+
+def set_fingerprint(session: Session, copy_id: int, fingerprint: str | None) -> None:
+    """The fingerprint of a copy whose bytes were just hashed right."""
+    copies = cast(Table, Copy.__table__)
+    session.execute(update(copies).where(copies.c.id == copy_id).values(fingerprint=fingerprint))
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,9 @@ class Copy(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: ``ObjectInfo.fingerprint`` of the object when its bytes were last hashed right
+    #: (NULL: unknown; gc then re-hashes before relying on the copy).
+    fingerprint: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_access: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     retries: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -6,9 +6,12 @@ Per batch of planned copies at one location:
    UPDATE, committed. A claimed copy no longer counts as a copy for anyone
    (invariant 4).
 2. **re-check** — gather the evidence again *after* the claim committed (references,
-   holds, jobs, transfers, other copies) and decide with the pure policy; copies relied
-   upon as verified elsewhere are re-confirmed in their stores (a copy found gone there
-   is marked ``missing``, invariant 2). Long re-checks send heartbeats.
+   holds, jobs, transfers, other copies) and decide with the pure policy; a copy
+   allowed to go because it is copied elsewhere is decided again on physical evidence:
+   every other present copy re-confirmed in its store against change (fingerprint,
+   re-hash of the last one; ``services.reconfirm``), only those confirmed counting. A
+   copy found gone or changed is marked ``missing`` or ``corrupt`` and the delete
+   refused (invariants 2 and 12). Long re-checks send heartbeats.
 3. **release** what the re-check no longer allows (``deleting → present``).
 4. **fence** — the last database step before the store: stamp ``fenced_at`` on the
    copies still claimed under our token. Claims taken over meanwhile (a gc that
@@ -38,24 +41,25 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from safekeeper.db import audit, claims
+from safekeeper.db.copies import present_fingerprints
 from safekeeper.db.evidence import CopyFacts, gather
 from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.db.tasks import enqueue
 from safekeeper.engine.types import Completion, TaskInfo
 from safekeeper.errors import (
-    NotFound,
     SafekeeperError,
     StoreError,
     StoreIdentityError,
     TransientStoreError,
 )
 from safekeeper.packages.eviction import drop_orphaned_trees
-from safekeeper.policy import Decision, Evidence, Policy, Rule, decide, is_verified
+from safekeeper.policy import Decision, Evidence, Rule, decide
 from safekeeper.services.planner import make_plan, policy_from_config
+from safekeeper.services.reconfirm import Check, reconfirm
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -139,81 +143,64 @@ class Verdict:
     decision: Decision
 
 
-def _relied_upon(facts: CopyFacts, ev: Evidence, policy: Policy, now: datetime) -> list[str]:
-    """Locations whose verified copies the archived-elsewhere rule counts."""
-    rules = policy.locations[facts.location]
-    return [
-        o.location
-        for o in ev.others
-        if is_verified(o, policy, now)
-        and (o.location in rules.delete_after_copies_at or o.kind == "archive")
-    ]
-
-
 def recheck(
     archive: Archive, copy_ids: Sequence[int], heartbeat: Callable[[], None] | None = None
 ) -> list[Verdict]:
-    """Decide again on claimed copies, re-confirming the verified copies relied upon
-    (calling ``heartbeat`` between copies: the store round-trips can take long)."""
+    """Decide again on claimed copies: first on the database's rows; then, for a copy
+    those allow to go because it is copied elsewhere, on physical evidence — every
+    other present copy of its blob re-confirmed in its store in this run
+    (``services.reconfirm``), the policy counting only those confirmed. ``heartbeat``
+    is called around the store round-trips, which can take long."""
     policy = policy_from_config(archive.config)
     now = archive.clock()
+    deadline = time.monotonic() + archive.config.policy.gc_batch_deadline.total_seconds()
     with archive.db.read() as session:
         evidence = gather(session, copy_ids=copy_ids)
-    verdicts = []
+        recorded = present_fingerprints(session, [facts.blob_id for facts, _ in evidence.values()])
+    verdicts: list[Verdict] = []
+    physical: list[tuple[CopyFacts, Evidence]] = []
     for facts, claimed_ev in evidence.values():
         # We hold the claim on this copy: judge it as the present copy it was. Every
         # other claimed copy (ours or another gc's) does not count as present.
         ev = replace(claimed_ev, state=CopyState.PRESENT.value)
         decision = decide(ev, policy, now)
         if decision.allowed and decision.rule == Rule.ARCHIVED_ELSEWHERE:
-            confirmed = {
-                name: _confirm(archive, name, facts)
-                for name in _relied_upon(facts, ev, policy, now)
-            }
-            others = tuple(
-                replace(o, confirmed=confirmed[o.location]) if o.location in confirmed else o
-                for o in ev.others
-            )
-            ev = replace(ev, others=others)
-            decision = decide(ev, policy, now)
-        verdicts.append(Verdict(facts, ev, decision))
-        if heartbeat is not None:
-            heartbeat()
+            physical.append((facts, ev))
+        else:
+            verdicts.append(Verdict(facts, ev, decision))
+    checks = [check for facts, ev in physical for check in _checks(facts, ev, recorded)]
+    if heartbeat is not None:
+        heartbeat()
+    confirmed = {
+        (r.check.blob_id, r.check.location): r.outcome.confirmed
+        for r in reconfirm(archive, checks, deadline)
+    }
+    if heartbeat is not None:
+        heartbeat()
+    for facts, ev in physical:
+        others = tuple(
+            replace(o, confirmed=confirmed.get((facts.blob_id, o.location))) for o in ev.others
+        )
+        ev = replace(ev, others=others, reconfirmed=True)
+        verdicts.append(Verdict(facts, ev, decide(ev, policy, now)))
     return verdicts
 
 
-def _confirm(archive: Archive, location: str, facts: CopyFacts) -> bool:
-    """Is the blob's object at ``location`` really there, with the right size?"""
-    if location not in archive.config.locations:
-        return False
-    key = archive.key_for(location, facts.sha256, facts.blob_id)
-    try:
-        found = archive.store(location).stat(key).size == facts.size
-    except NotFound:
-        found = False
-    except SafekeeperError:
-        return False  # cannot tell now: not confirmed, but not proven missing either
-    if not found:
-        _mark_missing(archive, facts.blob_id, location)
-    return found
-
-
-def _mark_missing(archive: Archive, blob_id: int, location: str) -> None:
-    with archive.db.write() as session:
-        location_id = select(Location.id).where(Location.name == location).scalar_subquery()
-        session.execute(
-            update(Copy)
-            .where(
-                Copy.blob_id == blob_id,
-                Copy.location_id == location_id,
-                Copy.state == CopyState.PRESENT,
-            )
-            .values(
-                state=CopyState.MISSING,
-                updated_at=archive.clock(),
-                last_error="gone (or wrong size) when gc re-confirmed it",
-            )
-        )
+def _checks(
+    facts: CopyFacts, ev: Evidence, recorded: dict[tuple[int, str], tuple[int, str | None]]
+) -> list[Check]:
+    """What to re-confirm before deleting this copy: every other present copy."""
+    present = [o for o in ev.others if o.state == CopyState.PRESENT]
+    checks = []
+    for other in present:
+        found = recorded.get((facts.blob_id, other.location))
+        if found is None:
+            continue  # no longer present: it cannot count, and needs no check
+        copy_id, fingerprint = found
+        last = len(present) == 1
+        blob = (facts.blob_id, facts.sha256, facts.size)
+        checks.append(Check(copy_id, *blob, other.location, fingerprint, last))
+    return checks
 
 
 # -- phases 3-5: release, delete, record ------------------------------------------

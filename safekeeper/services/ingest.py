@@ -34,7 +34,14 @@ from safekeeper.db.models import CopyState
 from safekeeper.db.refs import set_reference
 from safekeeper.errors import AlreadyExists, BadInput, Conflict, NotFound
 from safekeeper.ids import RefSpec
-from safekeeper.stores.base import Source, Staged, Store, deferred_sync, sync_store
+from safekeeper.stores.base import (
+    Source,
+    Staged,
+    Store,
+    deferred_sync,
+    fingerprint_of,
+    sync_store,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -259,6 +266,7 @@ def record_staged(
     blobs = ensure_blobs(session, {s.sha256: s.size for s in staged}, now)
     states = live_states(session, [b.id for b in blobs.values()], location.id)
     newly_present: list[int] = []
+    fingerprints: dict[int, str | None] = {}
     stored: list[bool] = []
     for item in staged:
         blob = blobs[item.sha256]
@@ -272,8 +280,10 @@ def record_staged(
         if state != CopyState.PRESENT:
             key = archive.key_for(location_name, blob.sha256, blob.id)
             wrote = _publish_object(store, item, key)
+            if wrote:
+                fingerprints[blob.id] = fingerprint_of(store, key)
             newly_present.append(blob.id)
             states[blob.id] = CopyState.PRESENT  # a duplicate later in ``staged``
         stored.append(wrote)
-    record_present_many(session, newly_present, location.id, now)
+    record_present_many(session, newly_present, location.id, now, fingerprints)
     return blobs, stored

@@ -20,7 +20,7 @@ from safekeeper.db.copies import transition
 from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.engine.types import Completion, TaskInfo
 from safekeeper.errors import AlreadyExists, NotFound, PermanentStoreError, TransientStoreError
-from safekeeper.stores.base import HashingCounter, Store
+from safekeeper.stores.base import HashingCounter, Store, fingerprint_of
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -85,7 +85,7 @@ class Transfer:
             except TransientStoreError as exc:
                 problems.append(f"{source_location}: {exc}")
                 continue
-            return self._completion(task.copy_id)
+            return self._completion(task.copy_id, fingerprint_of(target_store, target_key))
         raise TransientStoreError(f"transfer of {blob.sha256} failed: " + "; ".join(problems))
 
     @staticmethod
@@ -109,7 +109,7 @@ class Transfer:
             )
 
     @staticmethod
-    def _completion(copy_id: int) -> Completion:
+    def _completion(copy_id: int, fingerprint: str | None) -> Completion:
         def complete(session: Session, now: datetime) -> None:
             transition(
                 session,
@@ -118,6 +118,7 @@ class Transfer:
                 CopyState.PRESENT,
                 now,
                 verified_at=now,
+                fingerprint=fingerprint,
                 last_error=None,
             )
 

@@ -32,6 +32,7 @@ from safekeeper.errors import BadInput, NotFound, StoreError
 from safekeeper.ids import is_blob_id
 from safekeeper.services.replication import schedule_transfers, serialize, want_repairs
 from safekeeper.services.transfer import hash_object
+from safekeeper.stores.base import fingerprint_of
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -55,7 +56,10 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
     repairs_scheduled: int = 0
+    #: Missing or corrupt copies with no good copy to repair them from.
     unrepairable: list[str] = field(default_factory=list)
+    #: Copies that could not be checked (the store failed): ``<blob> at <location>: why``.
+    errors: list[str] = field(default_factory=list)
     orphans: list[Orphan] = field(default_factory=list)
 
 
@@ -93,27 +97,33 @@ def _subjects(
         return [_Subject(*row) for row in session.execute(query)]
 
 
-def _check(archive: Archive, subject: _Subject) -> str:
-    """``ok``, ``missing`` or ``corrupt`` (or ``error: …`` when the store failed)."""
+def _check(archive: Archive, subject: _Subject) -> tuple[str, str | None]:
+    """``ok``, ``missing`` or ``corrupt`` (or ``error: …`` when the store failed), and
+    for ``ok`` the object's fingerprint if it did not change while being hashed."""
     store = archive.store(subject.location)
     key = archive.key_for(subject.location, subject.sha256, subject.blob_id)
     try:
+        before = store.stat(key).fingerprint
         digest, size = hash_object(store, key)
     except NotFound:
-        return "missing"
+        return "missing", None
     except StoreError as exc:
-        return f"error: {exc}"
-    return "ok" if (digest, size) == (subject.sha256, subject.size) else "corrupt"
+        return f"error: {exc}", None
+    if (digest, size) != (subject.sha256, subject.size):
+        return "corrupt", None
+    return "ok", before if fingerprint_of(store, key) == before else None
 
 
-def _record(archive: Archive, subject: _Subject, verdict: str, report: VerifyReport) -> None:
+def _record(
+    archive: Archive, subject: _Subject, verdict: str, fingerprint: str | None, report: VerifyReport
+) -> None:
     now = archive.clock()
     with archive.db.write() as session:
         if verdict == "ok":
             session.execute(
                 update(Copy)
                 .where(Copy.id == subject.copy_id, Copy.state == CopyState.PRESENT)
-                .values(verified_at=now)
+                .values(verified_at=now, fingerprint=fingerprint)
             )
             report.ok += 1
         elif verdict in ("missing", "corrupt"):
@@ -121,6 +131,8 @@ def _record(archive: Archive, subject: _Subject, verdict: str, report: VerifyRep
             error = f"verify found the object {verdict}"
             if transition(session, subject.copy_id, CopyState.PRESENT, new, now, last_error=error):
                 getattr(report, verdict).append(f"{subject.sha256} at {subject.location}")
+        else:
+            report.errors.append(f"{subject.sha256} at {subject.location}: {verdict}")
     report.checked += 1
 
 
@@ -143,10 +155,10 @@ def verify(
         subjects = [s for s in subjects if chooser.random() < sample]
     report = VerifyReport()
     with ThreadPoolExecutor(max_workers=archive.config.tasks.threads) as pool:
-        for subject, verdict in zip(
+        for subject, (verdict, fingerprint) in zip(
             subjects, pool.map(lambda s: _check(archive, s), subjects), strict=True
         ):
-            _record(archive, subject, verdict, report)
+            _record(archive, subject, verdict, fingerprint, report)
             if on_checked is not None:
                 on_checked(subject.size)
     schedule_repairs(archive, locations, report)
@@ -221,7 +233,9 @@ def find_orphans(archive: Archive, location: str, *, adopt: bool) -> list[Orphan
 
 def _adopt(archive: Archive, location: str, key: str, interval: bool) -> str:
     store = archive.store(location)
+    before = fingerprint_of(store, key)
     digest, size = hash_object(store, key)
+    fingerprint = before if fingerprint_of(store, key) == before else None
     with archive.db.write() as session:
         if interval:
             blob = session.get(Blob, int(key))
@@ -231,5 +245,6 @@ def _adopt(archive: Archive, location: str, key: str, interval: bool) -> str:
             if not is_blob_id(key) or digest != key:
                 return f"content hashes to {digest}, not its key"
             blob = ensure_blob(session, digest, size, archive.clock())
-        record_present(session, blob.id, get_location(session, location).id, archive.clock())
+        location_id = get_location(session, location).id
+        record_present(session, blob.id, location_id, archive.clock(), fingerprint=fingerprint)
     return "adopted"

@@ -64,6 +64,10 @@ class ObjectInfo:
     key: str
     size: int
     modified: datetime | None = None
+    #: A cheap token that changes when the object is replaced or rewritten in place,
+    #: as far as the backend can tell without reading it (``stat`` fills it in; see
+    #: each backend). Compared for equality only; None when the backend cannot say.
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,17 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def fingerprint_of(store: Store, key: str) -> str | None:
+    """The object's fingerprint, to record right after its bytes were hashed right;
+    None when the store cannot say now (gc then re-hashes before relying on it)."""
+    from safekeeper.errors import SafekeeperError
+
+    try:
+        return store.stat(key).fingerprint
+    except SafekeeperError:
+        return None
 
 
 def iter_source(source: Source, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:

@@ -374,7 +374,14 @@ class FileStore:
         st = self._stat_file(key)
         if st is None:
             raise NotFound(f"{self.url}: no object {key!r}")
-        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+        return ObjectInfo(
+            key,
+            st.st_size,
+            datetime.fromtimestamp(st.st_mtime, UTC),
+            # A rewrite in place changes mtime and ctime (to the kernel's coarse clock);
+            # a replacement changes the inode (unless reused) and ctime.
+            fingerprint=f"file:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}",
+        )
 
     def exists(self, key: str) -> bool:
         return self._stat_file(key) is not None

@@ -145,7 +145,10 @@ class MemoryStore:
 
     def stat(self, key: str) -> ObjectInfo:
         data, modified = self._get(key)
-        return ObjectInfo(key=key, size=len(data), modified=modified)
+        # Objects are immutable bytes: replacing one puts another bytes object in the
+        # dict while the old one is still referenced, so its id differs.
+        fingerprint = f"memory:{len(data)}:{id(data)}:{modified.timestamp()!r}"
+        return ObjectInfo(key=key, size=len(data), modified=modified, fingerprint=fingerprint)
 
     def exists(self, key: str) -> bool:
         validate_key(key)

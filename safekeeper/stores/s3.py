@@ -368,7 +368,13 @@ class S3Store:
 
     def stat(self, key: str) -> ObjectInfo:
         meta = self._head(key)
-        return ObjectInfo(key=key, size=int(meta["size"]), modified=meta.get("last_modified"))
+        size = int(meta["size"])
+        # Every PUT gives the object a new ETag (and version, on versioned buckets); a
+        # PUT of the same bytes may keep the ETag, which is harmless.
+        fingerprint = f"s3:{size}:{meta.get('e_tag')}:{meta.get('version')}"
+        return ObjectInfo(
+            key=key, size=size, modified=meta.get("last_modified"), fingerprint=fingerprint
+        )
 
     def exists(self, key: str) -> bool:
         try:

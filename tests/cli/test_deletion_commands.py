@@ -453,6 +453,33 @@ def test_replicate_then_verify(data_dir: Path, two_blobs: tuple[str, str]) -> No
     assert code == 0 and "checked 4: 4 ok, 0 missing, 0 corrupt; 0 repairs scheduled" in out
 
 
+def test_verify_exit_status_says_when_a_copy_cannot_be_repaired(
+    data_dir: Path, two_blobs: tuple[str, str]
+) -> None:
+    first, second = two_blobs
+    cli_json(data_dir, "replicate")
+    # Repairable: the archive copy rots while the inbox copy is good. Exit 0.
+    path = object_path(data_dir, "archive", first)
+    path.chmod(0o644)
+    path.write_bytes(b"rotten")
+    code, out, _ = cli(data_dir, "verify", "--json")
+    assert code == 0 and json.loads(out)["corrupt"] == [f"{first} at archive"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == first  # repaired
+    # Unrepairable: both copies of the second blob are gone. Exit 1, every run, until
+    # someone acts; --json names the copies.
+    for location in ("inbox", "archive"):
+        object_path(data_dir, location, second).unlink()
+    for _ in range(2):
+        code, out, _ = cli(data_dir, "verify", "--json")
+        assert code == 1
+        report = json.loads(out)
+        assert sorted(report["unrepairable"]) == [f"{second} at archive", f"{second} at inbox"]
+        assert report["errors"] == []
+    code, out, _ = cli(data_dir, "verify")
+    assert code == 1
+    assert f"no good copy left to repair from: {second} at inbox" in out
+
+
 def test_tasks_list_fail_and_retry(tmp_path: Path) -> None:
     data_dir = tmp_path / "retry-data"
     data_dir.mkdir()
@@ -488,7 +515,9 @@ def test_tasks_list_fail_and_retry(tmp_path: Path) -> None:
 
     # Bring the bytes back (verify marks the inbox copy missing, a put rewrites it),
     # then retry the failed transfer.
-    report = cli_json(data_dir, "verify", "--location", "inbox")
+    code, out, _ = cli(data_dir, "verify", "--location", "inbox", "--json")
+    assert code == 1  # a copy it cannot repair
+    report = json.loads(out)
     assert report["missing"] == [f"{lost} at inbox"]
     assert report["unrepairable"] == [f"{lost} at inbox"]
     code, _, err = cli(data_dir, "put", "-", input=b"bytes that vanish")

@@ -19,8 +19,10 @@ every step:
   the test keeps; the archive's clock may be behind it);
 - whatever the planner would delete, the pure policy allows.
 
-Tampering changes an object's size: gc re-confirms relied-upon copies by existence and
-size right before deleting (invariant 2); same-size rot is verify's job.
+Tampering changes an object's size, or rewrites a random present object in place with
+other bytes of the same size (keeping its timestamp): gc re-confirms every other copy
+against change right before deleting — fingerprint, and a re-hash of the last one —
+and counts only those re-confirmed (invariants 2, 11, 12).
 
 In the archive world ``tape-a`` is a directory, and its disk is unmounted (an empty
 directory left at its root) and mounted again at random (invariant 10): whatever
@@ -369,6 +371,22 @@ class DeletionMachine(RuleBasedStateMachine):
             with contextlib.suppress(AlreadyExists):
                 store.put(HASHES[i], [PAYLOADS[i] + b"!"])
         self.tampered.add((where, HASHES[i]))
+
+    @rule(i=st.integers(0, 2), where=st.integers(0, 9), flip=st.integers(0, 10_000))
+    def corrupt_in_place(self, i: int, where: int, flip: int) -> None:
+        """Behind safekeeper's back: same-size in-place corruption of a random present
+        object (one byte changed, the timestamp kept), never the last intact one."""
+        location = self.locations[where % len(self.locations)]
+        store = self.archive.store(location)
+        if not store.exists(HASHES[i]) or not self._intact_elsewhere(HASHES[i], location):
+            return
+        bucket = store._bucket  # type: ignore[attr-defined]  # memory store: write in place
+        with bucket.lock:
+            data, modified = bucket.objects[HASHES[i]]
+            at = flip % len(data)
+            changed = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+            bucket.objects[HASHES[i]] = (changed, modified)
+        self.tampered.add((location, HASHES[i]))
 
     @rule()
     def plan_agrees_with_policy(self) -> None:
