@@ -30,8 +30,8 @@ from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.errors import BadInput, NotFound, StoreError
 from safekeeper.ids import is_blob_id
+from safekeeper.services.existing import hash_object
 from safekeeper.services.replication import schedule_transfers, serialize, want_repairs
-from safekeeper.services.transfer import hash_object
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
