@@ -241,6 +241,19 @@ def test_transfer_target_with_a_same_size_wrong_object_gets_the_right_bytes(
     assert _present_objects_hash_right(archive, "archive") == 1
 
 
+def test_replacing_from_a_corrupt_source_never_makes_the_copy_present(
+    archive: Archive,
+) -> None:
+    archive.put_bytes(GOOD)
+    _plant(archive, "inbox", GOOD_SHA, b"rotten bytes!! " * 64)  # not yet verified
+    path = _plant(archive, "archive", GOOD_SHA, WRONG)
+    replication.replication_pass(archive)
+    run_due(archive)
+    assert _state(archive, GOOD_SHA, "archive") != CopyState.PRESENT
+    assert _present_objects_hash_right(archive, "archive") == 0
+    assert path.read_bytes() != GOOD
+
+
 def test_repair_of_a_corrupt_interval_copy_rewrites_its_own_key(
     make_archive: ArchiveFactory,
 ) -> None:
