@@ -297,6 +297,12 @@ def test_interval_key_of_a_rolled_back_put_is_not_reused(interval_archive: Archi
     left = {k: v for k, v in _orphan_keys(archive).items() if v == other}
     assert len(left) == 1  # the rolled-back put's object, under its number
     [(orphan_key, _)] = left.items()
+    # A put elsewhere (a fanout location) must not take the number either: the blob
+    # would later be copied to the interval location, onto the orphan.
+    elsewhere = ingest.put_stream(archive, [b"elsewhere"], location="archive")
+    with archive.db.read() as session:
+        ids = dict(session.execute(select(Blob.sha256, Blob.id)).tuples().all())
+    assert ids[elsewhere.sha256] != int(orphan_key)
     assert archive.put_bytes(GOOD).stored is True
     assert _present_objects_hash_right(archive, "inbox") == 2
     assert _orphan_keys(archive)[orphan_key] == other  # never overwritten
@@ -304,6 +310,9 @@ def test_interval_key_of_a_rolled_back_put_is_not_reused(interval_archive: Archi
         assert int(orphan_key) not in set(session.scalars(select(Blob.id)))
     assert archive.put_bytes(other).stored is True  # its retry takes a new number
     assert _present_objects_hash_right(archive, "inbox") == 3
+    assert archive.put_bytes(b"elsewhere").stored is True  # now at the interval inbox
+    assert _present_objects_hash_right(archive, "inbox") == 4
+    assert _orphan_keys(archive)[orphan_key] == other
 
 
 KILLED_PUT = textwrap.dedent(
