@@ -301,7 +301,7 @@ def test_interval_key_of_a_rolled_back_put_is_not_reused(interval_archive: Archi
     # would later be copied to the interval location, onto the orphan.
     elsewhere = ingest.put_stream(archive, [b"elsewhere"], location="archive")
     with archive.db.read() as session:
-        ids = dict(session.execute(select(Blob.sha256, Blob.id)).tuples().all())
+        ids = {sha256: blob_id for sha256, blob_id in session.execute(select(Blob.sha256, Blob.id))}
     assert ids[elsewhere.sha256] != int(orphan_key)
     assert archive.put_bytes(GOOD).stored is True
     assert _present_objects_hash_right(archive, "inbox") == 2
