@@ -261,9 +261,9 @@ def reserve_serials(archive: Archive, location_name: str, count: int) -> Iterato
     the put does not use (blobs that exist already) are skipped for good."""
     if count == 0 or not archive.uses_serial_keys(location_name):
         return None
+    if archive.db.dialect == "postgresql":
+        return None  # its sequence never hands a number out twice (db.blob_ids)
     with archive.db.write() as session:
-        if counts_ids_itself(session):
-            return None
         return iter(take_blob_ids(session, count))
 
 
