@@ -63,7 +63,12 @@ def verify(
         str | None, typer.Option(help="Only copies last verified longer ago, e.g. 30d.")
     ] = None,
     adopt: Annotated[
-        bool, typer.Option("--adopt", help="Record orphan objects that hash to their key.")
+        bool,
+        typer.Option(
+            "--adopt",
+            help="Record orphan objects whose bytes hash to their key's blob (never on "
+            "name or size alone); report the others.",
+        ),
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -104,6 +109,8 @@ def _print_verify(report: verify_service.VerifyReport) -> None:
         console.print(f"missing  {line}")
     for line in report.corrupt:
         console.print(f"corrupt  {line}")
+    for line in report.restored:
+        console.print(f"restored {line} (its bytes are back and hash right)")
     for line in report.unrepairable:
         console.print(f"no good copy left to repair from: {line}")
     for line in report.errors:

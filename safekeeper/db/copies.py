@@ -40,6 +40,21 @@ def live_states(session: Session, blob_ids: Sequence[int], location_id: int) -> 
     return {blob_id: state for blob_id, state in rows}
 
 
+def was_verified_at(session: Session, blob_id: int, location_id: int) -> bool:
+    """Whether a copy of the blob at the location (any row, deleted ones included) was
+    ever verified there: then the blob's key at that location was its own."""
+    found = session.scalar(
+        select(Copy.id)
+        .where(
+            Copy.blob_id == blob_id,
+            Copy.location_id == location_id,
+            Copy.verified_at.is_not(None),
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
 def record_present_many(
     session: Session,
     blob_ids: Sequence[int],

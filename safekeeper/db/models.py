@@ -109,6 +109,16 @@ class Blob(Base):
     unreferenced_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class IdSequence(Base):
+    """A persisted counter. Row ``blobs`` hands out blob serial numbers on SQLite, where
+    ``max(rowid) + 1`` would hand out a rolled-back number again (``db.blob_ids``);
+    PostgreSQL uses the column's own sequence and leaves the row alone."""
+
+    __tablename__ = "id_sequences"
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    next_value: Mapped[int] = mapped_column(BigInteger)
+
+
 class Copy(Base):
     """That a blob is, is becoming, or was at a location. ``deleted`` rows stay for audit."""
 

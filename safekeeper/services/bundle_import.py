@@ -46,7 +46,7 @@ from safekeeper.services.bundle_format import (
     open_tar,
     read_manifest,
 )
-from safekeeper.services.ingest import record_staged
+from safekeeper.services.ingest import record_staged, reserve_serials
 from safekeeper.stores.base import Staged, Store, deferred_sync, sync_store
 
 if TYPE_CHECKING:
@@ -265,12 +265,13 @@ def _record(
 ) -> ImportOutcome:
     """The one write transaction: objects, blobs, copies, packages, references."""
     store = archive.store(location)
+    serials = reserve_serials(archive, location, len({s.sha256 for s in staged}))
     now = archive.clock()
     with archive.db.write() as session:
         _check_references(session, namespace, manifest)
         blobs: dict[str, Blob] = {}
         for new in batches(staged):
-            blobs.update(record_staged(archive, session, location, new, now)[0])
+            blobs.update(record_staged(archive, session, location, new, now, serials)[0])
         for known in batches([b.sha256 for b in manifest.blobs if b.sha256 not in blobs]):
             blobs.update(
                 (b.sha256, b) for b in session.scalars(select(Blob).where(Blob.sha256.in_(known)))

@@ -9,10 +9,16 @@ Crash analysis (invariant 6, "present only after fully written and hashed"):
 - before publish: at most a temp file in the store's ``.tmp`` area, removed once
   stale when a later process opens the store (``Archive.store``); no row, no object;
 - after publish, before commit: an object with no row. The next put of the same
-  bytes adopts it (create-only publish reports AlreadyExists, the object has the
-  right size, and its key is the hash of bytes some writer hashed in full);
-  ``verify --adopt`` adopts the rest;
+  bytes finds it (create-only publish reports AlreadyExists), hashes it and keeps it
+  when the bytes are right (``services.existing``); ``verify --adopt`` adopts the
+  rest. At an ``interval`` key the number is never handed out again: it was reserved
+  in a transaction committed before the object was written (``db.blob_ids``);
 - after commit: the blob, its copy and its reference exist together.
+
+An object already at the key is never taken on its name or size (invariant 11): it is
+hashed, kept if right, replaced atomically with the staged bytes if wrong, refused if
+it is another blob's (``services.existing``). That costs a read of the existing
+object, and only then: a free key (the common case) reads nothing back.
 
 Putting bytes a location already holds writes nothing (dedup) and touches no object.
 """
@@ -24,16 +30,19 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from safekeeper.db.blob_ids import counts_ids_itself, take_blob_ids
 from safekeeper.db.blobs import ensure_blobs
 from safekeeper.db.catalog import get_location
-from safekeeper.db.copies import live_states, record_present_many
+from safekeeper.db.copies import live_states, record_present_many, was_verified_at
 from safekeeper.db.models import CopyState
 from safekeeper.db.refs import set_reference
 from safekeeper.errors import AlreadyExists, BadInput, Conflict, NotFound
 from safekeeper.ids import RefSpec
+from safekeeper.services.existing import Content, settle
 from safekeeper.stores.base import (
     Source,
     Staged,
@@ -208,10 +217,11 @@ def _publish(
     A handful of statements per batch, whatever its size. ``before_commit`` runs
     after every object is published and before the transaction commits.
     """
+    serials = reserve_serials(archive, location_name, len({i.staged.sha256 for i in items}))
     now = archive.clock()
     with archive.db.write() as session:
         blobs, stored = record_staged(
-            archive, session, location_name, [item.staged for item in items], now
+            archive, session, location_name, [item.staged for item in items], now, serials
         )
         outcomes: list[PutOutcome] = []
         for item, wrote in zip(items, stored, strict=True):
@@ -228,22 +238,40 @@ def _publish(
     return outcomes
 
 
-def _publish_object(store: Store, staged: Staged, key: str) -> bool:
-    """Publish under ``key``; adopt an existing object of the right size (see module doc)."""
+def _publish_object(
+    store: Store, staged: Staged, key: str, *, content_key: bool, held_before: Callable[[], bool]
+) -> bool:
+    """Publish under ``key``, create-only; True if this wrote the object. An object
+    already there is hashed first (see module doc and ``services.existing``)."""
     try:
         staged.commit(key)
         return True
     except AlreadyExists:
-        try:
-            existing = store.stat(key)
-        except NotFound:
-            raise Conflict(f"object {key} appeared and vanished during the put; retry") from None
-        if existing.size != staged.size:
-            raise Conflict(
-                f"object {key} exists with {existing.size} bytes, expected {staged.size}: "
-                "run `safekeeper verify` to repair it"
-            ) from None
-        return False
+        pass
+    try:
+        return settle(
+            store,
+            key,
+            Content(staged.sha256, staged.size),
+            content_key=content_key,
+            held_before=held_before,
+            replace=lambda: staged.replace(key),
+        )
+    except NotFound:
+        raise Conflict(f"object {key} appeared and vanished during the put; retry") from None
+
+
+def reserve_serials(archive: Archive, location_name: str, count: int) -> Iterator[int] | None:
+    """For a put into an ``interval`` location on SQLite: ``count`` blob ids taken in a
+    transaction of their own, committed before any object is written under them, so a
+    rollback or a kill of the put cannot hand them out again (``db.blob_ids``). Numbers
+    the put does not use (blobs that exist already) are skipped for good."""
+    if count == 0 or not archive.uses_serial_keys(location_name):
+        return None
+    if archive.db.dialect == "postgresql":
+        return None  # its sequence never hands a number out twice (db.blob_ids)
+    with archive.db.write() as session:
+        return iter(take_blob_ids(session, count))
 
 
 def record_staged(
@@ -252,6 +280,7 @@ def record_staged(
     location_name: str,
     staged: Sequence[Staged],
     now: datetime,
+    serials: Iterator[int] | None = None,
 ) -> tuple[dict[str, Blob], list[bool]]:
     """Inside the caller's transaction: record the staged blobs, publish the objects the
     location does not hold yet and record their ``present`` copies. Returns the blob rows
@@ -259,11 +288,16 @@ def record_staged(
     (False: the location held it, it was adopted, or it came earlier in ``staged``).
 
     Same crash analysis as ``_publish`` (module doc): an object published before a
-    rollback is adopted by the next put of those bytes or by ``verify --adopt``.
+    rollback is kept by the next put of those bytes (after hashing it) or adopted by
+    ``verify --adopt``. For an ``interval`` location on SQLite, ``serials`` are the
+    blob ids reserved beforehand by ``reserve_serials``.
     """
     store = archive.store(location_name)
     location = get_location(session, location_name)
-    blobs = ensure_blobs(session, {s.sha256: s.size for s in staged}, now)
+    content_key = not archive.uses_serial_keys(location_name)
+    if not content_key and serials is None and not counts_ids_itself(session):
+        raise Conflict(f"a put into {location_name} needs blob ids reserved beforehand")
+    blobs = ensure_blobs(session, {s.sha256: s.size for s in staged}, now, serials)
     states = live_states(session, [b.id for b in blobs.values()], location.id)
     newly_present: list[int] = []
     fingerprints: dict[int, str | None] = {}
@@ -279,7 +313,13 @@ def record_staged(
         wrote = False
         if state != CopyState.PRESENT:
             key = archive.key_for(location_name, blob.sha256, blob.id)
-            wrote = _publish_object(store, item, key)
+            wrote = _publish_object(
+                store,
+                item,
+                key,
+                content_key=content_key,
+                held_before=partial(was_verified_at, session, blob.id, location.id),
+            )
             if wrote:
                 fingerprints[blob.id] = fingerprint_of(store, key)
             newly_present.append(blob.id)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from safekeeper.db.copies import record_rehashed, transition
 from safekeeper.db.models import CopyState
 from safekeeper.errors import NotFound, SafekeeperError
-from safekeeper.services.transfer import hash_object
+from safekeeper.services.existing import hash_object
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive

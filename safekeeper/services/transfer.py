@@ -5,10 +5,16 @@ which hashes exactly what it wrote. The copy becomes ``present`` (with
 ``verified_at``) only if that hash and size equal the blob's. On a mismatch the
 target object is removed and the attempt counts as a transient failure: the next
 attempt may read from another source.
+
+A target key already taken is settled by ``services.existing``: the object there is
+hashed and kept only if its bytes are right, replaced atomically (never deleted
+first) if they are wrong, and never touched if it is another blob's — an ``interval``
+key this blob never held — which fails the transfer for good (PermanentStoreError).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -16,11 +22,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
-from safekeeper.db.copies import transition
+from safekeeper.db.copies import transition, was_verified_at
 from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.engine.types import Completion, TaskInfo
 from safekeeper.errors import AlreadyExists, NotFound, PermanentStoreError, TransientStoreError
-from safekeeper.stores.base import HashingCounter, Store, fingerprint_of
+from safekeeper.services.existing import Content, ForeignObject, settle
+from safekeeper.stores.base import Store, fingerprint_of
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -30,11 +37,23 @@ def _nothing(session: Session, now: datetime) -> None:
     return None
 
 
-def hash_object(store: Store, key: str) -> tuple[str, int]:
-    counter = HashingCounter()
-    for chunk in store.open(key):
-        counter.update(chunk)
-    return counter.sha256, counter.size
+@dataclass(frozen=True)
+class _Place:
+    """Where the copy goes, and what may be done to an object already there."""
+
+    store: Store
+    key: str
+    content_key: bool
+    held_before: Callable[[], bool]
+
+
+def _held_before(archive: Archive, blob_id: int, location_id: int) -> bool:
+    with archive.db.read() as session:
+        return was_verified_at(session, blob_id, location_id)
+
+
+def _replace(source: Store, source_key: str, target: Store, target_key: str) -> None:
+    target.replace(target_key, source.open(source_key))
 
 
 @dataclass(frozen=True)
@@ -73,12 +92,19 @@ class Transfer:
             raise PermanentStoreError(f"no present copy of {blob.sha256} to transfer from")
         target_store = archive.store(target_location, fresh=True)  # invariant 10
         target_key = archive.key_for(target_location, blob.sha256, blob.id)
+        location_id = target.location_id
+        place = _Place(
+            target_store,
+            target_key,
+            content_key=not archive.uses_serial_keys(target_location),
+            held_before=lambda: _held_before(archive, blob.id, location_id),
+        )
         problems: list[str] = []
         for source_location in usable:
             source_store = archive.store(source_location)
             source_key = archive.key_for(source_location, blob.sha256, blob.id)
             try:
-                self._copy(source_store, source_key, target_store, target_key, blob)
+                self._copy(source_store, source_key, place, blob)
             except NotFound:
                 problems.append(f"{source_location}: object missing")
                 continue
@@ -89,23 +115,31 @@ class Transfer:
         raise TransientStoreError(f"transfer of {blob.sha256} failed: " + "; ".join(problems))
 
     @staticmethod
-    def _copy(source: Store, source_key: str, target: Store, target_key: str, blob: _Blob) -> None:
+    def _copy(source: Store, source_key: str, place: _Place, blob: _Blob) -> None:
+        target, target_key = place.store, place.key
         try:
             result = target.put(target_key, source.open(source_key))
-            written = (result.sha256, result.size)
         except AlreadyExists:
-            # Written by an earlier attempt that died before recording it, or left by
-            # a crashed writer: keep it if it is right, else replace it.
-            written = hash_object(target, target_key)
-            if written != (blob.sha256, blob.size):
-                target.delete([target_key])
-                result = target.put(target_key, source.open(source_key))
-                written = (result.sha256, result.size)
-        if written != (blob.sha256, blob.size):
-            target.delete([target_key])
+            # Written by an earlier attempt that died before recording it, left by a
+            # crashed writer, put back by someone — or wrong bytes: hashed, never taken
+            # on its size (services.existing).
+            try:
+                settle(
+                    target,
+                    target_key,
+                    Content(blob.sha256, blob.size),
+                    content_key=place.content_key,
+                    held_before=place.held_before,
+                    replace=lambda: _replace(source, source_key, target, target_key),
+                )
+            except ForeignObject as exc:
+                raise PermanentStoreError(str(exc)) from exc
+            return
+        if (result.sha256, result.size) != (blob.sha256, blob.size):
+            target.delete([target_key])  # the object this put created, nobody else's
             raise TransientStoreError(
-                f"checksum mismatch writing {blob.sha256}: target got {written[1]} bytes "
-                f"hashing to {written[0]}"
+                f"checksum mismatch writing {blob.sha256}: target got {result.size} bytes "
+                f"hashing to {result.sha256}"
             )
 
     @staticmethod

@@ -2,8 +2,11 @@
 
 It never deletes anything itself. A copy that is gone becomes ``missing``, one whose
 bytes changed becomes ``corrupt``; neither counts as a copy for any safety rule from
-then on. Repair turns them back into ``pending`` and schedules a transfer from a good
-copy (which replaces a corrupt object). Objects in a store that no copy row accounts
+then on. Those copies are hashed again on every run: one whose right bytes came back
+(a file restored by hand, a disk remounted) is ``present`` again — after hashing,
+never on its name or size. Repair turns the rest back into ``pending`` and schedules a
+transfer from a good copy (which hashes the object at the key and replaces it
+atomically if wrong, ``services.existing``). Objects in a store that no copy row accounts
 for are *orphans*: with ``adopt`` those whose bytes hash to the blob their key names
 are recorded as present copies (leftovers of a put that died before its commit);
 the rest are listed for the operator.
@@ -30,8 +33,8 @@ from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.errors import BadInput, NotFound, StoreError
 from safekeeper.ids import is_blob_id
+from safekeeper.services.existing import hash_object
 from safekeeper.services.replication import schedule_transfers, serialize, want_repairs
-from safekeeper.services.transfer import hash_object
 from safekeeper.stores.base import fingerprint_of
 
 if TYPE_CHECKING:
@@ -55,6 +58,8 @@ class VerifyReport:
     ok: int = 0
     missing: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
+    #: Missing or corrupt copies whose right bytes were found again: present once more.
+    restored: list[str] = field(default_factory=list)
     repairs_scheduled: int = 0
     #: Missing or corrupt copies with no good copy to repair them from.
     unrepairable: list[str] = field(default_factory=list)
@@ -70,6 +75,11 @@ class _Subject:
     sha256: str
     size: int
     location: str
+    state: str = CopyState.PRESENT
+
+
+#: States whose objects verify hashes: present copies, and lost ones that may be back.
+_CHECKED = (CopyState.PRESENT, CopyState.MISSING, CopyState.CORRUPT)
 
 
 def _locations(archive: Archive, location: str | None) -> list[str]:
@@ -84,10 +94,10 @@ def _subjects(
     archive: Archive, locations: list[str], older_than: timedelta | None
 ) -> list[_Subject]:
     query = (
-        select(Copy.id, Blob.id, Blob.sha256, Blob.size, Location.name)
+        select(Copy.id, Blob.id, Blob.sha256, Blob.size, Location.name, Copy.state)
         .join(Blob, Copy.blob_id == Blob.id)
         .join(Location, Copy.location_id == Location.id)
-        .where(Copy.state == CopyState.PRESENT, Location.name.in_(locations))
+        .where(Copy.state.in_(_CHECKED), Location.name.in_(locations))
         .order_by(Copy.verified_at.is_not(None), Copy.verified_at, Copy.id)
     )
     if older_than is not None:
@@ -119,7 +129,16 @@ def _record(
 ) -> None:
     now = archive.clock()
     with archive.db.write() as session:
-        if verdict == "ok":
+        if subject.state != CopyState.PRESENT:
+            lost = CopyState(subject.state)
+            # Only its right bytes bring a lost copy back; otherwise repair handles it.
+            if verdict == "ok" and transition(
+                session, subject.copy_id, lost, CopyState.PRESENT, now,
+                verified_at=now, last_error=None,
+            ):  # fmt: skip
+                report.restored.append(f"{subject.sha256} at {subject.location}")
+                report.ok += 1
+        elif verdict == "ok":
             session.execute(
                 update(Copy)
                 .where(Copy.id == subject.copy_id, Copy.state == CopyState.PRESENT)

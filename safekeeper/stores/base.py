@@ -9,6 +9,10 @@ Rules every backend keeps (the suite checks them):
 - ``put`` and ``Staged.commit`` are create-only: an existing key raises AlreadyExists
   and the existing object is untouched. A reader never sees a partial object: it sees
   the whole object or NotFound.
+- ``replace`` and ``Staged.replace`` write whether or not the key is taken, atomically:
+  a reader sees the old object or the whole new one, never a gap. Services use them
+  only to put hashed good bytes over an object they hashed and found wrong
+  (invariant 11, see ``services.existing``); every other write is create-only.
 - ``put`` returns the size and SHA-256 of exactly the bytes that were stored,
   computed in the same pass as the write.
 - ``delete`` is idempotent: missing keys are not an error.
@@ -94,6 +98,10 @@ class Staged(Protocol):
         """Publish the staged bytes under ``key``, create-only (AlreadyExists if taken)."""
         ...
 
+    def replace(self, key: str) -> None:
+        """Publish the staged bytes under ``key`` over whatever is there, atomically."""
+        ...
+
     def discard(self) -> None:
         """Drop the staged bytes; safe to call more than once and after commit."""
         ...
@@ -112,6 +120,12 @@ class Store(Protocol):
 
     def put(self, key: str, source: Source) -> PutResult:
         """Stream ``source`` into a new object at ``key`` (create-only, atomic)."""
+        ...
+
+    def replace(self, key: str, source: Source) -> PutResult:
+        """Stream ``source`` to ``key`` whether or not an object is there; atomic (a
+        reader sees the old object or the whole new one). Not create-only: only for
+        putting good bytes over an object known to be wrong."""
         ...
 
     def stage(self, source: Source) -> Staged:
@@ -343,17 +357,29 @@ class SpooledStaged:
     backend's ``publish``; leaving without a commit removes the file."""
 
     def __init__(
-        self, path: Path, size: int, sha256: str, publish: Callable[[Path, str], None]
+        self,
+        path: Path,
+        size: int,
+        sha256: str,
+        publish: Callable[[Path, str], None],
+        swap: Callable[[Path, str], None],
     ) -> None:
         self._path: Path | None = path
         self._publish = publish
+        self._swap = swap
         self.size = size
         self.sha256 = sha256
 
     def commit(self, key: str) -> None:
+        self._hand_over(self._publish, key)
+
+    def replace(self, key: str) -> None:
+        self._hand_over(self._swap, key)
+
+    def _hand_over(self, publish: Callable[[Path, str], None], key: str) -> None:
         if self._path is None:
             raise BadInput("staged object was already committed or discarded")
-        self._publish(self._path, key)  # on failure the file stays, for discard()
+        publish(self._path, key)  # on failure the file stays, for discard()
         self.discard()
 
     def discard(self) -> None:

@@ -312,6 +312,33 @@ class FileStore:
         except OSError as exc:
             raise os_error(exc, f"{self.url}: cannot sync {key!r}") from exc
 
+    def _swap(self, tmp: Path, key: str) -> None:
+        """Rename the temp file over ``key``: atomic, so a reader sees the old object or
+        the new one, never neither (``replace``)."""
+        final = self._path(key)
+        try:
+            created = self._make_parents(final.parent)
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise os_error(exc, f"{self.url}: cannot replace {key!r}") from exc
+        try:
+            if self._deferred:
+                return
+            _fsync_dir(final.parent)
+            for directory in created:
+                _fsync_dir(directory.parent)
+        except OSError as exc:
+            raise os_error(exc, f"{self.url}: cannot sync {key!r}") from exc
+
+    def replace(self, key: str, source: Source) -> PutResult:
+        self._path(key)  # BadInput before reading anything
+        tmp, size, sha256 = self._write_tmp(source)
+        try:
+            self._swap(tmp, key)
+        finally:
+            _unlink_quietly(tmp)
+        return PutResult(size=size, sha256=sha256)
+
     def put(self, key: str, source: Source) -> PutResult:
         final = self._path(key)  # BadInput before reading anything
         if os.path.lexists(final):  # fail fast; os.link below is the real check
@@ -325,7 +352,7 @@ class FileStore:
 
     def stage(self, source: Source) -> Staged:
         tmp, size, sha256 = self._write_tmp(source)
-        return SpooledStaged(tmp, size, sha256, self._publish)
+        return SpooledStaged(tmp, size, sha256, self._publish, self._swap)
 
     # -- reading -------------------------------------------------------------
 

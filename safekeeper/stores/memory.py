@@ -69,6 +69,12 @@ class MemoryStaged:
         self._store._publish(key, self._data)
         self._data = None
 
+    def replace(self, key: str) -> None:
+        if self._data is None:
+            raise BadInput("staged object was already committed or discarded")
+        self._store._publish(key, self._data, overwrite=True)
+        self._data = None
+
     def discard(self) -> None:
         self._data = None
 
@@ -108,10 +114,10 @@ class MemoryStore:
             else:
                 _registry.pop(name, None)
 
-    def _publish(self, key: str, data: bytes) -> None:
+    def _publish(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
         validate_key(key)
         with self._bucket.lock:
-            if key in self._bucket.objects:
+            if key in self._bucket.objects and not overwrite:
                 raise AlreadyExists(f"{self.url}: object {key!r} already exists")
             self._bucket.objects[key] = (data, datetime.now(UTC))
 
@@ -127,6 +133,12 @@ class MemoryStore:
         validate_key(key)  # fail before reading the source
         data, counter = _read_all(source)
         self._publish(key, data)
+        return PutResult(size=counter.size, sha256=counter.sha256)
+
+    def replace(self, key: str, source: Source) -> PutResult:
+        validate_key(key)
+        data, counter = _read_all(source)
+        self._publish(key, data, overwrite=True)
         return PutResult(size=counter.size, sha256=counter.sha256)
 
     def stage(self, source: Source) -> Staged:

@@ -235,9 +235,9 @@ class S3Store:
 
     # -- writing -------------------------------------------------------------
 
-    def _put_small(self, key: str, chunks: list[bytes]) -> None:
+    def _put_small(self, key: str, chunks: list[bytes], *, create: bool = True) -> None:
         try:
-            obstore.put(self.client, key, chunks or b"", mode="create")
+            obstore.put(self.client, key, chunks or b"", mode="create" if create else "overwrite")
         except obe.AlreadyExistsError as exc:
             # obstore retries a put whose response was lost; if the first attempt
             # landed, the retry sees it here as AlreadyExists.
@@ -245,9 +245,11 @@ class S3Store:
         except Exception as exc:
             raise _write_error(exc, f"{self.url}: cannot put {key!r}") from exc
 
-    def _put_multipart(self, key: str, payload: Iterable[bytes] | Path, part_size: int) -> None:
+    def _put_multipart(
+        self, key: str, payload: Iterable[bytes] | Path, part_size: int, *, create: bool = True
+    ) -> None:
         # Best-effort create-only, see the module docstring for the race.
-        if self.exists(key):
+        if create and self.exists(key):
             raise AlreadyExists(f"{self.url}: object {key!r} already exists")
         try:
             if isinstance(payload, Path):
@@ -275,6 +277,14 @@ class S3Store:
             raise _write_error(exc, f"{self.url}: cannot put {key!r}") from exc
 
     def put(self, key: str, source: Source) -> PutResult:
+        return self._write(key, source, create=True)
+
+    def replace(self, key: str, source: Source) -> PutResult:
+        """An unconditional PUT (multipart for large objects): atomic on S3, readers see
+        the old object or the new one."""
+        return self._write(key, source, create=False)
+
+    def _write(self, key: str, source: Source, *, create: bool) -> PutResult:
         validate_key(key)
         size_hint = _size_hint(source)
         counter = HashingCounter()
@@ -286,7 +296,7 @@ class S3Store:
             if counter.size > self.single_put_max:
                 break
         else:
-            self._put_small(key, list(head))
+            self._put_small(key, list(head), create=create)
             return PutResult(size=counter.size, sha256=counter.sha256)
 
         def stream() -> Iterator[bytes]:
@@ -296,18 +306,21 @@ class S3Store:
                 counter.update(chunk)
                 yield chunk
 
-        self._put_multipart(key, stream(), part_size_for(size_hint, self.part_size))
+        self._put_multipart(key, stream(), part_size_for(size_hint, self.part_size), create=create)
         return PutResult(size=counter.size, sha256=counter.sha256)
 
     def _publish_spool(self, path: Path, key: str) -> None:
         self._put_file(key, path, path.stat().st_size)
 
-    def _put_file(self, key: str, path: Path, size: int) -> None:
+    def _replace_spool(self, path: Path, key: str) -> None:
+        self._put_file(key, path, path.stat().st_size, create=False)
+
+    def _put_file(self, key: str, path: Path, size: int, *, create: bool = True) -> None:
         validate_key(key)
         if size <= self.single_put_max:
-            self._put_small(key, [path.read_bytes()])
+            self._put_small(key, [path.read_bytes()], create=create)
         else:
-            self._put_multipart(key, path, part_size_for(size, self.part_size))
+            self._put_multipart(key, path, part_size_for(size, self.part_size), create=create)
 
     def stage(self, source: Source) -> Staged:
         try:
@@ -322,7 +335,7 @@ class S3Store:
         except BaseException:
             os.unlink(name)
             raise
-        return SpooledStaged(Path(name), size, sha256, self._publish_spool)
+        return SpooledStaged(Path(name), size, sha256, self._publish_spool, self._replace_spool)
 
     # -- reading -------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from safekeeper.errors import AlreadyExists, BadInput, NotFound
+from safekeeper.errors import AlreadyExists, BadInput, NotFound, TransientStoreError
 from safekeeper.stores.base import Staged, Store
 from safekeeper.stores.marker import MARKER_NAME, StoreMarker
 
@@ -197,6 +197,59 @@ class StoreConformance:
         with store.stage([b"second"]) as staged, pytest.raises(AlreadyExists):
             staged.commit(key)
         assert self._read(store, key) == b"first"
+
+    # -- replace (good bytes over a wrong object) -----------------------------
+
+    def test_replace_overwrites_and_reports_what_it_wrote(self, store: Store) -> None:
+        key = self.make_key(20)
+        self._put(store, key, b"wrong bytes")
+        result = store.replace(key, [b"right bytes!"])
+        assert (result.size, result.sha256) == (12, _sha(b"right bytes!"))
+        assert self._read(store, key) == b"right bytes!"
+        assert [info.key for info in store.list()] == [key]
+
+    def test_replace_of_an_absent_key_creates_it(self, store: Store) -> None:
+        key = self.make_key(21)
+        store.replace(key, [b"fresh"])
+        assert self._read(store, key) == b"fresh"
+
+    def test_staged_replace(self, store: Store) -> None:
+        key = self.make_key(22)
+        self._put(store, key, b"same size A")
+        with store.stage([b"same size B"]) as staged:
+            staged.replace(key)
+            staged.discard()  # safe after replace
+        assert self._read(store, key) == b"same size B"
+        assert store.usage().object_count == 1
+
+    def test_reader_sees_old_or_new_during_replace(self, store: Store) -> None:
+        key = self.make_key(23)
+        old, new = _payload(300_000, seed=1), _payload(300_000, seed=2)
+        self._put(store, key, old)
+        seen: list[bytes] = []
+        errors: list[Exception] = []
+        stop = threading.Event()
+
+        def reader() -> None:
+            while not stop.is_set():
+                try:
+                    seen.append(self._read(store, key))
+                except NotFound as exc:  # a gap: the key was briefly absent
+                    errors.append(exc)
+                except TransientStoreError:
+                    pass  # a read pinned to the old version noticed the swap (S3 ETag)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        try:
+            for data in (new, old, new):
+                store.replace(key, [data])
+        finally:
+            stop.set()
+            thread.join()
+        assert errors == []
+        assert seen and all(data in (old, new) for data in seen)
+        assert self._read(store, key) == new
 
     # -- reading ---------------------------------------------------------------
 

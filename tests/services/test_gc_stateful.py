@@ -28,6 +28,12 @@ In the archive world ``tape-a`` is a directory, and its disk is unmounted (an em
 directory left at its root) and mounted again at random (invariant 10): whatever
 safekeeper wrote to the empty mount point would vanish on remount, so the invariants
 read the objects where they physically are — on the disk, wherever it is mounted.
+
+Invariant 11 (bytes counted only after hashing): wrong objects of the right size are
+planted at keys before puts and transfers, puts are rolled back after publishing their
+object, and in the "interval" world (a file inbox with interval keys) an object is
+planted at the next serial number, as a database restore would leave one. After every
+step every present copy's object (at its key, interval keys included) must hash right.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from safekeeper.db.models import (
     Copy,
     CopyState,
     Hold,
+    IdSequence,
     Location,
     Namespace,
     Reference,
@@ -68,10 +75,17 @@ from safekeeper.db.models import (
 )
 from safekeeper.db.refs import remove_reference, set_reference
 from safekeeper.engine.embedded import run_due
-from safekeeper.errors import AlreadyExists, Conflict, NotFound, PolicyDenied, StoreIdentityError
+from safekeeper.errors import (
+    AlreadyExists,
+    BadInput,
+    Conflict,
+    NotFound,
+    PolicyDenied,
+    StoreIdentityError,
+)
 from safekeeper.ids import RefSpec
 from safekeeper.policy import decide
-from safekeeper.services import gc, holds, jobs, planner, replication
+from safekeeper.services import gc, holds, ingest, jobs, planner, replication
 from safekeeper.services.verify import verify
 from safekeeper.stores import Store, open_store
 
@@ -138,7 +152,30 @@ delete_after_copies_at = ["inbox"]
 """,
         ["mirror"],
     ),
+    "interval": (
+        COMMON.format(min_archive=1, name="interval-world")
+        + """
+[locations.inbox]
+kind = "source"
+store = "file:inbox"
+layout = "interval"
+replicate_to = ["tape-a"]
+delete_after_copies_at = ["tape-a"]
+
+[locations.tape-a]
+kind = "archive"
+store = "memory://interval-world-tape-a"
+""",
+        ["tape-a"],
+    ),
 }
+
+#: Same size as PAYLOADS[i], other bytes: what size-only acceptance would take.
+WRONG = [b"#" + p[1:] for p in PAYLOADS]
+
+
+def _fail_after_publish(*_: object) -> None:
+    raise BadInput("the put fails after publishing its object")
 
 
 class Clock:
@@ -172,18 +209,14 @@ class DeletionMachine(RuleBasedStateMachine):
                 Blob,
             ):
                 session.execute(delete(model))
-        self.disk = next(
-            (
-                Path(self.archive.config.store_url(name).removeprefix("file://"))
-                for name in self.locations
-                if self.archive.config.store_url(name).startswith("file:")
-            ),
-            None,
-        )
+        # The disk that is unmounted and mounted again: the archive world's tape-a.
+        tape = self.archive.config.store_url("tape-a") if "tape-a" in self.locations else ""
+        self.disk = Path(tape.removeprefix("file://")) if tape.startswith("file:") else None
         for name in self.locations:
             store = self.archive.store(name)
             store.delete([info.key for info in store.list()])
         self.tampered: set[tuple[str, str]] = set()
+        self.foreign: dict[str, bytes] = {}
         self.job_running = False
         #: The true time; the archive's clock is ``skew`` behind it.
         self.true_now = self.clock.now
@@ -220,6 +253,12 @@ class DeletionMachine(RuleBasedStateMachine):
         # refused cleanly when being deleted right now, or the namespace is on hold
         with contextlib.suppress(Conflict, PolicyDenied):
             self.archive.put_bytes(PAYLOADS[i], ref=ref)
+
+    @rule(i=st.integers(0, 2), ref=st.sampled_from([None, *REFS]))
+    def put_rolled_back(self, i: int, ref: RefSpec | None) -> None:
+        """A put that dies after publishing its object, before its commit."""
+        with contextlib.suppress(BadInput, Conflict, PolicyDenied):
+            ingest.put_stream(self.archive, [PAYLOADS[i]], ref, on_record=_fail_after_publish)
 
     @rule(i=st.integers(0, 2), ref=st.sampled_from(REFS))
     def add_reference(self, i: int, ref: RefSpec) -> None:
@@ -377,16 +416,67 @@ class DeletionMachine(RuleBasedStateMachine):
         """Behind safekeeper's back: same-size in-place corruption of a random present
         object (one byte changed, the timestamp kept), never the last intact one."""
         location = self.locations[where % len(self.locations)]
-        store = self.archive.store(location)
+        store = self._physical(location)
         if not store.exists(HASHES[i]) or not self._intact_elsewhere(HASHES[i], location):
             return
-        bucket = store._bucket  # type: ignore[attr-defined]  # memory store: write in place
-        with bucket.lock:
-            data, modified = bucket.objects[HASHES[i]]
-            at = flip % len(data)
-            changed = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
-            bucket.objects[HASHES[i]] = (changed, modified)
+        bucket = getattr(store, "_bucket", None)
+        if bucket is not None:  # memory store: write in place
+            with bucket.lock:
+                data, modified = bucket.objects[HASHES[i]]
+                at = flip % len(data)
+                changed = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+                bucket.objects[HASHES[i]] = (changed, modified)
+        else:  # a file: overwrite one byte where it is, then put the mtime back
+            path = store._path(HASHES[i])  # type: ignore[attr-defined]
+            before = path.stat()
+            with path.open("r+b") as f:
+                at = flip % before.st_size
+                f.seek(at)
+                byte = f.read(1)
+                f.seek(at)
+                f.write(bytes([byte[0] ^ 0xFF]))
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
         self.tampered.add((location, HASHES[i]))
+
+    @rule(i=st.integers(0, 2), pick=st.integers(0, 9))
+    def plant_wrong_object(self, i: int, pick: int) -> None:
+        """Behind safekeeper's back: same-size wrong bytes at a content key where no copy
+        counts (none, or pending, missing, corrupt, failed) — before a put or transfer."""
+        names = [n for n in self.locations if not self.archive.uses_serial_keys(n)]
+        where = names[pick % len(names)]
+        with self.archive.db.read() as session:
+            counted = session.scalar(
+                select(Copy.id)
+                .join(Blob, Copy.blob_id == Blob.id)
+                .join(Location, Copy.location_id == Location.id)
+                .where(
+                    Blob.sha256 == HASHES[i],
+                    Location.name == where,
+                    Copy.state.in_([CopyState.PRESENT, CopyState.DELETING]),
+                )
+            )
+        if counted is not None:
+            return
+        store = self._physical(where)  # an unmounted disk too: where the bytes are
+        store.delete([HASHES[i]])
+        store.put(HASHES[i], [WRONG[i]])
+
+    @rule()
+    def plant_at_next_serial(self) -> None:
+        """Another blob's bytes at the interval key the next put will get, as a database
+        restored from an older backup leaves them: never to be overwritten."""
+        serial = [n for n in self.locations if self.archive.uses_serial_keys(n)]
+        if not serial:
+            return
+        with self.archive.db.read() as session:
+            upcoming = session.scalar(
+                select(IdSequence.next_value).where(IdSequence.name == "blobs")
+            )
+        store = self.archive.store(serial[0])
+        key = str(upcoming)
+        if not store.exists(key):
+            store.put(key, [b"bytes of a blob the database forgot"])
+            self.foreign[key] = b"bytes of a blob the database forgot"
 
     @rule()
     def plan_agrees_with_policy(self) -> None:
@@ -509,7 +599,7 @@ class DeletionMachine(RuleBasedStateMachine):
                 continue
             store = self._physical(location)
             try:
-                data = b"".join(store.open(blob.sha256))
+                data = b"".join(store.open(self.archive.key_for(location, blob.sha256, blob.id)))
             except NotFound:
                 continue
             if hashlib.sha256(data).hexdigest() == blob.sha256:
@@ -544,14 +634,25 @@ class DeletionMachine(RuleBasedStateMachine):
             return
         with self.archive.db.read() as session:
             rows = session.execute(
-                select(Location.name, Blob.sha256)
+                select(Location.name, Blob.sha256, Blob.id)
                 .join(Copy, Copy.location_id == Location.id)
                 .join(Blob, Copy.blob_id == Blob.id)
                 .where(Copy.state == CopyState.PRESENT)
             ).all()
-        for location, sha256 in rows:
-            if (location, sha256) not in self.tampered:
-                assert self._physical(location).exists(sha256), (location, sha256[:12])
+        for location, sha256, blob_id in rows:
+            if (location, sha256) in self.tampered:
+                continue
+            key = self.archive.key_for(location, sha256, blob_id)
+            data = b"".join(self._physical(location).open(key))  # NotFound fails
+            assert hashlib.sha256(data).hexdigest() == sha256, (location, key, sha256[:12])
+
+    @invariant()
+    def foreign_objects_are_never_overwritten(self) -> None:
+        if not hasattr(self, "archive"):
+            return
+        serial = [n for n in self.locations if self.archive.uses_serial_keys(n)]
+        for key, data in self.foreign.items():
+            assert b"".join(self.archive.store(serial[0]).open(key)) == data, key
 
     @invariant()
     def pinned_copies_are_not_deleted(self) -> None:
