@@ -115,14 +115,29 @@ def reconfirm(archive: Archive, checks: Sequence[Check], deadline: float) -> lis
     """Run the checks (in threads), then record what they found in one transaction."""
     if not checks:
         return []
-    threads = min(archive.config.tasks.threads, len(checks))
-    if threads == 1:
-        results = [check_one(archive, c, deadline) for c in checks]
+    # Each store's identity (invariant 10) is read afresh once per batch, before any of
+    # its copies is looked at: an unmounted disk must confirm nothing — nor condemn
+    # anything as missing.
+    refused: set[str] = set()
+    for location in sorted({c.location for c in checks} & set(archive.config.locations)):
+        try:
+            archive.store(location, fresh=True)
+        except SafekeeperError:
+            refused.add(location)
+    skipped = [
+        Result(c, Outcome.UNKNOWN, detail="store identity refused")
+        for c in checks
+        if c.location in refused
+    ]
+    to_check = [c for c in checks if c.location not in refused]
+    threads = min(archive.config.tasks.threads, len(to_check))
+    if threads <= 1:
+        results = [check_one(archive, c, deadline) for c in to_check]
     else:
         with ThreadPoolExecutor(threads, thread_name_prefix="safekeeper-reconfirm") as pool:
-            results = list(pool.map(lambda c: check_one(archive, c, deadline), checks))
+            results = list(pool.map(lambda c: check_one(archive, c, deadline), to_check))
     record(archive, results)
-    return results
+    return results + skipped
 
 
 def record(archive: Archive, results: Sequence[Result]) -> None:
