@@ -23,7 +23,7 @@ from safekeeper.archive import Archive
 from safekeeper.cli import app
 from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.engine.embedded import run_due
-from safekeeper.errors import BadInput
+from safekeeper.errors import BadInput, Conflict
 from safekeeper.services import ingest, inventory, replication
 from safekeeper.services.existing import Action, Content, judge
 from safekeeper.services.verify import verify
@@ -387,3 +387,29 @@ def test_replicate_after_a_database_restore_never_overwrites_another_blobs_objec
     assert archived.read_bytes() == other  # the only archive bytes of ``other`` survive
     assert _state(restored, GOOD_SHA, "archive") != CopyState.PRESENT
     assert _present_objects_hash_right(restored, "archive") == 1
+
+
+def test_blob_ids_always_pass_the_highest_existing_id(make_archive: ArchiveFactory) -> None:
+    """A row inserted past the counter (an older version, a hand repair) never makes
+    the counter hand out its number or a smaller one."""
+    archive = make_archive()
+    archive.put_bytes(b"one")
+    with archive.db.write() as session:
+        session.add(Blob(id=1000, sha256="f" * 64, size=1, created_at=archive.clock()))
+    outcome = archive.put_bytes(b"two")
+    with archive.db.read() as session:
+        new_id = session.scalars(select(Blob.id).where(Blob.sha256 == outcome.sha256)).one()
+    assert new_id > 1000
+
+
+def test_a_put_into_an_interval_location_needs_reserved_ids(
+    make_archive: ArchiveFactory,
+) -> None:
+    archive = make_archive(**INTERVAL)
+    with (
+        archive.store("inbox").stage([b"bytes"]) as staged,
+        archive.db.write() as session,
+        pytest.raises(Conflict, match="reserved"),
+    ):
+        ingest.record_staged(archive, session, "inbox", [staged], archive.clock())
+    assert list(archive.store("inbox").list()) == []
