@@ -241,6 +241,28 @@ def test_transfer_target_with_a_same_size_wrong_object_gets_the_right_bytes(
     assert _present_objects_hash_right(archive, "archive") == 1
 
 
+@pytest.mark.s3
+def test_s3_transfer_target_with_a_same_size_wrong_object_gets_the_right_bytes(
+    make_archive: ArchiveFactory, moto_server: S3Server
+) -> None:
+    bucket = moto_server.make_bucket()
+    archive = make_archive(
+        SAFEKEEPER__LOCATIONS__ARCHIVE__STORE=f"s3://{bucket}/arch",
+        SAFEKEEPER__LOCATIONS__ARCHIVE__ENDPOINT=moto_server.endpoint,
+        SAFEKEEPER__LOCATIONS__ARCHIVE__REGION=moto_server.region,
+        SAFEKEEPER__LOCATIONS__ARCHIVE__ACCESS_KEY_ID=moto_server.access_key_id,
+        SAFEKEEPER__LOCATIONS__ARCHIVE__SECRET_ACCESS_KEY=moto_server.secret_access_key,
+        SAFEKEEPER__LOCATIONS__ARCHIVE__ALLOW_HTTP="true",
+    )
+    client = moto_server.client()
+    archive.put_bytes(GOOD)
+    client.put_object(Bucket=bucket, Key=f"arch/{GOOD_SHA}", Body=WRONG)
+    replication.replication_pass(archive)
+    assert run_due(archive)["done"] == 1
+    assert client.get_object(Bucket=bucket, Key=f"arch/{GOOD_SHA}")["Body"].read() == GOOD
+    assert _state(archive, GOOD_SHA, "archive") == CopyState.PRESENT
+
+
 def test_replacing_from_a_corrupt_source_never_makes_the_copy_present(
     archive: Archive,
 ) -> None:
