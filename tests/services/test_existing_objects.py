@@ -435,3 +435,59 @@ def test_a_put_into_an_interval_location_needs_reserved_ids(
     ):
         ingest.record_staged(archive, session, "inbox", [staged], archive.clock())
     assert list(archive.store("inbox").list()) == []
+
+
+def _interval_present_hash_right(data_dir: Path) -> int:
+    from safekeeper.config import load_config
+
+    with Archive(load_config(data_dir=data_dir, environ=dict(INTERVAL))) as archive:
+        return _present_objects_hash_right(archive, "inbox")
+
+
+@pytest.mark.slow
+def test_sigkill_during_interval_puts_never_reuses_a_number(tmp_path: Path) -> None:
+    """Puts of new content into an interval inbox, SIGKILLed at random moments: every
+    present copy's object always hashes to its blob (no number of a killed put is ever
+    given to the next put's blobs)."""
+    import random
+    import signal
+    import time
+
+    from safekeeper.config import write_default
+
+    rng = random.Random(20261201)
+    data_dir = tmp_path / "data"
+    write_default(data_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEKEEPER")}
+    env.update(INTERVAL)
+
+    def tree(n: int) -> Path:
+        root = tmp_path / f"tree-{n}"
+        root.mkdir()
+        for i in range(700):
+            size = 4096 if i % 2 else rng.randint(1, 2048)  # many equal sizes
+            (root / f"f{i:03d}").write_bytes(rng.randbytes(size))
+        return root
+
+    def put(root: Path) -> list[str]:
+        return [sys.executable, "-m", "safekeeper", "--data-dir", str(data_dir), "put", str(root)]
+
+    started = time.monotonic()
+    subprocess.run(put(tree(0)), env=env, check=True, capture_output=True)
+    duration = time.monotonic() - started
+    trees = [tmp_path / "tree-0"]
+    killed = 0
+    for n in range(1, 13):
+        trees.append(tree(n))
+        process = subprocess.Popen(put(trees[-1]), env=env, stdout=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 0.95) * duration)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            killed += 1
+        assert process.wait() in (0, -signal.SIGKILL)
+        _interval_present_hash_right(data_dir)
+    assert killed >= 4, "the kills should mostly land mid-put"
+    for root in trees:  # finish every put: each file present, at its own number
+        subprocess.run(put(root), env=env, check=True, capture_output=True)
+    distinct = {_sha(p.read_bytes()) for root in trees for p in root.iterdir()}
+    assert _interval_present_hash_right(data_dir) == len(distinct)
