@@ -23,7 +23,7 @@ from safekeeper.archive import Archive
 from safekeeper.cli import app
 from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.engine.embedded import run_due
-from safekeeper.errors import BadInput
+from safekeeper.errors import BadInput, Conflict
 from safekeeper.services import ingest, inventory, replication
 from safekeeper.services.existing import Action, Content, judge
 from safekeeper.services.verify import verify
@@ -241,6 +241,28 @@ def test_transfer_target_with_a_same_size_wrong_object_gets_the_right_bytes(
     assert _present_objects_hash_right(archive, "archive") == 1
 
 
+@pytest.mark.s3
+def test_s3_transfer_target_with_a_same_size_wrong_object_gets_the_right_bytes(
+    make_archive: ArchiveFactory, moto_server: S3Server
+) -> None:
+    bucket = moto_server.make_bucket()
+    archive = make_archive(
+        SAFEKEEPER__LOCATIONS__ARCHIVE__STORE=f"s3://{bucket}/arch",
+        SAFEKEEPER__LOCATIONS__ARCHIVE__ENDPOINT=moto_server.endpoint,
+        SAFEKEEPER__LOCATIONS__ARCHIVE__REGION=moto_server.region,
+        SAFEKEEPER__LOCATIONS__ARCHIVE__ACCESS_KEY_ID=moto_server.access_key_id,
+        SAFEKEEPER__LOCATIONS__ARCHIVE__SECRET_ACCESS_KEY=moto_server.secret_access_key,
+        SAFEKEEPER__LOCATIONS__ARCHIVE__ALLOW_HTTP="true",
+    )
+    client = moto_server.client()
+    archive.put_bytes(GOOD)
+    client.put_object(Bucket=bucket, Key=f"arch/{GOOD_SHA}", Body=WRONG)
+    replication.replication_pass(archive)
+    assert run_due(archive)["done"] == 1
+    assert client.get_object(Bucket=bucket, Key=f"arch/{GOOD_SHA}")["Body"].read() == GOOD
+    assert _state(archive, GOOD_SHA, "archive") == CopyState.PRESENT
+
+
 def test_replacing_from_a_corrupt_source_never_makes_the_copy_present(
     archive: Archive,
 ) -> None:
@@ -387,3 +409,85 @@ def test_replicate_after_a_database_restore_never_overwrites_another_blobs_objec
     assert archived.read_bytes() == other  # the only archive bytes of ``other`` survive
     assert _state(restored, GOOD_SHA, "archive") != CopyState.PRESENT
     assert _present_objects_hash_right(restored, "archive") == 1
+
+
+def test_blob_ids_always_pass_the_highest_existing_id(make_archive: ArchiveFactory) -> None:
+    """A row inserted past the counter (an older version, a hand repair) never makes
+    the counter hand out its number or a smaller one."""
+    archive = make_archive()
+    archive.put_bytes(b"one")
+    with archive.db.write() as session:
+        session.add(Blob(id=1000, sha256="f" * 64, size=1, created_at=archive.clock()))
+    outcome = archive.put_bytes(b"two")
+    with archive.db.read() as session:
+        new_id = session.scalars(select(Blob.id).where(Blob.sha256 == outcome.sha256)).one()
+    assert new_id > 1000
+
+
+def test_a_put_into_an_interval_location_needs_reserved_ids(
+    make_archive: ArchiveFactory,
+) -> None:
+    archive = make_archive(**INTERVAL)
+    with (
+        archive.store("inbox").stage([b"bytes"]) as staged,
+        archive.db.write() as session,
+        pytest.raises(Conflict, match="reserved"),
+    ):
+        ingest.record_staged(archive, session, "inbox", [staged], archive.clock())
+    assert list(archive.store("inbox").list()) == []
+
+
+def _interval_present_hash_right(data_dir: Path) -> int:
+    from safekeeper.config import load_config
+
+    with Archive(load_config(data_dir=data_dir, environ=dict(INTERVAL))) as archive:
+        return _present_objects_hash_right(archive, "inbox")
+
+
+@pytest.mark.slow
+def test_sigkill_during_interval_puts_never_reuses_a_number(tmp_path: Path) -> None:
+    """Puts of new content into an interval inbox, SIGKILLed at random moments: every
+    present copy's object always hashes to its blob (no number of a killed put is ever
+    given to the next put's blobs)."""
+    import random
+    import signal
+    import time
+
+    from safekeeper.config import write_default
+
+    rng = random.Random(20261201)
+    data_dir = tmp_path / "data"
+    write_default(data_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEKEEPER")}
+    env.update(INTERVAL)
+
+    def tree(n: int) -> Path:
+        root = tmp_path / f"tree-{n}"
+        root.mkdir()
+        for i in range(700):
+            size = 4096 if i % 2 else rng.randint(1, 2048)  # many equal sizes
+            (root / f"f{i:03d}").write_bytes(rng.randbytes(size))
+        return root
+
+    def put(root: Path) -> list[str]:
+        return [sys.executable, "-m", "safekeeper", "--data-dir", str(data_dir), "put", str(root)]
+
+    started = time.monotonic()
+    subprocess.run(put(tree(0)), env=env, check=True, capture_output=True)
+    duration = time.monotonic() - started
+    trees = [tmp_path / "tree-0"]
+    killed = 0
+    for n in range(1, 13):
+        trees.append(tree(n))
+        process = subprocess.Popen(put(trees[-1]), env=env, stdout=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 0.95) * duration)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            killed += 1
+        assert process.wait() in (0, -signal.SIGKILL)
+        _interval_present_hash_right(data_dir)
+    assert killed >= 4, "the kills should mostly land mid-put"
+    for root in trees:  # finish every put: each file present, at its own number
+        subprocess.run(put(root), env=env, check=True, capture_output=True)
+    distinct = {_sha(p.read_bytes()) for root in trees for p in root.iterdir()}
+    assert _interval_present_hash_right(data_dir) == len(distinct)
