@@ -74,10 +74,8 @@ def verify(
 ) -> None:
     """Re-hash copies; mark missing/corrupt ones and schedule repairs; report orphans.
 
-    Never deletes anything. Exits 1 when a copy is missing or corrupt with no good copy
-    left to repair it from, or could not be checked (``unrepairable`` and ``errors``
-    in --json say which).
-    """
+    Never deletes anything. Exits 1 when a copy is missing or corrupt with no good copy left to repair it from, or could not be checked ("unrepairable" and "errors" in --json say which).
+    """  # noqa: E501
     archive = state(ctx).archive()
     age = parse_duration(older_than) if older_than is not None else None
     with byte_progress(enabled=not as_json) as progress:

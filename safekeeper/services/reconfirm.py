@@ -10,8 +10,9 @@ object replaced or rewritten in place, not just one that vanished:
    last hashed right. Different, or none recorded → re-hash it.
 3. Re-hash it anyway when it is the only other present copy (after the delete it is
    the last one) and at most ``gc_rehash_max_size`` bytes.
-4. A re-hash with other bytes → ``corrupt``. A re-hash with the right bytes
-   refreshes the copy's ``verified_at`` and fingerprint.
+4. A re-hash with other bytes → ``corrupt``. A re-hash with the right bytes of an
+   object whose fingerprint changed refreshes the copy's ``verified_at`` and
+   fingerprint.
 
 Copies found ``missing`` or ``corrupt`` are marked so at once (conditional UPDATE
 from ``present``) and stop the deletion (``policy.decide`` in re-confirmed mode).
@@ -143,7 +144,13 @@ def reconfirm(archive: Archive, checks: Sequence[Check], deadline: float) -> lis
 def record(archive: Archive, results: Sequence[Result]) -> None:
     """Mark the copies found gone or changed; refresh those re-hashed right."""
     damaged = [r for r in results if r.outcome in (Outcome.MISSING, Outcome.CORRUPT)]
-    rehashed = {r.check.copy_id: r.fingerprint for r in results if r.outcome == Outcome.REHASHED}
+    # Only a fingerprint that moved needs writing: an unchanged last copy re-hashed
+    # right costs no write (its ``verified_at`` stays; the fingerprint vouches for it).
+    rehashed = {
+        r.check.copy_id: r.fingerprint
+        for r in results
+        if r.outcome == Outcome.REHASHED and r.fingerprint != r.check.fingerprint
+    }
     if not damaged and not rehashed:
         return
     with archive.db.write() as session:

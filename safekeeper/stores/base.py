@@ -47,7 +47,7 @@ from typing import (
     runtime_checkable,
 )
 
-from safekeeper.errors import BadInput
+from safekeeper.errors import BadInput, SafekeeperError
 
 CHUNK_SIZE = 1024 * 1024
 #: Bytes per read/write syscall when copying a source to a local file.
@@ -173,8 +173,6 @@ class Store(Protocol):
 def fingerprint_of(store: Store, key: str) -> str | None:
     """The object's fingerprint, to record right after its bytes were hashed right;
     None when the store cannot say now (gc then re-hashes before relying on it)."""
-    from safekeeper.errors import SafekeeperError
-
     try:
         return store.stat(key).fingerprint
     except SafekeeperError:

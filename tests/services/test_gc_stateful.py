@@ -737,3 +737,26 @@ def test_deletion_manager_state_machine(
             suppress_health_check=list(HealthCheck),
         )
         DeletionMachine.TestCase().runTest()
+
+
+def test_same_size_corruption_replayed(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The shortest path to a loss through same-size corruption, replayed without
+    hypothesis (fast): a referenced blob, replicated, its mirror copy rewritten in place,
+    then gc. gc must keep the inbox copy (it once deleted it on the mirror's size)."""
+    config_text, tamper_targets = WORLDS["mutual"]
+    data_dir = tmp_path_factory.mktemp("replay")
+    (data_dir / "safekeeper.toml").write_text(config_text)
+    clock = Clock()
+    with Archive(load_config(data_dir=data_dir, environ={}), clock=clock) as archive:
+        SHARED["world"] = (archive, clock, tamper_targets)
+        machine = DeletionMachine()
+        machine.reset()
+        machine.put(0, REFS[0])
+        machine.replicate()
+        machine.corrupt_in_place(0, machine.locations.index("mirror"), 5)
+        assert ("mirror", HASHES[0]) in machine.tampered
+        machine.run_gc()
+        machine.protected_blobs_keep_a_good_copy()
+        machine.present_copies_have_their_objects()
+        machine.every_deletion_is_audited_once()
+        assert archive.store("inbox").exists(HASHES[0])
