@@ -19,6 +19,7 @@ from sqlalchemy import select
 from safekeeper.db.blobs import get_blob
 from safekeeper.db.claims import take_back
 from safekeeper.db.models import Blob, Hold, Namespace, Reference
+from safekeeper.db.refs import pin_present_copies
 from safekeeper.errors import BadInput, NotFound
 from safekeeper.ids import check_name, is_blob_id
 from safekeeper.services.inventory import resolve_blob
@@ -67,6 +68,8 @@ def add_hold(archive: Archive, target: str, reason: str, actor: str) -> HoldView
         if kind == "blob":
             hold.blob_id = get_blob(session, value).id
             take_back(session, [hold.blob_id], now)
+            # Like a reference: a hold needs a present copy to keep (Conflict otherwise).
+            pin_present_copies(session, hold.blob_id, now)
         else:
             namespace = session.scalar(select(Namespace).where(Namespace.name == value))
             if namespace is None:

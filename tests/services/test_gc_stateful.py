@@ -15,8 +15,9 @@ every step:
 - every deleted copy has exactly one audit record;
 - a copy present (or claimed but not fenced) when a hold or staging job was accepted
   is not deleted while the hold or job lasts;
-- no blob is deleted as garbage before its grace period by the true clock (the one
-  the test keeps; the archive's clock may be behind it);
+- no blob is deleted as garbage before its grace period, counted from the database's
+  clock floor when it was last referenced to the true time of the deletion (the
+  archive's clock may be stepped back meanwhile);
 - whatever the planner would delete, the pure policy allows.
 
 Tampering changes an object's size, or rewrites a random present object in place with
@@ -209,9 +210,8 @@ class DeletionMachine(RuleBasedStateMachine):
                 Blob,
             ):
                 session.execute(delete(model))
-            # The catalog has seen the right time before any clock step: a clock that is
-            # wrong from a fresh catalog's very first write cannot be told from a right
-            # one (docs/design.md, "Clock sanity").
+            # The database has been in use before: its clock floor is the true time. (A
+            # database whose very first write comes from a wrong clock cannot know.)
             session.add(ClockFloor(id=1, high_water=self.clock.now))
         # The disk that is unmounted and mounted again: the archive world's tape-a.
         tape = self.archive.config.store_url("tape-a") if "tape-a" in self.locations else ""
@@ -230,9 +230,11 @@ class DeletionMachine(RuleBasedStateMachine):
         #: Copy ids a hold (by hold id) or the running job pinned when accepted.
         self.pinned_by_hold: dict[int, set[int]] = {}
         self.pinned_by_job: set[int] = set()
-        #: Blob id → the true time it was last seen referenced (or first seen).
+        #: Blob id → the database's clock floor when it was last seen referenced (or
+        #: first seen).
         self.last_referenced: dict[int, datetime] = {}
         self.audits_checked = 0
+        self.last_floor = self.true_now
 
     def teardown(self) -> None:
         if hasattr(self, "disk"):
@@ -365,6 +367,25 @@ class DeletionMachine(RuleBasedStateMachine):
         """The archive's clock is stepped back by ``days`` (0: corrected again)."""
         self.skew = timedelta(days=days)
         self._tick()
+
+    @rule(
+        days=st.sampled_from([2, 30, 365]),
+        i=st.integers(0, 2),
+        ref=st.sampled_from(REFS),
+        how=st.sampled_from(["remove", "put", "replace"]),
+    )
+    def clock_wrong_while_unreferencing(self, days: int, i: int, ref: RefSpec, how: str) -> None:
+        """The clock is behind while a blob loses its last reference (or is put without
+        one); it is corrected, a day passes, gc runs."""
+        self.skew = timedelta(days=days)
+        self._tick()
+        if how == "remove":
+            self.remove_reference(ref)
+        else:
+            self.put(i, None if how == "put" else ref)
+        self.skew = timedelta(0)
+        self._tick(timedelta(days=1))
+        self.run_gc()
 
     # -- operators and the world --------------------------------------------------
 
@@ -566,11 +587,47 @@ class DeletionMachine(RuleBasedStateMachine):
             verdicts = [v for v in verdicts if v.facts.copy_id in gone]
         self.paused.append((location, held, phase, verdicts))
 
+    @rule(
+        data=st.data(),
+        phase=st.sampled_from(["claim", "recheck", "delete"]),
+        other=st.sampled_from(["recovery", "gc", "hold", "job", "nothing"]),
+    )
+    def gc_paused_while_others_act(self, data: st.DataObject, phase: str, other: str) -> None:
+        """The interleavings that matter, in one step: a gc pauses after a phase; its
+        claims expire and another gc recovers them (alone, or in a whole run), or a
+        hold or a staging job lands on the blob it claimed; then it resumes."""
+        before = len(self.paused)
+        self.gc_pauses(data, phase)
+        if len(self.paused) == before:
+            return
+        _, held, _, _ = self.paused[-1]
+        if other in ("recovery", "gc"):
+            self.claims_go_stale()
+            if other == "recovery":
+                self.another_gc_recovers_claims()
+            else:
+                self.run_gc()
+        elif other in ("hold", "job") and held.copy_ids:
+            with self.archive.db.read() as session:
+                sha256 = session.scalar(
+                    select(Blob.sha256)
+                    .join(Copy, Copy.blob_id == Blob.id)
+                    .where(Copy.id == held.copy_ids[0])
+                )
+            i = HASHES.index(str(sha256))
+            if other == "hold":
+                self.hold_blob(i, True)
+            else:
+                self.start_job(i)
+        self._resume(len(self.paused) - 1)
+
     @rule(data=st.data())
     def paused_gc_resumes(self, data: st.DataObject) -> None:
         if not self.paused:
             return
-        index = data.draw(st.integers(0, len(self.paused) - 1))
+        self._resume(data.draw(st.integers(0, len(self.paused) - 1)))
+
+    def _resume(self, index: int) -> None:
         location, held, phase, verdicts = self.paused.pop(index)
         report = gc.GcReport()
         if phase == "claim":
@@ -674,7 +731,10 @@ class DeletionMachine(RuleBasedStateMachine):
         assert not gone, f"copies deleted under a hold or a job: {gone}"
 
     @invariant()
-    def garbage_waits_its_grace_period_by_the_true_clock(self) -> None:
+    def garbage_waits_its_grace_period_by_the_databases_clock(self) -> None:
+        """A blob deleted as garbage was last referenced (or created) at least a grace
+        period ago by the database's clock — its clock floor then — measured on the
+        true clock, whatever the archive's clock said meanwhile."""
         if not hasattr(self, "archive"):
             return
         grace = self.archive.config.policy.grace_period
@@ -686,17 +746,20 @@ class DeletionMachine(RuleBasedStateMachine):
                 .order_by(AuditEntry.id)
                 .offset(self.audits_checked)
             ).all()
+            db_now = session.scalar(select(ClockFloor.high_water))
         for sha256, why in entries:
             if why == "garbage":
-                last = self.last_referenced[blobs[sha256]]
+                # created and deleted within this step: its floor was at least the last
+                last = self.last_referenced.get(blobs[sha256], self.last_floor)
                 assert self.true_now - last >= grace - STEP, (
                     f"{sha256[:12]} deleted as garbage {self.true_now - last} after its "
-                    "last reference (true clock)"
+                    "last reference by the database's clock"
                 )
         self.audits_checked += len(entries)
         for blob_id in blobs.values():
             if blob_id in referenced or blob_id not in self.last_referenced:
-                self.last_referenced[blob_id] = self.true_now
+                self.last_referenced[blob_id] = db_now or self.true_now
+        self.last_floor = db_now or self.true_now
 
     @invariant()
     def every_deletion_is_audited_once(self) -> None:
