@@ -265,7 +265,7 @@ class DeletionMachine(RuleBasedStateMachine):
         """Behind safekeeper's back: the disk under a directory store goes away and
         leaves its empty mount point."""
         hidden = self._unmounted_at()
-        if self.disk is None or hidden is None or hidden.exists():
+        if self.disk is None or hidden is None or hidden.exists() or not self.disk.exists():
             return
         os.rename(self.disk, hidden)
         self.disk.mkdir()
