@@ -32,6 +32,7 @@ from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Task, TaskState
 from safekeeper.engine.worker import Resender
 from safekeeper.services.replication import replication_pass
+from safekeeper.stores.marker import MARKER_NAME
 from tests.conftest import FakeClock
 from tests.servers import S3Server
 
@@ -316,7 +317,8 @@ def test_two_sites_replicate_and_survive_a_killed_worker(
         assert sorted(copies) == sorted((sha, CopyState.PRESENT, True) for sha in expected)
         listing = server.client().list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/")
         keys = {item["Key"] for item in listing.get("Contents", [])}
-        assert keys == {f"{PREFIX}/{sha}" for sha in expected}
+        # The objects, and the store's identity marker beside them.
+        assert keys == {f"{PREFIX}/{sha}" for sha in expected} | {f"{PREFIX}/{MARKER_NAME}"}
         for sha in expected:
             assert _s3_sha256(server, bucket, f"{PREFIX}/{sha}") == sha
 

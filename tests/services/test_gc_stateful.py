@@ -394,7 +394,7 @@ class DeletionMachine(RuleBasedStateMachine):
         """Behind safekeeper's back: the disk under a directory store goes away and
         leaves its empty mount point."""
         hidden = self._unmounted_at()
-        if self.disk is None or hidden is None or hidden.exists():
+        if self.disk is None or hidden is None or hidden.exists() or not self.disk.exists():
             return
         os.rename(self.disk, hidden)
         self.disk.mkdir()
@@ -407,6 +407,27 @@ class DeletionMachine(RuleBasedStateMachine):
             return
         shutil.rmtree(self.disk)
         os.rename(hidden, self.disk)
+
+    @rule(data=st.data())
+    def disk_away_for_a_while(self, data: st.DataObject) -> None:
+        """The disk is unmounted while the application and the operators carry on,
+        then mounted again (the episode the two rules above make by chance)."""
+        if self.disk is None:
+            return
+        self.unmount_disk()
+        steps = st.sampled_from(["put", "replicate", "gc", "verify", "time"])
+        for step in data.draw(st.lists(steps, min_size=1, max_size=6)):
+            if step == "put":
+                self.put(data.draw(st.integers(0, 2)), data.draw(st.sampled_from(REFS)))
+            elif step == "replicate":
+                self.replicate()
+            elif step == "gc":
+                self.run_gc()
+            elif step == "verify":
+                self.run_verify()
+            else:
+                self.time_passes(data.draw(st.sampled_from([1, 8])))
+        self.mount_disk()
 
     @rule()
     def replicate(self) -> None:

@@ -513,8 +513,10 @@ def test_store_is_checked_again_right_before_the_delete(
     with pytest.raises(StoreIdentityError):
         gc.process_claimed(archive, "archive", claimed, "test", gc.GcReport())
     assert _states(archive, SHA) == {"archive": "deleting"}
+    clock.advance(hours=1)  # the claim is stale, but the empty mount point proves nothing
+    assert gc.run_gc(archive).recovered == 0
+    assert _states(archive, SHA) == {"archive": "deleting"}
     _mount(data_dir / "archive", hidden)
-    clock.advance(hours=1)
     report = gc.run_gc(archive)
     assert report.recovered == 1 and report.deleted == 1
     assert not _files(data_dir / "archive", SHA)
@@ -586,3 +588,12 @@ def test_gc_checks_the_evidence_stores_before_each_batch(
     assert report.deleted == 0
     assert _states(archive, SHA) == {"inbox": "present", "archive": "present"}
     assert _good_file(data_dir / "inbox", SHA) and _good_file(hidden, SHA)
+
+
+def test_reads_skip_a_refused_store(make_archive: ArchiveFactory, data_dir: Path) -> None:
+    archive = make_archive()
+    archive.put_bytes(DATA, ref="ns:k")
+    _replicate(archive)
+    archive.close()
+    _unmount(data_dir / "inbox")  # the preferred copy's disk is away
+    assert make_archive().read_blob(SHA) == DATA  # served from the archive
