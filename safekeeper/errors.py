@@ -43,6 +43,12 @@ class Conflict(SafekeeperError):
     code = "conflict"
 
 
+class Interrupted(SafekeeperError):
+    """The user asked to stop (Ctrl-C); what was finished is recorded, nothing half-way."""
+
+    code = "interrupted"
+
+
 class PolicyDenied(SafekeeperError):
     """A safety rule forbids the operation."""
 

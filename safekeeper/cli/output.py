@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+
+from safekeeper.units import format_duration
 
 # Piped output is for scripts and grep: wide enough that ids and rules are never cut.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
@@ -48,6 +50,17 @@ def _plain(value: Any) -> Any:
 
 def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(_plain(value), indent=2) + "\n")
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """``plural(1, "copy", "copies")`` → ``"1 copy"``; ``plural(5000, "file")`` →
+    ``"5,000 files"``."""
+    word = singular if count == 1 else (plural_form or singular + "s")
+    return f"{count:,} {word}"
+
+
+def duration(value: timedelta) -> str:
+    return format_duration(value)
 
 
 def when(value: datetime | None) -> str:

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from safekeeper.db.blobs import blobs_by_prefix, find_blob, list_blobs
 from safekeeper.db.copies import CopyView, copies_of_blob, present_totals
-from safekeeper.db.models import Blob, Copy, CopyState, Location, Site
+from safekeeper.db.models import Blob, Copy, CopyState, Location, Namespace, Site
 from safekeeper.db.refs import ReferenceView, list_references, resolve
 from safekeeper.errors import BadInput, NotFound
 from safekeeper.ids import BLOB_ID_LENGTH, is_blob_id, parse_ref
@@ -81,7 +81,18 @@ def list_all_blobs(archive: Archive, limit: int | None = None) -> list[BlobSumma
 
 
 def list_refs(archive: Archive, namespace: str | None = None) -> list[ReferenceView]:
+    """References of ``namespace`` (NotFound when there is no such namespace: a typo, or
+    a flag's value such as ``ls --json true``, is not silently an empty list), or all."""
     with archive.db.read() as session:
+        if namespace is not None and not session.scalar(
+            select(Namespace.id).where(Namespace.name == namespace)
+        ):
+            hint = (
+                " (flags take no value: --json, not --json true)"
+                if namespace in ("true", "false", "1", "0", "yes", "no")
+                else ""
+            )
+            raise NotFound(f"no namespace {namespace!r}{hint}")
         return list_references(session, namespace=namespace)
 
 
