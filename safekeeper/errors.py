@@ -91,6 +91,13 @@ class TooLarge(BadInput):
     status = 413
 
 
+class UnsupportedMediaType(BadInput):
+    """A request body of a content type the route does not take (HTTP 415)."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
 class Unauthenticated(SafekeeperError):
     """No valid credentials (HTTP 401). ``code``: ``unauthenticated``, ``bad_credentials``,
     ``session_revoked`` or ``session_expired``."""
