@@ -308,7 +308,8 @@ def ls(
     limit: Annotated[int | None, typer.Option(help="At most this many blobs.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List blobs, or references with --refs or a NAMESPACE."""
+    """List blobs (with why each is kept, or when it goes), or references with --refs or
+    a NAMESPACE."""
     archive = state(ctx).archive()
     if refs or namespace is not None:
         print_references(archive, namespace, as_json)
@@ -318,7 +319,9 @@ def ls(
         emit_json(blobs)
         return
     table(
-        None, ["blob", "size", "created"], [(b.sha256, b.size, when(b.created_at)) for b in blobs]
+        None,
+        ["blob", "size", "created", "kept"],
+        [(b.sha256, b.size, when(b.created_at), b.kept) for b in blobs],
     )
 
 
@@ -329,12 +332,14 @@ def stat(
     ],
     as_json: JsonFlag = False,
 ) -> None:
-    """Show a blob's copies per location (state, size, verified-at) and its references."""
+    """Show a blob's copies per location (state, size, verified-at), its references, and
+    why it is kept (referenced, held) or when it goes (garbage after the grace period)."""
     status = inventory.stat_blob(state(ctx).archive(), blob)
     if as_json:
         emit_json(status)
         return
     console.print(f"blob {status.sha256}  {status.size} bytes  created {when(status.created_at)}")
+    console.print(f"kept: {status.keeping.kept}")
     table(
         "copies",
         ["location", "kind", "state", "size", "verified", "last access", "retries"],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +31,15 @@ class CliState:
         if self._archive is not None:
             self._archive.close()
             self._archive = None
+
+
+def person() -> str:
+    """Who is running this command, as ``user@host``: recorded with what they do."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
 
 
 def state(ctx: typer.Context) -> CliState:

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from safekeeper.archive import Archive
-from safekeeper.cli.context import state
-from safekeeper.cli.output import console, emit_json, err_console, table, when
+from safekeeper.cli.context import person, state
+from safekeeper.cli.output import console, emit_json, err_console, plural, table, when
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.engine.wait import wait_for_tasks
 from safekeeper.errors import BadInput
@@ -67,7 +67,8 @@ def plan(
             )
         console.print(
             f"[bold]{loc.location}[/] ({loc.kind}, {format_size(loc.used_bytes)} used{marks}): "
-            f"delete {len(loc.deletions)} copies, free {format_size(loc.bytes_freed)}"
+            f"delete {plural(len(loc.deletions), 'copy', 'copies')}, "
+            f"free {format_size(loc.bytes_freed)}"
         )
         by_rule: dict[tuple[str, str], list[int]] = {}
         for deletion in loc.deletions:
@@ -220,10 +221,12 @@ def hold(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(metavar="BLOB|NAMESPACE")],
     reason: Annotated[str, typer.Option(help="Why (recorded with the hold).")],
-    actor: Annotated[str | None, typer.Option(help="Who places the hold.")] = None,
+    actor: Annotated[
+        str | None, typer.Option(help="Who places the hold (default: you, as user@host).")
+    ] = None,
 ) -> None:
     """Forbid deleting any copy of a blob, or of any blob a namespace references."""
-    view = holds.add_hold(state(ctx).archive(), target, reason, actor or gc.default_actor())
+    view = holds.add_hold(state(ctx).archive(), target, reason, actor or person())
     console.print(f"hold {view.id} on {view.kind} {view.target}")
 
 
@@ -232,7 +235,7 @@ def release(
 ) -> None:
     """Release the holds on a blob or namespace."""
     count = holds.release_holds(state(ctx).archive(), target)
-    console.print(f"released {count} hold(s)")
+    console.print(f"released {plural(count, 'hold')}")
 
 
 def holds_list(
