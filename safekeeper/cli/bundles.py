@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from safekeeper.cli.context import state
-from safekeeper.cli.output import byte_progress, console, emit_json
+from safekeeper.cli.output import byte_progress, console, emit_json, plural
 from safekeeper.services import bundles
 from safekeeper.units import format_size
 
@@ -60,8 +60,9 @@ def export_command(
         emit_json(outcome)
         return
     console.print(
-        f"exported {namespace} to {output}: {outcome.references} references, "
-        f"{outcome.blobs} blobs ({format_size(outcome.bytes)}), {outcome.packages} packages"
+        f"exported {namespace} to {output}: {plural(outcome.references, 'reference')}, "
+        f"{plural(outcome.blobs, 'blob')} ({format_size(outcome.bytes)}), "
+        f"{plural(outcome.packages, 'package')}"
     )
 
 
@@ -84,9 +85,9 @@ def import_command(
         emit_json(outcome)
         return
     console.print(
-        f"imported into {outcome.namespace}: {outcome.blobs_stored} blobs stored, "
+        f"imported into {outcome.namespace}: {plural(outcome.blobs_stored, 'blob')} stored, "
         f"{outcome.blobs_skipped} already held ({format_size(outcome.bytes)}); "
         f"references: {outcome.references_created} created, "
         f"{outcome.references_replaced} replaced, {outcome.references_unchanged} unchanged; "
-        f"{outcome.packages_created} packages"
+        f"{plural(outcome.packages_created, 'package')}"
     )

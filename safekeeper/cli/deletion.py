@@ -109,7 +109,11 @@ def gc_command(
             f"({format_size(report.bytes_freed)}), kept on re-check "
             f"{len(report.kept_on_recheck)}, failed {len(report.failed)}"
             + (f", recovered {report.recovered} from an interrupted gc" if report.recovered else "")
-            + (f", {report.trees_dropped} extracted package trees" if report.trees_dropped else "")
+            + (
+                f", {plural(report.trees_dropped, 'extracted package tree')}"
+                if report.trees_dropped
+                else ""
+            )
         )
         for blob, loc, rule, reason in report.kept_on_recheck:
             console.print(f"kept     {blob} at {loc}: {rule}: {reason}")
@@ -127,14 +131,15 @@ def _collect_derived_garbage(archive: Archive) -> None:
 
     purged = purge_expired(archive)
     if purged:
-        err_console.print(f"removed {purged} expired sign-in sessions")
+        err_console.print(f"removed {plural(purged, 'expired sign-in session')}")
     _report_trees(evict(archive, archive.clock()))
 
 
 def _report_trees(evicted: Sequence[EvictedTree]) -> None:
     if evicted:
         size = format_size(sum(tree.size for tree in evicted))
-        err_console.print(f"evicted {len(evicted)} extracted package trees ({size}) from the cache")
+        trees = plural(len(evicted), "extracted package tree")
+        err_console.print(f"evicted {trees} ({size}) from the cache")
 
 
 def _gc_on_workers(
@@ -284,8 +289,8 @@ def jobs_start(
 
         run_due(archive)
     console.print(
-        f"job {view.name} started: {view.blobs} blobs at {view.location}, "
-        f"{len(view.task_ids)} transfers"
+        f"job {view.name} started: {plural(view.blobs, 'blob')} at {view.location}, "
+        f"{plural(len(view.task_ids), 'transfer')}"
     )
 
 
