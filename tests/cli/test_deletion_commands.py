@@ -363,7 +363,7 @@ def test_jobs_start_ls_end(scratch_dir: Path) -> None:
     blob = put(scratch_dir, b"input data", "run:input")
     code, out, err = cli(scratch_dir, "jobs", "start", "reduce-42", "--location", "scratch", blob)
     assert code == 0, err
-    assert "job reduce-42 started: 1 blobs at scratch, 1 transfers" in out
+    assert "job reduce-42 started: 1 blob at scratch, 1 transfer" in out
     assert copies(scratch_dir, blob) == {"inbox": "present", "scratch": "present"}
 
     [job] = cli_json(scratch_dir, "jobs", "ls")

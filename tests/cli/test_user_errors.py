@@ -215,3 +215,18 @@ def test_serve_on_a_busy_port(data_dir: Path) -> None:
     assert result.returncode == 1
     assert "port is in use" in one_error_line(result.stderr)
     assert "serving" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", [["ls"], ["put"], ["serve"], ["replicate"], ["init"]])
+def test_help_shows_flags_as_flags(tmp_path: Path, command: list[str]) -> None:
+    code, out, _ = cli(tmp_path, *command, "--help")
+    assert code == 0 and b"--help" in out
+    assert b"<bool>" not in out  # a flag takes no value
+
+
+def test_init_help_says_what_it_writes(tmp_path: Path) -> None:
+    code, out, _ = cli(tmp_path, "init", "--help")
+    text = " ".join(out.decode().replace("│", " ").split())
+    assert code == 0
+    for words in ("safekeeper.toml", "safekeeper.db", "inbox", "archive", "scratch", "never"):
+        assert words in text
