@@ -80,4 +80,4 @@ def test_plurals() -> None:
     assert plural(1, "copy", "copies") == "1 copy"
     assert plural(2, "copy", "copies") == "2 copies"
     assert plural(0, "hold") == "0 holds"
-    assert plural(5000, "file") == "5,000 files"
+    assert plural(5000, "file") == "5000 files"

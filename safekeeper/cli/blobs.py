@@ -107,8 +107,8 @@ def put(
         new = sum(o.stored for o in outcomes)
         size = format_size(sum(o.size for o in outcomes))
         console.print(
-            f"{plural(len(outcomes), 'file')} ({size}): {new:,} stored, "
-            f"{len(outcomes) - new:,} already held"
+            f"{plural(len(outcomes), 'file')} ({size}): {new} stored, "
+            f"{len(outcomes) - new} already held"
         )
     if no_ref:
         err_console.print(

@@ -54,9 +54,9 @@ def emit_json(value: Any) -> None:
 
 def plural(count: int, singular: str, plural_form: str | None = None) -> str:
     """``plural(1, "copy", "copies")`` → ``"1 copy"``; ``plural(5000, "file")`` →
-    ``"5,000 files"``."""
+    ``"5000 files"`` (no separators: scripts and benchmarks grep these lines)."""
     word = singular if count == 1 else (plural_form or singular + "s")
-    return f"{count:,} {word}"
+    return f"{count} {word}"
 
 
 def duration(value: timedelta) -> str:

@@ -52,7 +52,7 @@ def replicate(
             f"{plural(result.scheduled, 'transfer')} scheduled"
         )
         if outcome:
-            console.print("tasks: " + ", ".join(f"{n:,} {s}" for s, n in sorted(outcome.items())))
+            console.print("tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.items())))
     if outcome.get("failed"):
         if not as_json:
             console.print("see `safekeeper tasks --failed`; retry with `safekeeper tasks retry`")
