@@ -98,11 +98,13 @@ def put(
     if as_json:
         emit_json(outcomes)
         return
+    lines = []
     for outcome in outcomes:
         verb = "stored" if outcome.stored else "exists"
         suffix = f"  {outcome.name}" if outcome.name else ""
         kept = f"  → {outcome.ref}" if outcome.ref else ""
-        console.print(f"{verb} {outcome.sha256} {outcome.size:>12}{suffix}{kept}")
+        lines.append(f"{verb} {outcome.sha256} {outcome.size:>12}{suffix}{kept}")
+    console.print("\n".join(lines), markup=False)  # one call: 10,000 lines in no time
     if len(outcomes) > 1:
         new = sum(o.stored for o in outcomes)
         size = format_size(sum(o.size for o in outcomes))
