@@ -289,7 +289,10 @@ def _check(actual: str, expected: str) -> None:
 
 
 def print_references(archive: Archive, namespace: str | None, as_json: bool) -> None:
-    """References (of one namespace, or all) as a table or JSON: ``ls`` and ``ref ls``."""
+    """References (of one namespace, or all) as a table or JSON: ``ls`` and ``ref ls``.
+    A namespace that does not exist is an error, not an empty list."""
+    if namespace is not None:
+        inventory.require_namespace(archive, namespace)
     references = inventory.list_refs(archive, namespace)
     if as_json:
         emit_json(references)

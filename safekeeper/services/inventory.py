@@ -177,19 +177,18 @@ def list_all_blobs(archive: Archive, limit: int | None = None) -> list[BlobSumma
 
 
 def list_refs(archive: Archive, namespace: str | None = None) -> list[ReferenceView]:
-    """References of ``namespace`` (NotFound when there is no such namespace: a typo, or
-    a flag's value such as ``ls --json true``, is not silently an empty list), or all."""
     with archive.db.read() as session:
-        if namespace is not None and not session.scalar(
-            select(Namespace.id).where(Namespace.name == namespace)
-        ):
-            hint = (
-                " (flags take no value: --json, not --json true)"
-                if namespace in ("true", "false", "1", "0", "yes", "no")
-                else ""
-            )
-            raise NotFound(f"no namespace {namespace!r}{hint}")
         return list_references(session, namespace=namespace)
+
+
+def require_namespace(archive: Archive, namespace: str) -> None:
+    """NotFound when there is no such namespace: for commands where a typo, or a flag's
+    value (``ls --json true``), must not silently list nothing."""
+    with archive.db.read() as session:
+        if session.scalar(select(Namespace.id).where(Namespace.name == namespace)) is None:
+            flag_value = namespace in ("true", "false", "1", "0", "yes", "no")
+            hint = " (flags take no value: --json, not --json true)" if flag_value else ""
+            raise NotFound(f"no namespace {namespace!r}{hint}")
 
 
 # The description documents GET /api/locations, which answers LocationUsage(LocationStatus).
