@@ -12,6 +12,7 @@ import typer
 
 from safekeeper.cli.context import state
 from safekeeper.cli.output import byte_progress, console, emit_json, plural
+from safekeeper.errors import BadInput
 from safekeeper.services import bundles
 from safekeeper.units import format_size
 
@@ -51,9 +52,22 @@ def export_command(
     """Write a namespace's references, package metadata and blobs to a bundle file."""
     archive = state(ctx).archive()
     to_stdout = output == STDIO
+    if not to_stdout and output.is_dir():
+        raise BadInput(f"{output}: is a directory; give a file name (-o {output}/NAME.tar)")
+    in_place = not to_stdout and output.exists() and not output.is_file()
     with _byte_report("exporting", enabled=not as_json) as report:
-        target = sys.stdout.buffer if to_stdout else output
-        outcome = bundles.export_namespace(archive, namespace, target, report, compress=zstd)
+        if in_place:  # a device or a pipe: written into, never renamed over
+            compress = output.name.endswith(".zst") if zstd is None else zstd
+            try:
+                with output.open("wb") as sink:
+                    outcome = bundles.export_namespace(
+                        archive, namespace, sink, report, compress=compress
+                    )
+            except OSError as exc:
+                raise BadInput(f"{output}: cannot write the bundle: {exc.strerror}") from exc
+        else:
+            target = sys.stdout.buffer if to_stdout else output
+            outcome = bundles.export_namespace(archive, namespace, target, report, compress=zstd)
     if to_stdout:
         return  # stdout carries the bundle
     if as_json:

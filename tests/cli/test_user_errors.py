@@ -51,6 +51,19 @@ def data_dir(tmp_path: Path) -> Path:
     return data_dir
 
 
+@pytest.fixture
+def full(tmp_path: Path) -> Path:
+    """A private twin of /dev/full (a character device whose writes fail with ENOSPC),
+    so a regression that renames over the target clobbers this one, not the machine's."""
+    device = tmp_path / "devices" / "full"
+    device.parent.mkdir()
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 7))
+    except PermissionError:
+        return Path("/dev/full")  # not root: nobody may rename over /dev/full anyway
+    return device
+
+
 def _leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
@@ -66,26 +79,47 @@ def _inbox_object(data_dir: Path) -> Path:
         ("missing/out.txt", "no such directory"),
         ("existing-dir", "is a directory"),
         ("/proc/safekeeper-test-out", "cannot write"),  # a directory nobody may write to
-        ("/dev/full", "No space left on device"),
+        ("FULL", "No space left on device"),
     ],
 )
-def test_get_output_errors(data_dir: Path, tmp_path: Path, target: str, message: str) -> None:
+def test_get_output_errors(
+    data_dir: Path, tmp_path: Path, full: Path, target: str, message: str
+) -> None:
     (tmp_path / "existing-dir").mkdir()
-    path = target if target.startswith("/") else str(tmp_path / target)
+    path = str(full) if target == "FULL" else target
+    path = path if path.startswith("/") else str(tmp_path / path)
     code, out, err = cli(data_dir, "get", "docs:hello", "-o", path)
     assert code == 1 and message in one_error_line(err)
     assert out == b""
     assert not (tmp_path / "missing").exists()
     assert list((tmp_path / "existing-dir").iterdir()) == []
-    assert _leftovers(tmp_path) == []
-    # as root a rename over /dev/full would replace the device with a file
-    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    assert _leftovers(tmp_path) == [] and _leftovers(full.parent) == []
+    # as root a rename over the device would replace it with a file
+    assert stat.S_ISCHR(os.stat(full).st_mode)
 
 
-def test_get_to_a_device_writes_in_place(data_dir: Path) -> None:
-    code, _, err = cli(data_dir, "get", "docs:hello", "-o", os.devnull)
+@pytest.mark.parametrize("target", ["FULL", "DIR"])
+def test_export_onto_a_device_or_directory(
+    data_dir: Path, tmp_path: Path, full: Path, target: str
+) -> None:
+    (tmp_path / "dir").mkdir()
+    path = full if target == "FULL" else tmp_path / "dir"
+    code, _, err = cli(data_dir, "export", "docs", "-o", str(path))
+    message = "No space left on device" if target == "FULL" else "is a directory"
+    assert code == 1 and message in one_error_line(err)
+    assert stat.S_ISCHR(os.stat(full).st_mode)
+    assert list((tmp_path / "dir").iterdir()) == [] and _leftovers(full.parent) == []
+
+
+def test_get_to_a_device_writes_in_place(data_dir: Path, tmp_path: Path) -> None:
+    null = tmp_path / "null"
+    try:
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a twin of /dev/null
+    except PermissionError:
+        pytest.skip("needs root to make a device node")
+    code, _, err = cli(data_dir, "get", "docs:hello", "-o", str(null))
     assert code == 0, err
-    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    assert stat.S_ISCHR(os.stat(null).st_mode)
 
 
 def _corrupt(data_dir: Path) -> None:
