@@ -492,8 +492,10 @@ def count_present(target: PlanTarget) -> int:
 
 
 def bench_plan(settings: Settings, pg_url: str | None) -> Result:
+    from sqlalchemy import select
+
     from safekeeper import open_archive
-    from safekeeper.db.catalog import locations_by_name
+    from safekeeper.db.models import Location
 
     root = settings.work / "plan"
     targets: dict[str, PlanTarget] = {}
@@ -503,7 +505,7 @@ def bench_plan(settings: Settings, pg_url: str | None) -> Result:
         config = write_safekeeper_config(data_dir, plan_config(url))
         archive = open_archive(config=config)
         with archive.db.read() as session:
-            ids = {name: loc.id for name, loc in locations_by_name(session).items()}
+            ids = {loc.name: loc.id for loc in session.scalars(select(Location))}
         targets[backend] = PlanTarget(backend, config, archive, ids)
 
     small, large = settings.plan_blobs

@@ -187,6 +187,14 @@ class _Group(TyperGroup):
         self.commands[cmd_name] = command
         return command
 
+    def parse_args(self, ctx: _click.Context, args: list[str]) -> list[str]:
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            # Typer's boxed help prints itself while its usage error is being made; the
+            # plain one (format_help) is returned, so it is printed here. Exit 2 as before.
+            _click.echo(ctx.get_help(), color=ctx.color)
+            ctx.exit(2)
+        return super().parse_args(ctx, args)
+
     def resolve_command(
         self, ctx: _click.Context, args: list[str]
     ) -> tuple[str | None, _click.Command | None, list[str]]:
