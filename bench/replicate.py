@@ -97,7 +97,7 @@ class Defaults:
 
 
 FULL = Defaults(big_size="1GiB", many_count=10_000, repeats=3)
-QUICK = Defaults(big_size="32MiB", many_count=300, repeats=1)
+QUICK = Defaults(big_size="16MiB", many_count=100, repeats=1)
 
 
 @dataclass(frozen=True)
@@ -565,7 +565,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="small sizes, one repeat (big 32MiB, many 300)"
+        "--quick", action="store_true", help="small sizes, one repeat (big 16MiB, many 100)"
     )
     parser.add_argument("--repeats", type=int, help="repeats per measurement (default 3; quick 1)")
     parser.add_argument(
