@@ -7,13 +7,15 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from safekeeper.archive import Archive
-from safekeeper.config import load_config
 from safekeeper.errors import BadInput
 from safekeeper.ids import RefSpec, parse_ref
+
+if TYPE_CHECKING:
+    from safekeeper.archive import Archive
 
 
 @dataclass
@@ -24,6 +26,9 @@ class CliState:
 
     def archive(self) -> Archive:
         if self._archive is None:
+            from safekeeper.archive import Archive
+            from safekeeper.config import load_config
+
             self._archive = Archive(load_config(self.config_path, self.data_dir))
         return self._archive
 

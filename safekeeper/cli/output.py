@@ -9,21 +9,15 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from safekeeper.units import format_duration
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 # Piped output is for scripts and grep: wide enough that ids and rules are never cut.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
@@ -80,6 +74,16 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
 
 def byte_progress(enabled: bool) -> Progress:
     """A progress bar over bytes on stderr; silent when disabled or not a terminal."""
+    from rich.progress import (  # only the commands that move bytes pay for it
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
