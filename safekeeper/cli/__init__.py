@@ -46,12 +46,13 @@ COMMANDS: dict[str, LazyCommand] = {
     "init": LazyCommand(
         "safekeeper.cli.admin",
         "init",
-        "Write a default safekeeper.toml (an inbox and an archive) and create the database.",
+        "Create DIRECTORY (default ./safekeeper-data) with a default safekeeper.toml and an\n"
+        "empty SQLite database (safekeeper.db).",
     ),
     "put": LazyCommand(
         "safekeeper.cli.blobs",
         "put",
-        "Store files, directories (recursively) or stdin as blobs.",
+        "Store files, directories (recursively) or stdin as blobs, each kept by a reference.",
     ),
     "get": LazyCommand(
         "safekeeper.cli.blobs",
@@ -61,12 +62,14 @@ COMMANDS: dict[str, LazyCommand] = {
     "ls": LazyCommand(
         "safekeeper.cli.blobs",
         "ls",
-        "List blobs, or references with --refs or a NAMESPACE.",
+        "List blobs (with why each is kept, or when it goes), or references with --refs or\n"
+        "a NAMESPACE.",
     ),
     "stat": LazyCommand(
         "safekeeper.cli.blobs",
         "stat",
-        "Show a blob's copies per location (state, size, verified-at) and its references.",
+        "Show a blob's copies per location (state, size, verified-at), its references, and\n"
+        "why it is kept (referenced, held) or when it goes (garbage after the grace period).",
     ),
     "export": LazyCommand(
         "safekeeper.cli.bundles",
