@@ -1,7 +1,7 @@
 """Bundle benchmark: ``safekeeper export`` / ``import`` against ``tar -cf`` / ``tar -xf``.
 
     python bench/bundles.py                  # 2,000 blobs of 512 KiB (1000 MiB), 3 rounds
-    python bench/bundles.py --quick          # 200 blobs, 1 round (smoke test)
+    python bench/bundles.py --quick          # 50 blobs, 1 round (smoke test)
     python -m bench.bundles --count 500 --json-out bench/out/bundles.json
 
 One namespace holds ``--count`` references to distinct blobs of ``--blob-size`` random
@@ -230,7 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 2)[1] if __doc__ else None,
     )
-    parser.add_argument("--quick", action="store_true", help="200 blobs and one round")
+    parser.add_argument("--quick", action="store_true", help="50 blobs and one round")
     parser.add_argument("--count", type=int, help="blobs in the namespace (default 2000)")
     parser.add_argument("--blob-size", default="512KiB", help="bytes per blob (512KiB)")
     parser.add_argument("--repeats", type=int, help="rounds (default 3; quick 1)")
@@ -241,7 +241,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
-    count = args.count or (200 if args.quick else 2000)
+    count = args.count or (50 if args.quick else 2000)
     if repeats < 1 or count < 1:
         raise SystemExit("error: --repeats and --count must be at least 1")
     status = 0

@@ -111,7 +111,7 @@ class Defaults:
 
 
 FULL = Defaults(plan_blobs=(25_000, 250_000), gc_count=100_000, e2e_count=10_000, repeats=3)
-QUICK = Defaults(plan_blobs=(1_000, 10_000), gc_count=500, e2e_count=200, repeats=1)
+QUICK = Defaults(plan_blobs=(250, 2_500), gc_count=100, e2e_count=50, repeats=1)
 
 
 @dataclass(frozen=True)
@@ -858,7 +858,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small sizes, one repeat (plan 1000,10000 blobs; gc 500; e2e 200 files)",
+        help="small sizes, one repeat (plan 250,2500 blobs; gc 100; e2e 50 files)",
     )
     parser.add_argument("--repeats", type=int, help="repeats per measurement (default 3; quick 1)")
     parser.add_argument(

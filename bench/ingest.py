@@ -1,7 +1,7 @@
 """Ingest benchmark: baselines and ``safekeeper put`` side by side, with ratios.
 
     python bench/ingest.py                       # everything, full sizes (tens of minutes)
-    python bench/ingest.py --quick               # small sizes, one repeat (smoke test, ~1 min)
+    python bench/ingest.py --quick               # small sizes, one repeat (smoke test)
     python bench/ingest.py --only big,many --repeats 5 --json-out bench/out/ingest.json
 
 Benchmarks (every command is the real CLI in a subprocess, Python startup included):
@@ -21,9 +21,8 @@ Benchmarks (every command is the real CLI in a subprocess, Python startup includ
     time per file for each size, the per-file ratio largest/smallest (flat = 1; Python
     startup inflates the smallest size), and the marginal per-file time between
     consecutive sizes, (t(n2) - t(n1)) / (n2 - n1), the fairer flatness measure.
-``startup``
-    ``python -c pass``, ``safekeeper --help`` and ``safekeeper ls`` on an empty data dir:
-    the fixed cost every command pays.
+
+Start-up (``safekeeper --help``, ``ls``) is measured by ``bench/startup.py``.
 
 Before each timed run, outside the timing: the source is read once (page cache warm
 for both sides), destinations are fresh, and dirty pages are written back (``sync``).
@@ -53,6 +52,7 @@ from common import (
     find_executable,
     flush_disk,
     format_bytes,
+    have_tools,
     log,
     machine_info,
     parse_only,
@@ -69,7 +69,7 @@ from common import (
     write_random_files,
 )
 
-BENCHMARKS = ("big", "many", "growth", "startup")
+BENCHMARKS = ("big", "many", "growth")
 BIG_TARGET = 0.85
 MANY_TARGET = 20.0
 
@@ -83,7 +83,7 @@ class Defaults:
 
 
 FULL = Defaults(big_size="1GiB", many_count=10_000, growth_sizes="1000,10000,100000", repeats=3)
-QUICK = Defaults(big_size="64MiB", many_count=1000, growth_sizes="500,2000,5000", repeats=1)
+QUICK = Defaults(big_size="16MiB", many_count=100, growth_sizes="100,200,400", repeats=1)
 
 #: git refuses to commit without an identity; a CI machine may have none configured.
 GIT_ENV = {
@@ -364,33 +364,6 @@ def bench_growth(settings: Settings) -> tuple[dict[str, Any], list[Row]]:
     return result, rows
 
 
-# -- startup -----------------------------------------------------------------------------
-
-
-def bench_startup(settings: Settings) -> tuple[dict[str, Any], list[Row]]:
-    data_dir = fresh_data_dir(settings, settings.work / "startup" / "sk-data")
-    commands: dict[str, list[str | os.PathLike[str]]] = {
-        "python -c pass": [sys.executable, "-c", "pass"],
-        "safekeeper --help": [settings.safekeeper, "--help"],
-        "safekeeper ls (empty data dir)": [settings.safekeeper, "--data-dir", data_dir, "ls"],
-    }
-    repeats = max(5, settings.repeats)
-    samples = {label: Samples(label) for label in commands}
-    for i in range(repeats):
-        for label, argv in commands.items():
-            samples[label].add(run_timed(argv).seconds)
-        log(
-            f"startup: round {i + 1}: "
-            + ", ".join(f"{s.seconds[-1]:.3f}" for s in samples.values())
-        )
-    remove(data_dir)
-    result = {label: s.as_dict() for label, s in samples.items()}
-    rows = [
-        Row("startup", f"{label}: s", safekeeper=f"{s.median:.3f}") for label, s in samples.items()
-    ]
-    return result, rows
-
-
 # -- main --------------------------------------------------------------------------------
 
 
@@ -408,13 +381,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small sizes and one repeat (big 64MiB, many 1000, growth 500,2000,5000)",
+        help="small sizes and one repeat (big 16MiB, many 100, growth 100,200,400)",
     )
     parser.add_argument("--repeats", type=int, help="repeats per measurement (default 3; quick 1)")
     parser.add_argument(
         "--annex-repeats", type=int, help="repeats of the git-annex baseline (default: --repeats)"
     )
-    parser.add_argument("--big-size", help="size of the big file (default 1GiB; quick 64MiB)")
+    parser.add_argument("--big-size", help="size of the big file (default 1GiB; quick 16MiB)")
     parser.add_argument("--many-count", type=int, help="files for 'many' (default 10000)")
     parser.add_argument("--file-size", default="4KiB", help="small file size (default 4KiB)")
     parser.add_argument(
@@ -440,8 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     if repeats < 1 or (args.annex_repeats is not None and args.annex_repeats < 1):
         raise SystemExit("error: repeats must be at least 1")
     safekeeper = find_executable("safekeeper")
-    if "many" in only:
-        find_executable("git-annex")
+    skipped: dict[str, str] = {}
+    if "many" in only and (missing := have_tools("git-annex")):
+        skipped["many"] = f"skipped: {', '.join(missing)} not found on PATH"
+        only.remove("many")
+        log(f"many: {skipped['many']}")
 
     status = 0
     with workdir(args.workdir, keep=args.keep) as work:
@@ -460,10 +436,9 @@ def main(argv: list[str] | None = None) -> int:
             "big": bench_big,
             "many": bench_many,
             "growth": bench_growth,
-            "startup": bench_startup,
         }
-        results: dict[str, Any] = {}
-        rows: list[Row] = []
+        results: dict[str, Any] = {name: {"skipped": note} for name, note in skipped.items()}
+        rows: list[Row] = [Row(name, note) for name, note in skipped.items()]
         try:
             status = run_selected(runners, only, settings, results, rows)
         finally:

@@ -51,6 +51,7 @@ from common import (
     exit_status,
     find_executable,
     free_port,
+    have_tools,
     log,
     machine_info,
     median,
@@ -372,9 +373,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     only = parse_only(args.only, BENCHMARKS)
-    if "serving" in only:
-        find_executable("wrk")
-        find_executable("nginx")
+    skipped: dict[str, str] = {}
+    if "serving" in only and (missing := have_tools("wrk", "nginx")):
+        skipped["serving"] = f"skipped: {', '.join(missing)} not found on PATH"
+        only.remove("serving")
+        log(f"serving: {skipped['serving']}")
     status = 0
     with workdir(args.workdir, keep=args.keep) as work:
         settings = Settings(
@@ -389,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("error: --repeats and --seconds must be at least 1")
         machine = machine_info(work)
         runners = {"serving": bench_serving, "bundles": bench_bundles}
-        results: dict[str, Any] = {}
-        rows: list[Row] = []
+        results: dict[str, Any] = {name: {"skipped": note} for name, note in skipped.items()}
+        rows: list[Row] = [Row(name, note) for name, note in skipped.items()]
         try:
             status = run_selected(runners, only, settings, results, rows)
         finally:

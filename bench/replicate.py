@@ -37,8 +37,10 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -97,7 +99,7 @@ class Defaults:
 
 
 FULL = Defaults(big_size="1GiB", many_count=10_000, repeats=3)
-QUICK = Defaults(big_size="32MiB", many_count=300, repeats=1)
+QUICK = Defaults(big_size="16MiB", many_count=100, repeats=1)
 
 
 @dataclass(frozen=True)
@@ -322,6 +324,8 @@ def seaweedfs(base: Path) -> Iterator[S3Endpoint]:
     }
     s3_config = base / "s3.json"
     s3_config.write_text(json.dumps({"identities": [identity]}))
+    # A Unix socket's path must stay under ~107 bytes: not under a deep --workdir.
+    sockets = Path(tempfile.mkdtemp(prefix="sk-weed-"))
     command = [
         weed,
         "server",
@@ -338,8 +342,8 @@ def seaweedfs(base: Path) -> Iterator[S3Endpoint]:
         "-s3.autoCreateBucket=false",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
-        f"-filer.localSocket={base / 'filer.sock'}",
-        f"-s3.localSocket={base / 's3.sock'}",
+        f"-filer.localSocket={sockets / 'filer.sock'}",
+        f"-s3.localSocket={sockets / 's3.sock'}",
     ]
     for name in ports:
         command += [f"-{name}.port={ports[name]}", f"-{name}.port.grpc={grpc[name]}"]
@@ -362,6 +366,7 @@ def seaweedfs(base: Path) -> Iterator[S3Endpoint]:
             for name in ports:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"/tmp/seaweedfs-{name}-grpc-{port}.sock")
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def _wait_ready(endpoint: S3Endpoint, log_path: Path) -> None:
@@ -565,7 +570,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="small sizes, one repeat (big 32MiB, many 300)"
+        "--quick", action="store_true", help="small sizes, one repeat (big 16MiB, many 100)"
     )
     parser.add_argument("--repeats", type=int, help="repeats per measurement (default 3; quick 1)")
     parser.add_argument(

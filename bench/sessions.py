@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     only = parse_only(args.only, BENCHMARKS)
     batches = args.batches or (5 if args.quick else 21)
-    users = args.users or (1000 if args.quick else 10_000)
+    users = args.users or (300 if args.quick else 10_000)
     results: dict[str, Any] = {}
     rows: list[Row] = []
     with workdir(args.workdir, keep=args.keep) as work:
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             results,
             complete=True,
             repeats=f"{batches} batches x {args.batch}",
-            settings={"batches": batches, "batch": args.batch, "users": users},
+            settings={"quick": args.quick, "batches": batches, "batch": args.batch, "users": users},
             json_out=args.json_out,
         )
     return exit_status(results, 0, args.check_targets)

@@ -6,7 +6,8 @@ Where the configuration comes from, first match wins:
 2. ``<data dir>/safekeeper.toml`` when a data dir is given (``--data-dir``,
    ``SAFEKEEPER_DATA_DIR``) or the default ``./safekeeper-data`` holds one;
 3. ``./safekeeper.toml``;
-4. the built-in default: ``./safekeeper-data`` with an ``inbox`` and an ``archive``.
+4. the built-in default: ``./safekeeper-data`` with an ``inbox``, an ``archive``, a
+   ``cache`` and a ``scratch`` (processing) location.
 
 Environment overrides apply on top of any of them: ``SAFEKEEPER__POLICY__GRACE_PERIOD=1h``
 sets ``[policy] grace_period``; values are read as TOML literals when they parse as one
@@ -445,6 +446,7 @@ def default_document() -> dict[str, Any]:
             "inbox": {"kind": "source", "site": "local", "store": "file:inbox"},
             "archive": {"kind": "archive", "site": "local", "store": "file:archive"},
             "cache": {"kind": "cache", "site": "local", "store": "file:cache"},
+            "scratch": {"kind": "processing", "site": "local", "store": "file:scratch"},
         },
     }
 
@@ -454,7 +456,8 @@ def write_default(data_dir: Path) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / CONFIG_NAME
     header = (
-        "# safekeeper configuration: see docs/configuration.md.\n"
+        "# safekeeper configuration. Every key, its default and an example per deployment\n"
+        "# shape: docs/configuration.md in safekeeper's source tree.\n"
         "# Relative file: store paths are inside this directory.\n\n"
     )
     try:
@@ -539,6 +542,10 @@ def load_config(
             document = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8"
+            ) from exc
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
         if "data_dir" in document:

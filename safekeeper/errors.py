@@ -43,6 +43,12 @@ class Conflict(SafekeeperError):
     code = "conflict"
 
 
+class Interrupted(SafekeeperError):
+    """The user asked to stop (Ctrl-C); what was finished is recorded, nothing half-way."""
+
+    code = "interrupted"
+
+
 class PolicyDenied(SafekeeperError):
     """A safety rule forbids the operation."""
 
@@ -92,6 +98,13 @@ class TooLarge(BadInput):
 
     code = "too_large"
     status = 413
+
+
+class UnsupportedMediaType(BadInput):
+    """A request body of a content type the route does not take (HTTP 415)."""
+
+    code = "unsupported_media_type"
+    status = 415
 
 
 class Unauthenticated(SafekeeperError):

@@ -40,6 +40,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from safekeeper.units import format_duration
+
 
 class Rule(enum.StrEnum):
     NOT_PRESENT = "not-present"
@@ -144,9 +146,15 @@ def decide(evidence: Evidence, policy: Policy, now: datetime) -> Decision:
     if evidence.needed_by_job:
         return _keep(Rule.IN_USE, "needed by an active staging job")
     if location.retention is not None and now - evidence.created_at < location.retention:
-        return _keep(Rule.RETENTION, f"younger than the retention of {location.retention}")
+        return _keep(
+            Rule.RETENTION, f"younger than the retention of {format_duration(location.retention)}"
+        )
     if is_garbage(evidence.unreferenced_since, policy, now):
-        return Decision(True, Rule.GARBAGE, f"unreferenced for {policy.grace_period} or more")
+        return Decision(
+            True,
+            Rule.GARBAGE,
+            f"unreferenced for {format_duration(policy.grace_period)} or more",
+        )
     if location.kind == "archive":
         return _keep(Rule.ARCHIVE, "archive copies are deleted only as garbage")
     physical = evidence.reconfirmed
@@ -161,9 +169,7 @@ def decide(evidence: Evidence, policy: Policy, now: datetime) -> Decision:
         archived = sum(1 for c in verified if c.kind == "archive")
         needed = policy.min_archive_copies
         if archived < needed:
-            return _keep(
-                Rule.ARCHIVED_ELSEWHERE, f"verified archive copies: {archived} of {needed}"
-            )
+            return _keep(Rule.ARCHIVED_ELSEWHERE, _lacking_archive(evidence, archived, needed))
         reason = f"verified archive copies: {archived} (at least {needed} needed)"
     damaged = [c.location for c in evidence.others if c.confirmed is False]
     if damaged:
@@ -176,6 +182,22 @@ def decide(evidence: Evidence, policy: Policy, now: datetime) -> Decision:
             return _keep(Rule.LAST_COPY, "no other copy re-confirmed in its store")
         return _keep(Rule.LAST_COPY, "the last present copy of a live blob")
     return Decision(True, Rule.ARCHIVED_ELSEWHERE, reason)
+
+
+def _lacking_archive(evidence: Evidence, verified: int, needed: int) -> str:
+    """Why the archive floor is not met, plainly: no archive copy at all, or copies
+    not (re)verified yet."""
+    archive_copies = [c for c in evidence.others if c.kind == "archive" and c.state == "present"]
+    if not archive_copies:
+        return (
+            "no archive copy yet (run `safekeeper replicate`)"
+            if needed == 1
+            else f"no archive copy yet ({needed} needed; run `safekeeper replicate`)"
+        )
+    return (
+        f"{verified} of {needed} archive copies verified "
+        f"({len(archive_copies)} present; run `safekeeper verify`)"
+    )
 
 
 @dataclass(frozen=True)

@@ -55,3 +55,21 @@ def format_size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def format_duration(value: timedelta) -> str:
+    """``timedelta(seconds=1)`` → ``"1 s"``; ``5400 s`` → ``"1 h 30 min"``; ``7 d``.
+    The two largest units, rounded down; under a second in ms."""
+    seconds = value.total_seconds()
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    if seconds < 1:
+        return f"{sign}{seconds * 1000:.0f} ms"
+    remaining = int(seconds)
+    parts: list[tuple[int, str]] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        count, remaining = divmod(remaining, size)
+        if count or parts:
+            parts.append((count, unit))
+    shown = [f"{count} {unit}" for count, unit in parts[:2] if count]
+    return sign + " ".join(shown)

@@ -16,6 +16,7 @@ def test_default_without_any_config(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         "inbox": "source",
         "archive": "archive",
         "cache": "cache",
+        "scratch": "processing",
     }
     assert config.ingest_location == "inbox"
     assert config.cache_location == "cache"

@@ -206,3 +206,33 @@ def test_watermark_bytes() -> None:
     assert watermark_bytes(500, None) == 500
     assert watermark_bytes(0.9, 1000) == 900
     assert watermark_bytes(0.9, None) is None
+
+
+def test_reasons_read_like_a_person_wrote_them() -> None:
+    """No archive copy at all is said plainly; durations are "7 d", not "7 days, 0:00:00"."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    policy = Policy(
+        min_archive_copies=1,
+        grace_period=timedelta(days=7),
+        verify_max_age=None,
+        locations={
+            "inbox": LocationRules(kind="source"),
+            "archive": LocationRules(kind="archive"),
+        },
+    )
+    fresh = Evidence(
+        location="inbox",
+        state="present",
+        created_at=now,
+        held=False,
+        transfer_source=False,
+        needed_by_job=False,
+        unreferenced_since=None,
+        others=(),
+    )
+    assert decide(fresh, policy, now).reason == "no archive copy yet (run `safekeeper replicate`)"
+    unverified = OtherCopy(location="archive", kind="archive", state="present", verified_at=None)
+    reason = decide(replace(fresh, others=(unverified,)), policy, now).reason
+    assert reason == "0 of 1 archive copies verified (1 present; run `safekeeper verify`)"
+    garbage = replace(fresh, unreferenced_since=now - timedelta(days=8))
+    assert decide(garbage, policy, now).reason == "unreferenced for 7 d or more"

@@ -2,8 +2,9 @@ from datetime import timedelta
 
 import pytest
 
+from safekeeper.cli.output import plural
 from safekeeper.errors import BadInput
-from safekeeper.units import format_size, parse_duration, parse_size
+from safekeeper.units import format_duration, format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(
@@ -57,3 +58,26 @@ def test_format_size() -> None:
     assert format_size(0) == "0 B"
     assert format_size(1536) == "1.5 KiB"
     assert format_size(5 * 1024**4) == "5.0 TiB"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.25, "250 ms"),
+        (1, "1 s"),
+        (90, "1 min 30 s"),
+        (3600, "1 h"),
+        (5400, "1 h 30 min"),
+        (7 * 86400, "7 d"),
+        (86400 + 5 * 3600 + 59, "1 d 5 h"),
+    ],
+)
+def test_durations_read_like_a_person_wrote_them(seconds: float, text: str) -> None:
+    assert format_duration(timedelta(seconds=seconds)) == text
+
+
+def test_plurals() -> None:
+    assert plural(1, "copy", "copies") == "1 copy"
+    assert plural(2, "copy", "copies") == "2 copies"
+    assert plural(0, "hold") == "0 holds"
+    assert plural(5000, "file") == "5000 files"

@@ -19,7 +19,7 @@ from safekeeper.api.ranges import byte_range
 from safekeeper.api.schemas import BlobInfoOut, ReferenceOut, UploadOut, error_responses, raw_body
 from safekeeper.api.state import archive_of
 from safekeeper.api.uploads import consume_body
-from safekeeper.errors import SafekeeperError
+from safekeeper.errors import SafekeeperError, UnsupportedMediaType
 from safekeeper.ids import parse_blob_id, parse_ref
 from safekeeper.services import tenant_data
 
@@ -42,7 +42,7 @@ class RangeNotSatisfiable(SafekeeperError):
     "",
     status_code=201,
     response_model=UploadOut,
-    responses=error_responses(400, 401, 403, 404, 409, 413),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 415),
     openapi_extra=raw_body(),
 )
 async def upload_blob(
@@ -50,7 +50,10 @@ async def upload_blob(
     principal: PrincipalDep,
     ref: Annotated[str | None, Query(description="reference to set: NAMESPACE:KEY[:LABEL]")] = None,
 ) -> UploadOut:
-    """Store the raw request body as a blob (and point ``ref`` at it)."""
+    """Store the raw request body as a blob (and point ``ref`` at it). The body is the
+    blob's bytes: ``Content-Type: application/octet-stream`` (or none); a form or
+    multipart envelope is refused (415), never stored as if it were the file."""
+    _require_octet_stream(request.headers.get("content-type"))
     archive = archive_of(request)
     spec = parse_ref(ref) if ref is not None else None
     outcome = await consume_body(
@@ -63,6 +66,16 @@ async def upload_blob(
         view = tenant_data.reference_view(archive, spec)
         reference = ReferenceOut.model_validate(view)
     return UploadOut(sha256=outcome.sha256, size=outcome.size, reference=reference)
+
+
+def _require_octet_stream(content_type: str | None) -> None:
+    media_type = (content_type or "application/octet-stream").split(";")[0].strip().lower()
+    if media_type != "application/octet-stream":
+        raise UnsupportedMediaType(
+            f"the body must be the raw bytes, sent as application/octet-stream, not "
+            f"{media_type or 'an empty content type'} (with curl: --data-binary @FILE "
+            "-H 'Content-Type: application/octet-stream')"
+        )
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:

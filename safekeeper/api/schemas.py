@@ -73,6 +73,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
         404: "not found (or another tenant's)",
         409: "conflict with the current state",
         413: "body larger than server.max_upload_size",
+        415: "body not application/octet-stream",
         416: "range not satisfiable",
         422: "invalid request or package",
     }

@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 
 from safekeeper.cli.context import state
-from safekeeper.cli.output import console, emit_json, table, when
+from safekeeper.cli.output import console, emit_json, plural, table, when
 from safekeeper.db.models import USER_ROLES
 from safekeeper.errors import BadInput
 from safekeeper.services import accounts, erasure
@@ -205,14 +205,19 @@ def tenants_assign(
     owner: Annotated[
         str | None, typer.Option(help="A user of the tenant who owns them (for --erase).")
     ] = None,
+    create: Annotated[
+        bool, typer.Option("--create", help="Create namespaces that do not exist yet.")
+    ] = False,
 ) -> None:
-    """Give namespaces to a tenant: its users see them; other tenants get 404."""
-    accounts.assign_namespaces(state(ctx).archive(), tenant, namespaces, owner)
-    console.print(f"{', '.join(namespaces)} now belong to tenant {tenant}")
+    """Give namespaces to a tenant: its users see them; other tenants get 404.
+    A namespace that does not exist is an error unless --create."""
+    accounts.assign_namespaces(state(ctx).archive(), tenant, namespaces, owner, create=create)
+    verb = "now belongs" if len(namespaces) == 1 else "now belong"
+    console.print(f"{', '.join(namespaces)} {verb} to tenant {tenant}")
 
 
 @tenants_app.command("rm")
 def tenants_rm(ctx: typer.Context, name: str) -> None:
     """Delete a tenant: its users can no longer sign in; their sessions end."""
     ended = accounts.delete_tenant(state(ctx).archive(), name)
-    console.print(f"deleted tenant {name}; {ended} sessions ended")
+    console.print(f"deleted tenant {name}; {plural(ended, 'session')} ended")

@@ -22,7 +22,15 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts."
 def init(
     directory: Annotated[Path, typer.Argument(help="Data directory to create.")] = DEFAULT_DATA_DIR,
 ) -> None:
-    """Write a default safekeeper.toml (an inbox and an archive) and create the database."""
+    """Create DIRECTORY (default ./safekeeper-data) with a default safekeeper.toml and an
+    empty SQLite database (safekeeper.db).
+
+    The configuration has one site, `local`, and four folder locations inside DIRECTORY:
+    `inbox` (source: puts land here), `archive` (archive: replicate copies here),
+    `cache` (extracted packages) and `scratch` (processing: staging jobs); policy: one
+    verified archive copy before an inbox copy may go, garbage after 7 days. Every key is
+    described in docs/configuration.md. An existing safekeeper.toml is never overwritten.
+    """
     path = write_default(directory)
     config = load_config(path)
     with Archive(config) as archive:

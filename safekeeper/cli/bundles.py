@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 from safekeeper.cli.context import state
-from safekeeper.cli.output import byte_progress, console, emit_json
+from safekeeper.cli.output import byte_progress, console, emit_json, plural
+from safekeeper.errors import BadInput
 from safekeeper.services import bundles
 from safekeeper.units import format_size
 
@@ -51,17 +52,31 @@ def export_command(
     """Write a namespace's references, package metadata and blobs to a bundle file."""
     archive = state(ctx).archive()
     to_stdout = output == STDIO
+    if not to_stdout and output.is_dir():
+        raise BadInput(f"{output}: is a directory; give a file name (-o {output}/NAME.tar)")
+    in_place = not to_stdout and output.exists() and not output.is_file()
     with _byte_report("exporting", enabled=not as_json) as report:
-        target = sys.stdout.buffer if to_stdout else output
-        outcome = bundles.export_namespace(archive, namespace, target, report, compress=zstd)
+        if in_place:  # a device or a pipe: written into, never renamed over
+            compress = output.name.endswith(".zst") if zstd is None else zstd
+            try:
+                with output.open("wb") as sink:
+                    outcome = bundles.export_namespace(
+                        archive, namespace, sink, report, compress=compress
+                    )
+            except OSError as exc:
+                raise BadInput(f"{output}: cannot write the bundle: {exc.strerror}") from exc
+        else:
+            target = sys.stdout.buffer if to_stdout else output
+            outcome = bundles.export_namespace(archive, namespace, target, report, compress=zstd)
     if to_stdout:
         return  # stdout carries the bundle
     if as_json:
         emit_json(outcome)
         return
     console.print(
-        f"exported {namespace} to {output}: {outcome.references} references, "
-        f"{outcome.blobs} blobs ({format_size(outcome.bytes)}), {outcome.packages} packages"
+        f"exported {namespace} to {output}: {plural(outcome.references, 'reference')}, "
+        f"{plural(outcome.blobs, 'blob')} ({format_size(outcome.bytes)}), "
+        f"{plural(outcome.packages, 'package')}"
     )
 
 
@@ -84,9 +99,9 @@ def import_command(
         emit_json(outcome)
         return
     console.print(
-        f"imported into {outcome.namespace}: {outcome.blobs_stored} blobs stored, "
+        f"imported into {outcome.namespace}: {plural(outcome.blobs_stored, 'blob')} stored, "
         f"{outcome.blobs_skipped} already held ({format_size(outcome.bytes)}); "
         f"references: {outcome.references_created} created, "
         f"{outcome.references_replaced} replaced, {outcome.references_unchanged} unchanged; "
-        f"{outcome.packages_created} packages"
+        f"{plural(outcome.packages_created, 'package')}"
     )

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from safekeeper.archive import Archive
-from safekeeper.config import load_config
 from safekeeper.errors import BadInput
 from safekeeper.ids import RefSpec, parse_ref
+
+if TYPE_CHECKING:
+    from safekeeper.archive import Archive
 
 
 @dataclass
@@ -23,6 +28,9 @@ class CliState:
     def archive(self, moving: Collection[str] = ()) -> Archive:
         """The archive, opened once; ``moving``: see ``Archive``."""
         if self._archive is None:
+            from safekeeper.archive import Archive
+            from safekeeper.config import load_config
+
             config = load_config(self.config_path, self.data_dir)
             self._archive = Archive(config, moving=moving)
         return self._archive
@@ -31,6 +39,15 @@ class CliState:
         if self._archive is not None:
             self._archive.close()
             self._archive = None
+
+
+def person() -> str:
+    """Who is running this command, as ``user@host``: recorded with what they do."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
 
 
 def state(ctx: typer.Context) -> CliState:

@@ -10,8 +10,8 @@ import typer
 from rich.text import Text
 
 from safekeeper.archive import Archive
-from safekeeper.cli.context import state
-from safekeeper.cli.output import console, emit_json, err_console, table, when
+from safekeeper.cli.context import person, state
+from safekeeper.cli.output import console, emit_json, err_console, plural, table, when
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.engine.wait import wait_for_tasks
 from safekeeper.errors import BadInput
@@ -68,7 +68,8 @@ def plan(
             )
         console.print(
             f"[bold]{loc.location}[/] ({loc.kind}, {format_size(loc.used_bytes)} used{marks}): "
-            f"delete {len(loc.deletions)} copies, free {format_size(loc.bytes_freed)}"
+            f"delete {plural(len(loc.deletions), 'copy', 'copies')}, "
+            f"free {format_size(loc.bytes_freed)}"
         )
         by_rule: dict[tuple[str, str], list[int]] = {}
         for deletion in loc.deletions:
@@ -114,7 +115,11 @@ def gc_command(
                 if report.claims_lost
                 else ""
             )
-            + (f", {report.trees_dropped} extracted package trees" if report.trees_dropped else "")
+            + (
+                f", {plural(report.trees_dropped, 'extracted package tree')}"
+                if report.trees_dropped
+                else ""
+            )
         )
         for blob, loc, rule, reason in report.kept_on_recheck:
             console.print(f"kept     {blob} at {loc}: {rule}: {reason}")
@@ -134,14 +139,15 @@ def _collect_derived_garbage(archive: Archive) -> None:
 
     purged = purge_expired(archive)
     if purged:
-        err_console.print(f"removed {purged} expired sign-in sessions")
+        err_console.print(f"removed {plural(purged, 'expired sign-in session')}")
     _report_trees(evict(archive, archive.clock()))
 
 
 def _report_trees(evicted: Sequence[EvictedTree]) -> None:
     if evicted:
         size = format_size(sum(tree.size for tree in evicted))
-        err_console.print(f"evicted {len(evicted)} extracted package trees ({size}) from the cache")
+        trees = plural(len(evicted), "extracted package tree")
+        err_console.print(f"evicted {trees} ({size}) from the cache")
 
 
 def _gc_on_workers(
@@ -228,10 +234,12 @@ def hold(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(metavar="BLOB|NAMESPACE")],
     reason: Annotated[str, typer.Option(help="Why (recorded with the hold).")],
-    actor: Annotated[str | None, typer.Option(help="Who places the hold.")] = None,
+    actor: Annotated[
+        str | None, typer.Option(help="Who places the hold (default: you, as user@host).")
+    ] = None,
 ) -> None:
     """Forbid deleting any copy of a blob, or of any blob a namespace references."""
-    view = holds.add_hold(state(ctx).archive(), target, reason, actor or gc.default_actor())
+    view = holds.add_hold(state(ctx).archive(), target, reason, actor or person())
     console.print(f"hold {view.id} on {view.kind} {view.target}")
 
 
@@ -240,7 +248,7 @@ def release(
 ) -> None:
     """Release the holds on a blob or namespace."""
     count = holds.release_holds(state(ctx).archive(), target)
-    console.print(f"released {count} hold(s)")
+    console.print(f"released {plural(count, 'hold')}")
 
 
 def holds_list(
@@ -289,8 +297,8 @@ def jobs_start(
 
         run_due(archive)
     console.print(
-        f"job {view.name} started: {view.blobs} blobs at {view.location}, "
-        f"{len(view.task_ids)} transfers"
+        f"job {view.name} started: {plural(view.blobs, 'blob')} at {view.location}, "
+        f"{plural(len(view.task_ids), 'transfer')}"
     )
 
 

@@ -6,22 +6,18 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
+
+from safekeeper.units import format_duration
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 # Piped output is for scripts and grep: wide enough that ids and rules are never cut.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
@@ -50,6 +46,17 @@ def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(_plain(value), indent=2) + "\n")
 
 
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """``plural(1, "copy", "copies")`` → ``"1 copy"``; ``plural(5000, "file")`` →
+    ``"5000 files"`` (no separators: scripts and benchmarks grep these lines)."""
+    word = singular if count == 1 else (plural_form or singular + "s")
+    return f"{count} {word}"
+
+
+def duration(value: timedelta) -> str:
+    return format_duration(value)
+
+
 def when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
@@ -67,6 +74,16 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
 
 def byte_progress(enabled: bool) -> Progress:
     """A progress bar over bytes on stderr; silent when disabled or not a terminal."""
+    from rich.progress import (  # only the commands that move bytes pay for it
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -7,10 +7,10 @@ from typing import Annotated
 import typer
 
 from safekeeper.cli.context import state
-from safekeeper.cli.output import byte_progress, console, emit_json, table, when
+from safekeeper.cli.output import byte_progress, console, emit_json, plural, table, when
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.engine.embedded import run_due
-from safekeeper.engine.wait import wait_for_tasks
+from safekeeper.engine.wait import task_states, wait_for_tasks
 from safekeeper.services import replication
 from safekeeper.services import tasks as task_service
 from safekeeper.services import verify as verify_service
@@ -39,12 +39,18 @@ def replicate(
         if wait:
             outcome = wait_for_tasks(archive, result.task_ids)
     else:
-        outcome = dict(run_due(archive, wait=wait))
+        run_due(archive, wait=wait)
+        # Where this pass's transfers ended (a retried task counts once, in its last
+        # state), not how often tasks ran: the counts add up to the transfers scheduled.
+        outcome = task_states(archive, result.task_ids)
     summary = {"wanted": result.wanted, "scheduled": result.scheduled, "tasks": outcome}
     if as_json:
         emit_json(summary)
     else:
-        console.print(f"{result.wanted} copies wanted, {result.scheduled} transfers scheduled")
+        console.print(
+            f"{plural(result.wanted, 'copy', 'copies')} wanted, "
+            f"{plural(result.scheduled, 'transfer')} scheduled"
+        )
         if outcome:
             console.print("tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.items())))
     if outcome.get("failed"):

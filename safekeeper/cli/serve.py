@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 import threading
 from types import FrameType
 from typing import Annotated
@@ -11,12 +13,33 @@ import typer
 
 from safekeeper.cli.context import state
 from safekeeper.cli.output import err_console
+from safekeeper.errors import BadInput
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, or BadInput naming the address (port in use, bad host)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        listener = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:
+        raise BadInput(f"cannot listen on {host}:{port}: {exc}") from exc
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError as exc:
+        listener.close()
+        reason = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise BadInput(f"cannot listen on {host}:{port}: {reason}") from exc
+    listener.set_inheritable(True)
+    return listener
 
 
 def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.", min=1, max=65535)] = None,
     with_worker: Annotated[
         bool,
         typer.Option(
@@ -35,6 +58,7 @@ def serve(
     archive = state(ctx).archive()
     settings = archive.config.server
     bind_host, bind_port = host or settings.host, port or settings.port
+    listener = _listen(bind_host, bind_port)  # a busy port fails here, before "serving"
     stop = threading.Event()
     worker: threading.Thread | None = None
     if with_worker and archive.config.tasks.executor == "embedded":
@@ -55,8 +79,12 @@ def serve(
 
     previous = {sig: signal.signal(sig, shut_down) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        uvicorn.run(create_app(archive), host=bind_host, port=bind_port, log_level="warning")
+        config = uvicorn.Config(
+            create_app(archive), host=bind_host, port=bind_port, log_level="warning"
+        )
+        uvicorn.Server(config).run(sockets=[listener])
     finally:
+        listener.close()
         stop.set()
         if worker is not None:
             worker.join(timeout=60)  # the running tasks finish; their claims stay valid

@@ -227,10 +227,18 @@ def set_references(
         _pin_present_copies_many(session, blob_ids[start : start + _BATCH], now)
     sane_now(session, now)  # keeps the clock floor current (see safekeeper.db.clock)
     space = ensure_namespace(session, namespace, now)
-    existing = {
-        (r.key, r.label): r
-        for r in session.scalars(select(Reference).where(Reference.namespace_id == space.id))
-    }
+    keys = sorted({key for key, _ in targets})
+    existing: dict[tuple[str, str], Reference] = {}
+    for start in range(0, len(keys), _BATCH):  # only the keys asked for, not the namespace
+        existing.update(
+            ((r.key, r.label), r)
+            for r in session.scalars(
+                select(Reference).where(
+                    Reference.namespace_id == space.id,
+                    Reference.key.in_(keys[start : start + _BATCH]),
+                )
+            )
+        )
     fresh: list[dict[str, object]] = []
     previous: set[int] = set()
     unchanged = 0

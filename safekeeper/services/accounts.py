@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 
 from safekeeper.api.principal import Principal
 from safekeeper.db import accounts as queries
-from safekeeper.db.models import USER_ROLES, Tenant, User
+from safekeeper.db.models import USER_ROLES, Namespace, Tenant, User
 from safekeeper.db.refs import ensure_namespace
-from safekeeper.errors import AlreadyExists, BadInput, Unauthenticated
+from safekeeper.errors import AlreadyExists, BadInput, NotFound, Unauthenticated
 from safekeeper.ids import check_name
 from safekeeper.services import sessions
 from safekeeper.services.sessions import LoginThrottle
@@ -127,10 +127,16 @@ def list_tenants(archive: Archive) -> list[TenantView]:
 
 
 def assign_namespaces(
-    archive: Archive, tenant: str, namespaces: Sequence[str], owner: str | None = None
+    archive: Archive,
+    tenant: str,
+    namespaces: Sequence[str],
+    owner: str | None = None,
+    *,
+    create: bool = False,
 ) -> None:
-    """Give namespaces (created if new) to ``tenant``, so its users can reach them;
-    with ``owner``, erasing that user removes their references."""
+    """Give namespaces to ``tenant``, so its users can reach them; with ``owner``,
+    erasing that user removes their references. A namespace that does not exist is
+    NotFound (a typo must not quietly make a new one) unless ``create``."""
     now = archive.clock()
     with archive.db.write() as session:
         tenant_row = queries.tenant_named(session, tenant)
@@ -139,6 +145,11 @@ def assign_namespaces(
             raise BadInput(f"user {owner!r} is not in tenant {tenant!r}")
         for name in namespaces:
             check_name("namespace", name)
+            exists = session.scalar(select(Namespace.id).where(Namespace.name == name))
+            if exists is None and not create:
+                raise NotFound(
+                    f"no namespace {name!r}: check the spelling, or add --create to make it"
+                )
             namespace = ensure_namespace(session, name, now)
             namespace.tenant_id = tenant_row.id
             namespace.owner_user_id = owner_row.id if owner_row is not None else None

@@ -25,7 +25,10 @@ Putting bytes a location already holds writes nothing (dedup) and touches no obj
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,9 +42,16 @@ from safekeeper.db.blobs import ensure_blobs
 from safekeeper.db.catalog import get_location
 from safekeeper.db.copies import live_states, record_present_many, was_verified_at
 from safekeeper.db.models import CopyState
-from safekeeper.db.refs import set_reference
-from safekeeper.errors import AlreadyExists, BadInput, Conflict, NotFound
-from safekeeper.ids import RefSpec
+from safekeeper.db.refs import set_reference, set_references
+from safekeeper.errors import (
+    AlreadyExists,
+    BadInput,
+    Conflict,
+    Interrupted,
+    NotFound,
+    StoreError,
+)
+from safekeeper.ids import RefSpec, check_key, encode_key_segment, path_key
 from safekeeper.services.existing import Content, settle
 from safekeeper.stores.base import (
     Source,
@@ -103,9 +113,13 @@ def put_stream(
 @dataclass(frozen=True)
 class TreeFile:
     path: Path
-    #: Path relative to the directory given, with forward slashes (the reference key suffix).
+    #: Path relative to the directory given, with forward slashes.
     relative: str
     size: int
+    #: ``relative`` as a reference key suffix (each segment ``encode_key_segment``-ed).
+    relative_key: str
+    #: The path as given (directory given + ``relative``) as a reference key (``path_key``).
+    path_key: str
 
 
 def scan(paths: Sequence[Path]) -> list[TreeFile]:
@@ -114,8 +128,9 @@ def scan(paths: Sequence[Path]) -> list[TreeFile]:
     found: list[TreeFile] = []
     for path in paths:
         if not path.exists():
-            raise BadInput(f"{path}: no such file or directory")
+            raise BadInput(f"{display_path(path)}: no such file or directory")
         if path.is_dir():
+            root_key = path_key(str(path))
             for root, dirs, files in os.walk(path, onerror=_raise_walk_error):
                 dirs.sort()
                 for file_name in sorted(files):
@@ -123,22 +138,79 @@ def scan(paths: Sequence[Path]) -> list[TreeFile]:
                     if file_path.is_symlink() or not file_path.is_file():
                         continue  # special files and links are not content
                     relative = file_path.relative_to(path).as_posix()
-                    found.append(TreeFile(file_path, relative, _readable_size(file_path)))
+                    relative_key = "/".join(map(encode_key_segment, relative.split("/")))
+                    found.append(
+                        TreeFile(
+                            file_path,
+                            relative,
+                            _readable_size(file_path),
+                            relative_key,
+                            f"{root_key}/{relative_key}" if root_key else relative_key,
+                        )
+                    )
         elif path.is_file():
-            found.append(TreeFile(path, path.name, _readable_size(path)))
+            found.append(
+                TreeFile(
+                    path,
+                    path.name,
+                    _readable_size(path),
+                    encode_key_segment(path.name),
+                    path_key(str(path)),
+                )
+            )
         else:
-            raise BadInput(f"{path}: not a regular file or directory")
+            raise BadInput(f"{display_path(path)}: not a regular file or directory")
     return found
 
 
 def _raise_walk_error(error: OSError) -> None:
-    raise BadInput(f"{error.filename}: cannot read directory: {error.strerror}")
+    raise BadInput(f"{display_path(error.filename)}: cannot read directory: {error.strerror}")
 
 
 def _readable_size(path: Path) -> int:
     if not os.access(path, os.R_OK):
-        raise BadInput(f"{path}: permission denied (cannot read)")
+        raise BadInput(f"{display_path(path)}: permission denied (cannot read)")
     return path.stat().st_size
+
+
+def file_references(
+    files: Sequence[TreeFile],
+    ref: RefSpec | None = None,
+    *,
+    key_per_file: bool = False,
+    path_namespace: str | None = None,
+) -> list[RefSpec | None]:
+    """The reference each file gets, checked before anything is written (BadInput names
+    the file whose key is not valid, e.g. too long).
+
+    With ``ref`` and ``key_per_file``: ``NAMESPACE:KEY/<relative path>:LABEL``; with
+    ``ref`` alone (a single file): ``ref`` as given; without ``ref`` but with
+    ``path_namespace``: ``path_namespace:<path as given>`` (``TreeFile.path_key``);
+    otherwise none.
+    """
+    references: list[RefSpec | None] = []
+    for file in files:
+        if ref is not None:
+            key = f"{ref.key}/{file.relative_key}" if key_per_file else ref.key
+            spec: RefSpec | None = RefSpec(ref.namespace, key, ref.label)
+        elif path_namespace is not None:
+            spec = RefSpec(path_namespace, file.path_key)
+        else:
+            spec = None
+        if spec is not None:
+            try:
+                check_key(spec.key)
+            except BadInput as exc:
+                raise BadInput(f"{display_path(file.path)}: {exc}") from exc
+        references.append(spec)
+    return references
+
+
+def display_path(path: Path | str) -> str:
+    """A path as it can be printed on one line: bytes that are not UTF-8 and control
+    characters (a newline in a file name) shown as escapes."""
+    text = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def put_files(
@@ -148,49 +220,87 @@ def put_files(
     location: str | None = None,
     *,
     key_per_file: bool = False,
+    path_namespace: str | None = None,
+    cancel: threading.Event | None = None,
 ) -> Iterator[PutOutcome]:
     """Put many files, staging in parallel and recording in batches.
 
-    With ``ref`` and ``key_per_file``, each file gets the reference
-    ``NAMESPACE:KEY/<relative path>:LABEL``; without ``key_per_file`` (a single file),
-    the reference is used as given. Stores that can share their syncs (filesystem)
-    make each batch durable with two syncs instead of several fsyncs per file.
+    References as ``file_references`` says. Stores that can share their syncs
+    (filesystem) make each batch durable with two syncs instead of several fsyncs per
+    file. When ``cancel`` is set (a first Ctrl-C), the batch being staged is discarded
+    — files already being copied finish, then every staged temp file is removed — and
+    ``Interrupted`` is raised; the batches recorded before stay recorded, nothing of
+    the current one is. A batch already recording finishes first.
     """
     target = location or archive.config.ingest_location
     store = archive.store(target, fresh=True)  # invariant 10
+    references = file_references(
+        files, ref, key_per_file=key_per_file, path_namespace=path_namespace
+    )
 
-    def stage(file: TreeFile) -> _Item:
+    def stage(index: int) -> _Item:
+        file = files[index]
         try:
             with file.path.open("rb") as source, deferred_sync(store):
                 staged = store.stage(source)
         except OSError as exc:
-            raise BadInput(f"{file.path}: cannot read: {exc.strerror}") from exc
-        file_ref = ref
-        if ref is not None and key_per_file:
-            file_ref = RefSpec(ref.namespace, f"{ref.key}/{file.relative}", ref.label)
-        return _Item(staged, file_ref, str(file.path))
+            raise BadInput(f"{display_path(file.path)}: cannot read: {exc.strerror}") from exc
+        except StoreError as exc:  # reading the file or writing the store: name both
+            raise type(exc)(f"{display_path(file.path)}: {exc}") from exc
+        return _Item(staged, references[index], display_path(file.path))
 
     def sync() -> None:
         sync_store(store)
 
     with ThreadPoolExecutor(max_workers=STAGING_THREADS) as pool:
         for start in range(0, len(files), BATCH_SIZE):
-            batch = files[start : start + BATCH_SIZE]
-            items = _stage_all(pool, stage, batch)
+            batch = range(start, min(start + BATCH_SIZE, len(files)))
+            items = _stage_all(pool, stage, batch, cancel)
             try:
                 sync()  # the staged bytes are durable before any of them gets a name
+                # The batch's references are set in bulk, in the recording transaction.
+                bare = [_Item(item.staged, None, item.name) for item in items]
                 with deferred_sync(store):
-                    yield from _publish(archive, target, items, before_commit=sync)
+                    outcomes = _publish(
+                        archive,
+                        target,
+                        bare,
+                        before_commit=sync,
+                        on_record=functools.partial(_set_references, archive, items),
+                    )
+                for item, outcome in zip(items, outcomes, strict=True):
+                    yield dataclasses.replace(outcome, ref=item.ref)
             finally:
                 for item in items:
                     item.staged.discard()
 
 
+def _set_references(
+    archive: Archive, items: Sequence[_Item], session: Session, blobs: Mapping[str, Blob]
+) -> None:
+    """``set_references`` per namespace for a batch: a few statements, not several per
+    file (a 10,000-file put would otherwise spend most of its time here)."""
+    by_namespace: dict[str, dict[tuple[str, str], Blob]] = {}
+    for item in items:
+        if item.ref is not None:
+            targets = by_namespace.setdefault(item.ref.namespace, {})
+            targets[(item.ref.key, item.ref.label)] = blobs[item.staged.sha256]
+    now = archive.clock()
+    for namespace, targets in by_namespace.items():
+        set_references(session, namespace, targets, now)
+
+
 def _stage_all(
-    pool: ThreadPoolExecutor, stage: Callable[[TreeFile], _Item], batch: Sequence[TreeFile]
+    pool: ThreadPoolExecutor,
+    stage: Callable[[int], _Item],
+    batch: Sequence[int],
+    cancel: threading.Event | None = None,
 ) -> list[_Item]:
-    """Stage a batch; if one file fails, discard the others before re-raising."""
-    futures = [pool.submit(stage, file) for file in batch]
+    """Stage a batch; if one file fails or ``cancel`` is set, discard the others before
+    raising (files not started yet are never started)."""
+    if cancel is not None and cancel.is_set():
+        raise Interrupted("interrupted")
+    futures = [pool.submit(stage, index) for index in batch]
     items: list[_Item] = []
     error: BaseException | None = None
     for future in futures:
@@ -198,6 +308,11 @@ def _stage_all(
             items.append(future.result())
         except BaseException as exc:  # noqa: BLE001 - collected, cleaned up, re-raised
             error = error or exc
+        if error is None and cancel is not None and cancel.is_set():
+            error = Interrupted("interrupted")
+        if error is not None:
+            for pending in futures:
+                pending.cancel()
     if error is not None:
         for item in items:
             item.staged.discard()
@@ -284,8 +399,9 @@ def record_staged(
 ) -> tuple[dict[str, Blob], list[bool]]:
     """Inside the caller's transaction: record the staged blobs, publish the objects the
     location does not hold yet and record their ``present`` copies. Returns the blob rows
-    by sha256, and for each of ``staged`` whether its object was written by this call
-    (False: the location held it, it was adopted, or it came earlier in ``staged``).
+    by sha256, and for each of ``staged`` whether this call made it present there —
+    written, or an object an interrupted put published but never recorded, adopted
+    (False: the location held it already, or it came earlier in ``staged``).
 
     Same crash analysis as ``_publish`` (module doc): an object published before a
     rollback is kept by the next put of those bytes (after hashing it) or adopted by
@@ -313,15 +429,16 @@ def record_staged(
         wrote = False
         if state != CopyState.PRESENT:
             key = archive.key_for(location_name, blob.sha256, blob.id)
-            wrote = _publish_object(
+            written = _publish_object(
                 store,
                 item,
                 key,
                 content_key=content_key,
                 held_before=partial(was_verified_at, session, blob.id, location.id),
             )
-            if wrote:
+            if written:
                 fingerprints[blob.id] = fingerprint_of(store, key)
+            wrote = True  # written, or an unrecorded object adopted: new to the catalog
             newly_present.append(blob.id)
             states[blob.id] = CopyState.PRESENT  # a duplicate later in ``staged``
         stored.append(wrote)

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
-from sqlalchemy import select, update
+from sqlalchemy import distinct, func, select, union, update
 
 from safekeeper.db.blobs import blobs_by_prefix, find_blob, list_blobs
 from safekeeper.db.copies import CopyView, copies_of_blob, present_totals
-from safekeeper.db.models import Blob, Copy, CopyState, Location, Site
+from safekeeper.db.models import Blob, Copy, CopyState, Hold, Location, Namespace, Reference, Site
 from safekeeper.db.refs import ReferenceView, list_references, resolve
 from safekeeper.errors import BadInput, NotFound, StoreIdentityError
 from safekeeper.ids import BLOB_ID_LENGTH, is_blob_id, parse_ref
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from safekeeper.archive import Archive
     from safekeeper.stores import Store
 
@@ -44,6 +46,82 @@ def resolve_blob(archive: Archive, text: str) -> str:
 
 
 @dataclass(frozen=True)
+class Keeping:
+    """Why a blob is kept, or when it goes: what ``ls`` and ``stat`` show."""
+
+    references: int
+    holds: int
+    #: When the blob becomes garbage (every copy may go); None while referenced.
+    garbage_after: datetime | None
+    #: One line for people: "referenced by 2", "held (1 hold)", "garbage after …".
+    kept: str
+
+
+def keeping(
+    references: int,
+    holds: int,
+    unreferenced_since: datetime | None,
+    grace_period: timedelta,
+    now: datetime,
+) -> Keeping:
+    """Pure: the keep status of a blob from its counts (the garbage rule of
+    ``policy.decide``: unreferenced for the grace period, and not held)."""
+    garbage_after = None if unreferenced_since is None else unreferenced_since + grace_period
+    parts = []
+    if references:
+        parts.append(f"referenced by {references}")
+    if holds:
+        parts.append(f"held ({holds} hold{'s' if holds != 1 else ''})")
+    if not parts:
+        if garbage_after is None:
+            parts.append("unreferenced")  # pragma: no cover - the column says otherwise
+        elif garbage_after > now:
+            parts.append(f"garbage after {garbage_after:%Y-%m-%d %H:%M:%S} (no reference)")
+        else:
+            parts.append("garbage: deleted by the next gc (no reference)")
+    return Keeping(references, holds, None if references else garbage_after, ", ".join(parts))
+
+
+def _keeping_of(archive: Archive, session: Session, blobs: Sequence[Blob]) -> list[Keeping]:
+    ids = [b.id for b in blobs]
+    references: dict[int, int] = {}
+    holds: dict[int, int] = {}
+    for start in range(0, len(ids), _BATCH):
+        chunk = ids[start : start + _BATCH]
+        references.update(
+            session.execute(
+                select(Reference.blob_id, func.count())
+                .where(Reference.blob_id.in_(chunk))
+                .group_by(Reference.blob_id)
+            ).all()
+        )
+        by_namespace = (
+            select(Reference.blob_id.label("blob_id"), Hold.id.label("hold_id"))
+            .join(Hold, Hold.namespace_id == Reference.namespace_id)
+            .where(Reference.blob_id.in_(chunk), Hold.released_at.is_(None))
+        )
+        on_blob = select(Hold.blob_id.label("blob_id"), Hold.id.label("hold_id")).where(
+            Hold.blob_id.in_(chunk), Hold.released_at.is_(None)
+        )
+        active = union(by_namespace, on_blob).subquery()
+        holds.update(
+            session.execute(
+                select(active.c.blob_id, func.count(distinct(active.c.hold_id))).group_by(
+                    active.c.blob_id
+                )
+            ).all()
+        )
+    grace, now = archive.config.policy.grace_period, archive.clock()
+    return [
+        keeping(references.get(b.id, 0), holds.get(b.id, 0), b.unreferenced_since, grace, now)
+        for b in blobs
+    ]
+
+
+_BATCH = 500
+
+
+@dataclass(frozen=True)
 class BlobStatus:
     sha256: str
     size: int
@@ -53,19 +131,27 @@ class BlobStatus:
     references: list[ReferenceView]
 
 
-def stat_blob(archive: Archive, text: str) -> BlobStatus:
+@dataclass(frozen=True)
+class BlobStat(BlobStatus):
+    """``stat``: the status, and why the blob is kept or when it goes."""
+
+    keeping: Keeping
+
+
+def stat_blob(archive: Archive, text: str) -> BlobStat:
     sha256 = resolve_blob(archive, text)
     with archive.db.read() as session:
         blob = session.scalar(select(Blob).where(Blob.sha256 == sha256))
         if blob is None:
             raise NotFound(f"no blob {sha256}")
-        return BlobStatus(
+        return BlobStat(
             sha256=blob.sha256,
             size=blob.size,
             created_at=blob.created_at,
             unreferenced_since=blob.unreferenced_since,
             copies=copies_of_blob(session, blob.id),
             references=list_references(session, blob_id=blob.id),
+            keeping=_keeping_of(archive, session, [blob])[0],
         )
 
 
@@ -74,16 +160,36 @@ class BlobSummary:
     sha256: str
     size: int
     created_at: datetime
+    references: int
+    holds: int
+    garbage_after: datetime | None
+    kept: str
 
 
 def list_all_blobs(archive: Archive, limit: int | None = None) -> list[BlobSummary]:
     with archive.db.read() as session:
-        return [BlobSummary(b.sha256, b.size, b.created_at) for b in list_blobs(session, limit)]
+        blobs = list_blobs(session, limit)
+        return [
+            BlobSummary(
+                b.sha256, b.size, b.created_at, k.references, k.holds, k.garbage_after, k.kept
+            )
+            for b, k in zip(blobs, _keeping_of(archive, session, blobs), strict=True)
+        ]
 
 
 def list_refs(archive: Archive, namespace: str | None = None) -> list[ReferenceView]:
     with archive.db.read() as session:
         return list_references(session, namespace=namespace)
+
+
+def require_namespace(archive: Archive, namespace: str) -> None:
+    """NotFound when there is no such namespace: for commands where a typo, or a flag's
+    value (``ls --json true``), must not silently list nothing."""
+    with archive.db.read() as session:
+        if session.scalar(select(Namespace.id).where(Namespace.name == namespace)) is None:
+            flag_value = namespace in ("true", "false", "1", "0", "yes", "no")
+            hint = " (flags take no value: --json, not --json true)" if flag_value else ""
+            raise NotFound(f"no namespace {namespace!r}{hint}")
 
 
 # The description documents GET /api/locations, which answers LocationUsage(LocationStatus).

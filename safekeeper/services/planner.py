@@ -45,6 +45,7 @@ from safekeeper.policy import (
     select_under_pressure,
     watermark_bytes,
 )
+from safekeeper.units import format_duration
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -282,7 +283,7 @@ def make_plan(archive: Archive, location: str | None = None) -> Plan:
     for copy_id, sha256, blob_id, name, size, last_used, rule in deletable:
         rule = rule.removeprefix("allow:")
         reason = (
-            f"unreferenced for {config.policy.grace_period} or more"
+            f"unreferenced for {format_duration(config.policy.grace_period)} or more"
             if rule == Rule.GARBAGE
             else "enough verified copies elsewhere"
         )

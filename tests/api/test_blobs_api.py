@@ -288,3 +288,39 @@ def test_huge_range_numbers_are_not_a_500(
     assert response.status_code == status
     if status == 206:
         assert response.content == DATA
+
+
+@pytest.mark.parametrize(
+    ("headers", "files"),
+    [
+        ({}, {"file": ("report.pdf", DATA, "application/pdf")}),  # multipart/form-data
+        ({"Content-Type": "application/x-www-form-urlencoded"}, None),  # curl --data-binary
+        ({"Content-Type": "text/plain; charset=utf-8"}, None),
+        ({"Content-Type": "application/json"}, None),
+    ],
+)
+def test_upload_refuses_anything_but_raw_bytes(
+    client: TestClient,
+    accounts: Accounts,
+    app_archive: Archive,
+    headers: dict[str, str],
+    files: dict[str, tuple[str, bytes, str]] | None,
+) -> None:
+    response = client.post(
+        "/api/blobs",
+        params={"ref": "course:a"},
+        headers={**accounts.headers("alice"), **headers},
+        **({"files": files} if files else {"content": DATA}),  # type: ignore[arg-type]
+    )
+    assert response.status_code == 415, response.text
+    assert response.json()["code"] == "unsupported_media_type"
+    assert blob_count(app_archive) == 0
+    assert stored_files(app_archive) == []
+    # the raw bytes, labelled as such, are taken
+    ok = client.post(
+        "/api/blobs",
+        content=DATA,
+        params={"ref": "course:a"},
+        headers={**accounts.headers("alice"), "Content-Type": "Application/Octet-Stream"},
+    )
+    assert ok.status_code == 201 and ok.json()["sha256"] == SHA

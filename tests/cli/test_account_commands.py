@@ -149,7 +149,14 @@ def test_assigning_namespaces_gives_them_to_a_tenant(tmp_path: Path) -> None:
     code, _, err = cli(data, "tenants", "assign", "acme", "course", "--owner", "bob")
     assert code == 1 and "not in tenant 'acme'" in err
     assert cli(data, "tenants", "assign", "nobody", "course")[0] == 1
-    assert cli(data, "tenants", "assign", "globex", "course", "notes", "--owner", "bob")[0] == 0
+    code, _, err = cli(data, "tenants", "assign", "globex", "course", "--owner", "bob")
+    assert code == 1 and "no namespace 'course'" in err and "--create" in err
+    code, out, _ = cli(
+        data, "tenants", "assign", "globex", "course", "notes", "--owner", "bob", "--create"
+    )
+    assert code == 0 and "course, notes now belong to tenant globex" in out
+    code, out, _ = cli(data, "tenants", "assign", "globex", "notes", "--owner", "bob")  # exists
+    assert code == 0 and "notes now belongs to tenant globex" in out
 
     archive = Archive(load_config(data_dir=data))
     try:

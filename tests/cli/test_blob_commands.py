@@ -67,7 +67,10 @@ def test_put_with_ref_then_get_by_ref(tmp_path: Path, tree: Path) -> None:
 
 
 def test_put_from_stdin(tmp_path: Path) -> None:
-    code, out, _ = cli(tmp_path / "d", "put", "-", "--json", input=b"from a pipe")
+    code, out, _ = cli(tmp_path / "d", "put", "-", "--ref", "logs:today", "--json", input=b"a")
+    assert code == 0
+    assert json.loads(out)[0]["sha256"] == hashlib.sha256(b"a").hexdigest()
+    code, out, _ = cli(tmp_path / "d", "put", "-", "--no-ref", "--json", input=b"from a pipe")
     assert code == 0
     assert json.loads(out)[0]["sha256"] == hashlib.sha256(b"from a pipe").hexdigest()
 

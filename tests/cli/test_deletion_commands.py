@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from safekeeper.cli import app
+from safekeeper.cli.context import person
 
 runner = CliRunner()
 
@@ -59,7 +60,7 @@ def cli_json(data_dir: Path, *args: str) -> Any:
 
 
 def put(data_dir: Path, data: bytes, ref: str | None = None) -> str:
-    args = ["put", "-", *(["--ref", ref] if ref else [])]
+    args = ["put", "-", *(["--ref", ref] if ref else ["--no-ref"])]
     code, out, err = cli(data_dir, *args, "--json", input=data)
     assert code == 0, err
     sha256: str = json.loads(out)[0]["sha256"]
@@ -111,7 +112,7 @@ def test_plan_keeps_unarchived_copies_and_says_why(
     plan = cli_json(data_dir, "plan")
     assert sorted(plan) == ["at", "locations"]
     locations = by_location(plan)
-    assert sorted(locations) == ["archive", "inbox"]
+    assert sorted(locations) == ["archive", "inbox", "scratch"]
     inbox = locations["inbox"]
     assert (inbox["kind"], inbox["used_bytes"], inbox["deletions"]) == ("source", 800, [])
     assert inbox["kept"] == {"archived-elsewhere": [2, 800]}
@@ -162,7 +163,7 @@ def test_plan_explain_gives_a_verdict_per_copy(data_dir: Path, two_blobs: tuple[
     assert inbox["decision"] == {
         "allowed": False,
         "rule": "archived-elsewhere",
-        "reason": "verified archive copies: 0 of 1",
+        "reason": "no archive copy yet (run `safekeeper replicate`)",
     }
 
     cli_json(data_dir, "replicate")
@@ -309,7 +310,7 @@ def test_hold_keeps_copies_until_released(data_dir: Path, two_blobs: tuple[str, 
     assert copies(data_dir, second) == {"archive": "present"}
 
     code, out, _ = cli(data_dir, "release", first)
-    assert code == 0 and "released 1 hold(s)" in out
+    assert code == 0 and out.strip() == "released 1 hold"
     assert cli_json(data_dir, "holds") == []
     [released] = cli_json(data_dir, "holds", "--all")
     assert released["id"] == 1 and released["released_at"] is not None
@@ -326,10 +327,12 @@ def test_namespace_hold(data_dir: Path, two_blobs: tuple[str, str]) -> None:
     assert code == 0 and out.strip() == "hold 1 on namespace proj"
     [view] = cli_json(data_dir, "holds")
     assert (view["kind"], view["target"], view["reason"]) == ("namespace", "proj", "audit season")
+    # the person who placed it (user@host), not the gc's actor name
+    assert view["created_by"] == person() and not view["created_by"].startswith("gc:")
     assert by_location(cli_json(data_dir, "plan"))["inbox"]["kept"] == {"hold": [2, 800]}
     assert cli_json(data_dir, "gc")["deleted"] == 0
     code, out, _ = cli(data_dir, "release", "proj")
-    assert code == 0 and "released 1 hold(s)" in out
+    assert code == 0 and out.strip() == "released 1 hold"
     assert cli_json(data_dir, "gc")["deleted"] == 2
 
 
@@ -362,7 +365,7 @@ def test_jobs_start_ls_end(scratch_dir: Path) -> None:
     blob = put(scratch_dir, b"input data", "run:input")
     code, out, err = cli(scratch_dir, "jobs", "start", "reduce-42", "--location", "scratch", blob)
     assert code == 0, err
-    assert "job reduce-42 started: 1 blobs at scratch, 1 transfers" in out
+    assert "job reduce-42 started: 1 blob at scratch, 1 transfer" in out
     assert copies(scratch_dir, blob) == {"inbox": "present", "scratch": "present"}
 
     [job] = cli_json(scratch_dir, "jobs", "ls")
@@ -520,7 +523,7 @@ def test_tasks_list_fail_and_retry(tmp_path: Path) -> None:
     report = json.loads(out)
     assert report["missing"] == [f"{lost} at inbox"]
     assert report["unrepairable"] == [f"{lost} at inbox"]
-    code, _, err = cli(data_dir, "put", "-", input=b"bytes that vanish")
+    code, _, err = cli(data_dir, "put", "-", "--no-ref", input=b"bytes that vanish")
     assert code == 0, err
     code, out, _ = cli(data_dir, "tasks", "retry", str(failed["id"]))
     assert code == 0
@@ -543,3 +546,21 @@ def test_replicate_json_exit_code_says_a_transfer_failed(tmp_path: Path) -> None
     code, out, _ = cli(data_dir, "replicate", "--json")
     assert json.loads(out) == {"wanted": 1, "scheduled": 1, "tasks": {"failed": 1}}
     assert code == 1
+
+
+def test_replicate_wait_counts_each_transfer_once(tmp_path: Path) -> None:
+    """A transfer retried twice before it fails is one transfer, counted in its last
+    state: the counts add up to the transfers scheduled."""
+    data_dir = tmp_path / "retry-data"
+    data_dir.mkdir()
+    (data_dir / "safekeeper.toml").write_text(
+        NO_RETRIES_CONFIG.replace("max_retries = 1", "max_retries = 3")
+        + '\n[tasks]\nretry_base = "10ms"\nretry_max = "20ms"\n'
+    )
+    lost = put(data_dir, b"bytes that vanish")
+    object_path(data_dir, "inbox", lost).unlink()
+    code, out, _ = cli(data_dir, "replicate", "--wait", "--json")
+    assert json.loads(out) == {"wanted": 1, "scheduled": 1, "tasks": {"failed": 1}}
+    assert code == 1
+    code, out, _ = cli(data_dir, "replicate", "--wait")
+    assert out.splitlines()[0] == "0 copies wanted, 0 transfers scheduled"

@@ -57,6 +57,7 @@ def test_sign_in_and_every_page(new_context: Any, server: Server) -> None:
         "archive",
         "cache",
         "inbox",
+        "scratch",
     ]
     screenshot(page, "locations")
 
@@ -144,7 +145,7 @@ def test_plan_explains_a_kept_and_a_deleted_copy(new_context: Any, server: Serve
     explanation = page.locator("#explanation tr[data-location='inbox']")
     assert explanation.get_attribute("data-verdict") == "keep"
     assert "archived-elsewhere" in explanation.inner_text()
-    assert "verified archive copies: 0 of 1" in explanation.inner_text()
+    assert "no archive copy yet" in explanation.inner_text()
     page.fill("input[name=explain_blob]", garbage)
     page.click("#explain + form button")
     explanation = page.locator("#explanation tr[data-location='inbox']")

@@ -124,7 +124,8 @@ def test_orphan_object_is_adopted_by_the_next_put(archive: Archive) -> None:
     sha256 = hashlib.sha256(data).hexdigest()
     archive.store("inbox").put(sha256, [data])  # the crash window: object, no row
     outcome = archive.put_bytes(data)
-    assert outcome.sha256 == sha256 and not outcome.stored
+    # adopted: new to the catalog, so reported as stored, not as "already held"
+    assert outcome.sha256 == sha256 and outcome.stored
     assert [c.state for c in inventory.stat_blob(archive, sha256).copies] == ["present"]
 
 
