@@ -187,7 +187,8 @@ def test_put_and_ls_errors(tmp_path: Path, args: list[str], code: int, message: 
         _, listing, _ = cli(data_dir, "ls", "--json")
         assert json.loads(listing) == []
         inbox = data_dir / "inbox"
-        assert [p for p in inbox.rglob("*") if p.is_file()] == []
+        stored = [p for p in inbox.rglob("*") if p.is_file() and p.name != ".safekeeper-store"]
+        assert stored == []  # the store's identity marker is not data
 
 
 def test_put_empty_directory_says_so(tmp_path: Path) -> None:
