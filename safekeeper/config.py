@@ -208,12 +208,103 @@ class ServerConfig(_Strict):
     #: Cookies get ``Secure`` unless this is false; default: secure except when serving
     #: plain HTTP on a loopback address.
     secure_cookies: bool | None = None
+    #: The dashboard's origin as browsers see it (``https://safekeeper.example.org``):
+    #: the only origin (with ``embed_origins``) that may frame packages. Default:
+    #: ``http://HOST:PORT`` (and ``http://localhost:PORT`` for a loopback host).
+    public_origin: str | None = None
+    #: Where package content is served: an origin distinct from the dashboard's, so a
+    #: package's script never runs with a viewer's authority (design.md, invariant 13).
+    #: Default: ``http://HOST:PACKAGE_PORT``, a second listener of ``safekeeper serve``.
+    package_origin: str | None = None
+    #: The second listener's port; default: ``port + 1``.
+    package_port: int | None = None
+    #: Origins of other applications allowed to frame launch URLs (``POST …/launch``).
+    embed_origins: tuple[str, ...] = ()
+    #: How long a package capability URL is valid (1 minute to 24 hours).
+    capability_ttl: timedelta = timedelta(hours=2)
+    #: The HMAC key of capability URLs; default: ``package-secret`` in the data
+    #: directory (made on first use, mode 0600). Set it when several servers share work.
+    package_secret: str | None = None
 
     _durations = field_validator(
-        "session_idle_timeout", "session_absolute_timeout", "login_window", mode="before"
+        "session_idle_timeout",
+        "session_absolute_timeout",
+        "login_window",
+        "capability_ttl",
+        mode="before",
     )(_duration)
 
     _sizes = field_validator("max_upload_size", mode="before")(_size)
+
+    @field_validator("capability_ttl")
+    @classmethod
+    def _capability_ttl(cls, value: timedelta) -> timedelta:
+        if not timedelta(minutes=1) <= value <= timedelta(hours=24):
+            raise ValueError("capability_ttl must be between 1 minute and 24 hours")
+        return value
+
+    @field_validator("public_origin", "package_origin")
+    @classmethod
+    def _origin(cls, value: str | None) -> str | None:
+        if value is not None:
+            value = _checked_origin(value)
+        return value
+
+    @field_validator("embed_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_checked_origin(origin) for origin in value)
+
+    @field_validator("package_secret")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 32:
+            raise ValueError("package_secret must be at least 32 characters")
+        return value
+
+    @property
+    def dashboard_origin(self) -> str:
+        return self.public_origin or f"http://{_url_host(self.host)}:{self.port}"
+
+    @property
+    def package_listen_port(self) -> int:
+        return self.package_port if self.package_port is not None else self.port + 1
+
+    @property
+    def package_base(self) -> str:
+        """The package origin (no trailing slash)."""
+        return self.package_origin or f"http://{_url_host(self.host)}:{self.package_listen_port}"
+
+    @property
+    def framing_origins(self) -> tuple[str, ...]:
+        """Who may frame package pages: the dashboard (by each name of a loopback host)
+        and the configured embedders."""
+        origins = [self.dashboard_origin]
+        if self.public_origin is None and self.host in ("127.0.0.1", "::1", "localhost"):
+            origins += [f"http://localhost:{self.port}", f"http://127.0.0.1:{self.port}"]
+        origins += self.embed_origins
+        return tuple(dict.fromkeys(origins))
+
+    @model_validator(mode="after")
+    def _distinct_origins(self) -> ServerConfig:
+        if self.package_base in self.framing_origins:
+            raise ValueError(
+                "package_origin must differ from the dashboard's origin and embed_origins"
+            )
+        return self
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _checked_origin(value: str) -> str:
+    """``scheme://host[:port]``, lower-cased, no path: what browsers compare."""
+    origin = value.strip().rstrip("/").lower()
+    scheme, sep, rest = origin.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest or any(c in rest for c in "/?# "):
+        raise ValueError(f"{value!r} is not an origin (scheme://host[:port], no path)")
+    return origin
 
 
 class Config(_Strict):

@@ -11,16 +11,16 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from safekeeper.api import admin, auth, blobs, errors, operations, package_api, refs
-from safekeeper.api.packages import PackageServing, is_package_request
+from safekeeper.api.packages import PackageRedirects, is_package_request
 from safekeeper.archive import Archive
 from safekeeper.dashboard import install as install_dashboard
 
 
 class SafekeeperApp(FastAPI):
-    """FastAPI, with package members (``/p/...``) answered first: see
-    ``api.packages.PackageServing`` for why they skip the router and middleware."""
+    """FastAPI, with the old package URLs (``/p/...``) answered first: redirects to
+    the package origin (``api.packages.PackageRedirects``); content is never served here."""
 
-    package_serving: PackageServing
+    package_serving: PackageRedirects
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if is_package_request(scope):
@@ -42,7 +42,7 @@ def create_app(archive: Archive) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.archive = archive
-    app.package_serving = PackageServing()
+    app.package_serving = PackageRedirects()
     errors.install(app)
     for router in (
         auth.router,

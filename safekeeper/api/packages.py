@@ -1,29 +1,29 @@
-"""Serving package members: ``/p/blob/{blob}/{path}`` and ``/p/{namespace}/{key}/{label}/{path}``.
+"""Package members: the serving core (``member_response``) and the old ``/p/...`` URLs.
 
-A member is read from the package's extracted tree in the cache location, built on
-the first request (``packages.cache``). Blob URLs name immutable content and are cached
-for a year; reference URLs can move to another blob, so they are ``no-cache`` (the
-browser revalidates with the ETag, which names blob and member).
+Package content is served only from the package origin (``api.package_origin``), by
+capability: a package's script must never run with the authority of the dashboard's
+session (docs/design.md, invariant 13). The dashboard's origin keeps the old URLs
+``/p/blob/{blob}/{path}`` and ``/p/{namespace}/{key}/{label}/{path}`` only as
+redirects: for a signed-in viewer (``sk_session`` cookie or bearer token — 401 with
+the API's codes otherwise) who may see the package, 307 to a fresh capability URL on
+the package origin. Nothing of the package is answered here.
 
-Every request is authenticated like an API request (``api.auth.authenticate``: the
-``sk_session`` cookie the dashboard's player iframe sends, or a bearer token) — 401
-with the API's codes otherwise — and sees only its tenant's packages: a reference in
-a namespace of another tenant, or a blob no visible namespace references, answers the
-very 404 an unknown one does, so a URL reveals nothing about other tenants. Admins
-see every package.
+A viewer sees only their tenant's packages: a reference in a namespace of another
+tenant, or a blob no visible namespace references, answers the very 404 an unknown one
+does, so a URL reveals nothing about other tenants. Admins see every package.
 
-The hot path — a known package whose tree this process has seen — does no thread
-hop and no database work beyond the session check (two indexed reads on SQLite, in
-the event loop; visibility answers are remembered by ``PackageLookup``): a small
-member is read in the event loop (page-cache reads of a few KiB cost less than
-handing them to a thread). Larger members stream from the open file in a worker
-thread, so an eviction mid-response cannot cut them short.
+The serving core, for the package origin's hot path — a known package whose tree this
+process has seen — does no thread hop and no database work: a small member is read in
+the event loop (page-cache reads of a few KiB cost less than handing them to a
+thread). Larger members stream from the open file in a worker thread, so an eviction
+mid-response cannot cut them short.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import quote
 
 import anyio
 from fastapi import Request, Response
@@ -50,8 +51,16 @@ from safekeeper.archive import Archive
 from safekeeper.errors import PackageRejected, SafekeeperError
 from safekeeper.ids import is_blob_id
 from safekeeper.packages.cache import PackageCache, package_cache
+from safekeeper.packages.capabilities import (
+    BlobTarget,
+    Capability,
+    RefTarget,
+    Target,
+    encode,
+    load_secret,
+)
 from safekeeper.packages.content_types import content_type
-from safekeeper.packages.lookup import PackageInfo, PackageLookup, ReferenceTarget
+from safekeeper.packages.lookup import PackageInfo, PackageLookup
 from safekeeper.packages.validate import MAX_PATH_BYTES, safe_member_path
 
 #: Members up to this size are read whole in the event loop; larger ones stream.
@@ -63,25 +72,30 @@ REVALIDATE = "no-cache"
 
 
 @dataclass(frozen=True)
-class _Serving:
+class Serving:
+    """What serving one archive's packages needs, made once per app."""
+
     cache: PackageCache
     lookup: PackageLookup
     flights: SingleFlight
+
+    @classmethod
+    def of(cls, archive: Archive) -> Serving:
+        return cls(package_cache(archive), PackageLookup(archive), SingleFlight())
 
 
 def is_package_request(scope: Scope) -> bool:
     return scope["type"] == "http" and str(scope["path"]).startswith("/p/")
 
 
-class PackageServing:
-    """The ASGI handler of ``/p/...`` requests (``is_package_request``). The app calls it
-    before FastAPI's router and middleware stack on purpose: matching a path against
-    every API route, solving dependencies and the error, body-limit and telemetry
-    wrappers cost more than serving a small member does (bench/packages.py: through
-    the router, a third of the requests/s; through the wrappers, ~10% fewer)."""
+class PackageRedirects:
+    """The ASGI handler of ``/p/...`` requests (``is_package_request``) on the
+    dashboard's origin: a redirect to the package origin, never the content. The app
+    calls it before FastAPI's router, as it did when it served the members here."""
 
     def __init__(self) -> None:
-        self._serving: _Serving | None = None
+        self._serving: Serving | None = None
+        self._secret: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -91,24 +105,55 @@ class PackageServing:
             response = error_response(status_of(exc), exc.code, str(exc))
         await response(scope, receive, send)
 
-    def _state(self, request: Request) -> _Serving:
-        if self._serving is None:
+    def _state(self, request: Request) -> tuple[Serving, bytes]:
+        if self._serving is None or self._secret is None:
             archive = archive_of(request)
-            self._serving = _Serving(package_cache(archive), PackageLookup(archive), SingleFlight())
-        return self._serving
+            self._serving, self._secret = Serving.of(archive), load_secret(archive.config)
+        return self._serving, self._secret
 
-    async def _dispatch(self, request: Request) -> Response | _RawResponse:
+    async def _dispatch(self, request: Request) -> Response:
         if request.scope["method"] not in ("GET", "HEAD"):
             return error_response(405, "method_not_allowed", "package members are GET or HEAD")
-        serving = self._state(request)
-        principal = await _principal(serving.lookup.archive, request.scope)
+        serving, secret = self._state(request)
+        archive = serving.lookup.archive
+        principal = await _principal(archive, request.scope)
         namespace, _, rest = request.scope["path"][len("/p/") :].partition("/")
-        if namespace == "blob":
+        found: tuple[Target, str, PackageInfo] | Response
+        if namespace == "blob" and is_blob_id(rest.partition("/")[0]):
             blob, _, path = rest.partition("/")
-            if is_blob_id(blob):
-                return await _blob_member(request, serving, principal, blob, path)
-            # Not a blob id: a reference in a namespace that happens to be called "blob".
-        return await _reference_member(request, serving, principal, namespace, rest)
+            found = await _blob_target(serving, principal, blob, path)
+        else:
+            # Not a blob id: a reference in a namespace that may be called "blob".
+            found = await _reference_target(serving, principal, namespace, rest)
+        if isinstance(found, Response):
+            return found
+        target, path, info = found
+        if len(path) > MAX_PATH_BYTES or _exact_member(path) is None:
+            # Not a member path in its exact form: no redirect a browser would normalise.
+            return error_response(
+                404, "no_such_member", f"package {info.sha256} has no member {path!r}"
+            )
+        url = capability_url(archive, secret, principal.user_id, target, path)
+        query = request.scope.get("query_string", b"")
+        if query:
+            url += "?" + query.decode("latin-1")
+        return Response(
+            status_code=307,
+            headers={
+                "location": url,
+                "cache-control": "no-store",
+                "referrer-policy": "no-referrer",
+            },
+        )
+
+
+def capability_url(archive: Archive, secret: bytes, user_id: int, target: Target, path: str) -> str:
+    """A fresh capability URL on the package origin for ``user_id``: ``path`` in the
+    package ``target``, valid for ``server.capability_ttl``."""
+    server = archive.config.server
+    expires = int((archive.clock() + server.capability_ttl).timestamp())
+    capability = encode(secret, Capability(user_id, target, expires))
+    return f"{server.package_base}/c/{capability}/{quote(path)}"
 
 
 async def _principal(archive: Archive, scope: Scope) -> Principal:
@@ -126,11 +171,19 @@ async def _principal(archive: Archive, scope: Scope) -> Principal:
     return await authenticate(archive, session_token, authorization)
 
 
-async def _blob_member(
-    request: Request, serving: _Serving, principal: Principal, blob: str, path: str
-) -> Response | _RawResponse:
-    """A member of the package zip ``blob`` (64 hex), cacheable forever — by browsers:
-    ``private``, since whether a caller may read it depends on who they are."""
+async def _blob_target(
+    serving: Serving, principal: Principal, blob: str, path: str
+) -> tuple[Target, str, PackageInfo] | Response:
+    info = await visible_blob_package(serving, principal, blob)
+    if info is None:
+        return error_response(404, "not_a_package", f"blob {blob} is not a stored package")
+    return BlobTarget(blob), path, info
+
+
+async def visible_blob_package(
+    serving: Serving, principal: Principal, blob: str
+) -> PackageInfo | None:
+    """The package zip ``blob`` is, when ``principal`` may see it; else None."""
     lookup = serving.lookup
     visible = lookup.cached_blob_visible(principal, blob)
     if visible is None:
@@ -142,21 +195,40 @@ async def _blob_member(
         known, info = lookup.cached_package(blob)
         if not known:
             info = await serving.flights.run(("package", blob), lookup.package, blob)
-    if info is None:
-        return error_response(404, "not_a_package", f"blob {blob} is not a stored package")
-    return await _member_response(request, serving.cache, info, path, IMMUTABLE)
+    return info
 
 
-async def _reference_member(
-    request: Request, serving: _Serving, principal: Principal, namespace: str, rest: str
-) -> Response | _RawResponse:
-    """A member of the package a reference names: ``KEY/LABEL/PATH`` (keys may contain
-    slashes, labels may not; the shortest key that names a reference wins)."""
+async def _reference_target(
+    serving: Serving, principal: Principal, namespace: str, rest: str
+) -> tuple[Target, str, PackageInfo] | Response:
+    """``KEY/LABEL/PATH`` in ``namespace`` (keys may contain slashes, labels may not;
+    the shortest key that names a reference wins)."""
+    not_found = error_response(
+        404, "not_found", f"no reference in {namespace!r} matches {rest!r} as KEY/LABEL/PATH"
+    )
     if "\x00" in namespace or "\x00" in rest:
         # No name holds NUL, and PostgreSQL refuses it in a query (a 500, not a 404).
-        return error_response(
-            404, "not_found", f"no reference in {namespace!r} matches {rest!r} as KEY/LABEL/PATH"
+        return not_found
+    lookup = serving.lookup
+    if not await namespace_visible(serving, principal, namespace):
+        return not_found
+    known, target = lookup.cached_reference(namespace, rest)
+    if not known:
+        target = await serving.flights.run(
+            ("reference", namespace, rest), lookup.reference, namespace, rest
         )
+    if target is None:
+        return not_found
+    if target.package is None:
+        return error_response(
+            404,
+            "not_a_package",
+            f"{namespace}:{target.key}:{target.label} does not name a stored package",
+        )
+    return RefTarget(namespace, target.key, target.label), target.path, target.package
+
+
+async def namespace_visible(serving: Serving, principal: Principal, namespace: str) -> bool:
     lookup = serving.lookup
     visible = lookup.cached_namespace_visible(principal, namespace)
     if visible is None:
@@ -166,56 +238,48 @@ async def _reference_member(
             principal,
             namespace,
         )
-    target: ReferenceTarget | None = None
-    if visible:
-        known, target = lookup.cached_reference(namespace, rest)
-        if not known:
-            target = await serving.flights.run(
-                ("reference", namespace, rest), lookup.reference, namespace, rest
-            )
-    if target is None:
-        return error_response(
-            404, "not_found", f"no reference in {namespace!r} matches {rest!r} as KEY/LABEL/PATH"
-        )
-    if target.package is None:
-        return error_response(
-            404,
-            "not_a_package",
-            f"{namespace}:{target.key}:{target.label} does not name a stored package",
-        )
-    return await _member_response(request, serving.cache, target.package, target.path, REVALIDATE)
+    return visible
 
 
-async def _member_response(
-    request: Request, cache: PackageCache, info: PackageInfo, path: str, cache_control: str
-) -> Response | _RawResponse:
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+async def member_response(
+    request: Request,
+    cache: PackageCache,
+    info: PackageInfo,
+    path: str,
+    cache_control: str,
+    security: Headers,
+) -> Response | RawResponse:
+    """Member ``path`` of package ``info`` (Range, conditional requests, HEAD), with the
+    ``security`` headers on every answer, errors included."""
     # Longer paths are no member's, and must not fill the memo with 16 KiB URLs.
     member = _exact_member(path) if len(path) <= MAX_PATH_BYTES else None
     if member is None:
-        return _no_member(info, path)
+        return _no_member(info, path, security)
     etag, last_modified, headers = _member_headers(
-        info.sha256, member, info.created_at, cache_control
+        info.sha256, member, info.created_at, cache_control, security
     )
     conditions = _conditions(request.scope)
     if _not_modified(conditions, etag, info.created_at):
-        return _RawResponse(304, list(headers[:-1]))  # no content-type: no body
+        return RawResponse(304, list(headers[:-1]))  # no content-type: no body
     opened = _open_ready(cache, info.sha256, member)
     if opened is None:
         try:
             opened = await run_in_threadpool(_open_after_ensuring, cache, info.sha256, member)
         except PackageRejected as exc:
-            return error_response(
-                500, exc.code, f"the stored package {info.sha256} cannot be extracted: {exc}"
-            )
+            message = f"the stored package {info.sha256} cannot be extracted: {exc}"
+            return json_error(500, exc.code, message, security)
     if not isinstance(opened, tuple):
-        return _no_member(info, path)
+        return _no_member(info, path, security)
     fd, size = opened
     if cache.touch_due(info.sha256):
         await run_in_threadpool(cache.touch, info.sha256)
     return _body(request, conditions, fd, size, list(headers), etag, last_modified)
 
 
-class _RawResponse:
+class RawResponse:
     """A response with its headers already in bytes: Starlette's ``Response`` encodes
     every header of every response, a fifth of the time a small member takes."""
 
@@ -229,19 +293,30 @@ class _RawResponse:
         await send({"type": "http.response.body", "body": self.body})
 
 
+def json_error(status: int, code: str, message: str, security: Headers) -> RawResponse:
+    body = json.dumps({"code": code, "message": message}).encode()
+    headers = [
+        *security,
+        (b"cache-control", b"no-store"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return RawResponse(status, headers, body)
+
+
 @lru_cache(maxsize=65536)
 def _member_headers(
-    sha256: str, member: str, created_at: datetime, cache_control: str
-) -> tuple[str, str, tuple[tuple[bytes, bytes], ...]]:
+    sha256: str, member: str, created_at: datetime, cache_control: str, security: Headers
+) -> tuple[str, str, Headers]:
     """(ETag, Last-Modified, the headers every answer for this member carries, with
     content-type last): the blob and the member name the bytes exactly."""
     etag = f'"{sha256}-{hashlib.sha256(member.encode()).hexdigest()[:16]}"'
     last_modified = format_datetime(created_at, usegmt=True)
     headers = (
+        *security,
         (b"etag", etag.encode()),
         (b"last-modified", last_modified.encode()),
         (b"cache-control", cache_control.encode()),
-        (b"x-content-type-options", b"nosniff"),
         (b"accept-ranges", b"bytes"),
         (b"content-type", content_type(member).encode()),
     )
@@ -258,8 +333,9 @@ def _exact_member(path: str) -> str | None:
     return member if member == path else None
 
 
-def _no_member(info: PackageInfo, path: str) -> Response:
-    return error_response(404, "no_such_member", f"package {info.sha256} has no member {path!r}")
+def _no_member(info: PackageInfo, path: str, security: Headers) -> RawResponse:
+    message = f"package {info.sha256} has no member {path!r}"
+    return json_error(404, "no_such_member", message, security)
 
 
 _Opened = tuple[int, int] | Literal["missing"]
@@ -315,13 +391,13 @@ def _body(
     headers: list[tuple[bytes, bytes]],
     etag: str,
     last_modified: str,
-) -> Response | _RawResponse:
+) -> Response | RawResponse:
     start, length, status = 0, size, 200
     wanted = _wanted_range(conditions, size, etag, last_modified)
     if wanted == "unsatisfiable":
         os.close(fd)
         headers += [(b"content-range", f"bytes */{size}".encode()), (b"content-length", b"0")]
-        return _RawResponse(416, headers)
+        return RawResponse(416, headers)
     if wanted is not None:
         start, end = wanted
         length, status = end - start + 1, 206
@@ -329,13 +405,13 @@ def _body(
     headers.append((b"content-length", str(length).encode()))
     if request.scope["method"] == "HEAD":
         os.close(fd)
-        return _RawResponse(status, headers)
+        return RawResponse(status, headers)
     if length <= SMALL_MEMBER:
         try:
             body = os.pread(fd, length, start)
         finally:
             os.close(fd)
-        return _RawResponse(status, headers, body)
+        return RawResponse(status, headers, body)
     response = StreamingResponse(_stream(fd, start, length), status_code=status)
     response.raw_headers = headers
     return response

@@ -132,8 +132,8 @@ def test_imported_package_plays_without_configuration(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from safekeeper.api.app import create_app
     from tests.api.accounts import add_accounts
+    from tests.api.conftest import both_origins
 
     fill_course(archive)
     export_namespace(archive, "course", tmp_path / "b.tar")
@@ -142,7 +142,7 @@ def test_imported_package_plays_without_configuration(
     # plays it at once; /p needs someone signed in.
     admin = add_accounts(other).headers("root")
     url = "/p/course/lesson-1/published/sco/index.html"
-    with TestClient(create_app(other), base_url="http://127.0.0.1") as client:
+    with TestClient(both_origins(other), base_url="http://127.0.0.1") as client:
         assert client.get(url).status_code == 401
         launch = client.get(url, headers=admin)
         assert launch.status_code == 200 and launch.content == INDEX_HTML
