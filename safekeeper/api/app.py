@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from safekeeper.api import admin, auth, blobs, errors, operations, package_api, refs
+from safekeeper.api import admin, auth, blobs, errors, launch, operations, package_api, refs
 from safekeeper.api.packages import PackageRedirects, is_package_request
 from safekeeper.archive import Archive
 from safekeeper.dashboard import install as install_dashboard
@@ -49,6 +49,7 @@ def create_app(archive: Archive) -> FastAPI:
         admin.router,
         blobs.router,
         refs.router,
+        launch.router,  # before package_api: its upload route takes any key
         package_api.router,
         operations.router,
     ):

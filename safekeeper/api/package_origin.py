@@ -9,7 +9,9 @@ invariant 13). Nothing here looks at cookies or sets one.
 Routes (anything else answers 404):
 
 - ``GET|HEAD /c/<capability>/<member>``: a member of the capability's package;
-- ``GET /_sk/health``.
+- ``GET /l/<capability>``: the player (``api.player``): the launch page in a frame,
+  with the SCORM runtime; ``POST /r/<capability>/commit``: the runtime's commits;
+- ``GET /_sk/runtime.js``, ``GET /_sk/health``.
 
 Every request re-checks the capability against the viewer's state (a disabled or
 deleted user, or a deleted tenant: 403 ``capability_revoked``) and against
@@ -22,6 +24,7 @@ popups and modals allowed, top navigation and plugins not), ``nosniff``, and
 
 from __future__ import annotations
 
+import json
 from typing import Literal, cast
 
 from starlette.concurrency import run_in_threadpool
@@ -29,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from safekeeper.api import player
 from safekeeper.api.errors import status_of
 from safekeeper.api.packages import (
     IMMUTABLE,
@@ -45,15 +49,18 @@ from safekeeper.api.principal import Principal
 from safekeeper.archive import Archive
 from safekeeper.config import ServerConfig
 from safekeeper.db import accounts as account_queries
-from safekeeper.errors import SafekeeperError
+from safekeeper.errors import BadInput, NotFound, SafekeeperError, TooLarge
+from safekeeper.packages import scorm
 from safekeeper.packages.capabilities import (
     BlobTarget,
     Capability,
     CapabilityRefused,
+    RefTarget,
     decode,
     load_secret,
 )
 from safekeeper.packages.lookup import PackageInfo
+from safekeeper.services import attempts
 
 #: What the sandbox allows: scripts, forms, popups and dialogs real content uses;
 #: same-origin, so the content frame reaches the player's SCORM API (both on this
@@ -83,6 +90,28 @@ class PackageOrigin:
         self.secret = load_secret(archive.config)
         self.security = security_headers(archive.config.server)
         self._local_reads = archive.db.dialect == "sqlite"
+        server = archive.config.server
+        ancestors = " ".join(("'self'", *server.framing_origins)).encode()
+        self._player_headers = (
+            (
+                b"content-security-policy",
+                player.PLAYER_POLICY.encode()
+                + b"; frame-ancestors "
+                + ancestors
+                + b"; "
+                + SANDBOX.encode(),
+            ),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"cache-control", b"no-store"),
+            (b"content-type", b"text/html; charset=utf-8"),
+        )
+        self._runtime_headers = [
+            *self.security,
+            (b"cache-control", b"no-cache"),
+            (b"content-type", b"text/javascript; charset=utf-8"),
+            (b"content-length", str(len(player.RUNTIME_JS)).encode()),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -105,6 +134,14 @@ class PackageOrigin:
                 )
             capability_text, _, member = path[len("/c/") :].partition("/")
             return await self._member(Request(scope, receive), capability_text, member)
+        if path.startswith("/l/") and scope["method"] in ("GET", "HEAD"):
+            return await self._player(path[len("/l/") :])
+        if path.startswith("/r/") and path.endswith("/commit"):
+            if scope["method"] != "POST":
+                return json_error(405, "method_not_allowed", "commits are POST", self.security)
+            return await self._commit(path[len("/r/") : -len("/commit")], receive)
+        if path == "/_sk/runtime.js":
+            return RawResponse(200, self._runtime_headers, player.RUNTIME_JS)
         if path == "/_sk/health":
             return RawResponse(200, [*self.security, (b"content-type", b"text/plain")], b"ok")
         return json_error(404, "not_found", "nothing here but package links", self.security)
@@ -152,6 +189,66 @@ class PackageOrigin:
             request, self.serving.cache, info, member, cache_control, self.security
         )
 
+    async def _launch(self, capability_text: str) -> tuple[Capability, Principal, PackageInfo]:
+        """A reference capability's viewer and package, as they are now."""
+        capability, viewer = await self.check(capability_text)
+        if not isinstance(capability.target, RefTarget):
+            raise BadInput("the player and its runtime need a package reference, not a blob")
+        info = await self.package_of(capability, viewer)
+        if info is None:
+            raise NotFound("this package is gone or no longer yours to see")
+        return capability, viewer, info
+
+    async def _player(self, capability_text: str) -> RawResponse:
+        capability, viewer, info = await self._launch(capability_text)
+        target = cast(RefTarget, capability.target)
+        found_items = await run_in_threadpool(player.items, self.serving.cache, info)
+        body = await run_in_threadpool(
+            player.page,
+            self.archive,
+            capability_text,
+            target,
+            info,
+            viewer.user_id,
+            viewer.user_name,
+            found_items,
+        )
+        headers = [
+            *self._player_headers,
+            (b"content-length", str(len(body)).encode()),
+        ]
+        return RawResponse(200, headers, body)
+
+    async def _commit(self, capability_text: str, receive: Receive) -> RawResponse:
+        capability, viewer, _ = await self._launch(capability_text)
+        target = cast(RefTarget, capability.target)
+        body = await _read_body(receive, scorm.MAX_TOTAL * 2)
+        try:
+            sent = json.loads(body)
+        except ValueError as exc:
+            raise BadInput("a commit is a JSON object") from exc
+        if not isinstance(sent, dict):
+            raise BadInput("a commit is a JSON object")
+        await run_in_threadpool(
+            lambda: attempts.commit(
+                self.archive,
+                viewer.user_id,
+                target.namespace,
+                target.key,
+                sent.get("version"),
+                sent.get("data"),
+                finish=sent.get("finish") is True,
+            )
+        )
+        answer = b'{"ok":true}'
+        headers = [
+            *self.security,
+            (b"cache-control", b"no-store"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(answer)).encode()),
+        ]
+        return RawResponse(200, headers, answer)
+
     async def _viewer(self, user_id: int) -> Principal | None:
         """The active user ``user_id`` as a principal, or None. On SQLite the answer is
         remembered while the catalog sees no commit (``PRAGMA data_version``), so a
@@ -184,6 +281,22 @@ def _read_viewer(archive: Archive, user_id: int) -> Principal | None:
         # Not a session: nothing a capability's viewer does here needs a CSRF check.
         via="token",
     )
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadInput("the request ended early")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"a commit is at most {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -156,6 +156,15 @@ def capability_url(archive: Archive, secret: bytes, user_id: int, target: Target
     return f"{server.package_base}/c/{capability}/{quote(path)}"
 
 
+def player_url(archive: Archive, secret: bytes, user_id: int, target: RefTarget) -> tuple[str, int]:
+    """(the player page for ``user_id`` on the package origin, its expiry in Unix
+    seconds): the package's launch page framed with the SCORM runtime."""
+    server = archive.config.server
+    expires = int((archive.clock() + server.capability_ttl).timestamp())
+    capability = encode(secret, Capability(user_id, target, expires))
+    return f"{server.package_base}/l/{capability}", expires
+
+
 async def _principal(archive: Archive, scope: Scope) -> Principal:
     """The caller, from the raw headers (one pass; no Request.headers/cookies objects)."""
     cookie: str | None = None

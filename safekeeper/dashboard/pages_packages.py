@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, File, Request, Response, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from safekeeper.api.errors import status_of
-from safekeeper.api.packages import capability_url
+from safekeeper.api.packages import player_url
 from safekeeper.api.principal import Principal
 from safekeeper.api.state import archive_of
 from safekeeper.api.uploads import check_declared_size, check_spooled_size, consume_body
@@ -24,7 +24,7 @@ from safekeeper.dashboard.web import PageRoute, render, see_other
 from safekeeper.errors import BadInput, NotFound, PackageRejected, SafekeeperError
 from safekeeper.ids import RefSpec, check_key, check_name
 from safekeeper.packages.capabilities import RefTarget, load_secret
-from safekeeper.services import bundles, packages
+from safekeeper.services import attempts, bundles, packages
 from safekeeper.services.tenancy import claim_namespace, visible_namespace
 from safekeeper.services.tenant_data import list_namespaces, list_refs
 
@@ -229,11 +229,15 @@ def play_page(request: Request, namespace: str, rest: str, principal: SignedIn) 
     package = packages.package_info(archive, str(spec))
     # The package plays on its own origin, by a capability for this viewer: its script
     # never runs with the dashboard's authority (api.package_origin).
-    src = capability_url(
+    src, _ = player_url(
         archive,
         load_secret(archive.config),
         principal.user_id,
         RefTarget(spec.namespace, spec.key, spec.label),
-        package.entry,
     )
-    return render(request, "play.html", {"spec": spec, "package": package, "src": src})
+    results = attempts.results(archive, principal, namespace, spec.key)
+    return render(
+        request,
+        "play.html",
+        {"spec": spec, "package": package, "src": src, "results": results},
+    )

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
+from safekeeper.db import attempts
 from safekeeper.db.models import ApiToken, Namespace, Tenant, User
 from safekeeper.db.quick_reads import QuickReader
 from safekeeper.errors import NotFound
@@ -125,8 +126,9 @@ def revoke_tokens_of_tenant(session: Session, tenant_id: int, now: datetime) -> 
 
 
 def detach_user_rows(session: Session, user_ids: Sequence[int]) -> None:
-    """Remove what refers to the users so their rows can go: tokens, and ownership
-    of namespaces (the namespaces stay with their tenant)."""
+    """Remove what refers to the users so their rows can go: tokens, SCORM attempts,
+    and ownership of namespaces (the namespaces stay with their tenant)."""
+    attempts.delete_for_users(session, user_ids)
     session.execute(
         update(Namespace)
         .where(Namespace.owner_user_id.in_(user_ids))

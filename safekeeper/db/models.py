@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -360,3 +361,34 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class PackageAttempt(Base):
+    """One viewer's SCORM attempt at one package key of a namespace (any label): the
+    runtime data the content committed, restored on the next launch."""
+
+    __tablename__ = "package_attempts"
+    __table_args__ = (
+        UniqueConstraint("user_id", "namespace_id", "key", name="uq_attempts_viewer_key"),
+        Index("ix_attempts_package", "namespace_id", "key"),
+        CheckConstraint("version IN ('scorm12', 'scorm2004')", name="attempt_version"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id"))
+    key: Mapped[str] = mapped_column(String(1000))
+    version: Mapped[str] = mapped_column(String(20))
+    #: 1.2 ``cmi.core.lesson_status``; 2004 ``cmi.completion_status``.
+    completion_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    #: 2004 ``cmi.success_status``; 1.2: passed/failed of the lesson status.
+    success_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    score_raw: Mapped[float | None] = mapped_column(Float, nullable=True)
+    score_max: Mapped[float | None] = mapped_column(Float, nullable=True)
+    score_scaled: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: Seconds over every session.
+    total_time: Mapped[float] = mapped_column(Float, default=0.0)
+    #: Every stored data model element, as JSON (``packages.scorm``).
+    data: Mapped[str] = mapped_column(Text)
+    commits: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

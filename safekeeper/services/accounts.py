@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from safekeeper.api.principal import Principal
 from safekeeper.db import accounts as queries
+from safekeeper.db import attempts
 from safekeeper.db.models import USER_ROLES, Tenant, User
 from safekeeper.db.refs import ensure_namespace
 from safekeeper.errors import AlreadyExists, BadInput, Unauthenticated
@@ -266,6 +267,7 @@ def delete_users(archive: Archive, names: Sequence[str], *, hard: bool = False) 
                 .execution_options(synchronize_session=False)
             )
             queries.revoke_tokens_of(session, user_ids, now)
+            attempts.delete_for_users(session, user_ids)
     return sessions.end_user_sessions(archive, user_ids)
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, exists, select
 
 from safekeeper.db import accounts as queries
-from safekeeper.db import audit, refs
+from safekeeper.db import attempts, audit, refs
 from safekeeper.db.models import Blob, Hold, Namespace, Reference
 from safekeeper.ids import RefSpec
 from safekeeper.services import sessions
@@ -93,6 +93,7 @@ def erase_user(archive: Archive, name: str, *, actor: str) -> ErasureReport:
         # named one: the hold's history keeps its namespace.
         ever_held = exists().where(Hold.namespace_id == Namespace.id)
         namespace_ids = [namespace_id for namespace_id, _ in owned]
+        attempts.delete_for_namespaces(session, namespace_ids)
         gone = session.execute(
             delete(Namespace)
             .where(Namespace.id.in_(namespace_ids), ~ever_held)
