@@ -21,6 +21,7 @@ from safekeeper.services import accounts, attempts
 from safekeeper.services.erasure import erase_user
 from tests.api.accounts import Accounts, add_accounts
 from tests.api.test_serving import put_package
+from tests.conftest import FakeClock
 from tests.packages import zips
 
 
@@ -233,3 +234,19 @@ def test_session_time_and_total_time_formats() -> None:
     assert scorm.entry({"cmi.exit": "logout"}) == "ab-initio"
     summary = scorm.summary("scorm12", {"cmi.core.lesson_status": "incomplete"})
     assert (summary.completion_status, summary.success_status) == ("incomplete", None)
+
+
+def test_commits_are_refused_like_content_once_the_capability_is(
+    clients: Clients, archive: Archive, clock: FakeClock
+) -> None:
+    launch = clients.launch("alice")
+    accounts.set_disabled(archive, "alice", True)
+    code, answer = clients.commit(launch, COMMIT)
+    assert (code, answer["code"]) == (403, "capability_revoked")
+    accounts.set_disabled(archive, "alice", False)
+    clock.advance(seconds=archive.config.server.capability_ttl.total_seconds() + 1)
+    code, answer = clients.commit(launch, COMMIT)
+    assert (code, answer["code"]) == (403, "capability_expired")
+    player = clients.packages.get(launch)
+    assert (player.status_code, player.json()["code"]) == (403, "capability_expired")
+    assert _count(archive) == 0

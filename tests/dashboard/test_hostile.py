@@ -33,9 +33,13 @@ function blocked(e) { return 'blocked:' + (e && e.name); }
 let csrf = 'guess';
 async function attack() {
   out.cookie = document.cookie;
-  try { out.parentDom = window.parent.document.body.innerHTML.slice(0, 80); }
-  catch (e) { out.parentDom = blocked(e); }
-  try { out.topDom = window.top.document.title; } catch (e) { out.topDom = blocked(e); }
+  // The parent is the player (the package origin's own page); above it, the dashboard.
+  try { out.parentOrigin = window.parent.location.origin; }
+  catch (e) { out.parentOrigin = blocked(e); }
+  try { out.topDom = window.top.document.body.innerHTML.slice(0, 80); }
+  catch (e) { out.topDom = blocked(e); }
+  try { out.grandparentDom = window.parent.parent.document.title; }
+  catch (e) { out.grandparentDom = blocked(e); }
   try {
     const r = await fetch(DASH + '/api/auth/session', {credentials: 'include'});
     out.session = await r.text();
@@ -149,7 +153,7 @@ def test_a_hostile_package_played_by_an_admin_changes_nothing(
     admin.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     sign_in(admin, "ada")
     admin.goto("/play/mias-courses/lesson/draft")
-    frame = admin.frame_locator("#player")
+    frame = admin.frame_locator("#player").frame_locator("#sk-content")
     result = frame.locator("#result")
     result.wait_for()
     frame.locator("#result:not(:empty)").wait_for()
@@ -160,8 +164,9 @@ def test_a_hostile_package_played_by_an_admin_changes_nothing(
     assert seen["cookie"] == ""
     # The package origin's CSP stopped the calls before CORS had to.
     assert {"connect-src", "form-action"} <= set(seen["violated"])
-    assert seen["parentDom"].startswith("blocked:")
+    assert seen["parentOrigin"] == server.package_url  # the player, not the dashboard
     assert seen["topDom"].startswith("blocked:")
+    assert seen["grandparentDom"].startswith("blocked:")
     assert seen["session"].startswith("blocked:")  # no CORS, and CSP connect-src
     assert "csrf" not in json.dumps(seen)
     assert seen["token"] == "blocked:TypeError"
