@@ -224,9 +224,9 @@ def test_export_then_import_into_another_namespace(client: TestClient) -> None:
     assert 'data-key="intro"' in page and "/play/courses-copy/intro/published" in page
     play = client.get("/play/courses-copy/intro/published")
     assert play.status_code == 200
-    # Framed from the package origin, by a capability for this viewer: never /p here.
-    assert 'src="http://127.0.0.1:8471/c/' in play.text
-    assert '/index.html" title=' in play.text and 'src="/p/' not in play.text
+    # The player on the package origin, by a capability for this viewer: never /p here.
+    assert 'src="http://127.0.0.1:8471/l/' in play.text
+    assert 'src="/p/' not in play.text and "/c/" not in play.text
 
 
 def test_admin_adds_and_disables_users(client: TestClient) -> None:
