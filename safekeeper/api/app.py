@@ -11,14 +11,14 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from safekeeper.api import admin, auth, blobs, errors, launch, operations, package_api, refs
-from safekeeper.api.packages import PackageRedirects, is_package_request
+from safekeeper.api.package_redirects import PackageRedirects, is_package_request
 from safekeeper.archive import Archive
 from safekeeper.dashboard import install as install_dashboard
 
 
 class SafekeeperApp(FastAPI):
-    """FastAPI, with the old package URLs (``/p/...``) answered first: redirects to
-    the package origin (``api.packages.PackageRedirects``); content is never served here."""
+    """FastAPI, with the old package URLs (``/p/...``) answered first: redirects to the
+    package origin (``api.package_redirects``); content is never served here."""
 
     package_serving: PackageRedirects
 

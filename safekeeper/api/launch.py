@@ -20,7 +20,7 @@ from pydantic import Field
 from sqlalchemy import select
 
 from safekeeper.api.auth import current_principal
-from safekeeper.api.packages import player_url
+from safekeeper.api.package_redirects import player_url
 from safekeeper.api.principal import Principal
 from safekeeper.api.refs import ref_spec
 from safekeeper.api.schemas import ApiModel, error_responses

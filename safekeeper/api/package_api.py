@@ -1,7 +1,7 @@
 """Packages and bundles of a namespace: zip upload, listing with play URLs, export, import.
 
-(Serving package members under ``/p`` is ``api/packages.py``.) Uploads stream through
-``server.max_upload_size``; a package that fails validation answers 422 with the
+(Members are served by the package origin, ``api/package_origin.py``.) Uploads stream
+through ``server.max_upload_size``; a package that fails validation answers 422 with the
 check's ``code`` and the offending ``member``, and nothing is stored.
 """
 

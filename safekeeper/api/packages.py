@@ -1,22 +1,16 @@
-"""Package members: the serving core (``member_response``) and the old ``/p/...`` URLs.
+"""Package members: the serving core the package origin (``api.package_origin``) uses.
 
-Package content is served only from the package origin (``api.package_origin``), by
-capability: a package's script must never run with the authority of the dashboard's
-session (docs/design.md, invariant 13). The dashboard's origin keeps the old URLs
-``/p/blob/{blob}/{path}`` and ``/p/{namespace}/{key}/{label}/{path}`` only as
-redirects: for a signed-in viewer (``sk_session`` cookie or bearer token — 401 with
-the API's codes otherwise) who may see the package, 307 to a fresh capability URL on
-the package origin. Nothing of the package is answered here.
+A member is read from the package's extracted tree in the cache location, built on the
+first request (``packages.cache``). Blob capabilities name immutable content and are
+cached privately for a year; reference capabilities can move to another blob, so they
+are ``no-cache`` (the browser revalidates with the ETag, which names blob and member).
+Every answer, errors included, carries the caller's ``security`` headers.
 
-A viewer sees only their tenant's packages: a reference in a namespace of another
-tenant, or a blob no visible namespace references, answers the very 404 an unknown one
-does, so a URL reveals nothing about other tenants. Admins see every package.
-
-The serving core, for the package origin's hot path — a known package whose tree this
-process has seen — does no thread hop and no database work: a small member is read in
-the event loop (page-cache reads of a few KiB cost less than handing them to a
-thread). Larger members stream from the open file in a worker thread, so an eviction
-mid-response cannot cut them short.
+The hot path — a known package whose tree this process has seen — does no thread hop
+and no database work: a small member is read in the event loop (page-cache reads of a
+few KiB cost less than handing them to a thread). Larger members stream from the open
+file in a worker thread, so an eviction mid-response cannot cut them short. Who may
+see what is answered by ``PackageLookup`` (remembered 1 s) through ``SingleFlight``.
 """
 
 from __future__ import annotations
@@ -32,33 +26,19 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache
 from typing import Literal
-from urllib.parse import quote
 
 import anyio
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import cookie_parser
 from starlette.types import Receive, Scope, Send
 
-from safekeeper.api.auth import COOKIE, authenticate
-from safekeeper.api.errors import error_response, status_of
 from safekeeper.api.principal import Principal
 from safekeeper.api.ranges import byte_range
 from safekeeper.api.single_flight import SingleFlight
-from safekeeper.api.state import archive_of
 from safekeeper.archive import Archive
-from safekeeper.errors import PackageRejected, SafekeeperError
-from safekeeper.ids import is_blob_id
+from safekeeper.errors import PackageRejected
 from safekeeper.packages.cache import PackageCache, package_cache
-from safekeeper.packages.capabilities import (
-    BlobTarget,
-    Capability,
-    RefTarget,
-    Target,
-    encode,
-    load_secret,
-)
 from safekeeper.packages.content_types import content_type
 from safekeeper.packages.lookup import PackageInfo, PackageLookup
 from safekeeper.packages.validate import MAX_PATH_BYTES, safe_member_path
@@ -84,111 +64,6 @@ class Serving:
         return cls(package_cache(archive), PackageLookup(archive), SingleFlight())
 
 
-def is_package_request(scope: Scope) -> bool:
-    return scope["type"] == "http" and str(scope["path"]).startswith("/p/")
-
-
-class PackageRedirects:
-    """The ASGI handler of ``/p/...`` requests (``is_package_request``) on the
-    dashboard's origin: a redirect to the package origin, never the content. The app
-    calls it before FastAPI's router, as it did when it served the members here."""
-
-    def __init__(self) -> None:
-        self._serving: Serving | None = None
-        self._secret: bytes | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        try:
-            response = await self._dispatch(request)
-        except SafekeeperError as exc:
-            response = error_response(status_of(exc), exc.code, str(exc))
-        await response(scope, receive, send)
-
-    def _state(self, request: Request) -> tuple[Serving, bytes]:
-        if self._serving is None or self._secret is None:
-            archive = archive_of(request)
-            self._serving, self._secret = Serving.of(archive), load_secret(archive.config)
-        return self._serving, self._secret
-
-    async def _dispatch(self, request: Request) -> Response:
-        if request.scope["method"] not in ("GET", "HEAD"):
-            return error_response(405, "method_not_allowed", "package members are GET or HEAD")
-        serving, secret = self._state(request)
-        archive = serving.lookup.archive
-        principal = await _principal(archive, request.scope)
-        namespace, _, rest = request.scope["path"][len("/p/") :].partition("/")
-        found: tuple[Target, str, PackageInfo] | Response
-        if namespace == "blob" and is_blob_id(rest.partition("/")[0]):
-            blob, _, path = rest.partition("/")
-            found = await _blob_target(serving, principal, blob, path)
-        else:
-            # Not a blob id: a reference in a namespace that may be called "blob".
-            found = await _reference_target(serving, principal, namespace, rest)
-        if isinstance(found, Response):
-            return found
-        target, path, info = found
-        if len(path) > MAX_PATH_BYTES or _exact_member(path) is None:
-            # Not a member path in its exact form: no redirect a browser would normalise.
-            return error_response(
-                404, "no_such_member", f"package {info.sha256} has no member {path!r}"
-            )
-        url = capability_url(archive, secret, principal.user_id, target, path)
-        query = request.scope.get("query_string", b"")
-        if query:
-            url += "?" + query.decode("latin-1")
-        return Response(
-            status_code=307,
-            headers={
-                "location": url,
-                "cache-control": "no-store",
-                "referrer-policy": "no-referrer",
-            },
-        )
-
-
-def capability_url(archive: Archive, secret: bytes, user_id: int, target: Target, path: str) -> str:
-    """A fresh capability URL on the package origin for ``user_id``: ``path`` in the
-    package ``target``, valid for ``server.capability_ttl``."""
-    server = archive.config.server
-    expires = int((archive.clock() + server.capability_ttl).timestamp())
-    capability = encode(secret, Capability(user_id, target, expires))
-    return f"{server.package_base}/c/{capability}/{quote(path)}"
-
-
-def player_url(archive: Archive, secret: bytes, user_id: int, target: RefTarget) -> tuple[str, int]:
-    """(the player page for ``user_id`` on the package origin, its expiry in Unix
-    seconds): the package's launch page framed with the SCORM runtime."""
-    server = archive.config.server
-    expires = int((archive.clock() + server.capability_ttl).timestamp())
-    capability = encode(secret, Capability(user_id, target, expires))
-    return f"{server.package_base}/l/{capability}", expires
-
-
-async def _principal(archive: Archive, scope: Scope) -> Principal:
-    """The caller, from the raw headers (one pass; no Request.headers/cookies objects)."""
-    cookie: str | None = None
-    authorization: str | None = None
-    for name, value in scope["headers"]:
-        if name == b"cookie":
-            # Several Cookie headers (HTTP/2 style) are one list joined by "; ".
-            text = value.decode("latin-1")
-            cookie = text if cookie is None else f"{cookie}; {text}"
-        elif name == b"authorization":
-            authorization = value.decode("latin-1")
-    session_token = cookie_parser(cookie).get(COOKIE) if cookie is not None else None
-    return await authenticate(archive, session_token, authorization)
-
-
-async def _blob_target(
-    serving: Serving, principal: Principal, blob: str, path: str
-) -> tuple[Target, str, PackageInfo] | Response:
-    info = await visible_blob_package(serving, principal, blob)
-    if info is None:
-        return error_response(404, "not_a_package", f"blob {blob} is not a stored package")
-    return BlobTarget(blob), path, info
-
-
 async def visible_blob_package(
     serving: Serving, principal: Principal, blob: str
 ) -> PackageInfo | None:
@@ -205,36 +80,6 @@ async def visible_blob_package(
         if not known:
             info = await serving.flights.run(("package", blob), lookup.package, blob)
     return info
-
-
-async def _reference_target(
-    serving: Serving, principal: Principal, namespace: str, rest: str
-) -> tuple[Target, str, PackageInfo] | Response:
-    """``KEY/LABEL/PATH`` in ``namespace`` (keys may contain slashes, labels may not;
-    the shortest key that names a reference wins)."""
-    not_found = error_response(
-        404, "not_found", f"no reference in {namespace!r} matches {rest!r} as KEY/LABEL/PATH"
-    )
-    if "\x00" in namespace or "\x00" in rest:
-        # No name holds NUL, and PostgreSQL refuses it in a query (a 500, not a 404).
-        return not_found
-    lookup = serving.lookup
-    if not await namespace_visible(serving, principal, namespace):
-        return not_found
-    known, target = lookup.cached_reference(namespace, rest)
-    if not known:
-        target = await serving.flights.run(
-            ("reference", namespace, rest), lookup.reference, namespace, rest
-        )
-    if target is None:
-        return not_found
-    if target.package is None:
-        return error_response(
-            404,
-            "not_a_package",
-            f"{namespace}:{target.key}:{target.label} does not name a stored package",
-        )
-    return RefTarget(namespace, target.key, target.label), target.path, target.package
 
 
 async def namespace_visible(serving: Serving, principal: Principal, namespace: str) -> bool:
@@ -264,7 +109,7 @@ async def member_response(
     """Member ``path`` of package ``info`` (Range, conditional requests, HEAD), with the
     ``security`` headers on every answer, errors included."""
     # Longer paths are no member's, and must not fill the memo with 16 KiB URLs.
-    member = _exact_member(path) if len(path) <= MAX_PATH_BYTES else None
+    member = exact_member(path) if len(path) <= MAX_PATH_BYTES else None
     if member is None:
         return _no_member(info, path, security)
     etag, last_modified, headers = _member_headers(
@@ -333,7 +178,7 @@ def _member_headers(
 
 
 @lru_cache(maxsize=65536)
-def _exact_member(path: str) -> str | None:
+def exact_member(path: str) -> str | None:
     """The member path, or None when ``path`` is not one in its exact, normal form."""
     try:
         member = safe_member_path(path)

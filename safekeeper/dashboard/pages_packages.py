@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, File, Request, Response, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from safekeeper.api.errors import status_of
-from safekeeper.api.packages import player_url
+from safekeeper.api.package_redirects import player_url
 from safekeeper.api.principal import Principal
 from safekeeper.api.state import archive_of
 from safekeeper.api.uploads import check_declared_size, check_spooled_size, consume_body

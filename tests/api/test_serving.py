@@ -23,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from safekeeper.api.packages import _exact_member
+from safekeeper.api.packages import exact_member as _exact_member
 from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db.models import AuditEntry, Blob, CopyState, Package, Tenant
