@@ -150,6 +150,7 @@ def create_session(
 
 _SESSION_ROW = select(
     LoginSession.user_id,
+    LoginSession.tenant_id,
     LoginSession.last_seen,
     LoginSession.idle_expires_at,
     LoginSession.absolute_expires_at,
@@ -229,17 +230,23 @@ def _check(
     row = archive.sessions_db.quick.first(_SESSION_ROW, {"token_hash": token_hash})
     if row is None:
         _fail_revoked()
-    user_id, last_seen, idle_expires_at, absolute_expires_at = row
+    user_id, tenant_id, last_seen, idle_expires_at, absolute_expires_at = row
     if now >= idle_expires_at or now >= absolute_expires_at:
         if read_only:
             return None
         _delete(archive, [token_hash])
         raise Unauthenticated("the session has expired; sign in again", "session_expired")
     account = account_queries.active_account(archive.db.quick, user_id)
-    if account is None:
+    # The tenant stored at sign-in must still be the account's: a row that outlived its
+    # user (a crash between deleting the user and their sessions) never passes as
+    # someone else's, even where an id could be reused.
+    if account is None or account.tenant_id != tenant_id:
         if read_only:
             return None
-        end_user_sessions(archive, [user_id])
+        if account is None:
+            end_user_sessions(archive, [user_id])
+        else:  # this row only: the account's own sessions are not at fault
+            _delete(archive, [token_hash])
         _fail_revoked()
     principal = principal_of(account, "session", token_hash)
     if now - last_seen >= TOUCH_INTERVAL:

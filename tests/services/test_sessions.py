@@ -259,3 +259,57 @@ def test_expired_sessions_are_purged_at_sign_in_and_by_purge(
     assert len(holders()) == 2
     assert sessions.purge_expired(archive) == 1  # bob's
     assert len(holders()) == 1
+
+
+def test_ids_of_hard_deleted_users_tenants_and_tokens_are_never_reused(
+    archive: Archive, alice: str
+) -> None:
+    """A session row left behind by a crash between deleting a user and deleting their
+    sessions must not become a session of the next user created (here an admin of
+    another tenant): ids are never reused, on SQLite too."""
+    from safekeeper.db.models import ApiToken, Tenant
+    from safekeeper.services import tokens
+
+    token = _sign_in(archive)
+    accounts.add_tenant(archive, "gone")
+    with archive.db.read() as session:
+        old_user = session.scalars(select(User.id).where(User.name == "alice")).one()
+        old_tenant = session.scalars(select(Tenant.id).where(Tenant.name == "gone")).one()
+    tokens.create_token(archive, old_user, "t")
+    with archive.db.read() as session:
+        old_token = session.scalars(select(ApiToken.id)).one()
+    # The crash: the user's row and tokens go, their session rows stay.
+    with archive.db.write() as session:
+        accounts.hard_delete_users(session, [old_user])
+        session.delete(session.get_one(Tenant, old_tenant))
+    accounts.add_tenant(archive, "gone2")
+    accounts.add_user(
+        archive, "mallory", tenant="other", role="admin", password=PASSWORD, create_tenant=True
+    )
+    with archive.db.read() as session:
+        new_user = session.scalars(select(User.id).where(User.name == "mallory")).one()
+        new_tenants = set(session.scalars(select(Tenant.id)))
+    tokens.create_token(archive, new_user, "t")
+    with archive.db.read() as session:
+        new_token = session.scalars(select(ApiToken.id)).one()
+    assert new_user > old_user
+    assert max(new_tenants) > old_tenant
+    assert new_token > old_token
+    assert _code(archive, token) == "session_revoked"
+
+
+def test_a_session_whose_tenant_differs_from_its_accounts_is_refused(
+    archive: Archive, alice: str
+) -> None:
+    """Even if an id did come round again, the tenant stored at sign-in must match."""
+    token = _sign_in(archive)
+    keep = _sign_in(archive)
+    with archive.sessions_db.write() as session:
+        session.execute(
+            update(LoginSession)
+            .where(LoginSession.token_hash == sessions.hash_token(token))
+            .values(tenant_id=LoginSession.tenant_id + 1000)
+        )
+    assert _code(archive, token) == "session_revoked"
+    # Only that row goes: the account's own sessions stay.
+    assert sessions.validate(archive, keep).user_name == "alice"
