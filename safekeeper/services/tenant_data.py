@@ -23,8 +23,9 @@ from safekeeper.api.principal import Principal
 from safekeeper.db.copies import copies_of_blob
 from safekeeper.db.models import Blob, Hold, Namespace, Reference, Tenant
 from safekeeper.db.refs import ReferenceView, list_references
+from safekeeper.db.refs import resolve as resolve_reference
 from safekeeper.errors import BadInput, NotFound
-from safekeeper.ids import RefSpec
+from safekeeper.ids import BLOB_ID_LENGTH, RefSpec, is_blob_id, parse_ref
 from safekeeper.services import ingest, inventory, refs
 from safekeeper.services.audit import AuditView
 from safekeeper.services.ingest import PutOutcome
@@ -34,23 +35,69 @@ if TYPE_CHECKING:
     from safekeeper.archive import Archive
 
 
-def _visible_blob_clause(principal: Principal) -> ColumnElement[bool]:
+def _visible_blob_clause(principal: Principal, *, storage: bool = False) -> ColumnElement[bool]:
+    """Which blobs ``principal`` may look up — the one rule for the API and the dashboard.
+
+    ``storage``: a look at storage facts (copies, verdicts, audit), not at content or
+    references. Operators then also see blobs that no namespace references at all
+    (garbage: the plan lists it), never a blob only other tenants reference.
+    """
     if principal.is_admin:
         return true()
-    return exists().where(
+    seen = exists().where(
         Reference.blob_id == Blob.id,
         Reference.namespace_id == Namespace.id,
         visible_namespace_filter(principal),
     )
+    if storage and principal.is_operator:
+        return or_(seen, ~exists().where(Reference.blob_id == Blob.id))
+    return seen
 
 
-def visible_blob(session: Session, principal: Principal, sha256: str) -> Blob:
+def visible_blob(
+    session: Session, principal: Principal, sha256: str, *, storage: bool = False
+) -> Blob:
     blob = session.scalar(
-        select(Blob).where(Blob.sha256 == sha256, _visible_blob_clause(principal))
+        select(Blob).where(Blob.sha256 == sha256, _visible_blob_clause(principal, storage=storage))
     )
     if blob is None:
         raise NotFound(f"no blob {sha256}")
     return blob
+
+
+def resolve_visible_blob(
+    archive: Archive, principal: Principal, text: str, *, storage: bool = False
+) -> str:
+    """A blob id, a unique id prefix (≥ 6 hex) or ``NAMESPACE:KEY[:LABEL]``, resolved
+    among the blobs ``principal`` may see: one that exists elsewhere answers exactly like
+    one that does not (NotFound with the same message), and a prefix is ambiguous only
+    among visible blobs."""
+    text = text.strip()
+    clause = _visible_blob_clause(principal, storage=storage)
+    with archive.db.read() as session:
+        if ":" in text:
+            spec = parse_ref(text)
+            try:
+                visible_namespace(session, principal, spec.namespace)
+                return resolve_reference(session, spec).sha256
+            except NotFound:
+                raise NotFound(f"no reference {spec}") from None
+        candidate = text.lower()
+        if is_blob_id(candidate):
+            return visible_blob(session, principal, candidate, storage=storage).sha256
+        if 6 <= len(candidate) < BLOB_ID_LENGTH and all(c in "0123456789abcdef" for c in candidate):
+            matches = session.scalars(
+                select(Blob.sha256).where(Blob.sha256.startswith(candidate), clause).limit(2)
+            ).all()
+            if not matches:
+                raise NotFound(f"no blob starts with {candidate}")
+            if len(matches) > 1:
+                raise BadInput(f"blob prefix {candidate} is ambiguous; give more characters")
+            return matches[0]
+    raise BadInput(
+        f"{text!r} is neither a blob id (64 hex, or a unique prefix of at least 6) "
+        "nor a reference NAMESPACE:KEY[:LABEL]"
+    )
 
 
 @dataclass(frozen=True)
@@ -60,6 +107,7 @@ class HoldSummary:
     target: str
     reason: str
     created_at: datetime
+    created_by: str
 
 
 @dataclass(frozen=True)
@@ -89,14 +137,17 @@ def _holds_on(session: Session, principal: Principal, blob: Blob) -> list[HoldSu
             name if name is not None else blob.sha256,
             hold.reason,
             hold.created_at,
+            hold.created_by,
         )
         for hold, name in rows
     ]
 
 
 def blob_info(archive: Archive, principal: Principal, sha256: str) -> BlobInfo:
+    """Storage facts of a blob (the API's blob info and the dashboard's blob page):
+    references and holds only in namespaces ``principal`` may see."""
     with archive.db.read() as session:
-        blob = visible_blob(session, principal, sha256)
+        blob = visible_blob(session, principal, sha256, storage=True)
         visible = {
             name
             for (name,) in session.execute(

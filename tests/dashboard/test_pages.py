@@ -42,6 +42,7 @@ def archive(make_archive: ArchiveFactory, password_hash: str) -> Archive:
             ("oscar", "acme", "operator"),
             ("mia", "acme", "member"),
             ("gus", "globex", "member"),
+            ("otis", "globex", "operator"),
         ]:
             session.add(
                 User(
@@ -300,3 +301,59 @@ def test_huge_task_ids_are_not_a_500(client: TestClient) -> None:
     )
     assert answer.status_code < 500
     assert client.get(f"/plan/runs/{10**30}").status_code < 500
+
+
+def test_operators_see_no_blob_or_reference_of_another_tenant(
+    client: TestClient, archive: Archive
+) -> None:
+    """Every dashboard page taking a blob or a reference answers an operator of another
+    tenant exactly as for one that does not exist (the API's rule), while the owning
+    tenant's operator sees it."""
+    sha = archive.put_bytes(b"acme's secret bytes", ref="acme-docs:k").sha256
+    accounts.assign_namespaces(archive, "acme", ["acme-docs"])
+    held = archive.put_bytes(b"acme's held bytes", ref="acme-docs:held").sha256
+    from safekeeper.services.holds import add_hold
+
+    add_hold(archive, held, reason="legal", actor="test")
+
+    def looks(user: str) -> dict[str, tuple[int, str]]:
+        client.cookies.clear()
+        sign_in(client, user)
+        pages = {
+            "explain ref": "/plan?explain_blob=acme-docs:k:default",
+            "explain id": f"/plan?explain_blob={sha}",
+            "explain held": f"/plan?explain_blob={held}",
+            "audit ref": "/audit?blob=acme-docs:k",
+            "audit prefix": f"/audit?blob={sha[:10]}",
+            "blob page": f"/blobs/{sha}",
+            "held page": f"/blobs/{held}",
+            "search id": f"/blobs?q={sha}",
+            "search prefix": f"/blobs?q={sha[:8]}",
+            "search ref": "/blobs?q=acme-docs:k",
+        }
+        answers = {}
+        for name, path in pages.items():
+            answer = client.get(path, follow_redirects=False)
+            # What the page echoes of the query (form field, message) discloses nothing.
+            echoed = re.split("[=/]", path)[-1]
+            answers[name] = (answer.status_code, answer.text.replace(echoed, "ECHO"))
+        return answers
+
+    own = looks("oscar")
+    assert own["blob page"][0] == 200 and "acme-docs:k:default" in own["blob page"][1]
+    assert own["search ref"][0] == 303 and own["search prefix"][0] == 303
+    assert sha in own["explain ref"][1] and "legal" in own["held page"][1]
+    assert own["audit ref"][0] == 200 and own["audit prefix"][0] == 200
+
+    other = looks("otis")
+    for name, (_status, text) in other.items():
+        assert sha not in text and held not in text, name
+        assert "legal" not in text and 'id="explanation"' not in text, name
+    assert other["blob page"][0] == other["held page"][0] == 404
+    assert other["search id"][0] == other["search prefix"][0] == other["search ref"][0] == 404
+    assert other["audit ref"][0] == other["audit prefix"][0] == 400
+    # No existence oracle: a reference that exists answers like one that does not.
+    missing = client.get("/plan?explain_blob=acme-docs:nope:default").text
+    assert other["explain ref"][1].replace("acme-docs:k:default", "ECHO") == missing.replace(
+        "acme-docs:nope:default", "ECHO"
+    )
