@@ -10,7 +10,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from safekeeper.api.auth import Name, NewPassword, RoleName, require_admin, require_operator
+from safekeeper.api.auth import (
+    Name,
+    NewPassword,
+    Password,
+    RoleName,
+    reauthenticate,
+    require_admin,
+    require_operator,
+)
 from safekeeper.api.principal import Principal
 from safekeeper.api.state import archive_of
 from safekeeper.errors import BadInput
@@ -40,6 +48,10 @@ class UserChange(BaseModel):
     role: RoleName | None = None
     disabled: bool | None = None
     password: NewPassword | None = None
+    revoke_tokens: bool = Field(True, description="With password: also revoke their API tokens")
+    current_password: Password | None = Field(
+        None, description="Your own password: needed to change a role or a password"
+    )
 
 
 class BulkDelete(BaseModel):
@@ -93,14 +105,20 @@ def add_user(body: NewUser, request: Request, _admin: Admin) -> UserItem:
 
 
 @router.patch("/users/{name}")
-def change_user(name: NameParam, body: UserChange, request: Request, _admin: Admin) -> UserItem:
-    """Change role, disabled or password; each ends the user's sessions."""
+def change_user(name: NameParam, body: UserChange, request: Request, admin: Admin) -> UserItem:
+    """Change role, disabled or password; each ends the user's sessions. A role or a
+    password needs ``current_password`` (the admin's own); a new password revokes the
+    user's API tokens too unless ``revoke_tokens`` is false."""
     archive = archive_of(request)
     accounts.get_user(archive, name)
     if body.role is None and body.disabled is None and body.password is None:
         raise BadInput("nothing to change: give role, disabled or password")
+    if body.role is not None or body.password is not None:
+        if body.current_password is None:
+            raise BadInput("give current_password (your own) to change a role or a password")
+        reauthenticate(request, admin, body.current_password)
     if body.password is not None:
-        accounts.set_password(archive, name, body.password)
+        accounts.set_password(archive, name, body.password, revoke_tokens=body.revoke_tokens)
     if body.role is not None:
         accounts.set_role(archive, name, body.role)
     if body.disabled is not None:

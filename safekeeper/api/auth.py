@@ -153,6 +153,19 @@ def _throttle(request: Request) -> LoginThrottle:
     return throttle
 
 
+def reauthenticate(request: Request, principal: Principal, password: str) -> None:
+    """The signed-in user proves they know their password again (under the sign-in
+    throttle) before a change that outlasts the session: a new password, a token, a
+    role. Unauthenticated (``bad_credentials``) otherwise."""
+    accounts.authenticate_throttled(
+        archive_of(request),
+        _throttle(request),
+        principal.user_name,
+        password,
+        ip=request.client.host if request.client else None,
+    )
+
+
 # -- request and response bodies -------------------------------------------------------
 
 Name = Annotated[
@@ -183,6 +196,11 @@ class SessionInfo(BaseModel):
 class PasswordChange(BaseModel):
     current_password: Password
     new_password: NewPassword
+    revoke_tokens: bool = Field(
+        True,
+        description="Also revoke your API tokens (whoever knew the old password "
+        "may have made one).",
+    )
 
 
 class Count(BaseModel):
@@ -191,6 +209,9 @@ class Count(BaseModel):
 
 class TokenRequest(BaseModel):
     name: Name
+    current_password: Password = Field(
+        description="Your password: a stolen session alone cannot mint a lasting credential."
+    )
 
 
 class NewToken(BaseModel):
@@ -261,16 +282,14 @@ def change_password(
 ) -> SessionInfo:
     """Change your own password: every other session ends, this one is rotated."""
     archive = archive_of(request)
-    accounts.authenticate_throttled(
-        archive,
-        _throttle(request),
-        principal.user_name,
-        body.current_password,
-        ip=request.client.host if request.client else None,
-    )
+    reauthenticate(request, principal, body.current_password)
     current = _session_token(request) if principal.via == "session" else None
     token = accounts.set_password(
-        archive, principal.user_name, body.new_password, current_token=current
+        archive,
+        principal.user_name,
+        body.new_password,
+        current_token=current,
+        revoke_tokens=body.revoke_tokens,
     )
     if token is not None:
         _set_cookie(request, response, token)
@@ -306,7 +325,9 @@ def revoke_other_sessions(principal: CurrentPrincipal, request: Request) -> Coun
 
 @router.post("/tokens", status_code=201, responses=_ERRORS)
 def create_token(body: TokenRequest, principal: CurrentPrincipal, request: Request) -> NewToken:
-    """A new API token for you; the token is in this answer only."""
+    """A new API token for you (give your current password); the token is in this
+    answer only."""
+    reauthenticate(request, principal, body.current_password)
     view, token = tokens.create_token(archive_of(request), principal.user_id, body.name)
     return NewToken(**vars(view), token=token)
 

@@ -93,7 +93,9 @@ async def upload_package(
     outcome = await consume_body(
         request,
         archive.config.server.max_upload_size,
-        lambda chunks: packages.put_package(archive, reader(chunks), spec),
+        lambda chunks: tenant_data.on_behalf_of(
+            principal, packages.put_package, archive, reader(chunks), spec
+        ),
     )
     return _package_out(UploadedPackageOut, spec, outcome)
 
@@ -194,6 +196,8 @@ async def import_bundle(
     outcome = await consume_body(
         request,
         archive.config.server.max_upload_size,
-        lambda chunks: bundles.import_bundle(archive, reader(chunks), into=namespace),
+        lambda chunks: tenant_data.on_behalf_of(
+            principal, bundles.import_bundle, archive, reader(chunks), into=namespace
+        ),
     )
     return ImportOut.model_validate(outcome)

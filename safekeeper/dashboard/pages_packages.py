@@ -21,6 +21,7 @@ from safekeeper.api.state import archive_of
 from safekeeper.api.uploads import check_declared_size, check_spooled_size, consume_body
 from safekeeper.dashboard.auth import checked_form, checked_header, signed_in
 from safekeeper.dashboard.web import PageRoute, render, see_other
+from safekeeper.db.refs import set_by
 from safekeeper.errors import BadInput, NotFound, PackageRejected, SafekeeperError
 from safekeeper.ids import RefSpec, check_key, check_name
 from safekeeper.services import bundles, packages
@@ -132,7 +133,7 @@ async def upload_package(
             # Checked (and a new namespace made the tenant's) before a byte is read.
             with archive.db.write() as session:
                 claim_namespace(session, principal, namespace, archive.clock())
-            with io.BufferedReader(_ChunkReader(chunks)) as body:
+            with io.BufferedReader(_ChunkReader(chunks)) as body, set_by(principal.user_id):
                 return packages.put_package(archive, body, ref)
 
         outcome = await consume_body(request, archive.config.server.max_upload_size, store)
@@ -155,7 +156,10 @@ def publish_page(
     request: Request, namespace: str, principal: SignedIn, _: CheckedForm, key: str = ""
 ) -> Response:
     _visible(request, principal, namespace)
-    packages.publish(archive_of(request), namespace, key, actor=f"dashboard:{principal.user_name}")
+    with set_by(principal.user_id):
+        packages.publish(
+            archive_of(request), namespace, key, actor=f"dashboard:{principal.user_name}"
+        )
     return see_other(f"/namespaces/{namespace}", done=f"published {key}")
 
 
@@ -208,7 +212,8 @@ def import_page(
     check_spooled_size(bundle.file, archive.config.server.max_upload_size)
     with archive.db.write() as session:
         claim_namespace(session, principal, namespace, archive.clock())
-    outcome = bundles.import_bundle(archive, bundle.file, into=namespace)
+    with set_by(principal.user_id):
+        outcome = bundles.import_bundle(archive, bundle.file, into=namespace)
     return see_other(
         f"/namespaces/{namespace}",
         done=f"imported {outcome.blobs_stored} new blobs and "

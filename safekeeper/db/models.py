@@ -165,6 +165,10 @@ class Reference(Base):
     blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The user who created or last re-pointed it through a tenant path (API, dashboard);
+    #: NULL when set from the CLI or before this was recorded. No foreign key: user ids
+    #: are never reused, so a hard-deleted user's id names nobody else.
+    set_by_user_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
 
 
 class AuditEntry(Base):

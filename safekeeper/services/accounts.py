@@ -208,16 +208,25 @@ def user_id_of(archive: Archive, name: str) -> int:
 
 
 def set_password(
-    archive: Archive, name: str, password: str, *, current_token: str | None = None
+    archive: Archive,
+    name: str,
+    password: str,
+    *,
+    current_token: str | None = None,
+    revoke_tokens: bool = True,
 ) -> str | None:
-    """A new password ends every session of the user. With ``current_token`` (the
-    user changing their own) that session is rotated instead: the new token is returned
-    and the old one is dead."""
+    """A new password ends every session of the user and (unless ``revoke_tokens`` is
+    False) revokes their API tokens: whoever knew the old password may have made one.
+    With ``current_token`` (the user changing their own) that session is rotated
+    instead: the new token is returned and the old one is dead."""
     password_hash = hash_password(password)
+    now = archive.clock()
     with archive.db.write() as session:
         user = queries.user_named(session, name)
         user.password_hash = password_hash
         user_id = user.id
+        if revoke_tokens:
+            queries.revoke_tokens_of(session, [user_id], now)
         account = queries.active_account(session, user_id)
     sessions.end_user_sessions(archive, [user_id])
     if current_token is None or account is None:

@@ -11,10 +11,10 @@ content.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from sqlalchemy import ColumnElement, exists, func, or_, select, true
 from sqlalchemy.orm import Session
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from safekeeper.api.principal import Principal
 from safekeeper.db.copies import copies_of_blob
 from safekeeper.db.models import Blob, Hold, Namespace, Reference, Tenant
-from safekeeper.db.refs import ReferenceView, list_references
+from safekeeper.db.refs import ReferenceView, list_references, set_by
 from safekeeper.db.refs import resolve as resolve_reference
 from safekeeper.errors import BadInput, NotFound
 from safekeeper.ids import BLOB_ID_LENGTH, RefSpec, is_blob_id, parse_ref
@@ -33,6 +33,10 @@ from safekeeper.services.tenancy import claim_namespace, visible_namespace, visi
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 def _visible_blob_clause(principal: Principal, *, storage: bool = False) -> ColumnElement[bool]:
@@ -189,7 +193,17 @@ def put_blob(
             raise BadInput("give ?ref=NAMESPACE:KEY[:LABEL]: an upload needs a reference")
     else:
         claim(archive, principal, ref.namespace)
-    return ingest.put_stream(archive, source, ref)
+    with set_by(principal.user_id):
+        return ingest.put_stream(archive, source, ref)
+
+
+def on_behalf_of(
+    principal: Principal, action: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+) -> _T:
+    """Run ``action`` with the references it sets recorded as ``principal``'s (what
+    erasing them takes: ``services.erasure``)."""
+    with set_by(principal.user_id):
+        return action(*args, **kwargs)
 
 
 def actor_of(principal: Principal) -> str:
@@ -202,7 +216,8 @@ def set_ref(archive: Archive, principal: Principal, spec: RefSpec, sha256: str) 
     with archive.db.write() as session:
         blob = visible_blob(session, principal, sha256)
         claim_namespace(session, principal, spec.namespace, now)
-        refs.point(session, now, spec, blob, actor=actor_of(principal))
+        with set_by(principal.user_id):
+            refs.point(session, now, spec, blob, actor=actor_of(principal))
         return _view(session, spec)
 
 

@@ -1,4 +1,4 @@
-"""ids of tenants, users and api tokens never reused (SQLite AUTOINCREMENT)
+"""ids of tenants, users and api tokens never reused (SQLite AUTOINCREMENT); who set a reference
 
 Revision ID: 0006_security
 Revises: 0005
@@ -78,6 +78,8 @@ _TABLES: tuple[tuple[str, Callable[[], list[Any]], list[tuple[str, list[str]]]],
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("refs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("set_by_user_id", _ID, nullable=True))
     bind = op.get_bind()
     if bind.dialect.name != "sqlite":
         return
@@ -95,4 +97,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """AUTOINCREMENT is compatible with 0005's schema: nothing to undo."""
+    """AUTOINCREMENT is compatible with 0005's schema: only the column goes."""
+    with op.batch_alter_table("refs", schema=None) as batch_op:
+        batch_op.drop_column("set_by_user_id")

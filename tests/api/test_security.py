@@ -1,0 +1,126 @@
+"""Findings of the outside security review (issue 13), each pinned by a test that
+failed on the code before its fix."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from safekeeper.archive import Archive
+from safekeeper.services.erasure import split_erasure
+from tests.api.accounts import Accounts
+from tests.api.accounts import accounts_fixture as accounts_fixture
+
+
+def _put(client: TestClient, made: Accounts, user: str, ref: str, body: bytes) -> str:
+    answer = client.post(f"/api/blobs?ref={ref}", content=body, headers=made.headers(user))
+    assert answer.status_code == 201, answer.text
+    sha: str = answer.json()["sha256"]
+    return sha
+
+
+# -- 12: erasure takes only what is the user's -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("references", "taken", "others"),
+    [
+        ([], [], []),
+        ([("a:1", 7), ("a:2", None)], ["a:1", "a:2"], []),
+        ([("a:1", 7), ("a:2", 8)], ["a:1"], ["a:2"]),
+        ([("a:1", 8), ("a:2", 9)], [], ["a:1", "a:2"]),
+    ],
+)
+def test_split_erasure(
+    references: list[tuple[str, int | None]], taken: list[str], others: list[str]
+) -> None:
+    assert split_erasure(7, references) == (taken, others)
+
+
+def test_erasure_refuses_and_lists_what_colleagues_set_in_the_users_namespace(
+    client: TestClient, accounts: Accounts, app_archive: Archive
+) -> None:
+    own = _put(client, accounts, "alice", "alice-files:diary", b"alice's diary")
+    bobs = _put(client, accounts, "bob", "alice-files:report", b"bob's report")
+    refused = client.delete("/api/users/alice?erase=true", headers=accounts.headers("root"))
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["code"] == "conflict"
+    assert "alice-files:report" in refused.json()["message"]
+    assert "alice-files:diary" not in refused.json()["message"]
+    # Nothing changed: alice is there, both references and their bytes too.
+    users = client.get("/api/users", headers=accounts.headers("root")).json()
+    assert "alice" in {user["name"] for user in users}
+    for user, sha in (("alice", own), ("bob", bobs)):
+        answer = client.get(f"/api/blobs/{sha}", headers=accounts.headers(user))
+        assert answer.status_code == 200
+    # Once bob's reference is gone, only alice's own is taken.
+    removed = client.delete(
+        "/api/namespaces/alice-files/refs/report", headers=accounts.headers("bob")
+    )
+    assert removed.status_code in (200, 204), removed.text
+    erased = client.delete("/api/users/alice?erase=true", headers=accounts.headers("root"))
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["blobs"] == [own]
+
+
+# -- 6: a new password revokes tokens; tokens, roles, passwords need re-authentication -
+
+
+def _bearer_works(client: TestClient, made: Accounts, user: str) -> bool:
+    return client.get("/api/auth/session", headers=made.headers(user)).status_code == 200
+
+
+def test_changing_a_password_revokes_the_users_api_tokens(
+    client: TestClient, accounts: Accounts
+) -> None:
+    from tests.api.accounts import PASSWORD
+
+    own = client.post(
+        "/api/auth/password",
+        json={"current_password": PASSWORD, "new_password": "a new password 1"},
+        headers=accounts.headers("alice"),
+    )
+    assert own.status_code == 200, own.text
+    assert not _bearer_works(client, accounts, "alice")
+    assert _bearer_works(client, accounts, "bob")
+    by_admin = client.patch(
+        "/api/users/bob",
+        json={"password": "a new password 2", "current_password": PASSWORD},
+        headers=accounts.headers("root"),
+    )
+    assert by_admin.status_code == 200, by_admin.text
+    assert not _bearer_works(client, accounts, "bob")
+
+
+def test_tokens_roles_and_passwords_need_the_current_password(
+    client: TestClient, accounts: Accounts
+) -> None:
+    from tests.api.accounts import PASSWORD
+
+    alice, root = accounts.headers("alice"), accounts.headers("root")
+    no_password = client.post("/api/auth/tokens", json={"name": "x"}, headers=alice)
+    assert no_password.status_code == 422
+    wrong = client.post(
+        "/api/auth/tokens", json={"name": "x", "current_password": "wrong guess"}, headers=alice
+    )
+    assert wrong.status_code == 401 and wrong.json()["code"] == "bad_credentials"
+    right = client.post(
+        "/api/auth/tokens", json={"name": "x", "current_password": PASSWORD}, headers=alice
+    )
+    assert right.status_code == 201
+    for change in ({"role": "admin"}, {"password": "another password"}):
+        missing = client.patch("/api/users/alice", json=change, headers=root)
+        assert missing.status_code == 400, change
+        bad = client.patch(
+            "/api/users/alice", json={**change, "current_password": "nope nope"}, headers=root
+        )
+        assert bad.status_code == 401, change
+    # An admin setting their own password needs their current one too.
+    own = client.patch("/api/users/root", json={"password": "root's new one"}, headers=root)
+    assert own.status_code == 400
+    users = {u["name"]: u for u in client.get("/api/users", headers=root).json()}
+    assert users["alice"]["role"] == "member"
+    promoted = client.patch(
+        "/api/users/alice", json={"role": "operator", "current_password": PASSWORD}, headers=root
+    )
+    assert promoted.status_code == 200 and promoted.json()["role"] == "operator"
