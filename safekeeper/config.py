@@ -16,6 +16,7 @@ a shortcut for ``SAFEKEEPER__DATABASE__URL``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -208,12 +209,43 @@ class ServerConfig(_Strict):
     #: Cookies get ``Secure`` unless this is false; default: secure except when serving
     #: plain HTTP on a loopback address.
     secure_cookies: bool | None = None
+    #: Addresses (IPs or CIDR networks) of reverse proxies whose ``X-Forwarded-For`` and
+    #: ``X-Forwarded-Proto`` are believed. None by default: the peer address is the
+    #: client, whatever headers it sends (throttling and session lists use it).
+    trusted_proxies: list[str] = []
+    #: A request whose header block grows past this many bytes is refused (431) while
+    #: it is still being read; at most ``max_header_count`` header lines.
+    max_header_size: int = 64 * 1024
+    max_header_count: int = 100
+    #: An account's failed sign-ins past ``login_free_attempts`` in ``login_window`` make
+    #: the next attempt wait, doubling from ``login_backoff`` up to ``login_max_backoff``:
+    #: a guesser slows down, the owner is never locked out for long.
+    login_free_attempts: int = 3
+    login_backoff: timedelta = timedelta(seconds=1)
+    login_max_backoff: timedelta = timedelta(seconds=60)
 
     _durations = field_validator(
-        "session_idle_timeout", "session_absolute_timeout", "login_window", mode="before"
+        "session_idle_timeout",
+        "session_absolute_timeout",
+        "login_window",
+        "login_backoff",
+        "login_max_backoff",
+        mode="before",
     )(_duration)
 
-    _sizes = field_validator("max_upload_size", mode="before")(_size)
+    _sizes = field_validator("max_upload_size", "max_header_size", mode="before")(_size)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {entry!r} is not an IP address or network"
+                ) from None
+        return value
 
 
 class Config(_Strict):

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from safekeeper.api import admin, auth, blobs, errors, operations, package_api, refs
+from safekeeper.api.errors import error_response
 from safekeeper.api.packages import PackageServing, is_package_request
 from safekeeper.archive import Archive
 from safekeeper.dashboard import install as install_dashboard
@@ -21,13 +22,24 @@ class SafekeeperApp(FastAPI):
     ``api.packages.PackageServing`` for why they skip the router and middleware."""
 
     package_serving: PackageServing
+    #: More header lines than this answer 431 (their total size is bounded by the
+    #: HTTP server: ``api.http_server``).
+    max_header_count: int = 100
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if is_package_request(scope):
+        if scope["type"] == "http" and len(scope["headers"]) > self.max_header_count:
+            await _too_many_headers(scope, receive, send)
+        elif is_package_request(scope):
             scope["app"] = self
             await self.package_serving(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
+
+
+async def _too_many_headers(scope: Scope, receive: Receive, send: Send) -> None:
+    response = error_response(431, "headers_too_large", "too many request header lines")
+    response.headers["Connection"] = "close"
+    await response(scope, receive, send)
 
 
 def create_app(archive: Archive) -> FastAPI:
@@ -43,6 +55,7 @@ def create_app(archive: Archive) -> FastAPI:
     )
     app.state.archive = archive
     app.package_serving = PackageServing()
+    app.max_header_count = archive.config.server.max_header_count
     errors.install(app)
     for router in (
         auth.router,

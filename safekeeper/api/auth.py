@@ -147,8 +147,7 @@ def _set_cookie(request: Request, response: Response, token: str) -> None:
 def _throttle(request: Request) -> LoginThrottle:
     throttle: LoginThrottle | None = getattr(request.app.state, "login_throttle", None)
     if throttle is None:
-        server = archive_of(request).config.server
-        throttle = LoginThrottle(server.login_attempts, server.login_window)
+        throttle = LoginThrottle.from_config(archive_of(request).config.server)
         request.app.state.login_throttle = throttle
     return throttle
 

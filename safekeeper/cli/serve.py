@@ -30,6 +30,7 @@ def serve(
     import uvicorn
 
     from safekeeper.api.app import create_app
+    from safekeeper.api.http_server import uvicorn_options
     from safekeeper.engine import worker as worker_process
 
     archive = state(ctx).archive()
@@ -55,7 +56,9 @@ def serve(
 
     previous = {sig: signal.signal(sig, shut_down) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        uvicorn.run(create_app(archive), host=bind_host, port=bind_port, log_level="warning")
+        uvicorn.run(
+            create_app(archive), host=bind_host, port=bind_port, **uvicorn_options(settings)
+        )
     finally:
         stop.set()
         if worker is not None:

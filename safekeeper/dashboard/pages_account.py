@@ -33,8 +33,9 @@ def _throttle(request: Request) -> LoginThrottle:
     state = request.app.state
     throttle: LoginThrottle | None = getattr(state, "login_throttle", None)
     if throttle is None:
-        server = archive_of(request).config.server
-        throttle = state.login_throttle = LoginThrottle(server.login_attempts, server.login_window)
+        throttle = state.login_throttle = LoginThrottle.from_config(
+            archive_of(request).config.server
+        )
     return throttle
 
 

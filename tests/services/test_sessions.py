@@ -7,6 +7,7 @@ import hashlib
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, update
@@ -129,10 +130,10 @@ def test_throttle_per_account_and_per_address(
     for n in range(3):
         with pytest.raises(Unauthenticated):
             accounts.sign_in(archive, throttle, "alice", "wrong password", ip=f"10.0.0.{n}")
-    # the account is locked even from a fresh address, with the right password
+    # the account waits a short backoff (never the whole window), even from a fresh address
     with pytest.raises(RateLimited) as caught:
         accounts.sign_in(archive, throttle, "alice", PASSWORD, ip="10.9.9.9")
-    assert 0 < caught.value.retry_after <= 15 * 60
+    assert caught.value.retry_after == 1
     # one address guessing many names is stopped too
     for n in range(3):
         with pytest.raises(Unauthenticated):
@@ -142,6 +143,32 @@ def test_throttle_per_account_and_per_address(
     clock.advance(minutes=15)
     token, _ = accounts.sign_in(archive, throttle, "alice", PASSWORD, ip="10.1.1.1")
     assert sessions.validate(archive, token).user_name == "alice"
+
+
+def test_guesses_slow_an_account_down_but_never_lock_its_owner_out(
+    archive: Archive, alice: str, clock: FakeClock
+) -> None:
+    """Ten wrong passwords from rotating addresses used to lock the owner out for the
+    whole window; now the owner waits at most ``login_max_backoff``."""
+    throttle = LoginThrottle.from_config(archive.config.server)
+    for n in range(10):
+        clock.advance(seconds=throttle.account_delay(n).total_seconds())
+        with pytest.raises(Unauthenticated):
+            accounts.sign_in(archive, throttle, "alice", "wrong password", ip=f"10.0.0.{n}")
+    with pytest.raises(RateLimited) as caught:
+        accounts.sign_in(archive, throttle, "alice", PASSWORD, ip="192.0.2.7")
+    assert 0 < caught.value.retry_after <= 60
+    clock.advance(seconds=60)
+    token, _ = accounts.sign_in(archive, throttle, "alice", PASSWORD, ip="192.0.2.7")
+    assert sessions.validate(archive, token).user_name == "alice"
+
+
+@pytest.mark.parametrize(
+    ("failures", "seconds"), [(0, 0), (2, 0), (3, 1), (4, 2), (6, 8), (9, 60), (1000, 60)]
+)
+def test_account_backoff_doubles_up_to_the_cap(failures: int, seconds: int) -> None:
+    throttle = LoginThrottle(10, timedelta(minutes=15))
+    assert throttle.account_delay(failures) == timedelta(seconds=seconds)
 
 
 def test_list_and_revoke_one_or_others(archive: Archive, alice: str) -> None:
