@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 from datetime import datetime
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi import Path as PathParam
@@ -152,6 +153,28 @@ def _throttle(request: Request) -> LoginThrottle:
     return throttle
 
 
+def from_this_site(request: Request) -> bool:
+    """Whether a sign-in request may have come from a page of another site (login CSRF:
+    a cross-site form signing the victim in as the attacker). Browsers send ``Origin``
+    on every cross-site POST (``Referer`` as the fallback); either must name this host.
+    A request with neither is not a browser's cross-site form, so it passes."""
+    host = request.headers.get("host", "")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin != "null" and urlsplit(origin).netloc == host
+    referer = request.headers.get("referer")
+    if referer is not None:
+        return urlsplit(referer).netloc == host
+    return True
+
+
+def check_from_this_site(request: Request) -> None:
+    if not from_this_site(request):
+        error = Forbidden("sign-in from another site's page refused")
+        error.code = "csrf_failed"
+        raise error
+
+
 def reauthenticate(request: Request, principal: Principal, password: str) -> None:
     """The signed-in user proves they know their password again (under the sign-in
     throttle) before a change that outlasts the session: a new password, a token, a
@@ -246,7 +269,9 @@ _ERRORS: dict[int | str, dict[str, str]] = {
     responses={401: {"description": "Wrong user or password"}, 429: {"description": "Throttled"}},
 )
 def login(body: LoginRequest, request: Request, response: Response) -> SessionInfo:
-    """Sign in: sets the session cookie (a cookie held before is revoked: rotation)."""
+    """Sign in: sets the session cookie (a cookie held before is revoked: rotation).
+    A browser's request must come from this site (``Origin``/``Referer``)."""
+    check_from_this_site(request)
     token, principal = accounts.sign_in(
         archive_of(request),
         _throttle(request),

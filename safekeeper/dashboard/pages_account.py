@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
-from safekeeper.api.auth import COOKIE
+from safekeeper.api.auth import COOKIE, from_this_site
 from safekeeper.api.principal import Principal
 from safekeeper.api.state import archive_of
 from safekeeper.dashboard.auth import admin, checked_form, session_token, signed_in
@@ -85,6 +85,17 @@ def signin_submit(
     next: Annotated[str, Form()] = "/",
 ) -> Response:
     archive = archive_of(request)
+    if not from_this_site(request):
+        return render(
+            request,
+            "signin.html",
+            {
+                "problem": "this sign-in form did not come from this site; sign in here",
+                "next": "/",
+                "username": "",
+            },
+            status_code=403,
+        )
     try:
         token, _ = accounts.sign_in(
             archive,

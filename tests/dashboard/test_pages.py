@@ -357,3 +357,25 @@ def test_operators_see_no_blob_or_reference_of_another_tenant(
     assert other["explain ref"][1].replace("acme-docs:k:default", "ECHO") == missing.replace(
         "acme-docs:nope:default", "ECHO"
     )
+
+
+def test_sign_in_from_another_sites_form_is_refused(client: TestClient) -> None:
+    """Login CSRF: a cross-site form must not sign the victim in as the attacker."""
+    form = {"username": "mia", "password": PASSWORD}
+    for headers in (
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Referer": "https://evil.example/page"},
+    ):
+        refused = client.post("/signin", data=form, headers=headers, follow_redirects=False)
+        assert refused.status_code == 403, headers
+        assert "set-cookie" not in refused.headers
+        api = client.post(
+            "/api/auth/login", json={"user": "mia", "password": PASSWORD}, headers=headers
+        )
+        assert api.status_code == 403 and api.json()["code"] == "csrf_failed"
+        assert "set-cookie" not in api.headers
+    same = client.post(
+        "/signin", data=form, headers={"Origin": "http://127.0.0.1"}, follow_redirects=False
+    )
+    assert same.status_code == 303 and "sk_session" in same.cookies
