@@ -8,7 +8,7 @@ area is a router in its own module, included here.
 from __future__ import annotations
 
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from safekeeper.api import admin, auth, blobs, errors, operations, package_api, refs
 from safekeeper.api.errors import error_response
@@ -32,8 +32,39 @@ class SafekeeperApp(FastAPI):
         elif is_package_request(scope):
             scope["app"] = self
             await self.package_serving(scope, receive, send)
+        elif scope["type"] == "http" and _has_body(scope):
+            await super().__call__(scope, *_close_if_unread(receive, send))
         else:
             await super().__call__(scope, receive, send)
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
+def _close_if_unread(receive: Receive, send: Send) -> tuple[Receive, Send]:
+    """An answer given before the request body was read (a refusal: not signed in, too
+    large, another site) closes the connection: otherwise the server would go on
+    reading, and discarding, whatever the client still sends to keep it alive."""
+    finished = False
+
+    async def counted_receive() -> Message:
+        nonlocal finished
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            finished = True
+        return message
+
+    async def closing_send(message: Message) -> None:
+        if message["type"] == "http.response.start" and not finished:
+            headers = [(k, v) for k, v in message.get("headers", []) if k != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return counted_receive, closing_send
 
 
 async def _too_many_headers(scope: Scope, receive: Receive, send: Send) -> None:

@@ -379,3 +379,40 @@ def test_sign_in_from_another_sites_form_is_refused(client: TestClient) -> None:
         "/signin", data=form, headers={"Origin": "http://127.0.0.1"}, follow_redirects=False
     )
     assert same.status_code == 303 and "sk_session" in same.cookies
+
+
+def _counting_body(prefix: bytes, total: int, sent: list[int]) -> Iterator[bytes]:
+    """A multipart-looking body of ``total`` bytes, counting what the server pulled."""
+    sent[0] += len(prefix)
+    yield prefix
+    chunk = b"\0" * (1024 * 1024)
+    while sent[0] < total:
+        sent[0] += len(chunk)
+        yield chunk
+
+
+def test_import_reads_no_body_before_the_session_and_origin_are_checked(
+    client: TestClient,
+) -> None:
+    """An unauthenticated or cross-site import of 200 MiB is answered after reading
+    (almost) nothing; a signed-in one over the limit stops at the limit."""
+    head, content_type = _multipart({"csrf_token": "x"}, "b.tar", b"")
+    prefix = head.rsplit(b"\r\n--", 1)[0]
+    headers = {"Content-Type": content_type}
+    for setup in ("anonymous", "cross-site"):
+        extra = {}
+        if setup == "cross-site":
+            sign_in(client, "mia")
+            extra = {"Origin": "https://evil.example"}
+        sent = [0]
+        answer = client.post(
+            "/namespaces/x/import",
+            content=_counting_body(prefix, 200 * 1024 * 1024, sent),
+            headers={**headers, **extra},
+            follow_redirects=False,
+        )
+        assert answer.status_code in (303, 403), setup
+        # The test client hands the app the whole body on its first read: the app
+        # never read at all.
+        assert sent[0] == 0, (setup, sent[0])
+    # Reading stops at the limit: tests/api/test_http_server.py, on a real server.
