@@ -21,7 +21,7 @@ from safekeeper.services.planner import explain, make_plan
 from safekeeper.services.status import location_usage
 from safekeeper.services.tasks import list_tasks, retry_failed
 from safekeeper.services.tenant_data import blob_info, resolve_visible_blob, visible_audit
-from safekeeper.units import parse_duration
+from safekeeper.units import ago
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -155,7 +155,7 @@ def _since(text: str, now: datetime) -> datetime | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        return now - parse_duration(text)
+        return ago(now, text)
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=now.tzinfo)
 
 

@@ -74,8 +74,15 @@ def csrf_token(token: str) -> str:
     return hashlib.sha256(b"csrf:" + token.encode()).hexdigest()
 
 
+def same_text(expected: str, presented: str) -> bool:
+    """Constant-time comparison of any two strings: ``hmac.compare_digest`` raises
+    TypeError on non-ASCII ``str`` (a 500 for a header or path a client chose)."""
+    encoded = presented.encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(expected.encode(), encoded)
+
+
 def csrf_matches(token: str, presented: str | None) -> bool:
-    return presented is not None and hmac.compare_digest(csrf_token(token), presented)
+    return presented is not None and same_text(csrf_token(token), presented)
 
 
 def principal_of(
@@ -334,7 +341,7 @@ def revoke_session(archive: Archive, user_id: int, session_id: str) -> None:
         hashes = session.scalars(
             select(LoginSession.token_hash).where(LoginSession.user_id == user_id)
         ).all()
-        matching = [h for h in hashes if hmac.compare_digest(public_id(h), session_id)]
+        matching = [h for h in hashes if same_text(public_id(h), session_id)]
         if not matching:
             raise NotFound(f"no session {session_id!r}")
         session.execute(delete(LoginSession).where(LoginSession.token_hash.in_(matching)))

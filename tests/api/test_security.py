@@ -124,3 +124,27 @@ def test_tokens_roles_and_passwords_need_the_current_password(
         "/api/users/alice", json={"role": "operator", "current_password": PASSWORD}, headers=root
     )
     assert promoted.status_code == 200 and promoted.json()["role"] == "operator"
+
+
+# -- 10: odd input is a 4xx with a code, never a 500 -------------------------------
+
+
+def test_odd_input_answers_4xx_json(client: TestClient, accounts: Accounts) -> None:
+    from tests.api.accounts import login
+
+    csrf = login(client, "ops")
+    odd = "é"
+    answers = [
+        client.get("/api/auth/session", headers={"X-CSRF-Token": odd.encode()}),
+        client.post(
+            "/api/auth/sessions/revoke-others",
+            headers={"X-CSRF-Token": odd.encode()},
+        ),
+        client.delete("/api/auth/sessions/%C3%A9", headers={"X-CSRF-Token": csrf}),
+    ]
+    for answer in answers:
+        assert answer.status_code < 500, answer.text
+    assert answers[1].status_code == 403 and answers[1].json()["code"] == "csrf_failed"
+    assert answers[2].status_code == 404 and answers[2].json()["code"] == "not_found"
+    # The connection (and the session) still work afterwards.
+    assert client.get("/api/auth/session").status_code == 200

@@ -416,3 +416,17 @@ def test_import_reads_no_body_before_the_session_and_origin_are_checked(
         # never read at all.
         assert sent[0] == 0, (setup, sent[0])
     # Reading stops at the limit: tests/api/test_http_server.py, on a real server.
+
+
+def test_odd_input_is_a_4xx_not_a_500(client: TestClient) -> None:
+    csrf = sign_in(client, "oscar")
+    for since in ("1000000000d", "99999999999d", "800000d"):
+        answer = client.get(f"/audit?since={since}")
+        assert answer.status_code == 400, since
+    revoked = client.post("/sessions/%C3%A9/revoke", data={"csrf_token": csrf})
+    assert revoked.status_code == 404
+    forged = client.post("/plan/run", data={"csrf_token": "é" * 64}, follow_redirects=False)
+    assert forged.status_code == 403
+    header = client.post("/plan/run", headers={"X-CSRF-Token": "é".encode()})
+    assert header.status_code == 403
+    assert client.get("/plan").status_code == 200
