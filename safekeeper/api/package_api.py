@@ -173,7 +173,10 @@ def export_bundle(
 class ImportOut(ApiModel):
     namespace: str
     blobs_stored: int
-    blobs_skipped: int = Field(description="blobs the archive already held")
+    blobs_skipped: int = Field(
+        description="blobs the archive already held (admins only: for anyone else every "
+        "blob counts as stored, so an import never tells that someone else holds the bytes)"
+    )
     bytes: int
     references_created: int
     references_replaced: int
@@ -200,4 +203,4 @@ async def import_bundle(
             principal, bundles.import_bundle, archive, reader(chunks), into=namespace
         ),
     )
-    return ImportOut.model_validate(outcome)
+    return ImportOut.model_validate(tenant_data.import_outcome_for(principal, outcome))

@@ -29,7 +29,7 @@ from safekeeper.errors import BadInput, Forbidden, NotFound, PackageRejected, Sa
 from safekeeper.ids import RefSpec, check_key, check_name
 from safekeeper.services import bundles, packages
 from safekeeper.services.tenancy import claim_namespace, visible_namespace
-from safekeeper.services.tenant_data import list_namespaces, list_refs
+from safekeeper.services.tenant_data import import_outcome_for, list_namespaces, list_refs
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -221,7 +221,8 @@ async def import_page(request: Request, namespace: str, principal: SignedIn) -> 
             with archive.db.write() as session:
                 claim_namespace(session, principal, namespace, archive.clock())
             with set_by(principal.user_id):
-                return bundles.import_bundle(archive, bundle.file, into=namespace)
+                outcome = bundles.import_bundle(archive, bundle.file, into=namespace)
+            return import_outcome_for(principal, outcome)
 
         outcome = await run_in_threadpool(store)
     finally:

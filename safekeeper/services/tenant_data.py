@@ -12,7 +12,7 @@ content.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -28,6 +28,7 @@ from safekeeper.errors import BadInput, NotFound
 from safekeeper.ids import BLOB_ID_LENGTH, RefSpec, is_blob_id, parse_ref
 from safekeeper.services import ingest, inventory, refs
 from safekeeper.services.audit import AuditView
+from safekeeper.services.bundle_import import ImportOutcome
 from safekeeper.services.ingest import PutOutcome
 from safekeeper.services.tenancy import claim_namespace, visible_namespace, visible_namespace_filter
 
@@ -147,9 +148,47 @@ def _holds_on(session: Session, principal: Principal, blob: Blob) -> list[HoldSu
     ]
 
 
+def _from_tenants_view(
+    principal: Principal, info: BlobInfo, references: list[ReferenceView]
+) -> BlobInfo:
+    """The blob as the principal's tenant knows it: it came into being when the tenant
+    first referenced it, and nothing of its copies' history before that moment shows
+    (the same bytes may have been stored long before, by someone else: telling when
+    would say that they were)."""
+    if principal.is_admin or not references:
+        return info
+    first = min(reference.updated_at for reference in references)
+
+    def since(moment: datetime | None) -> datetime | None:
+        return moment if moment is not None and moment >= first else None
+
+    copies = [
+        replace(
+            copy,
+            created_at=max(copy.created_at, first),
+            verified_at=since(copy.verified_at),
+            last_access=since(copy.last_access),
+        )
+        for copy in info.copies
+    ]
+    return replace(info, created_at=first, copies=copies)
+
+
+def import_outcome_for(principal: Principal, outcome: ImportOutcome) -> ImportOutcome:
+    """What an import tells the principal: for tenant users every blob of the bundle
+    counts as stored, so the answer never says that the archive already held some
+    bytes (another tenant's, perhaps). Admins get the storage facts."""
+    if principal.is_admin:
+        return outcome
+    return replace(
+        outcome, blobs_stored=outcome.blobs_stored + outcome.blobs_skipped, blobs_skipped=0
+    )
+
+
 def blob_info(archive: Archive, principal: Principal, sha256: str) -> BlobInfo:
     """Storage facts of a blob (the API's blob info and the dashboard's blob page):
-    references and holds only in namespaces ``principal`` may see."""
+    references and holds only in namespaces ``principal`` may see, times only from
+    when its tenant first referenced it."""
     with archive.db.read() as session:
         blob = visible_blob(session, principal, sha256, storage=True)
         visible = {
@@ -158,17 +197,19 @@ def blob_info(archive: Archive, principal: Principal, sha256: str) -> BlobInfo:
                 select(Namespace.name).where(visible_namespace_filter(principal))
             )
         }
-        return BlobInfo(
+        references = [
+            r for r in list_references(session, blob_id=blob.id) if r.namespace in visible
+        ]
+        info = BlobInfo(
             sha256=blob.sha256,
             size=blob.size,
             created_at=blob.created_at,
             unreferenced_since=blob.unreferenced_since,
             copies=copies_of_blob(session, blob.id),
-            references=[
-                r for r in list_references(session, blob_id=blob.id) if r.namespace in visible
-            ],
+            references=references,
             holds=_holds_on(session, principal, blob),
         )
+    return _from_tenants_view(principal, info, references)
 
 
 def open_visible_blob(

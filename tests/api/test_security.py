@@ -3,6 +3,8 @@ failed on the code before its fix."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -148,3 +150,45 @@ def test_odd_input_answers_4xx_json(client: TestClient, accounts: Accounts) -> N
     assert answers[2].status_code == 404 and answers[2].json()["code"] == "not_found"
     # The connection (and the session) still work afterwards.
     assert client.get("/api/auth/session").status_code == 200
+
+
+# -- 8: no cross-tenant dedup oracle -----------------------------------------------
+
+
+def test_another_tenants_bytes_leave_no_trace_in_import_or_blob_info(
+    client: TestClient, accounts: Accounts, app_archive: Archive
+) -> None:
+    import io
+
+    from safekeeper.services.bundles import export_namespace
+    from tests.conftest import FakeClock
+
+    clock = app_archive.clock
+    assert isinstance(clock, FakeClock)
+    secret = b"acme's quarterly numbers"
+    sha = _put(client, accounts, "alice", "acme-files:q3", secret)
+    # Verified and read in acme's time.
+    assert client.get(f"/api/blobs/{sha}", headers=accounts.headers("alice")).content == secret
+    clock.advance(days=30)
+    # olga (tenant "other") comes by the same bytes in a bundle a month later.
+    bundle = io.BytesIO()
+    export_namespace(app_archive, "acme-files", bundle)
+    imported = client.post(
+        "/api/namespaces/olga-files/import",
+        content=bundle.getvalue(),
+        headers=accounts.headers("olga"),
+    )
+    assert imported.status_code == 200, imported.text
+    assert imported.json()["blobs_skipped"] == 0 and imported.json()["blobs_stored"] == 1
+    info = client.get(f"/api/blobs/{sha}/info", headers=accounts.headers("olga")).json()
+    yesterday = clock() - timedelta(days=1)
+
+    def moment(text: str | None) -> datetime | None:
+        return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+    assert moment(info["created_at"]) == clock()
+    times = [moment(copy[f]) for copy in info["copies"] for f in ("verified_at", "last_access")]
+    assert all(t is None or t > yesterday for t in times)
+    # The admin still sees the storage facts.
+    admin_info = client.get(f"/api/blobs/{sha}/info", headers=accounts.headers("root")).json()
+    assert moment(admin_info["created_at"]) < yesterday
