@@ -89,14 +89,14 @@ async def upload_package(
     """Validate the zip in the body and store it under ``namespace:key:label``."""
     archive = archive_of(request)
     spec = ref_spec(namespace, key, label)
-    tenant_data.claim(archive, principal, spec.namespace)
-    outcome = await consume_body(
-        request,
-        archive.config.server.max_upload_size,
-        lambda chunks: tenant_data.on_behalf_of(
-            principal, packages.put_package, archive, reader(chunks), spec
-        ),
-    )
+    with tenant_data.claimed(archive, principal, spec.namespace):
+        outcome = await consume_body(
+            request,
+            archive.config.server.max_upload_size,
+            lambda chunks: tenant_data.on_behalf_of(
+                principal, packages.put_package, archive, reader(chunks), spec
+            ),
+        )
     return _package_out(UploadedPackageOut, spec, outcome)
 
 
@@ -195,12 +195,12 @@ async def import_bundle(
 ) -> ImportOut:
     """Import a bundle (tar, or zstd-compressed tar) into this namespace: all or nothing."""
     archive = archive_of(request)
-    tenant_data.claim(archive, principal, check_name("namespace", namespace))
-    outcome = await consume_body(
-        request,
-        archive.config.server.max_upload_size,
-        lambda chunks: tenant_data.on_behalf_of(
-            principal, bundles.import_bundle, archive, reader(chunks), into=namespace
-        ),
-    )
+    with tenant_data.claimed(archive, principal, check_name("namespace", namespace)):
+        outcome = await consume_body(
+            request,
+            archive.config.server.max_upload_size,
+            lambda chunks: tenant_data.on_behalf_of(
+                principal, bundles.import_bundle, archive, reader(chunks), into=namespace
+            ),
+        )
     return ImportOut.model_validate(tenant_data.import_outcome_for(principal, outcome))

@@ -28,8 +28,13 @@ from safekeeper.db.refs import set_by
 from safekeeper.errors import BadInput, Forbidden, NotFound, PackageRejected, SafekeeperError
 from safekeeper.ids import RefSpec, check_key, check_name
 from safekeeper.services import bundles, packages
-from safekeeper.services.tenancy import claim_namespace, visible_namespace
-from safekeeper.services.tenant_data import import_outcome_for, list_namespaces, list_refs
+from safekeeper.services.tenancy import visible_namespace
+from safekeeper.services.tenant_data import (
+    claimed,
+    import_outcome_for,
+    list_namespaces,
+    list_refs,
+)
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -133,10 +138,13 @@ async def upload_package(
         check_name("label", label)
 
         def store(chunks: Iterator[bytes]) -> packages.PackageOutcome:
-            # Checked (and a new namespace made the tenant's) before a byte is read.
-            with archive.db.write() as session:
-                claim_namespace(session, principal, namespace, archive.clock())
-            with io.BufferedReader(_ChunkReader(chunks)) as body, set_by(principal.user_id):
+            # Checked (and a new namespace made the tenant's) before a byte is read;
+            # gone again if the upload fails.
+            with (
+                claimed(archive, principal, namespace),
+                io.BufferedReader(_ChunkReader(chunks)) as body,
+                set_by(principal.user_id),
+            ):
                 return packages.put_package(archive, body, ref)
 
         outcome = await consume_body(request, archive.config.server.max_upload_size, store)
@@ -218,9 +226,7 @@ async def import_page(request: Request, namespace: str, principal: SignedIn) -> 
         check_spooled_size(bundle.file, archive.config.server.max_upload_size)
 
         def store() -> bundles.ImportOutcome:
-            with archive.db.write() as session:
-                claim_namespace(session, principal, namespace, archive.clock())
-            with set_by(principal.user_id):
+            with claimed(archive, principal, namespace), set_by(principal.user_id):
                 outcome = bundles.import_bundle(archive, bundle.file, into=namespace)
             return import_outcome_for(principal, outcome)
 

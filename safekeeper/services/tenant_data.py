@@ -12,11 +12,12 @@ content.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from sqlalchemy import ColumnElement, exists, func, or_, select, true
+from sqlalchemy import ColumnElement, delete, exists, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from safekeeper.api.principal import Principal
@@ -30,7 +31,12 @@ from safekeeper.services import ingest, inventory, refs
 from safekeeper.services.audit import AuditView
 from safekeeper.services.bundle_import import ImportOutcome
 from safekeeper.services.ingest import PutOutcome
-from safekeeper.services.tenancy import claim_namespace, visible_namespace, visible_namespace_filter
+from safekeeper.services.tenancy import (
+    claim_namespace,
+    claim_namespace_created,
+    visible_namespace,
+    visible_namespace_filter,
+)
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -232,9 +238,9 @@ def put_blob(
     if ref is None:
         if not principal.is_admin:
             raise BadInput("give ?ref=NAMESPACE:KEY[:LABEL]: an upload needs a reference")
-    else:
-        claim(archive, principal, ref.namespace)
-    with set_by(principal.user_id):
+        with set_by(principal.user_id):
+            return ingest.put_stream(archive, source, ref)
+    with claimed(archive, principal, ref.namespace), set_by(principal.user_id):
         return ingest.put_stream(archive, source, ref)
 
 
@@ -316,11 +322,38 @@ def check_namespace(archive: Archive, principal: Principal, name: str) -> None:
         visible_namespace(session, principal, name)
 
 
-def claim(archive: Archive, principal: Principal, name: str) -> None:
+def claim(archive: Archive, principal: Principal, name: str) -> bool:
     """Make ``name`` writable by the principal (created for their tenant when new)
-    before anything is stored under it; NotFound if another tenant's."""
+    before anything is stored under it; NotFound if another tenant's. True when this
+    call created it."""
     with archive.db.write() as session:
-        claim_namespace(session, principal, name, archive.clock())
+        return claim_namespace_created(session, principal, name, archive.clock())[1]
+
+
+@contextmanager
+def claimed(archive: Archive, principal: Principal, name: str) -> Iterator[None]:
+    """``claim`` for the duration of a request that stores under ``name``: if the
+    request fails (too large, rejected, cut off), a namespace it created goes again —
+    unless something already refers to it — so a failed request creates nothing."""
+    created = claim(archive, principal, name)
+    try:
+        yield
+    except BaseException:
+        if created:
+            _drop_if_unused(archive, name)
+        raise
+
+
+def _drop_if_unused(archive: Archive, name: str) -> None:
+    with archive.db.write() as session:
+        used = exists().where(Reference.namespace_id == Namespace.id) | exists().where(
+            Hold.namespace_id == Namespace.id
+        )
+        session.execute(
+            delete(Namespace)
+            .where(Namespace.name == name, ~used)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _audited_references(entry: AuditView) -> list[str] | None:

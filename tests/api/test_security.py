@@ -192,3 +192,25 @@ def test_another_tenants_bytes_leave_no_trace_in_import_or_blob_info(
     # The admin still sees the storage facts.
     admin_info = client.get(f"/api/blobs/{sha}/info", headers=accounts.headers("root")).json()
     assert moment(admin_info["created_at"]) < yesterday
+
+
+# -- 9: a failed request creates nothing ---------------------------------------------
+
+
+def test_a_rejected_upload_leaves_no_namespace_behind(
+    small: tuple[TestClient, Accounts, Archive],
+) -> None:
+    client, made, _archive = small
+    too_big = b"x" * 4096
+    for path in (
+        "/api/blobs?ref=fresh-a:k",
+        "/api/namespaces/fresh-b/packages/k",
+        "/api/namespaces/fresh-c/import",
+    ):
+        answer = client.post(path, content=too_big, headers=made.headers("alice"))
+        assert answer.status_code == 413, (path, answer.text)
+    names = {n["name"] for n in client.get("/api/namespaces", headers=made.headers("root")).json()}
+    assert not names & {"fresh-a", "fresh-b", "fresh-c"}
+    # Nobody squats the name: another tenant can still take it.
+    taken = client.post("/api/blobs?ref=fresh-a:k", content=b"ok", headers=made.headers("olga"))
+    assert taken.status_code == 201, taken.text
