@@ -30,6 +30,7 @@ from safekeeper.api.state import archive_of
 from safekeeper.archive import Archive
 from safekeeper.errors import Forbidden, Unauthenticated
 from safekeeper.services import accounts, sessions, tokens
+from safekeeper.services.security_events import record_event
 from safekeeper.services.sessions import LoginThrottle
 
 COOKIE = "sk_session"
@@ -175,6 +176,29 @@ def check_from_this_site(request: Request) -> None:
         raise error
 
 
+def security_event(
+    request: Request,
+    principal: Principal,
+    action: str,
+    *,
+    user: str | None = None,
+    tenant: str | None = None,
+    detail: str | None = None,
+    via: str = "api",
+) -> None:
+    """Audit an account or credential change made by ``principal`` (see
+    ``services.security_events``), with the client's address."""
+    record_event(
+        archive_of(request),
+        action,
+        actor=f"{via}:{principal.user_name}",
+        user=user,
+        tenant=tenant,
+        ip=request.client.host if request.client else None,
+        detail=detail,
+    )
+
+
 def reauthenticate(request: Request, principal: Principal, password: str) -> None:
     """The signed-in user proves they know their password again (under the sign-in
     throttle) before a change that outlasts the session: a new password, a token, a
@@ -315,6 +339,14 @@ def change_password(
         current_token=current,
         revoke_tokens=body.revoke_tokens,
     )
+    security_event(
+        request,
+        principal,
+        "password-changed",
+        user=principal.user_name,
+        tenant=principal.tenant_name,
+        detail="API tokens revoked" if body.revoke_tokens else "API tokens kept",
+    )
     if token is not None:
         _set_cookie(request, response, token)
     return _info(principal, token)
@@ -353,6 +385,14 @@ def create_token(body: TokenRequest, principal: CurrentPrincipal, request: Reque
     answer only."""
     reauthenticate(request, principal, body.current_password)
     view, token = tokens.create_token(archive_of(request), principal.user_id, body.name)
+    security_event(
+        request,
+        principal,
+        "token-created",
+        user=principal.user_name,
+        tenant=principal.tenant_name,
+        detail=f"token {view.id} {view.name!r}",
+    )
     return NewToken(**vars(view), token=token)
 
 
@@ -368,3 +408,11 @@ def revoke_token(
     request: Request,
 ) -> None:
     tokens.revoke_token(archive_of(request), principal.user_id, token_id)
+    security_event(
+        request,
+        principal,
+        "token-revoked",
+        user=principal.user_name,
+        tenant=principal.tenant_name,
+        detail=f"token {token_id}",
+    )

@@ -27,6 +27,7 @@ from safekeeper.db.refs import ensure_namespace
 from safekeeper.errors import AlreadyExists, BadInput, Unauthenticated
 from safekeeper.ids import check_name
 from safekeeper.services import sessions
+from safekeeper.services.security_events import record_event
 from safekeeper.services.sessions import LoginThrottle
 
 if TYPE_CHECKING:
@@ -317,7 +318,17 @@ def authenticate_throttled(
     now = archive.clock()
     keys = [f"user:{name}", f"ip:{ip or '?'}"]
     throttle.begin(keys, now)
-    account = authenticate(archive, name, password)
+    try:
+        account = authenticate(archive, name, password)
+    except Unauthenticated:
+        # Audited, at most as often as the throttle lets guesses through; the name
+        # tried is recorded (it may not exist), never the password.
+        limits = throttle.limits_reached(keys, now)
+        detail = "; ".join(["wrong user name or password", *limits])
+        record_event(
+            archive, "signin-failed", actor=name[:200], user=name[:200], ip=ip, detail=detail
+        )
+        raise
     throttle.succeed(keys, now)
     return account
 

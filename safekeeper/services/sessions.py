@@ -449,6 +449,20 @@ class LoginThrottle:
             for key in keys:
                 self._failures.setdefault(key, []).append(now)
 
+    def limits_reached(self, keys: Sequence[str], now: datetime) -> list[str]:
+        """After a failure ``begin`` counted: which limits now hold back the next
+        attempt (for the audit log: the account's backoff, an address's block)."""
+        with self._lock:
+            reached = []
+            account = self._recent(keys[0], now)
+            delay = self.account_delay(len(account))
+            if delay:
+                reached.append(f"account backs off {delay.total_seconds():g}s")
+            for key in keys[1:]:
+                if len(self._recent(key, now)) >= self.attempts:
+                    reached.append(f"address {key.removeprefix('ip:')} blocked")
+            return reached
+
     def succeed(self, keys: Sequence[str], now: datetime) -> None:
         """The attempt ``begin`` counted succeeded: the account (``keys[0]``) starts
         afresh and the attempt no longer counts against the other keys."""

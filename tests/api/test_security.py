@@ -214,3 +214,60 @@ def test_a_rejected_upload_leaves_no_namespace_behind(
     # Nobody squats the name: another tenant can still take it.
     taken = client.post("/api/blobs?ref=fresh-a:k", content=b"ok", headers=made.headers("olga"))
     assert taken.status_code == 201, taken.text
+
+
+# -- 13: security events are audited -----------------------------------------------
+
+
+def test_account_and_credential_changes_and_failed_sign_ins_are_audited(
+    client: TestClient, accounts: Accounts
+) -> None:
+    from tests.api.accounts import PASSWORD
+
+    root, alice = accounts.headers("root"), accounts.headers("alice")
+    again = {"current_password": PASSWORD}
+    steps = [
+        client.post("/api/tenants", json={"name": "initech"}, headers=root),
+        client.post(
+            "/api/users",
+            json={"name": "ivan", "tenant": "initech", "role": "member", "password": PASSWORD},
+            headers=root,
+        ),
+        client.patch("/api/users/ivan", json={"role": "operator", **again}, headers=root),
+        client.patch("/api/users/ivan", json={"password": "ivan's new one", **again}, headers=root),
+        client.patch("/api/users/ivan", json={"disabled": True}, headers=root),
+        client.post("/api/auth/tokens", json={"name": "ci", **again}, headers=alice),
+        client.delete("/api/users/ivan", headers=root),
+        client.delete("/api/tenants/initech", headers=root),
+        client.post("/api/auth/login", json={"user": "bob", "password": "a wrong guess"}),
+    ]
+    assert [step.status_code for step in steps] == [201, 201, 200, 200, 200, 201, 200, 200, 401]
+    token_id = steps[5].json()["id"]
+    revoked = client.delete(f"/api/auth/tokens/{token_id}", headers=alice)
+    assert revoked.status_code == 204
+    events = client.get("/api/audit?rule=security", headers=root).json()
+    seen = {(e["action"], e["evidence"]["user"] or e["evidence"]["tenant"]) for e in events}
+    assert seen >= {
+        ("tenant-created", "initech"),
+        ("user-created", "ivan"),
+        ("role-changed", "ivan"),
+        ("password-set", "ivan"),
+        ("user-disabled", "ivan"),
+        ("token-created", "alice"),
+        ("token-revoked", "alice"),
+        ("user-deleted", "ivan"),
+        ("tenant-deleted", "initech"),
+        ("signin-failed", "bob"),
+    }
+    by_action = {e["action"]: e for e in events}
+    assert by_action["role-changed"]["actor"] == "api:root"
+    assert by_action["role-changed"]["evidence"]["detail"] == "member -> operator"
+    assert by_action["signin-failed"]["evidence"]["ip"] == "testclient"
+    assert all(e["at"] for e in events)
+    # Nothing secret: no password and no token in any event.
+    text = str(events)
+    assert PASSWORD not in text and "a wrong guess" not in text
+    assert steps[5].json()["token"] not in text
+    # Operators do not read other people's account history.
+    operator_view = client.get("/api/audit?rule=security", headers=accounts.headers("ops"))
+    assert operator_view.status_code == 200 and operator_view.json() == []

@@ -430,3 +430,17 @@ def test_odd_input_is_a_4xx_not_a_500(client: TestClient) -> None:
     header = client.post("/plan/run", headers={"X-CSRF-Token": "é".encode()})
     assert header.status_code == 403
     assert client.get("/plan").status_code == 200
+
+
+def test_security_events_show_on_the_audit_page_for_admins(client: TestClient) -> None:
+    failed = client.post(
+        "/signin", data={"username": "gus", "password": "not it at all"}, follow_redirects=False
+    )
+    assert failed.status_code == 401
+    sign_in(client, "ada")
+    page = client.get("/audit?rule=security")
+    assert page.status_code == 200
+    assert "signin-failed" in page.text and "gus" in page.text
+    client.cookies.clear()
+    sign_in(client, "oscar")
+    assert "signin-failed" not in client.get("/audit?rule=security").text
