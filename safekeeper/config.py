@@ -251,6 +251,10 @@ class ServerConfig(_Strict):
 class Config(_Strict):
     data_dir: Path
     source: Path | None = None
+    #: Files and directories safekeeper creates (the catalog with its password hashes,
+    #: the sessions database, stored blobs) are readable by their owner only (umask
+    #: 077; the data directory 0700). False: the process's umask decides.
+    private_files: bool = True
     database: DatabaseConfig = DatabaseConfig()
     policy: PolicyConfig = PolicyConfig()
     tasks: TasksConfig = TasksConfig()
@@ -329,9 +333,16 @@ def default_document() -> dict[str, Any]:
     }
 
 
+def make_files_private(data_dir: Path) -> None:
+    """From now on this process creates files 0600 and directories 0700 (umask 077),
+    and the data directory is made if missing (0700)."""
+    os.umask(0o077)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def write_default(data_dir: Path) -> Path:
     """Create ``data_dir/safekeeper.toml``; refuse to overwrite an existing one."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_files_private(data_dir)
     path = data_dir / CONFIG_NAME
     header = (
         "# safekeeper configuration: see docs/configuration.md.\n"

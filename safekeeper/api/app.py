@@ -78,7 +78,9 @@ def create_app(archive: Archive) -> FastAPI:
         title="safekeeper",
         version="1",
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        # No Swagger page: it loads its scripts from a public CDN (unpinned, no
+        # integrity check, broken offline). /api/openapi.json is the reference.
+        docs_url=None,
         redoc_url=None,
         # No OpenTelemetry here: otherwise FastAPI asks the global providers on every
         # request (~7 µs, a tenth of serving a small package member).

@@ -1,7 +1,7 @@
 """Packages and bundles of a namespace: zip upload, listing with play URLs, export, import.
 
 (Serving package members under ``/p`` is ``api/packages.py``.) Uploads stream through
-``server.max_upload_size``; a package that fails validation answers 422 with the
+``server.max_upload_size``; a package that fails validation answers 400 with the
 check's ``code`` and the offending ``member``, and nothing is stored.
 """
 
@@ -76,7 +76,7 @@ def _package_out(
     "/{namespace}/packages/{key:path}",
     status_code=201,
     response_model=UploadedPackageOut,
-    responses=error_responses(400, 401, 403, 404, 409, 413, 422),
+    responses=error_responses(400, 401, 403, 404, 409, 413),
     openapi_extra=raw_body("application/zip"),
 )
 async def upload_package(

@@ -118,6 +118,7 @@ def signin_submit(
     response.set_cookie(
         COOKIE,
         token,
+        max_age=int(archive.config.server.session_absolute_timeout.total_seconds()),
         httponly=True,
         samesite="lax",
         secure=_secure_cookies(request),

@@ -257,12 +257,15 @@ def _check(
             _delete(archive, [token_hash])
         _fail_revoked()
     principal = principal_of(account, "session", token_hash)
-    if now - last_seen >= TOUCH_INTERVAL:
+    # A touch at least twice per idle timeout, so a session in use never idles out
+    # (with an idle timeout under TOUCH_INTERVAL it otherwise would).
+    touch_every = min(TOUCH_INTERVAL, archive.config.server.session_idle_timeout / 2)
+    if now - last_seen >= touch_every:
         if read_only:
             return None
         _touch(archive, token_hash, now)
         return principal, now  # the touch is a commit: nothing to remember
-    return principal, min(idle_expires_at, absolute_expires_at, last_seen + TOUCH_INTERVAL)
+    return principal, min(idle_expires_at, absolute_expires_at, last_seen + touch_every)
 
 
 def _touch(archive: Archive, token_hash: str, now: datetime) -> None:

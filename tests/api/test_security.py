@@ -4,6 +4,7 @@ failed on the code before its fix."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -271,3 +272,59 @@ def test_account_and_credential_changes_and_failed_sign_ins_are_audited(
     # Operators do not read other people's account history.
     operator_view = client.get("/api/audit?rule=security", headers=accounts.headers("ops"))
     assert operator_view.status_code == 200 and operator_view.json() == []
+
+
+# -- 14: smaller items -----------------------------------------------------------------
+
+
+def test_every_file_the_default_setup_creates_is_private(tmp_path: Path) -> None:
+    """init, put, a user and a gc (which opens the sessions database): nothing in the
+    data directory is readable or writable by group or others."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SAFEKEEPER")}
+
+    def run(*args: str, stdin: bytes = b"") -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "safekeeper", *args],
+            input=stdin,
+            capture_output=True,
+            env=environ,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+
+    old = os.umask(0o022)  # the usual default: what the fix must not rely on
+    try:
+        run("init", str(data))
+        run("--data-dir", str(data), "put", "-", "--ref", "docs:a", stdin=b"secret bytes")
+        run(
+            "--data-dir", str(data), "users", "add", "ann", "--tenant", "acme", "--role",
+            "admin", "--create-tenant", "--password-stdin", stdin=b"a long password\n",
+        )  # fmt: skip
+        run("--data-dir", str(data), "gc")
+    finally:
+        os.umask(old)
+    made = [data, *data.rglob("*")]
+    names = {path.name for path in made}
+    assert {"safekeeper.db", "safekeeper.toml"} <= names, names
+    assert any(name.startswith("sessions.db") for name in names), names
+    loose = [f"{p} {oct(p.stat().st_mode & 0o777)}" for p in made if p.stat().st_mode & 0o077]
+    assert loose == []
+
+
+def test_users_of_a_deleted_tenant_are_not_listed_as_active(
+    client: TestClient, accounts: Accounts
+) -> None:
+    root = accounts.headers("root")
+    assert client.delete("/api/tenants/other", headers=root).status_code == 200
+    listed = {u["name"] for u in client.get("/api/users", headers=root).json()}
+    assert listed.isdisjoint({"otto", "olga"}) and "alice" in listed
+
+
+def test_no_swagger_page_from_a_cdn(client: TestClient) -> None:
+    assert client.get("/api/docs").status_code == 404
+    assert client.get("/api/openapi.json").status_code == 200

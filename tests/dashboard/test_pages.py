@@ -444,3 +444,10 @@ def test_security_events_show_on_the_audit_page_for_admins(client: TestClient) -
     client.cookies.clear()
     sign_in(client, "oscar")
     assert "signin-failed" not in client.get("/audit?rule=security").text
+
+
+def test_the_sign_in_cookie_lives_as_long_as_the_session(client: TestClient) -> None:
+    answer = client.post(
+        "/signin", data={"username": "mia", "password": PASSWORD}, follow_redirects=False
+    )
+    assert "Max-Age=43200" in answer.headers["set-cookie"]  # the 12 h absolute timeout

@@ -18,7 +18,7 @@ from safekeeper.db.session_models import LoginSession
 from safekeeper.errors import NotFound, RateLimited, Unauthenticated
 from safekeeper.services import accounts, sessions
 from safekeeper.services.sessions import LoginThrottle
-from tests.conftest import FakeClock
+from tests.conftest import ArchiveFactory, FakeClock
 
 PASSWORD = "correct horse battery"
 
@@ -340,3 +340,20 @@ def test_a_session_whose_tenant_differs_from_its_accounts_is_refused(
     assert _code(archive, token) == "session_revoked"
     # Only that row goes: the account's own sessions stay.
     assert sessions.validate(archive, keep).user_name == "alice"
+
+
+def test_a_session_in_use_never_idles_out_even_under_the_touch_interval(
+    make_archive: ArchiveFactory, clock: FakeClock
+) -> None:
+    """With an idle timeout (30 s) under the 60 s touch interval, a session used every
+    20 s used to expire after 30 s all the same."""
+    archive = make_archive(SAFEKEEPER__SERVER__SESSION_IDLE_TIMEOUT="30s")
+    accounts.add_user(
+        archive, "alice", tenant="acme", role="member", password=PASSWORD, create_tenant=True
+    )
+    token = _sign_in(archive)
+    for _ in range(6):
+        clock.advance(seconds=20)
+        assert sessions.validate(archive, token).user_name == "alice"
+    clock.advance(seconds=31)
+    assert _code(archive, token) == "session_expired"
