@@ -16,6 +16,7 @@ a shortcut for ``SAFEKEEPER__DATABASE__URL``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -225,16 +226,44 @@ class ServerConfig(_Strict):
     #: The HMAC key of capability URLs; default: ``package-secret`` in the data
     #: directory (made on first use, mode 0600). Set it when several servers share work.
     package_secret: str | None = None
+    #: Addresses (IPs or CIDR networks) of reverse proxies whose ``X-Forwarded-For`` and
+    #: ``X-Forwarded-Proto`` are believed. None by default: the peer address is the
+    #: client, whatever headers it sends (throttling and session lists use it).
+    trusted_proxies: list[str] = []
+    #: A request whose header block grows past this many bytes is refused (431) while
+    #: it is still being read; at most ``max_header_count`` header lines.
+    max_header_size: int = 64 * 1024
+    max_header_count: int = 100
+    #: An account's failed sign-ins past ``login_free_attempts`` in ``login_window`` make
+    #: the next attempt wait, doubling from ``login_backoff`` up to ``login_max_backoff``:
+    #: a guesser slows down, the owner is never locked out for long.
+    login_free_attempts: int = 3
+    login_backoff: timedelta = timedelta(seconds=1)
+    login_max_backoff: timedelta = timedelta(seconds=60)
 
     _durations = field_validator(
         "session_idle_timeout",
         "session_absolute_timeout",
         "login_window",
         "capability_ttl",
+        "login_backoff",
+        "login_max_backoff",
         mode="before",
     )(_duration)
 
-    _sizes = field_validator("max_upload_size", mode="before")(_size)
+    _sizes = field_validator("max_upload_size", "max_header_size", mode="before")(_size)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {entry!r} is not an IP address or network"
+                ) from None
+        return value
 
     @field_validator("capability_ttl")
     @classmethod
@@ -310,6 +339,10 @@ def _checked_origin(value: str) -> str:
 class Config(_Strict):
     data_dir: Path
     source: Path | None = None
+    #: Files and directories safekeeper creates (the catalog with its password hashes,
+    #: the sessions database, stored blobs) are readable by their owner only (umask
+    #: 077; the data directory 0700). False: the process's umask decides.
+    private_files: bool = True
     database: DatabaseConfig = DatabaseConfig()
     policy: PolicyConfig = PolicyConfig()
     tasks: TasksConfig = TasksConfig()
@@ -388,9 +421,16 @@ def default_document() -> dict[str, Any]:
     }
 
 
+def make_files_private(data_dir: Path) -> None:
+    """From now on this process creates files 0600 and directories 0700 (umask 077),
+    and the data directory is made if missing (0700)."""
+    os.umask(0o077)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def write_default(data_dir: Path) -> Path:
     """Create ``data_dir/safekeeper.toml``; refuse to overwrite an existing one."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_files_private(data_dir)
     path = data_dir / CONFIG_NAME
     header = (
         "# safekeeper configuration: see docs/configuration.md.\n"

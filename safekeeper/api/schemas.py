@@ -74,7 +74,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
         409: "conflict with the current state",
         413: "body larger than server.max_upload_size",
         416: "range not satisfiable",
-        422: "invalid request or package",
+        422: "invalid request (a body or parameter of the wrong shape)",
     }
     return {
         status: {"model": ErrorBody, "description": descriptions.get(status, "error")}

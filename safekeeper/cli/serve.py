@@ -79,6 +79,7 @@ async def _serve_both(archive: Archive, host: str, port: int, package_port: int)
     import uvicorn
 
     from safekeeper.api.app import create_app
+    from safekeeper.api.http_server import uvicorn_options
     from safekeeper.api.package_origin import create_package_app
 
     class Companion(uvicorn.Server):
@@ -86,11 +87,10 @@ async def _serve_both(archive: Archive, host: str, port: int, package_port: int)
         def capture_signals(self) -> Iterator[None]:
             yield
 
-    main = uvicorn.Server(uvicorn.Config(create_app(archive), host, port, log_level="warning"))
+    options = uvicorn_options(archive.config.server)
+    main = uvicorn.Server(uvicorn.Config(create_app(archive), host, port, **options))
     packages = Companion(
-        uvicorn.Config(
-            create_package_app(archive), host, package_port, log_level="warning", lifespan="off"
-        )
+        uvicorn.Config(create_package_app(archive), host, package_port, lifespan="off", **options)
     )
     companion = asyncio.create_task(packages.serve())
     try:

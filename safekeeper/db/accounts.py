@@ -65,7 +65,8 @@ def list_users(
     if tenant_id is not None:
         query = query.where(User.tenant_id == tenant_id)
     if not include_deleted:
-        query = query.where(User.deleted_at.is_(None))
+        # A deleted tenant's users are gone with it, whatever their own rows say.
+        query = query.where(User.deleted_at.is_(None), Tenant.deleted_at.is_(None))
     return [(user, tenant) for user, tenant in session.execute(query)]
 
 

@@ -166,6 +166,10 @@ class Reference(Base):
     blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The user who created or last re-pointed it through a tenant path (API, dashboard);
+    #: NULL when set from the CLI or before this was recorded. No foreign key: user ids
+    #: are never reused, so a hard-deleted user's id names nobody else.
+    set_by_user_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
 
 
 class AuditEntry(Base):
@@ -318,8 +322,15 @@ class ExtractedTree(Base):
 USER_ROLES = ("admin", "operator", "member")
 
 
+#: Ids of tenants, users and API tokens are never reused (SQLite would otherwise hand a
+#: hard-deleted row's id to the next row): a leftover reference to an old id must never
+#: name a new account. PostgreSQL's sequences never reuse values anyway.
+_NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
 class Tenant(Base):
     __tablename__ = "tenants"
+    __table_args__ = _NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -332,6 +343,7 @@ class User(Base):
     __table_args__ = (
         CheckConstraint("role IN ('admin', 'operator', 'member')", name="user_role"),
         Index("ix_users_tenant", "tenant_id"),
+        _NEVER_REUSE_IDS,
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
@@ -353,7 +365,7 @@ class ApiToken(Base):
     """A bearer token for API clients, stored as the SHA-256 of the token."""
 
     __tablename__ = "api_tokens"
-    __table_args__ = (Index("ix_api_tokens_user", "user_id"),)
+    __table_args__ = (Index("ix_api_tokens_user", "user_id"), _NEVER_REUSE_IDS)
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from safekeeper.services import accounts
 from tests.dashboard.conftest import Server, screenshot, sign_in
 from tests.packages.zips import build_html_package, build_zip
 
@@ -30,6 +31,8 @@ def _garbage_and_kept(server: Server, tag: str) -> tuple[str, str]:
         garbage = archive.put_bytes(f"garbage {tag}".encode(), ref=f"scratch:{tag}").sha256
         # Pointing the reference elsewhere leaves the first blob unreferenced.
         kept = archive.put_bytes(f"kept {tag}".encode(), ref=f"scratch:{tag}").sha256
+        # The operators' tenant's namespace: they may look at what it references.
+        accounts.assign_namespaces(archive, "acme", ["scratch"])
     time.sleep(1.2)
     return garbage, kept
 
