@@ -10,10 +10,11 @@ Benchmarks:
     One 4 KiB member of an HTML package, fetched over keep-alive connections by
     ``wrk`` (one thread, ``--connections``), from four servers, each one process:
 
-    - ``safekeeper``: the real app (``create_app``) serving ``/p/blob/{sha}/data/blob.bin``
-      from its extracted tree in the cache location, to a signed-in member of the
-      tenant owning the package (every request carries the ``sk_session`` cookie a
-      browser sends, so each one pays the session check and the tenant check);
+    - ``safekeeper``: the real package origin (``create_package_app``, the second
+      listener of ``safekeeper serve``) serving ``/c/{capability}/data/blob.bin`` from
+      its extracted tree in the cache location, to a member of the tenant owning the
+      package (every request pays the capability check — MAC, expiry — the viewer's
+      state and the tenant check);
     - ``StaticFiles``: Starlette's ``StaticFiles`` over the same extracted tree;
     - ``memory``: a minimal ASGI app answering the same bytes from memory (the ceiling
       of any Python app on this server stack);
@@ -98,9 +99,9 @@ static = Starlette(routes=[Mount("/s", StaticFiles(directory=TREE))])
 
 def safekeeper():
     from safekeeper import open_archive
-    from safekeeper.api.app import create_app
+    from safekeeper.api.package_origin import create_package_app
 
-    return create_app(open_archive(os.environ["BENCH_DATA_DIR"]))
+    return create_package_app(open_archive(os.environ["BENCH_DATA_DIR"]))
 """
 
 NGINX_CONF = """
@@ -169,9 +170,7 @@ def _wait_for(server: Server, timeout: float = 60) -> None:
 
 
 @contextlib.contextmanager
-def servers(
-    work: Path, data_dir: Path, tree: Path, sha: str, cookie: str
-) -> Iterator[list[Server]]:
+def servers(work: Path, data_dir: Path, tree: Path, capability: str) -> Iterator[list[Server]]:
     """Start the four servers, each on its own port; stop them at the end."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SAFEKEEPER")},
@@ -187,7 +186,11 @@ def servers(
     started: list[Server] = []
     try:
         for name, target, path in (
-            ("safekeeper", ["--factory", "bench_apps:safekeeper"], f"/p/blob/{sha}/data/blob.bin"),
+            (
+                "safekeeper",
+                ["--factory", "bench_apps:safekeeper"],
+                f"/c/{capability}/data/blob.bin",
+            ),
             ("StaticFiles", ["bench_apps:static"], "/s/data/blob.bin"),
             ("memory", ["bench_apps:memory"], "/data/blob.bin"),
         ):
@@ -199,8 +202,7 @@ def servers(
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-            headers = {"Cookie": cookie} if name == "safekeeper" else {}
-            started.append(Server(name, f"http://127.0.0.1:{port}{path}", process, headers))
+            started.append(Server(name, f"http://127.0.0.1:{port}{path}", process, {}))
         port = free_port()
         (work / "nginx-tmp").mkdir(exist_ok=True)
         conf = work / "nginx.conf"
@@ -247,17 +249,17 @@ def wrk(server: Server, seconds: int, connections: int) -> float:
     return float(found.group(1))
 
 
-def prepare(work: Path) -> tuple[Path, Path, str, str]:
+def prepare(work: Path) -> tuple[Path, Path, str]:
     """A data dir holding one HTML package (4 KiB member ``data/blob.bin``) in namespace
-    ``bench`` of tenant ``bench``, and the Cookie header of a signed-in member of that
-    tenant; the extracted tree is built by unzipping it next door (the same bytes the
-    cache holds)."""
+    ``bench`` of tenant ``bench``, and a capability for a member of that tenant to read
+    it; the extracted tree is built by unzipping it next door (the same bytes the cache
+    holds)."""
     sys.path.insert(0, str(REPO_ROOT))
     from io import BytesIO
 
     from safekeeper import open_archive
-    from safekeeper.api.auth import COOKIE
     from safekeeper.ids import parse_ref
+    from safekeeper.packages.capabilities import BlobTarget, Capability, encode, load_secret
     from safekeeper.services import accounts, sessions
     from safekeeper.services.packages import put_package
     from safekeeper.services.tenancy import claim_namespace
@@ -274,20 +276,23 @@ def prepare(work: Path) -> tuple[Path, Path, str, str]:
         with archive.db.write() as session:
             member = sessions.principal_of(account, "session", None)
             claim_namespace(session, member, "bench", archive.clock())
-        cookie = f"{COOKIE}={sessions.create_session(archive, account)}"
         sha = put_package(archive, BytesIO(data), parse_ref("bench:course")).sha256
+        expires = int(archive.clock().timestamp()) + 24 * 3600
+        capability = encode(
+            load_secret(archive.config), Capability(account.user_id, BlobTarget(sha), expires)
+        )
     tree = work / "tree"
     import zipfile
 
     with zipfile.ZipFile(BytesIO(data)) as package:
         package.extractall(tree)
-    return data_dir, tree, sha, cookie
+    return data_dir, tree, capability
 
 
 def bench_serving(settings: Settings) -> tuple[dict[str, Any], list[Row]]:
-    data_dir, tree, sha, cookie = prepare(settings.work)
+    data_dir, tree, capability = prepare(settings.work)
     samples: dict[str, list[float]] = {name: [] for name in SERVERS}
-    with servers(settings.work, data_dir, tree, sha, cookie) as started:
+    with servers(settings.work, data_dir, tree, capability) as started:
         for server in started:
             wrk(server, 1, settings.connections)  # warm-up; safekeeper extracts here
         for i in range(settings.repeats):
@@ -300,7 +305,7 @@ def bench_serving(settings: Settings) -> tuple[dict[str, Any], list[Row]]:
     ratio = medians["safekeeper"] / medians["memory"]
     result = {
         "member_bytes": 4096,
-        "safekeeper_auth": "sk_session cookie of a member of the package's tenant",
+        "safekeeper_auth": "capability URL (package origin) of a member of the package's tenant",
         "connections": settings.connections,
         "seconds_per_run": settings.seconds,
         "requests_per_second": {n: [round(v, 1) for v in s] for n, s in samples.items()},

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from safekeeper.config import Config, load_config
+from safekeeper.config import Config, load_config, make_files_private
 from safekeeper.db.catalog import sync_catalog
 from safekeeper.db.engine import SESSIONS, Database
 from safekeeper.db.models import utcnow
@@ -51,6 +51,8 @@ class Archive:
         self.config = config
         self.clock = clock
         self._migrate = migrate
+        if config.private_files:
+            make_files_private(config.data_dir)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(config.database_url, migrate=migrate)
         self._stores: dict[str, Store] = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from safekeeper.errors import BadInput
 
@@ -35,17 +35,29 @@ def parse_size(text: str | int) -> int:
 
 def parse_duration(text: str | int | float) -> timedelta:
     """``"7d"``, ``"1h30m"``, ``"90s"``; plain numbers are seconds."""
-    if isinstance(text, int | float):
-        if text < 0:
-            raise BadInput(f"duration must not be negative: {text}")
-        return timedelta(seconds=text)
-    stripped = text.replace(" ", "")
-    if stripped.isdigit():
-        return timedelta(seconds=int(stripped))
-    parts = _DURATION.findall(stripped)
-    if not parts or "".join(n + u for n, u in parts) != stripped:
-        raise BadInput(f"bad duration {text!r}: use e.g. 90s, 30m, 12h, 7d, 2w, 1h30m")
-    return timedelta(seconds=sum(float(n) * _DURATION_SECONDS[u.lower()] for n, u in parts))
+    try:
+        if isinstance(text, int | float):
+            if text < 0:
+                raise BadInput(f"duration must not be negative: {text}")
+            return timedelta(seconds=text)
+        stripped = text.replace(" ", "")
+        if stripped.isdigit():
+            return timedelta(seconds=int(stripped))
+        parts = _DURATION.findall(stripped)
+        if not parts or "".join(n + u for n, u in parts) != stripped:
+            raise BadInput(f"bad duration {text!r}: use e.g. 90s, 30m, 12h, 7d, 2w, 1h30m")
+        return timedelta(seconds=sum(float(n) * _DURATION_SECONDS[u.lower()] for n, u in parts))
+    except OverflowError:
+        raise BadInput(f"duration {text!r} is too long") from None
+
+
+def ago(now: datetime, text: str) -> datetime:
+    """The moment ``text`` (a duration) before ``now``; BadInput past the calendar."""
+    duration = parse_duration(text)
+    try:
+        return now - duration
+    except OverflowError:
+        raise BadInput(f"{text!r} ago is before the calendar starts") from None
 
 
 def format_size(size: int) -> str:

@@ -10,10 +10,20 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from safekeeper.api.auth import Name, NewPassword, RoleName, require_admin, require_operator
+from safekeeper.api.auth import (
+    Name,
+    NewPassword,
+    Password,
+    RoleName,
+    reauthenticate,
+    require_admin,
+    require_operator,
+    security_event,
+)
 from safekeeper.api.principal import Principal
 from safekeeper.api.state import archive_of
-from safekeeper.errors import BadInput
+from safekeeper.archive import Archive
+from safekeeper.errors import BadInput, NotFound
 from safekeeper.services import accounts, erasure, sessions
 from safekeeper.services.accounts import TenantView, UserView
 
@@ -40,6 +50,10 @@ class UserChange(BaseModel):
     role: RoleName | None = None
     disabled: bool | None = None
     password: NewPassword | None = None
+    revoke_tokens: bool = Field(True, description="With password: also revoke their API tokens")
+    current_password: Password | None = Field(
+        None, description="Your own password: needed to change a role or a password"
+    )
 
 
 class BulkDelete(BaseModel):
@@ -85,27 +99,52 @@ def list_users(
 
 
 @router.post("/users", status_code=201)
-def add_user(body: NewUser, request: Request, _admin: Admin) -> UserItem:
+def add_user(body: NewUser, request: Request, admin: Admin) -> UserItem:
     view = accounts.add_user(
         archive_of(request), body.name, tenant=body.tenant, role=body.role, password=body.password
+    )
+    security_event(
+        request, admin, "user-created", user=view.name, tenant=view.tenant, detail=view.role
     )
     return _item(view)
 
 
 @router.patch("/users/{name}")
-def change_user(name: NameParam, body: UserChange, request: Request, _admin: Admin) -> UserItem:
-    """Change role, disabled or password; each ends the user's sessions."""
+def change_user(name: NameParam, body: UserChange, request: Request, admin: Admin) -> UserItem:
+    """Change role, disabled or password; each ends the user's sessions. A role or a
+    password needs ``current_password`` (the admin's own); a new password revokes the
+    user's API tokens too unless ``revoke_tokens`` is false."""
     archive = archive_of(request)
-    accounts.get_user(archive, name)
+    before = accounts.get_user(archive, name)
     if body.role is None and body.disabled is None and body.password is None:
         raise BadInput("nothing to change: give role, disabled or password")
+    if body.role is not None or body.password is not None:
+        if body.current_password is None:
+            raise BadInput("give current_password (your own) to change a role or a password")
+        reauthenticate(request, admin, body.current_password)
+
+    def event(action: str, detail: str | None = None) -> None:
+        security_event(request, admin, action, user=name, tenant=before.tenant, detail=detail)
+
     if body.password is not None:
-        accounts.set_password(archive, name, body.password)
+        accounts.set_password(archive, name, body.password, revoke_tokens=body.revoke_tokens)
+        event("password-set", "API tokens revoked" if body.revoke_tokens else "API tokens kept")
     if body.role is not None:
         accounts.set_role(archive, name, body.role)
+        event("role-changed", f"{before.role} -> {body.role}")
     if body.disabled is not None:
         accounts.set_disabled(archive, name, body.disabled)
+        event("user-disabled" if body.disabled else "user-enabled")
     return _item(accounts.get_user(archive, name))
+
+
+def _tenant_of(archive: Archive, name: str) -> str | None:
+    """The user's tenant for the audit, if the user is still listed (a soft-deleted
+    user may still be erased)."""
+    try:
+        return accounts.get_user(archive, name).tenant
+    except NotFound:
+        return None
 
 
 @router.delete("/users/{name}")
@@ -117,19 +156,27 @@ def delete_user(
     hard: Annotated[bool, Query(description="Remove the row, not only mark it deleted")] = False,
 ) -> Erased:
     archive = archive_of(request)
+    tenant = _tenant_of(archive, name)
     if erase:
         report = erasure.erase_user(archive, name, actor=f"user:{admin.user_name}")
+        security_event(request, admin, "user-erased", user=name, tenant=tenant)
         return Erased.model_validate(report, from_attributes=True)
     ended = accounts.delete_users(archive, [name], hard=hard)
+    security_event(
+        request, admin, "user-deleted", user=name, tenant=tenant, detail="hard" if hard else "soft"
+    )
     return Erased(sessions_ended=ended, references=[], blobs=[], namespaces=[])
 
 
 @router.post("/users/bulk-delete")
-def bulk_delete(body: BulkDelete, request: Request, _admin: Admin) -> Ended:
+def bulk_delete(body: BulkDelete, request: Request, admin: Admin) -> Ended:
     """Delete many users at once: all named or none."""
-    return Ended(
-        sessions_ended=accounts.delete_users(archive_of(request), body.names, hard=body.hard)
-    )
+    ended = accounts.delete_users(archive_of(request), body.names, hard=body.hard)
+    for name in sorted(set(body.names)):
+        security_event(
+            request, admin, "user-deleted", user=name, detail="hard" if body.hard else "soft"
+        )
+    return Ended(sessions_ended=ended)
 
 
 @router.delete("/users/{name}/sessions")
@@ -146,11 +193,15 @@ def list_tenants(request: Request, _admin: Admin) -> list[TenantView]:
 
 
 @router.post("/tenants", status_code=201)
-def add_tenant(body: NewTenant, request: Request, _admin: Admin) -> TenantView:
-    return accounts.add_tenant(archive_of(request), body.name)
+def add_tenant(body: NewTenant, request: Request, admin: Admin) -> TenantView:
+    view = accounts.add_tenant(archive_of(request), body.name)
+    security_event(request, admin, "tenant-created", tenant=view.name)
+    return view
 
 
 @router.delete("/tenants/{name}")
-def delete_tenant(name: NameParam, request: Request, _admin: Admin) -> Ended:
+def delete_tenant(name: NameParam, request: Request, admin: Admin) -> Ended:
     """Delete a tenant: its users can no longer sign in; every session of theirs ends."""
-    return Ended(sessions_ended=accounts.delete_tenant(archive_of(request), name))
+    ended = accounts.delete_tenant(archive_of(request), name)
+    security_event(request, admin, "tenant-deleted", tenant=name)
+    return Ended(sessions_ended=ended)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 from datetime import datetime
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi import Path as PathParam
@@ -29,6 +30,7 @@ from safekeeper.api.state import archive_of
 from safekeeper.archive import Archive
 from safekeeper.errors import Forbidden, Unauthenticated
 from safekeeper.services import accounts, sessions, tokens
+from safekeeper.services.security_events import record_event
 from safekeeper.services.sessions import LoginThrottle
 
 COOKIE = "sk_session"
@@ -147,10 +149,67 @@ def _set_cookie(request: Request, response: Response, token: str) -> None:
 def _throttle(request: Request) -> LoginThrottle:
     throttle: LoginThrottle | None = getattr(request.app.state, "login_throttle", None)
     if throttle is None:
-        server = archive_of(request).config.server
-        throttle = LoginThrottle(server.login_attempts, server.login_window)
+        throttle = LoginThrottle.from_config(archive_of(request).config.server)
         request.app.state.login_throttle = throttle
     return throttle
+
+
+def from_this_site(request: Request) -> bool:
+    """Whether a sign-in request may have come from a page of another site (login CSRF:
+    a cross-site form signing the victim in as the attacker). Browsers send ``Origin``
+    on every cross-site POST (``Referer`` as the fallback); either must name this host.
+    A request with neither is not a browser's cross-site form, so it passes."""
+    host = request.headers.get("host", "")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin != "null" and urlsplit(origin).netloc == host
+    referer = request.headers.get("referer")
+    if referer is not None:
+        return urlsplit(referer).netloc == host
+    return True
+
+
+def check_from_this_site(request: Request) -> None:
+    if not from_this_site(request):
+        error = Forbidden("sign-in from another site's page refused")
+        error.code = "csrf_failed"
+        raise error
+
+
+def security_event(
+    request: Request,
+    principal: Principal,
+    action: str,
+    *,
+    user: str | None = None,
+    tenant: str | None = None,
+    detail: str | None = None,
+    via: str = "api",
+) -> None:
+    """Audit an account or credential change made by ``principal`` (see
+    ``services.security_events``), with the client's address."""
+    record_event(
+        archive_of(request),
+        action,
+        actor=f"{via}:{principal.user_name}",
+        user=user,
+        tenant=tenant,
+        ip=request.client.host if request.client else None,
+        detail=detail,
+    )
+
+
+def reauthenticate(request: Request, principal: Principal, password: str) -> None:
+    """The signed-in user proves they know their password again (under the sign-in
+    throttle) before a change that outlasts the session: a new password, a token, a
+    role. Unauthenticated (``bad_credentials``) otherwise."""
+    accounts.authenticate_throttled(
+        archive_of(request),
+        _throttle(request),
+        principal.user_name,
+        password,
+        ip=request.client.host if request.client else None,
+    )
 
 
 # -- request and response bodies -------------------------------------------------------
@@ -183,6 +242,11 @@ class SessionInfo(BaseModel):
 class PasswordChange(BaseModel):
     current_password: Password
     new_password: NewPassword
+    revoke_tokens: bool = Field(
+        True,
+        description="Also revoke your API tokens (whoever knew the old password "
+        "may have made one).",
+    )
 
 
 class Count(BaseModel):
@@ -191,6 +255,9 @@ class Count(BaseModel):
 
 class TokenRequest(BaseModel):
     name: Name
+    current_password: Password = Field(
+        description="Your password: a stolen session alone cannot mint a lasting credential."
+    )
 
 
 class NewToken(BaseModel):
@@ -226,7 +293,9 @@ _ERRORS: dict[int | str, dict[str, str]] = {
     responses={401: {"description": "Wrong user or password"}, 429: {"description": "Throttled"}},
 )
 def login(body: LoginRequest, request: Request, response: Response) -> SessionInfo:
-    """Sign in: sets the session cookie (a cookie held before is revoked: rotation)."""
+    """Sign in: sets the session cookie (a cookie held before is revoked: rotation).
+    A browser's request must come from this site (``Origin``/``Referer``)."""
+    check_from_this_site(request)
     token, principal = accounts.sign_in(
         archive_of(request),
         _throttle(request),
@@ -261,16 +330,22 @@ def change_password(
 ) -> SessionInfo:
     """Change your own password: every other session ends, this one is rotated."""
     archive = archive_of(request)
-    accounts.authenticate_throttled(
-        archive,
-        _throttle(request),
-        principal.user_name,
-        body.current_password,
-        ip=request.client.host if request.client else None,
-    )
+    reauthenticate(request, principal, body.current_password)
     current = _session_token(request) if principal.via == "session" else None
     token = accounts.set_password(
-        archive, principal.user_name, body.new_password, current_token=current
+        archive,
+        principal.user_name,
+        body.new_password,
+        current_token=current,
+        revoke_tokens=body.revoke_tokens,
+    )
+    security_event(
+        request,
+        principal,
+        "password-changed",
+        user=principal.user_name,
+        tenant=principal.tenant_name,
+        detail="API tokens revoked" if body.revoke_tokens else "API tokens kept",
     )
     if token is not None:
         _set_cookie(request, response, token)
@@ -306,8 +381,18 @@ def revoke_other_sessions(principal: CurrentPrincipal, request: Request) -> Coun
 
 @router.post("/tokens", status_code=201, responses=_ERRORS)
 def create_token(body: TokenRequest, principal: CurrentPrincipal, request: Request) -> NewToken:
-    """A new API token for you; the token is in this answer only."""
+    """A new API token for you (give your current password); the token is in this
+    answer only."""
+    reauthenticate(request, principal, body.current_password)
     view, token = tokens.create_token(archive_of(request), principal.user_id, body.name)
+    security_event(
+        request,
+        principal,
+        "token-created",
+        user=principal.user_name,
+        tenant=principal.tenant_name,
+        detail=f"token {view.id} {view.name!r}",
+    )
     return NewToken(**vars(view), token=token)
 
 
@@ -323,3 +408,11 @@ def revoke_token(
     request: Request,
 ) -> None:
     tokens.revoke_token(archive_of(request), principal.user_id, token_id)
+    security_event(
+        request,
+        principal,
+        "token-revoked",
+        user=principal.user_name,
+        tenant=principal.tenant_name,
+        detail=f"token {token_id}",
+    )

@@ -1,7 +1,7 @@
 """Packages and bundles of a namespace: zip upload, listing with play URLs, export, import.
 
-(Serving package members under ``/p`` is ``api/packages.py``.) Uploads stream through
-``server.max_upload_size``; a package that fails validation answers 422 with the
+(Members are served by the package origin, ``api/package_origin.py``.) Uploads stream
+through ``server.max_upload_size``; a package that fails validation answers 400 with the
 check's ``code`` and the offending ``member``, and nothing is stored.
 """
 
@@ -76,7 +76,7 @@ def _package_out(
     "/{namespace}/packages/{key:path}",
     status_code=201,
     response_model=UploadedPackageOut,
-    responses=error_responses(400, 401, 403, 404, 409, 413, 422),
+    responses=error_responses(400, 401, 403, 404, 409, 413),
     openapi_extra=raw_body("application/zip"),
 )
 async def upload_package(
@@ -89,12 +89,14 @@ async def upload_package(
     """Validate the zip in the body and store it under ``namespace:key:label``."""
     archive = archive_of(request)
     spec = ref_spec(namespace, key, label)
-    tenant_data.claim(archive, principal, spec.namespace)
-    outcome = await consume_body(
-        request,
-        archive.config.server.max_upload_size,
-        lambda chunks: packages.put_package(archive, reader(chunks), spec),
-    )
+    with tenant_data.claimed(archive, principal, spec.namespace):
+        outcome = await consume_body(
+            request,
+            archive.config.server.max_upload_size,
+            lambda chunks: tenant_data.on_behalf_of(
+                principal, packages.put_package, archive, reader(chunks), spec
+            ),
+        )
     return _package_out(UploadedPackageOut, spec, outcome)
 
 
@@ -171,7 +173,10 @@ def export_bundle(
 class ImportOut(ApiModel):
     namespace: str
     blobs_stored: int
-    blobs_skipped: int = Field(description="blobs the archive already held")
+    blobs_skipped: int = Field(
+        description="blobs the archive already held (admins only: for anyone else every "
+        "blob counts as stored, so an import never tells that someone else holds the bytes)"
+    )
     bytes: int
     references_created: int
     references_replaced: int
@@ -190,10 +195,12 @@ async def import_bundle(
 ) -> ImportOut:
     """Import a bundle (tar, or zstd-compressed tar) into this namespace: all or nothing."""
     archive = archive_of(request)
-    tenant_data.claim(archive, principal, check_name("namespace", namespace))
-    outcome = await consume_body(
-        request,
-        archive.config.server.max_upload_size,
-        lambda chunks: bundles.import_bundle(archive, reader(chunks), into=namespace),
-    )
-    return ImportOut.model_validate(outcome)
+    with tenant_data.claimed(archive, principal, check_name("namespace", namespace)):
+        outcome = await consume_body(
+            request,
+            archive.config.server.max_upload_size,
+            lambda chunks: tenant_data.on_behalf_of(
+                principal, bundles.import_bundle, archive, reader(chunks), into=namespace
+            ),
+        )
+    return ImportOut.model_validate(tenant_data.import_outcome_for(principal, outcome))

@@ -1,29 +1,23 @@
-"""Serving package members: ``/p/blob/{blob}/{path}`` and ``/p/{namespace}/{key}/{label}/{path}``.
+"""Package members: the serving core the package origin (``api.package_origin``) uses.
 
-A member is read from the package's extracted tree in the cache location, built on
-the first request (``packages.cache``). Blob URLs name immutable content and are cached
-for a year; reference URLs can move to another blob, so they are ``no-cache`` (the
-browser revalidates with the ETag, which names blob and member).
+A member is read from the package's extracted tree in the cache location, built on the
+first request (``packages.cache``). Blob capabilities name immutable content and are
+cached privately for a year; reference capabilities can move to another blob, so they
+are ``no-cache`` (the browser revalidates with the ETag, which names blob and member).
+Every answer, errors included, carries the caller's ``security`` headers.
 
-Every request is authenticated like an API request (``api.auth.authenticate``: the
-``sk_session`` cookie the dashboard's player iframe sends, or a bearer token) — 401
-with the API's codes otherwise — and sees only its tenant's packages: a reference in
-a namespace of another tenant, or a blob no visible namespace references, answers the
-very 404 an unknown one does, so a URL reveals nothing about other tenants. Admins
-see every package.
-
-The hot path — a known package whose tree this process has seen — does no thread
-hop and no database work beyond the session check (two indexed reads on SQLite, in
-the event loop; visibility answers are remembered by ``PackageLookup``): a small
-member is read in the event loop (page-cache reads of a few KiB cost less than
-handing them to a thread). Larger members stream from the open file in a worker
-thread, so an eviction mid-response cannot cut them short.
+The hot path — a known package whose tree this process has seen — does no thread hop
+and no database work: a small member is read in the event loop (page-cache reads of a
+few KiB cost less than handing them to a thread). Larger members stream from the open
+file in a worker thread, so an eviction mid-response cannot cut them short. Who may
+see what is answered by ``PackageLookup`` (remembered 1 s) through ``SingleFlight``.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -37,21 +31,16 @@ import anyio
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import cookie_parser
 from starlette.types import Receive, Scope, Send
 
-from safekeeper.api.auth import COOKIE, authenticate
-from safekeeper.api.errors import error_response, status_of
 from safekeeper.api.principal import Principal
 from safekeeper.api.ranges import byte_range
 from safekeeper.api.single_flight import SingleFlight
-from safekeeper.api.state import archive_of
 from safekeeper.archive import Archive
-from safekeeper.errors import PackageRejected, SafekeeperError
-from safekeeper.ids import is_blob_id
+from safekeeper.errors import PackageRejected
 from safekeeper.packages.cache import PackageCache, package_cache
 from safekeeper.packages.content_types import content_type
-from safekeeper.packages.lookup import PackageInfo, PackageLookup, ReferenceTarget
+from safekeeper.packages.lookup import PackageInfo, PackageLookup
 from safekeeper.packages.validate import MAX_PATH_BYTES, safe_member_path
 
 #: Members up to this size are read whole in the event loop; larger ones stream.
@@ -63,74 +52,22 @@ REVALIDATE = "no-cache"
 
 
 @dataclass(frozen=True)
-class _Serving:
+class Serving:
+    """What serving one archive's packages needs, made once per app."""
+
     cache: PackageCache
     lookup: PackageLookup
     flights: SingleFlight
 
-
-def is_package_request(scope: Scope) -> bool:
-    return scope["type"] == "http" and str(scope["path"]).startswith("/p/")
-
-
-class PackageServing:
-    """The ASGI handler of ``/p/...`` requests (``is_package_request``). The app calls it
-    before FastAPI's router and middleware stack on purpose: matching a path against
-    every API route, solving dependencies and the error, body-limit and telemetry
-    wrappers cost more than serving a small member does (bench/packages.py: through
-    the router, a third of the requests/s; through the wrappers, ~10% fewer)."""
-
-    def __init__(self) -> None:
-        self._serving: _Serving | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        try:
-            response = await self._dispatch(request)
-        except SafekeeperError as exc:
-            response = error_response(status_of(exc), exc.code, str(exc))
-        await response(scope, receive, send)
-
-    def _state(self, request: Request) -> _Serving:
-        if self._serving is None:
-            archive = archive_of(request)
-            self._serving = _Serving(package_cache(archive), PackageLookup(archive), SingleFlight())
-        return self._serving
-
-    async def _dispatch(self, request: Request) -> Response | _RawResponse:
-        if request.scope["method"] not in ("GET", "HEAD"):
-            return error_response(405, "method_not_allowed", "package members are GET or HEAD")
-        serving = self._state(request)
-        principal = await _principal(serving.lookup.archive, request.scope)
-        namespace, _, rest = request.scope["path"][len("/p/") :].partition("/")
-        if namespace == "blob":
-            blob, _, path = rest.partition("/")
-            if is_blob_id(blob):
-                return await _blob_member(request, serving, principal, blob, path)
-            # Not a blob id: a reference in a namespace that happens to be called "blob".
-        return await _reference_member(request, serving, principal, namespace, rest)
+    @classmethod
+    def of(cls, archive: Archive) -> Serving:
+        return cls(package_cache(archive), PackageLookup(archive), SingleFlight())
 
 
-async def _principal(archive: Archive, scope: Scope) -> Principal:
-    """The caller, from the raw headers (one pass; no Request.headers/cookies objects)."""
-    cookie: str | None = None
-    authorization: str | None = None
-    for name, value in scope["headers"]:
-        if name == b"cookie":
-            # Several Cookie headers (HTTP/2 style) are one list joined by "; ".
-            text = value.decode("latin-1")
-            cookie = text if cookie is None else f"{cookie}; {text}"
-        elif name == b"authorization":
-            authorization = value.decode("latin-1")
-    session_token = cookie_parser(cookie).get(COOKIE) if cookie is not None else None
-    return await authenticate(archive, session_token, authorization)
-
-
-async def _blob_member(
-    request: Request, serving: _Serving, principal: Principal, blob: str, path: str
-) -> Response | _RawResponse:
-    """A member of the package zip ``blob`` (64 hex), cacheable forever — by browsers:
-    ``private``, since whether a caller may read it depends on who they are."""
+async def visible_blob_package(
+    serving: Serving, principal: Principal, blob: str
+) -> PackageInfo | None:
+    """The package zip ``blob`` is, when ``principal`` may see it; else None."""
     lookup = serving.lookup
     visible = lookup.cached_blob_visible(principal, blob)
     if visible is None:
@@ -142,21 +79,10 @@ async def _blob_member(
         known, info = lookup.cached_package(blob)
         if not known:
             info = await serving.flights.run(("package", blob), lookup.package, blob)
-    if info is None:
-        return error_response(404, "not_a_package", f"blob {blob} is not a stored package")
-    return await _member_response(request, serving.cache, info, path, IMMUTABLE)
+    return info
 
 
-async def _reference_member(
-    request: Request, serving: _Serving, principal: Principal, namespace: str, rest: str
-) -> Response | _RawResponse:
-    """A member of the package a reference names: ``KEY/LABEL/PATH`` (keys may contain
-    slashes, labels may not; the shortest key that names a reference wins)."""
-    if "\x00" in namespace or "\x00" in rest:
-        # No name holds NUL, and PostgreSQL refuses it in a query (a 500, not a 404).
-        return error_response(
-            404, "not_found", f"no reference in {namespace!r} matches {rest!r} as KEY/LABEL/PATH"
-        )
+async def namespace_visible(serving: Serving, principal: Principal, namespace: str) -> bool:
     lookup = serving.lookup
     visible = lookup.cached_namespace_visible(principal, namespace)
     if visible is None:
@@ -166,56 +92,48 @@ async def _reference_member(
             principal,
             namespace,
         )
-    target: ReferenceTarget | None = None
-    if visible:
-        known, target = lookup.cached_reference(namespace, rest)
-        if not known:
-            target = await serving.flights.run(
-                ("reference", namespace, rest), lookup.reference, namespace, rest
-            )
-    if target is None:
-        return error_response(
-            404, "not_found", f"no reference in {namespace!r} matches {rest!r} as KEY/LABEL/PATH"
-        )
-    if target.package is None:
-        return error_response(
-            404,
-            "not_a_package",
-            f"{namespace}:{target.key}:{target.label} does not name a stored package",
-        )
-    return await _member_response(request, serving.cache, target.package, target.path, REVALIDATE)
+    return visible
 
 
-async def _member_response(
-    request: Request, cache: PackageCache, info: PackageInfo, path: str, cache_control: str
-) -> Response | _RawResponse:
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+async def member_response(
+    request: Request,
+    cache: PackageCache,
+    info: PackageInfo,
+    path: str,
+    cache_control: str,
+    security: Headers,
+) -> Response | RawResponse:
+    """Member ``path`` of package ``info`` (Range, conditional requests, HEAD), with the
+    ``security`` headers on every answer, errors included."""
     # Longer paths are no member's, and must not fill the memo with 16 KiB URLs.
-    member = _exact_member(path) if len(path) <= MAX_PATH_BYTES else None
+    member = exact_member(path) if len(path) <= MAX_PATH_BYTES else None
     if member is None:
-        return _no_member(info, path)
+        return _no_member(info, path, security)
     etag, last_modified, headers = _member_headers(
-        info.sha256, member, info.created_at, cache_control
+        info.sha256, member, info.created_at, cache_control, security
     )
     conditions = _conditions(request.scope)
     if _not_modified(conditions, etag, info.created_at):
-        return _RawResponse(304, list(headers[:-1]))  # no content-type: no body
+        return RawResponse(304, list(headers[:-1]))  # no content-type: no body
     opened = _open_ready(cache, info.sha256, member)
     if opened is None:
         try:
             opened = await run_in_threadpool(_open_after_ensuring, cache, info.sha256, member)
         except PackageRejected as exc:
-            return error_response(
-                500, exc.code, f"the stored package {info.sha256} cannot be extracted: {exc}"
-            )
+            message = f"the stored package {info.sha256} cannot be extracted: {exc}"
+            return json_error(500, exc.code, message, security)
     if not isinstance(opened, tuple):
-        return _no_member(info, path)
+        return _no_member(info, path, security)
     fd, size = opened
     if cache.touch_due(info.sha256):
         await run_in_threadpool(cache.touch, info.sha256)
     return _body(request, conditions, fd, size, list(headers), etag, last_modified)
 
 
-class _RawResponse:
+class RawResponse:
     """A response with its headers already in bytes: Starlette's ``Response`` encodes
     every header of every response, a fifth of the time a small member takes."""
 
@@ -229,19 +147,30 @@ class _RawResponse:
         await send({"type": "http.response.body", "body": self.body})
 
 
+def json_error(status: int, code: str, message: str, security: Headers) -> RawResponse:
+    body = json.dumps({"code": code, "message": message}).encode()
+    headers = [
+        *security,
+        (b"cache-control", b"no-store"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return RawResponse(status, headers, body)
+
+
 @lru_cache(maxsize=65536)
 def _member_headers(
-    sha256: str, member: str, created_at: datetime, cache_control: str
-) -> tuple[str, str, tuple[tuple[bytes, bytes], ...]]:
+    sha256: str, member: str, created_at: datetime, cache_control: str, security: Headers
+) -> tuple[str, str, Headers]:
     """(ETag, Last-Modified, the headers every answer for this member carries, with
     content-type last): the blob and the member name the bytes exactly."""
     etag = f'"{sha256}-{hashlib.sha256(member.encode()).hexdigest()[:16]}"'
     last_modified = format_datetime(created_at, usegmt=True)
     headers = (
+        *security,
         (b"etag", etag.encode()),
         (b"last-modified", last_modified.encode()),
         (b"cache-control", cache_control.encode()),
-        (b"x-content-type-options", b"nosniff"),
         (b"accept-ranges", b"bytes"),
         (b"content-type", content_type(member).encode()),
     )
@@ -249,7 +178,7 @@ def _member_headers(
 
 
 @lru_cache(maxsize=65536)
-def _exact_member(path: str) -> str | None:
+def exact_member(path: str) -> str | None:
     """The member path, or None when ``path`` is not one in its exact, normal form."""
     try:
         member = safe_member_path(path)
@@ -258,8 +187,9 @@ def _exact_member(path: str) -> str | None:
     return member if member == path else None
 
 
-def _no_member(info: PackageInfo, path: str) -> Response:
-    return error_response(404, "no_such_member", f"package {info.sha256} has no member {path!r}")
+def _no_member(info: PackageInfo, path: str, security: Headers) -> RawResponse:
+    message = f"package {info.sha256} has no member {path!r}"
+    return json_error(404, "no_such_member", message, security)
 
 
 _Opened = tuple[int, int] | Literal["missing"]
@@ -315,13 +245,13 @@ def _body(
     headers: list[tuple[bytes, bytes]],
     etag: str,
     last_modified: str,
-) -> Response | _RawResponse:
+) -> Response | RawResponse:
     start, length, status = 0, size, 200
     wanted = _wanted_range(conditions, size, etag, last_modified)
     if wanted == "unsatisfiable":
         os.close(fd)
         headers += [(b"content-range", f"bytes */{size}".encode()), (b"content-length", b"0")]
-        return _RawResponse(416, headers)
+        return RawResponse(416, headers)
     if wanted is not None:
         start, end = wanted
         length, status = end - start + 1, 206
@@ -329,13 +259,13 @@ def _body(
     headers.append((b"content-length", str(length).encode()))
     if request.scope["method"] == "HEAD":
         os.close(fd)
-        return _RawResponse(status, headers)
+        return RawResponse(status, headers)
     if length <= SMALL_MEMBER:
         try:
             body = os.pread(fd, length, start)
         finally:
             os.close(fd)
-        return _RawResponse(status, headers, body)
+        return RawResponse(status, headers, body)
     response = StreamingResponse(_stream(fd, start, length), status_code=status)
     response.raw_headers = headers
     return response

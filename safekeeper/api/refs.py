@@ -121,7 +121,12 @@ def publish(
     archive = archive_of(request)
     spec = ref_spec(namespace, key, packages.PUBLISHED)
     tenant_data.check_namespace(archive, principal, spec.namespace)
-    outcome = packages.publish(
-        archive, spec.namespace, spec.key, actor=tenant_data.actor_of(principal)
+    outcome = tenant_data.on_behalf_of(
+        principal,
+        packages.publish,
+        archive,
+        spec.namespace,
+        spec.key,
+        actor=tenant_data.actor_of(principal),
     )
     return PublishOut.model_validate(outcome)

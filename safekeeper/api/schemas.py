@@ -75,7 +75,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
         413: "body larger than server.max_upload_size",
         415: "body not application/octet-stream",
         416: "range not satisfiable",
-        422: "invalid request or package",
+        422: "invalid request (a body or parameter of the wrong shape)",
     }
     return {
         status: {"model": ErrorBody, "description": descriptions.get(status, "error")}

@@ -16,6 +16,8 @@ from typing import Any, BinaryIO, TypeVar
 import anyio.from_thread
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.types import Message
 
 from safekeeper.errors import BadInput, TooLarge
 from safekeeper.units import format_size
@@ -41,12 +43,38 @@ def check_declared_size(request: Request, limit: int) -> None:
 
 
 def check_spooled_size(file: BinaryIO, limit: int) -> None:
-    """Refuse a form file (already spooled by the multipart parser) larger than
-    ``limit``: a chunked body declares no Content-Length for ``check_declared_size``."""
+    """Refuse a form file (spooled by the multipart parser, within ``read_form``'s
+    bound) larger than ``limit`` itself."""
     size = file.seek(0, io.SEEK_END)
     file.seek(0)
     if size > limit:
         raise _too_large(limit)
+
+
+#: Room for a multipart form's boundaries, part headers and small fields beside its file.
+FORM_OVERHEAD = 64 * 1024
+
+
+async def read_form(request: Request, limit: int) -> FormData:
+    """Parse a multipart form whose file may be up to ``limit`` bytes, counting the body
+    as it arrives: past the limit (plus ``FORM_OVERHEAD``) it stops with TooLarge
+    instead of spooling whatever a client sends. One file, a few fields."""
+    allowed = limit + FORM_OVERHEAD
+    check_declared_size(request, allowed)
+    received = 0
+    upstream = request.receive
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await upstream()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > allowed:
+                raise _too_large(limit)
+        return message
+
+    counted = Request(request.scope, receive)
+    return await counted.form(max_files=1, max_fields=20)
 
 
 async def consume_body(request: Request, limit: int, consumer: Callable[[Iterator[bytes]], T]) -> T:

@@ -17,7 +17,7 @@ from safekeeper.engine.wait import wait_for_tasks
 from safekeeper.errors import BadInput
 from safekeeper.packages.eviction import EvictedTree, drop_orphaned_trees
 from safekeeper.services import audit, gc, holds, inventory, jobs, planner
-from safekeeper.units import format_size, parse_duration
+from safekeeper.units import ago, format_size
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 LocationOption = Annotated[str | None, typer.Option(help="Only this location.")]
@@ -224,9 +224,10 @@ def _since(text: str | None, now: datetime) -> datetime | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         try:
-            return now - parse_duration(text)
-        except BadInput:
-            raise BadInput(f"--since {text!r}: give an ISO time or an age such as 7d") from None
+            return ago(now, text)
+        except BadInput as exc:
+            hint = "give an ISO time or an age such as 7d"
+            raise BadInput(f"--since {text!r}: {hint} ({exc})") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

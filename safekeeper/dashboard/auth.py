@@ -60,6 +60,17 @@ def checked_form(request: Request, csrf_token: str = Form("")) -> None:
         raise Forbidden("the form was stale or did not come from this site; reload and retry")
 
 
+def check_form_token(request: Request, presented: object) -> None:
+    """``checked_form`` for a form the route parsed itself (a file upload, whose body
+    must not be read before the session is checked)."""
+    token = session_token(request)
+    if token is None:
+        raise SignInRequired("signin_required")
+    given = presented if isinstance(presented, str) else None
+    if not sessions.csrf_matches(token, given):
+        raise Forbidden("the form was stale or did not come from this site; reload and retry")
+
+
 def checked_header(request: Request) -> None:
     """Script posts (the upload) send the token as the API does, in ``X-CSRF-Token``."""
     token = session_token(request)

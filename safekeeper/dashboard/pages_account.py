@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
-from safekeeper.api.auth import COOKIE
+from safekeeper.api.auth import COOKIE, from_this_site, security_event
 from safekeeper.api.principal import Principal
 from safekeeper.api.state import archive_of
 from safekeeper.dashboard.auth import admin, checked_form, session_token, signed_in
@@ -33,8 +33,9 @@ def _throttle(request: Request) -> LoginThrottle:
     state = request.app.state
     throttle: LoginThrottle | None = getattr(state, "login_throttle", None)
     if throttle is None:
-        server = archive_of(request).config.server
-        throttle = state.login_throttle = LoginThrottle(server.login_attempts, server.login_window)
+        throttle = state.login_throttle = LoginThrottle.from_config(
+            archive_of(request).config.server
+        )
     return throttle
 
 
@@ -84,6 +85,17 @@ def signin_submit(
     next: Annotated[str, Form()] = "/",
 ) -> Response:
     archive = archive_of(request)
+    if not from_this_site(request):
+        return render(
+            request,
+            "signin.html",
+            {
+                "problem": "this sign-in form did not come from this site; sign in here",
+                "next": "/",
+                "username": "",
+            },
+            status_code=403,
+        )
     try:
         token, _ = accounts.sign_in(
             archive,
@@ -106,6 +118,7 @@ def signin_submit(
     response.set_cookie(
         COOKIE,
         token,
+        max_age=int(archive.config.server.session_absolute_timeout.total_seconds()),
         httponly=True,
         samesite="lax",
         secure=_secure_cookies(request),
@@ -163,7 +176,7 @@ def users_page(request: Request, _: Admin, done: str = "") -> Response:
 @router.post("/admin/users")
 def add_user_page(
     request: Request,
-    _: Admin,
+    principal: Admin,
     _csrf: CheckedForm,
     name: Annotated[str, Form()] = "",
     tenant: Annotated[str, Form()] = "",
@@ -171,11 +184,20 @@ def add_user_page(
     password: Annotated[str, Form()] = "",
 ) -> Response:
     try:
-        accounts.add_user(
+        view = accounts.add_user(
             archive_of(request), name.strip(), tenant=tenant, role=role, password=password
         )
     except SafekeeperError as exc:
         return _users(request, problem=str(exc))
+    security_event(
+        request,
+        principal,
+        "user-created",
+        user=view.name,
+        tenant=view.tenant,
+        detail=view.role,
+        via="dashboard",
+    )
     return see_other("/admin/users", done=f"user {name.strip()} added")
 
 
@@ -190,6 +212,13 @@ def disable_user_page(
     if name == principal.user_name and not enable:
         return _users(request, problem="you cannot disable yourself")
     accounts.set_disabled(archive_of(request), name, disabled=not enable)
+    security_event(
+        request,
+        principal,
+        "user-enabled" if enable else "user-disabled",
+        user=name,
+        via="dashboard",
+    )
     return see_other("/admin/users", done=f"user {name} {'enabled' if enable else 'disabled'}")
 
 
@@ -209,10 +238,11 @@ def tenants_page(request: Request, _: Admin, done: str = "") -> Response:
 
 @router.post("/admin/tenants")
 def add_tenant_page(
-    request: Request, _: Admin, _csrf: CheckedForm, name: Annotated[str, Form()] = ""
+    request: Request, principal: Admin, _csrf: CheckedForm, name: Annotated[str, Form()] = ""
 ) -> Response:
     try:
-        accounts.add_tenant(archive_of(request), name.strip())
+        view = accounts.add_tenant(archive_of(request), name.strip())
     except SafekeeperError as exc:
         return _tenants(request, problem=str(exc))
+    security_event(request, principal, "tenant-created", tenant=view.name, via="dashboard")
     return see_other("/admin/tenants", done=f"tenant {name.strip()} added")

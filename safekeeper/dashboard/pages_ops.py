@@ -10,19 +10,18 @@ from fastapi.responses import JSONResponse
 
 from safekeeper.api.principal import Principal
 from safekeeper.api.state import archive_of
+from safekeeper.archive import Archive
 from safekeeper.dashboard.auth import checked_form, operator
 from safekeeper.dashboard.gc_runs import GcRunner
 from safekeeper.dashboard.web import PageRoute, render, see_other
 from safekeeper.errors import BadInput, NotFound, SafekeeperError
-from safekeeper.ids import parse_blob_id, parse_ref
+from safekeeper.ids import is_blob_id, parse_blob_id
 from safekeeper.services.audit import read_audit
-from safekeeper.services.holds import list_holds
-from safekeeper.services.inventory import resolve_blob, stat_blob
 from safekeeper.services.planner import explain, make_plan
 from safekeeper.services.status import location_usage
 from safekeeper.services.tasks import list_tasks, retry_failed
-from safekeeper.services.tenant_data import list_namespaces, visible_audit
-from safekeeper.units import parse_duration
+from safekeeper.services.tenant_data import blob_info, resolve_visible_blob, visible_audit
+from safekeeper.units import ago
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -56,51 +55,33 @@ def blobs_page(request: Request, principal: Operator, q: str = "") -> Response:
 
 
 def _find_blob(request: Request, principal: Principal, text: str) -> str:
-    archive = archive_of(request)
-    if ":" in text:
-        # A reference names a namespace: only the principal's tenant's ones resolve.
-        visible = {n.name for n in list_namespaces(archive, principal)}
-        if parse_ref(text).namespace not in visible:
-            raise NotFound(f"no reference {text}")
-    return resolve_blob(archive, text)
+    return resolve_visible_blob(archive_of(request), principal, text, storage=True)
 
 
 @router.get("/blobs/{sha256}")
 def blob_page(request: Request, sha256: str, principal: Operator) -> Response:
-    """Copies are storage facts every operator sees (the plan shows them too);
-    references and holds only as far as the principal's tenant reaches."""
+    """What the API's blob info answers (the same visibility rule): a blob another
+    tenant references is a 404 here as there; references and holds only as far as the
+    principal's tenant reaches."""
     archive = archive_of(request)
-    status = stat_blob(archive, parse_blob_id(sha256))
-    visible = {n.name for n in list_namespaces(archive, principal)}
-    references = [r for r in status.references if principal.is_admin or r.namespace in visible]
-    holds = [
-        hold
-        for hold in list_holds(archive)
-        if hold.target == status.sha256
-        or (hold.kind == "namespace" and any(r.namespace == hold.target for r in references))
-    ]
-    verdicts = {e.location: e.decision for e in explain(archive, status.sha256)}
+    info = blob_info(archive, principal, parse_blob_id(sha256))
+    verdicts = {e.location: e.decision for e in explain(archive, info.sha256)}
     return render(
         request,
         "blob.html",
-        {
-            "blob": status,
-            "references": references,
-            "hidden_references": len(status.references) - len(references),
-            "holds": holds,
-            "verdicts": verdicts,
-        },
+        {"blob": info, "references": info.references, "holds": info.holds, "verdicts": verdicts},
     )
 
 
 @router.get("/plan")
-def plan_page(request: Request, _: Operator, explain_blob: str = "") -> Response:
+def plan_page(request: Request, principal: Operator, explain_blob: str = "") -> Response:
     archive = archive_of(request)
     explained = None
     problem = None
     if explain_blob.strip():
         try:
-            explained = (resolve_blob(archive, explain_blob), explain(archive, explain_blob))
+            sha256 = resolve_visible_blob(archive, principal, explain_blob, storage=True)
+            explained = (sha256, explain(archive, sha256))
         except SafekeeperError as exc:
             problem = str(exc)
     return render(
@@ -174,8 +155,20 @@ def _since(text: str, now: datetime) -> datetime | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        return now - parse_duration(text)
+        return ago(now, text)
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=now.tzinfo)
+
+
+def _audit_blob(archive: Archive, principal: Principal, text: str) -> str | None:
+    """The blob to filter the audit by. A full id is taken as is: the entries shown
+    are the visible ones either way, so it reveals nothing; a prefix or a reference
+    resolves only among the blobs the principal may see."""
+    text = text.strip().lower() if is_blob_id(text.strip().lower()) else text.strip()
+    if not text:
+        return None
+    if is_blob_id(text):
+        return text
+    return resolve_visible_blob(archive, principal, text, storage=True)
 
 
 @router.get("/audit")
@@ -192,7 +185,7 @@ def audit_page(
     try:
         entries = read_audit(
             archive,
-            blob=resolve_blob(archive, blob) if blob.strip() else None,
+            blob=_audit_blob(archive, principal, blob),
             location=location.strip() or None,
             rule=rule.strip() or None,
             since=_since(since, archive.clock()),

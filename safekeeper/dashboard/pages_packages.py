@@ -10,22 +10,32 @@ import io
 import tempfile
 from collections.abc import Iterator
 from typing import Annotated
-from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, File, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
+from safekeeper.api.auth import from_this_site
 from safekeeper.api.errors import status_of
+from safekeeper.api.package_redirects import player_url
 from safekeeper.api.principal import Principal
 from safekeeper.api.state import archive_of
-from safekeeper.api.uploads import check_declared_size, check_spooled_size, consume_body
-from safekeeper.dashboard.auth import checked_form, checked_header, signed_in
+from safekeeper.api.uploads import check_spooled_size, consume_body, read_form
+from safekeeper.dashboard.auth import check_form_token, checked_form, checked_header, signed_in
 from safekeeper.dashboard.web import PageRoute, render, see_other
-from safekeeper.errors import BadInput, NotFound, PackageRejected, SafekeeperError
+from safekeeper.db.refs import set_by
+from safekeeper.errors import BadInput, Forbidden, NotFound, PackageRejected, SafekeeperError
 from safekeeper.ids import RefSpec, check_key, check_name
-from safekeeper.services import bundles, packages
-from safekeeper.services.tenancy import claim_namespace, visible_namespace
-from safekeeper.services.tenant_data import list_namespaces, list_refs
+from safekeeper.packages.capabilities import RefTarget, load_secret
+from safekeeper.services import attempts, bundles, packages
+from safekeeper.services.tenancy import visible_namespace
+from safekeeper.services.tenant_data import (
+    claimed,
+    import_outcome_for,
+    list_namespaces,
+    list_refs,
+)
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -129,10 +139,13 @@ async def upload_package(
         check_name("label", label)
 
         def store(chunks: Iterator[bytes]) -> packages.PackageOutcome:
-            # Checked (and a new namespace made the tenant's) before a byte is read.
-            with archive.db.write() as session:
-                claim_namespace(session, principal, namespace, archive.clock())
-            with io.BufferedReader(_ChunkReader(chunks)) as body:
+            # Checked (and a new namespace made the tenant's) before a byte is read;
+            # gone again if the upload fails.
+            with (
+                claimed(archive, principal, namespace),
+                io.BufferedReader(_ChunkReader(chunks)) as body,
+                set_by(principal.user_id),
+            ):
                 return packages.put_package(archive, body, ref)
 
         outcome = await consume_body(request, archive.config.server.max_upload_size, store)
@@ -155,7 +168,10 @@ def publish_page(
     request: Request, namespace: str, principal: SignedIn, _: CheckedForm, key: str = ""
 ) -> Response:
     _visible(request, principal, namespace)
-    packages.publish(archive_of(request), namespace, key, actor=f"dashboard:{principal.user_name}")
+    with set_by(principal.user_id):
+        packages.publish(
+            archive_of(request), namespace, key, actor=f"dashboard:{principal.user_name}"
+        )
     return see_other(f"/namespaces/{namespace}", done=f"published {key}")
 
 
@@ -194,21 +210,30 @@ def export_page(request: Request, namespace: str, principal: SignedIn) -> Respon
 
 
 @router.post("/namespaces/{namespace}/import")
-def import_page(
-    request: Request,
-    namespace: str,
-    principal: SignedIn,
-    _: CheckedForm,
-    bundle: Annotated[UploadFile | None, File()] = None,
-) -> Response:
-    if bundle is None or not bundle.filename:
-        raise BadInput("choose a bundle file to import")
+async def import_page(request: Request, namespace: str, principal: SignedIn) -> Response:
+    """The bundle comes as a multipart form. Nothing of the body is read before the
+    session (the ``SignedIn`` dependency reads only the cookie) and the page's origin
+    are checked, and it is read under the upload limit; the form's CSRF token is
+    checked once parsed, before anything is stored."""
     archive = archive_of(request)
-    check_declared_size(request, archive.config.server.max_upload_size)
-    check_spooled_size(bundle.file, archive.config.server.max_upload_size)
-    with archive.db.write() as session:
-        claim_namespace(session, principal, namespace, archive.clock())
-    outcome = bundles.import_bundle(archive, bundle.file, into=namespace)
+    if not from_this_site(request):
+        raise Forbidden("the form did not come from this site; reload and retry")
+    form = await read_form(request, archive.config.server.max_upload_size)
+    try:
+        check_form_token(request, form.get("csrf_token"))
+        bundle = form.get("bundle")
+        if not isinstance(bundle, StarletteUploadFile) or not bundle.filename:
+            raise BadInput("choose a bundle file to import")
+        check_spooled_size(bundle.file, archive.config.server.max_upload_size)
+
+        def store() -> bundles.ImportOutcome:
+            with claimed(archive, principal, namespace), set_by(principal.user_id):
+                outcome = bundles.import_bundle(archive, bundle.file, into=namespace)
+            return import_outcome_for(principal, outcome)
+
+        outcome = await run_in_threadpool(store)
+    finally:
+        await form.close()
     return see_other(
         f"/namespaces/{namespace}",
         done=f"imported {outcome.blobs_stored} new blobs and "
@@ -224,13 +249,19 @@ def play_page(request: Request, namespace: str, rest: str, principal: SignedIn) 
         raise BadInput("play URLs are /play/NAMESPACE/KEY/LABEL")
     _visible(request, principal, namespace)
     spec = RefSpec(namespace, check_key(key), check_name("label", label))
-    package = packages.package_info(archive_of(request), str(spec))
+    archive = archive_of(request)
+    package = packages.package_info(archive, str(spec))
+    # The package plays on its own origin, by a capability for this viewer: its script
+    # never runs with the dashboard's authority (api.package_origin).
+    src, _ = player_url(
+        archive,
+        load_secret(archive.config),
+        principal.user_id,
+        RefTarget(spec.namespace, spec.key, spec.label),
+    )
+    results = attempts.results(archive, principal, namespace, spec.key)
     return render(
         request,
         "play.html",
-        {
-            "spec": spec,
-            "package": package,
-            "src": "/p/" + quote(f"{namespace}/{key}/{label}/{package.entry}"),
-        },
+        {"spec": spec, "package": package, "src": src, "results": results},
     )

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
+from safekeeper.db import attempts
 from safekeeper.db.models import ApiToken, Namespace, Tenant, User
 from safekeeper.db.quick_reads import QuickReader
 from safekeeper.errors import NotFound
@@ -64,7 +65,8 @@ def list_users(
     if tenant_id is not None:
         query = query.where(User.tenant_id == tenant_id)
     if not include_deleted:
-        query = query.where(User.deleted_at.is_(None))
+        # A deleted tenant's users are gone with it, whatever their own rows say.
+        query = query.where(User.deleted_at.is_(None), Tenant.deleted_at.is_(None))
     return [(user, tenant) for user, tenant in session.execute(query)]
 
 
@@ -125,8 +127,9 @@ def revoke_tokens_of_tenant(session: Session, tenant_id: int, now: datetime) -> 
 
 
 def detach_user_rows(session: Session, user_ids: Sequence[int]) -> None:
-    """Remove what refers to the users so their rows can go: tokens, and ownership
-    of namespaces (the namespaces stay with their tenant)."""
+    """Remove what refers to the users so their rows can go: tokens, SCORM attempts,
+    and ownership of namespaces (the namespaces stay with their tenant)."""
+    attempts.delete_for_users(session, user_ids)
     session.execute(
         update(Namespace)
         .where(Namespace.owner_user_id.in_(user_ids))

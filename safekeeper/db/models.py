@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -201,6 +202,10 @@ class Reference(Base):
     blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The user who created or last re-pointed it through a tenant path (API, dashboard);
+    #: NULL when set from the CLI or before this was recorded. No foreign key: user ids
+    #: are never reused, so a hard-deleted user's id names nobody else.
+    set_by_user_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
 
 
 class AuditEntry(Base):
@@ -353,8 +358,15 @@ class ExtractedTree(Base):
 USER_ROLES = ("admin", "operator", "member")
 
 
+#: Ids of tenants, users and API tokens are never reused (SQLite would otherwise hand a
+#: hard-deleted row's id to the next row): a leftover reference to an old id must never
+#: name a new account. PostgreSQL's sequences never reuse values anyway.
+_NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
 class Tenant(Base):
     __tablename__ = "tenants"
+    __table_args__ = _NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -367,6 +379,7 @@ class User(Base):
     __table_args__ = (
         CheckConstraint("role IN ('admin', 'operator', 'member')", name="user_role"),
         Index("ix_users_tenant", "tenant_id"),
+        _NEVER_REUSE_IDS,
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
@@ -388,7 +401,7 @@ class ApiToken(Base):
     """A bearer token for API clients, stored as the SHA-256 of the token."""
 
     __tablename__ = "api_tokens"
-    __table_args__ = (Index("ix_api_tokens_user", "user_id"),)
+    __table_args__ = (Index("ix_api_tokens_user", "user_id"), _NEVER_REUSE_IDS)
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -396,3 +409,34 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class PackageAttempt(Base):
+    """One viewer's SCORM attempt at one package key of a namespace (any label): the
+    runtime data the content committed, restored on the next launch."""
+
+    __tablename__ = "package_attempts"
+    __table_args__ = (
+        UniqueConstraint("user_id", "namespace_id", "key", name="uq_attempts_viewer_key"),
+        Index("ix_attempts_package", "namespace_id", "key"),
+        CheckConstraint("version IN ('scorm12', 'scorm2004')", name="attempt_version"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id"))
+    key: Mapped[str] = mapped_column(String(1000))
+    version: Mapped[str] = mapped_column(String(20))
+    #: 1.2 ``cmi.core.lesson_status``; 2004 ``cmi.completion_status``.
+    completion_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    #: 2004 ``cmi.success_status``; 1.2: passed/failed of the lesson status.
+    success_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    score_raw: Mapped[float | None] = mapped_column(Float, nullable=True)
+    score_max: Mapped[float | None] = mapped_column(Float, nullable=True)
+    score_scaled: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: Seconds over every session.
+    total_time: Mapped[float] = mapped_column(Float, default=0.0)
+    #: Every stored data model element, as JSON (``packages.scorm``).
+    data: Mapped[str] = mapped_column(Text)
+    commits: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -7,7 +7,9 @@ keeps that true in the same transaction, so the garbage rule can trust it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +23,21 @@ from safekeeper.db.clock import sane_now
 from safekeeper.db.models import Blob, Copy, CopyState, Hold, Namespace, Reference
 from safekeeper.errors import Conflict, NotFound, PolicyDenied
 from safekeeper.ids import RefSpec
+
+#: The user on whose behalf references are being set (tenant paths); None: the CLI or
+#: an admin tool. Recorded as ``refs.set_by_user_id`` so erasing a user takes what they
+#: set, never what a colleague set in their namespace.
+_setter: ContextVar[int | None] = ContextVar("reference_setter", default=None)
+
+
+@contextmanager
+def set_by(user_id: int | None) -> Iterator[None]:
+    """References created or re-pointed inside the block are recorded as ``user_id``'s."""
+    token = _setter.set(user_id)
+    try:
+        yield
+    finally:
+        _setter.reset(token)
 
 
 def ensure_namespace(session: Session, name: str, now: datetime) -> Namespace:
@@ -112,6 +129,7 @@ def set_reference(session: Session, spec: RefSpec, blob: Blob, now: datetime) ->
                 blob_id=blob.id,
                 created_at=now,
                 updated_at=now,
+                set_by_user_id=_setter.get(),
             )
         )
     elif reference.blob_id != blob.id:
@@ -119,6 +137,7 @@ def set_reference(session: Session, spec: RefSpec, blob: Blob, now: datetime) ->
         previous = reference.blob_id
         reference.blob_id = blob.id
         reference.updated_at = now
+        reference.set_by_user_id = _setter.get()
     blob.unreferenced_since = None
     session.flush()
     if previous is not None:
@@ -253,6 +272,7 @@ def set_references(
                     "blob_id": blob.id,
                     "created_at": now,
                     "updated_at": now,
+                    "set_by_user_id": _setter.get(),
                 }
             )
         elif reference.blob_id == blob.id:
@@ -262,6 +282,7 @@ def set_references(
             previous.add(reference.blob_id)
             reference.blob_id = blob.id
             reference.updated_at = now
+            reference.set_by_user_id = _setter.get()
     if fresh:
         session.execute(insert(Reference), fresh)
     for start in range(0, len(blob_ids), _BATCH):

@@ -92,6 +92,7 @@ class PackageLookup:
         self._references: _Memo[tuple[str, str], ReferenceTarget | None] = _Memo(ttl)
         self._namespace_visible: _Memo[tuple[int, str], bool] = _Memo(ttl)
         self._blob_visible: _Memo[tuple[int, str], bool] = _Memo(ttl)
+        self._named: _Memo[tuple[str, str, str], PackageInfo | None] = _Memo(ttl)
 
     def cached_namespace_visible(self, principal: Principal, namespace: str) -> bool | None:
         """Whether ``principal`` may see ``namespace``; None: ask ``namespace_visible``."""
@@ -195,3 +196,24 @@ class PackageLookup:
                     break
         self._references.put((namespace, rest), target)
         return target
+
+    def cached_named(self, namespace: str, key: str, label: str) -> tuple[bool, PackageInfo | None]:
+        return self._named.get((namespace, key, label))
+
+    def named(self, namespace: str, key: str, label: str) -> PackageInfo | None:
+        """The package reference ``namespace:key:label`` names, or None (no such
+        reference, or its blob is no package)."""
+        with self.archive.db.read() as session:
+            sha256 = session.scalar(
+                select(Blob.sha256)
+                .join(Reference, Reference.blob_id == Blob.id)
+                .join(Namespace, Namespace.id == Reference.namespace_id)
+                .where(Namespace.name == namespace, Reference.key == key, Reference.label == label)
+            )
+        info = None
+        if sha256 is not None:
+            known, info = self.cached_package(sha256)
+            if not known:
+                info = self.package(sha256)
+        self._named.put((namespace, key, label), info)
+        return info

@@ -28,11 +28,26 @@ _SCORM2004_NAMESPACES = ("imscp_v1p1", "adlcp_v1p3", "adlseq_v1p3", "adlnav_v1p3
 
 
 @dataclass(frozen=True)
+class Item:
+    """A launchable item of the default organization (a SCO or an asset)."""
+
+    identifier: str
+    title: str | None
+    #: Relative to the package root like ``ManifestInfo.href``.
+    href: str
+    #: ``adlcp:datafromlms`` (SCORM 1.2 ``cmi.launch_data``), if any.
+    launch_data: str | None = None
+
+
+@dataclass(frozen=True)
 class ManifestInfo:
     kind: ScormVersion
-    #: The launch href relative to the package root, query and fragment removed.
-    href: str
+    #: The launch href relative to the package root, query and fragment removed; None
+    #: when no item and no resource has an href (the package's index.html launches).
+    href: str | None
     title: str | None
+    #: The default organization's launchable items, in order (multi-SCO packages).
+    items: tuple[Item, ...] = ()
 
 
 def _local(name: str) -> str:
@@ -91,8 +106,8 @@ def parse_manifest(data: bytes, member: str) -> ManifestInfo:
             f"{member}: root element is <{_local(root.tag)}>, not <manifest>",
             member,
         )
-    href, title = _launch(root, member)
-    return ManifestInfo(_version(root, member), href, title)
+    href, title, items = _launch(root)
+    return ManifestInfo(_version(root, member), href, title, items)
 
 
 def _version(root: Element, member: str) -> ScormVersion:
@@ -116,9 +131,13 @@ def _version(root: Element, member: str) -> ScormVersion:
     )
 
 
-def _launch(root: Element, member: str) -> tuple[str, str | None]:
-    """The default organization's first item that points at a resource, else the first
-    SCO resource with an href."""
+def _launch(root: Element) -> tuple[str | None, str | None, tuple[Item, ...]]:
+    """(launch href, title, items), as leniently as the systems packages come from:
+    the default organization's (else the first organization's) first item whose
+    identifierref names a resource with an href; when there is none (no or empty
+    organizations, items naming nothing), the first SCO resource with an href, then
+    the first resource with one (what the Open edX SCORM XBlock launches); None when
+    no resource has an href (the caller falls back to index.html)."""
     resources_element = _first(root, "resources")
     resources = _children(resources_element, "resource") if resources_element is not None else []
     by_identifier = {r.get("identifier"): r for r in resources if r.get("identifier")}
@@ -126,6 +145,7 @@ def _launch(root: Element, member: str) -> tuple[str, str | None]:
 
     organizations = _first(root, "organizations")
     title: str | None = None
+    items: list[Item] = []
     if organizations is not None:
         candidates = _children(organizations, "organization")
         default = organizations.get("default")
@@ -138,19 +158,25 @@ def _launch(root: Element, member: str) -> tuple[str, str | None]:
                 if _local(item.tag) != "item" or not item.get("identifierref"):
                     continue
                 resource = by_identifier.get(item.get("identifierref"))
-                if resource is not None and resource.get("href"):
-                    return _href(base, resource), title
-                break  # the first launchable item points nowhere: fall back to the SCOs
-
-    for resource in resources:
-        if resource.get("href") and (_attribute(resource, "scormtype") or "").lower() == "sco":
-            return _href(base, resource), title
-    raise PackageRejected(
-        "manifest_invalid",
-        f"{member}: no launch page: no organization item refers to a resource with an href, "
-        "and no resource is a SCO with an href",
-        member,
-    )
+                if resource is None or not resource.get("href"):
+                    continue
+                href = _href(base, resource, item.get("parameters"))
+                data = _first(item, "datafromlms")
+                items.append(
+                    Item(
+                        item.get("identifier") or href,
+                        _text(_first(item, "title")),
+                        href,
+                        _text(data),
+                    )
+                )
+    if items:
+        return _without_query(items[0].href), title, tuple(items)
+    with_href = [r for r in resources if r.get("href")]
+    scos = [r for r in with_href if (_attribute(r, "scormtype") or "").lower() == "sco"]
+    for resource in (*scos, *with_href):
+        return _without_query(_href(base, resource)), title, ()
+    return None, title, ()
 
 
 def _xml_base(element: Element | None) -> str:
@@ -159,9 +185,19 @@ def _xml_base(element: Element | None) -> str:
     return element.get("{http://www.w3.org/XML/1998/namespace}base") or ""
 
 
-def _href(base: str, resource: Element) -> str:
-    """``xml:base`` of resources and resource, then the href, without query or fragment
-    (a member path has neither)."""
+def _href(base: str, resource: Element, parameters: str | None = None) -> str:
+    """``xml:base`` of resources and resource, then the href, with the item's
+    ``parameters`` (a query or fragment the content reads); fragments are dropped."""
     href = _xml_base(resource) + (resource.get("href") or "")
     href = base + href if base and "://" not in href else href
-    return href.split("#", 1)[0].split("?", 1)[0]
+    href = href.split("#", 1)[0]
+    if parameters:
+        parameters = parameters.strip().lstrip("?&")
+        if parameters and not parameters.startswith("#"):
+            href += ("&" if "?" in href else "?") + parameters
+    return href
+
+
+def _without_query(href: str) -> str:
+    """A member path has no query."""
+    return href.split("?", 1)[0]

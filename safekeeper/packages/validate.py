@@ -365,8 +365,19 @@ def _entry_point(
         manifest = shallowest[0]
         root = manifest.path[: -len(MANIFEST_NAME)]
         info = parse_manifest(archive.read(manifest.info), manifest.info.orig_filename)
-        entry = _launch_member(root, info.href, by_path, manifest.path)
-        return info.kind, entry, info.title
+        if info.href is not None:
+            entry = _launch_member(root, info.href, by_path, manifest.path)
+            return info.kind, entry, info.title
+        # No item and no resource names a page: the index page beside the manifest,
+        # then at the top (lenient, like the systems these packages come from).
+        for name in dict.fromkeys((*(root + n for n in INDEX_NAMES), *INDEX_NAMES)):
+            if name in by_path:
+                return info.kind, name, info.title
+        raise _reject(
+            "manifest_invalid",
+            manifest.info.orig_filename,
+            "no launch page: no item or resource has an href, and there is no index.html",
+        )
     for name in INDEX_NAMES:
         if name in by_path:
             return "html", name, _html_title(archive, by_path[name])

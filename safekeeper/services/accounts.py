@@ -22,11 +22,13 @@ from sqlalchemy.orm import Session
 
 from safekeeper.api.principal import Principal
 from safekeeper.db import accounts as queries
+from safekeeper.db import attempts
 from safekeeper.db.models import USER_ROLES, Namespace, Tenant, User
 from safekeeper.db.refs import ensure_namespace
 from safekeeper.errors import AlreadyExists, BadInput, NotFound, Unauthenticated
 from safekeeper.ids import check_name
 from safekeeper.services import sessions
+from safekeeper.services.security_events import record_event
 from safekeeper.services.sessions import LoginThrottle
 
 if TYPE_CHECKING:
@@ -219,16 +221,25 @@ def user_id_of(archive: Archive, name: str) -> int:
 
 
 def set_password(
-    archive: Archive, name: str, password: str, *, current_token: str | None = None
+    archive: Archive,
+    name: str,
+    password: str,
+    *,
+    current_token: str | None = None,
+    revoke_tokens: bool = True,
 ) -> str | None:
-    """A new password ends every session of the user. With ``current_token`` (the
-    user changing their own) that session is rotated instead: the new token is returned
-    and the old one is dead."""
+    """A new password ends every session of the user and (unless ``revoke_tokens`` is
+    False) revokes their API tokens: whoever knew the old password may have made one.
+    With ``current_token`` (the user changing their own) that session is rotated
+    instead: the new token is returned and the old one is dead."""
     password_hash = hash_password(password)
+    now = archive.clock()
     with archive.db.write() as session:
         user = queries.user_named(session, name)
         user.password_hash = password_hash
         user_id = user.id
+        if revoke_tokens:
+            queries.revoke_tokens_of(session, [user_id], now)
         account = queries.active_account(session, user_id)
     sessions.end_user_sessions(archive, [user_id])
     if current_token is None or account is None:
@@ -277,6 +288,7 @@ def delete_users(archive: Archive, names: Sequence[str], *, hard: bool = False) 
                 .execution_options(synchronize_session=False)
             )
             queries.revoke_tokens_of(session, user_ids, now)
+            attempts.delete_for_users(session, user_ids)
     return sessions.end_user_sessions(archive, user_ids)
 
 
@@ -319,7 +331,17 @@ def authenticate_throttled(
     now = archive.clock()
     keys = [f"user:{name}", f"ip:{ip or '?'}"]
     throttle.begin(keys, now)
-    account = authenticate(archive, name, password)
+    try:
+        account = authenticate(archive, name, password)
+    except Unauthenticated:
+        # Audited, at most as often as the throttle lets guesses through; the name
+        # tried is recorded (it may not exist), never the password.
+        limits = throttle.limits_reached(keys, now)
+        detail = "; ".join(["wrong user name or password", *limits])
+        record_event(
+            archive, "signin-failed", actor=name[:200], user=name[:200], ip=ip, detail=detail
+        )
+        raise
     throttle.succeed(keys, now)
     return account
 

@@ -8,6 +8,7 @@ straight from the stream in large pieces, never through ``tarfile``'s small buff
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -24,6 +25,14 @@ VERSION = 1
 MANIFEST_NAME = "manifest.json"
 #: The manifest is read into memory; this bounds it (over a million references).
 MAX_MANIFEST_SIZE = 256 * 1024 * 1024
+#: A manifest has at most one JSON value or container per this many bytes (a real one
+#: has one per ~25): checked before parsing, so ``[{},{},…]`` cannot make 24 bytes of
+#: Python objects out of each 3 bytes of input. Parsing then costs a few times its size.
+MANIFEST_BYTES_PER_VALUE = 16
+#: Decompressed bytes allowed per compressed byte read, past the first ``RATIO_FLOOR``:
+#: a few KiB of zstd that unpack to gigabytes of zeros are refused early.
+MAX_RATIO = 1024
+RATIO_FLOOR = 64 * 1024 * 1024
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 READ_SIZE = 4 * 1024 * 1024
 PIECE = 256 * 1024
@@ -115,8 +124,21 @@ class Manifest(_Entry):
         return sum(blob.size for blob in self.blobs)
 
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def check_manifest_density(data: bytes) -> None:
+    """BadInput unless the JSON has at most one value per ``MANIFEST_BYTES_PER_VALUE``
+    bytes (strings count as one value, whatever their length)."""
+    structure = _JSON_STRING.sub(b"0", data)
+    values = structure.count(b",") + structure.count(b"{") + structure.count(b"[")
+    if values > len(data) // MANIFEST_BYTES_PER_VALUE + 64:
+        raise BadInput("bundle manifest is not a safekeeper manifest (far too many values)")
+
+
 def parse_manifest(data: bytes) -> Manifest:
     """The manifest, or BadInput saying what is wrong with it."""
+    check_manifest_density(data)
     try:
         raw = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -208,11 +230,14 @@ class BundleReader:
     def __init__(self, source: BinaryIO) -> None:
         head = _read_up_to(source, len(ZSTD_MAGIC))
         self._read: Callable[[int], bytes]
+        self._compressed: _Prefixed | None = None
+        self._decompressed = 0
         if head == ZSTD_MAGIC:
             # stream_reader bounds each read's output (a zstd bomb cannot blow memory
             # up); a stream cut short is caught by the tar-level checks instead.
+            self._compressed = _Prefixed(head, source)
             decompressed = zstandard.ZstdDecompressor().stream_reader(
-                _Prefixed(head, source),  # type: ignore[arg-type]  # read() is all it uses
+                self._compressed,  # type: ignore[arg-type]  # read() is all it uses
                 read_size=1024 * 1024,
                 read_across_frames=True,
             )
@@ -271,9 +296,18 @@ class BundleReader:
 
     def _fill(self, size: int) -> bytes:
         try:
-            return self._read(size)
+            data = self._read(size)
         except zstandard.ZstdError as exc:
             raise BadInput(f"bundle is damaged inside {self.what} (zstd: {exc})") from None
+        if self._compressed is not None:
+            self._decompressed += len(data)
+            allowed = max(RATIO_FLOOR, MAX_RATIO * self._compressed.consumed)
+            if self._decompressed > allowed:
+                raise BadInput(
+                    f"bundle unpacks to more than {MAX_RATIO} times its compressed size "
+                    f"near {self.what}: refused as a decompression bomb"
+                )
+        return data
 
 
 class MemberBody:
@@ -304,12 +338,17 @@ class _Prefixed:
     def __init__(self, head: bytes, source: BinaryIO) -> None:
         self._head = head
         self._source = source
+        #: Bytes handed out so far (the compressed size, for the ratio check).
+        self.consumed = 0
 
     def read(self, size: int = -1) -> bytes:
         if self._head:
             head, self._head = self._head, b""
+            self.consumed += len(head)
             return head
-        return self._source.read(size)
+        data = self._source.read(size)
+        self.consumed += len(data)
+        return data
 
 
 def _read_up_to(source: BinaryIO, size: int) -> bytes:
@@ -338,16 +377,18 @@ def next_member(tar: tarfile.TarFile, reader: BundleReader) -> tarfile.TarInfo |
 
 
 def check_end(tar: tarfile.TarFile, reader: BundleReader) -> None:
-    """After the last member: the end-of-archive marker (two zero blocks), then only
-    zeros until the stream ends."""
+    """After the last member: the end-of-archive marker (two zero blocks), then at most
+    the zeros that pad the tar's last record, then the end of the stream. Nothing more
+    is read: megabytes of (well-compressed) zeros after the marker are refused, not
+    unpacked."""
     reader.what = "the end-of-archive marker"
     reader.seek(tar.offset)
     marker = reader.read_exactly(2 * BLOCK)
     if marker.strip(b"\0"):
         raise BadInput("bundle has an unexpected member or data after its last blob")
-    while piece := reader.read(READ_SIZE):
-        if piece.strip(b"\0"):
-            raise BadInput("bundle has data after its end-of-archive marker")
+    padding = reader.read(tarfile.RECORDSIZE)
+    if padding.strip(b"\0") or reader.read(1):
+        raise BadInput("bundle has data after its end-of-archive marker")
 
 
 def read_manifest(tar: tarfile.TarFile, reader: BundleReader) -> Manifest:

@@ -1,10 +1,17 @@
 """Erasing a user: their own namespaces' references go, then the user does.
 
-Erasure does not delete bytes itself. It removes every reference in the namespaces
-the user owns (``namespaces.owner_user_id``), so each blob nobody else references
-becomes garbage (``blobs.unreferenced_since``); after the policy's grace period gc
-deletes every copy of it, everywhere, through the same checked and audited path as
-any other deletion (rule ``garbage``). Blobs other namespaces still reference stay.
+Erasure takes what is the user's alone: the references in the namespaces they own
+(``namespaces.owner_user_id``) that they set (``refs.set_by_user_id``), or that no
+one is recorded as setting (the CLI, or before 0006). If a colleague set a reference
+in one of those namespaces, others depend on it: erasure refuses (Conflict) and
+lists those references, and nothing changes; an admin first gives the namespace to
+another owner (``tenant assign --owner``), then erases.
+
+Erasure does not delete bytes itself. It removes those references, so each blob
+nobody else references becomes garbage (``blobs.unreferenced_since``); after the
+policy's grace period gc deletes every copy of it, everywhere, through the same
+checked and audited path as any other deletion (rule ``garbage``). Blobs other
+namespaces still reference stay.
 
 The trail ties the two together: one audit row per removed reference (action
 ``erase``, the blob's SHA-256, the user and the reference in reason and evidence),
@@ -14,14 +21,16 @@ namespace on hold refuses (PolicyDenied) and nothing is removed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, exists, select
 
 from safekeeper.db import accounts as queries
-from safekeeper.db import audit, refs
+from safekeeper.db import attempts, audit, refs
 from safekeeper.db.models import Blob, Hold, Namespace, Reference
+from safekeeper.errors import Conflict
 from safekeeper.ids import RefSpec
 from safekeeper.services import sessions
 from safekeeper.services.accounts import hard_delete_users
@@ -30,6 +39,18 @@ if TYPE_CHECKING:
     from safekeeper.archive import Archive
 
 ACTION = "erase"
+#: At most this many of the references others depend on are named in the refusal.
+_NAMED = 20
+
+
+def split_erasure(
+    user_id: int, references: Sequence[tuple[str, int | None]]
+) -> tuple[list[str], list[str]]:
+    """The references (name, who set them) of the user's namespaces, split into those
+    erasure takes (set by the user or unattributed) and those others depend on."""
+    taken = [name for name, setter in references if setter in (None, user_id)]
+    others = [name for name, setter in references if setter not in (None, user_id)]
+    return taken, others
 
 
 @dataclass
@@ -53,13 +74,30 @@ def erase_user(archive: Archive, name: str, *, actor: str) -> ErasureReport:
             .where(Namespace.owner_user_id == user_id)
             .order_by(Namespace.name)
         ).all()
-        rows = session.execute(
-            select(Namespace.name, Reference.key, Reference.label, Blob.sha256)
+        found = session.execute(
+            select(
+                Namespace.name,
+                Reference.key,
+                Reference.label,
+                Blob.sha256,
+                Reference.set_by_user_id,
+            )
             .join(Namespace, Reference.namespace_id == Namespace.id)
             .join(Blob, Reference.blob_id == Blob.id)
             .where(Namespace.owner_user_id == user_id)
             .order_by(Namespace.name, Reference.key, Reference.label)
         ).all()
+        _, others = split_erasure(
+            user_id, [(str(RefSpec(n, k, lb)), setter) for n, k, lb, _, setter in found]
+        )
+        if others:
+            named = ", ".join(others[:_NAMED]) + (" …" if len(others) > _NAMED else "")
+            raise Conflict(
+                f"cannot erase user {name}: {len(others)} reference(s) in their namespaces "
+                f"were set by other users, who depend on them: {named}; give those "
+                "namespaces to another owner first (tenant assign --owner)"
+            )
+        rows = [(n, k, lb, sha) for n, k, lb, sha, _ in found]
         entries: list[dict[str, Any]] = []
         for namespace, key, label, sha256 in rows:
             spec = RefSpec(namespace, key, label)
@@ -93,6 +131,7 @@ def erase_user(archive: Archive, name: str, *, actor: str) -> ErasureReport:
         # named one: the hold's history keeps its namespace.
         ever_held = exists().where(Hold.namespace_id == Namespace.id)
         namespace_ids = [namespace_id for namespace_id, _ in owned]
+        attempts.delete_for_namespaces(session, namespace_ids)
         gone = session.execute(
             delete(Namespace)
             .where(Namespace.id.in_(namespace_ids), ~ever_held)

@@ -43,6 +43,7 @@ from safekeeper.errors import NotFound, RateLimited, Unauthenticated
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
+    from safekeeper.config import ServerConfig
 
 TOKEN_BYTES = 32
 #: last_seen and the idle expiry move at most this often: validation stays a read.
@@ -73,8 +74,15 @@ def csrf_token(token: str) -> str:
     return hashlib.sha256(b"csrf:" + token.encode()).hexdigest()
 
 
+def same_text(expected: str, presented: str) -> bool:
+    """Constant-time comparison of any two strings: ``hmac.compare_digest`` raises
+    TypeError on non-ASCII ``str`` (a 500 for a header or path a client chose)."""
+    encoded = presented.encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(expected.encode(), encoded)
+
+
 def csrf_matches(token: str, presented: str | None) -> bool:
-    return presented is not None and hmac.compare_digest(csrf_token(token), presented)
+    return presented is not None and same_text(csrf_token(token), presented)
 
 
 def principal_of(
@@ -150,6 +158,7 @@ def create_session(
 
 _SESSION_ROW = select(
     LoginSession.user_id,
+    LoginSession.tenant_id,
     LoginSession.last_seen,
     LoginSession.idle_expires_at,
     LoginSession.absolute_expires_at,
@@ -229,25 +238,34 @@ def _check(
     row = archive.sessions_db.quick.first(_SESSION_ROW, {"token_hash": token_hash})
     if row is None:
         _fail_revoked()
-    user_id, last_seen, idle_expires_at, absolute_expires_at = row
+    user_id, tenant_id, last_seen, idle_expires_at, absolute_expires_at = row
     if now >= idle_expires_at or now >= absolute_expires_at:
         if read_only:
             return None
         _delete(archive, [token_hash])
         raise Unauthenticated("the session has expired; sign in again", "session_expired")
     account = account_queries.active_account(archive.db.quick, user_id)
-    if account is None:
+    # The tenant stored at sign-in must still be the account's: a row that outlived its
+    # user (a crash between deleting the user and their sessions) never passes as
+    # someone else's, even where an id could be reused.
+    if account is None or account.tenant_id != tenant_id:
         if read_only:
             return None
-        end_user_sessions(archive, [user_id])
+        if account is None:
+            end_user_sessions(archive, [user_id])
+        else:  # this row only: the account's own sessions are not at fault
+            _delete(archive, [token_hash])
         _fail_revoked()
     principal = principal_of(account, "session", token_hash)
-    if now - last_seen >= TOUCH_INTERVAL:
+    # A touch at least twice per idle timeout, so a session in use never idles out
+    # (with an idle timeout under TOUCH_INTERVAL it otherwise would).
+    touch_every = min(TOUCH_INTERVAL, archive.config.server.session_idle_timeout / 2)
+    if now - last_seen >= touch_every:
         if read_only:
             return None
         _touch(archive, token_hash, now)
         return principal, now  # the touch is a commit: nothing to remember
-    return principal, min(idle_expires_at, absolute_expires_at, last_seen + TOUCH_INTERVAL)
+    return principal, min(idle_expires_at, absolute_expires_at, last_seen + touch_every)
 
 
 def _touch(archive: Archive, token_hash: str, now: datetime) -> None:
@@ -326,7 +344,7 @@ def revoke_session(archive: Archive, user_id: int, session_id: str) -> None:
         hashes = session.scalars(
             select(LoginSession.token_hash).where(LoginSession.user_id == user_id)
         ).all()
-        matching = [h for h in hashes if hmac.compare_digest(public_id(h), session_id)]
+        matching = [h for h in hashes if same_text(public_id(h), session_id)]
         if not matching:
             raise NotFound(f"no session {session_id!r}")
         session.execute(delete(LoginSession).where(LoginSession.token_hash.in_(matching)))
@@ -347,6 +365,13 @@ def purge_expired(archive: Archive) -> int:
 class LoginThrottle:
     """Failed sign-ins per account and per client address, in a sliding window.
 
+    A client address that failed ``attempts`` times in the window is refused until the
+    oldest failure leaves it. An account is never locked: past ``free_attempts``
+    failures each next attempt waits ``backoff``, doubled per further failure, at most
+    ``max_backoff`` after the last one. Guessing from many addresses slows to one try
+    per ``max_backoff``, and the owner, whose address has not failed, waits at most
+    that long (a hard lock let anyone lock anyone out for the whole window).
+
     In-process: each server process counts its own failures, so N processes allow up
     to N times ``attempts``. That bounds online guessing well enough for one server;
     a fleet behind a balancer would want the counts in a shared store.
@@ -355,11 +380,40 @@ class LoginThrottle:
     #: Forget idle keys past this many, so a flood of names cannot grow memory unbounded.
     MAX_KEYS = 100_000
 
-    def __init__(self, attempts: int, window: timedelta) -> None:
+    def __init__(
+        self,
+        attempts: int,
+        window: timedelta,
+        *,
+        free_attempts: int = 3,
+        backoff: timedelta = timedelta(seconds=1),
+        max_backoff: timedelta = timedelta(seconds=60),
+    ) -> None:
         self.attempts = attempts
         self.window = window
+        self.free_attempts = free_attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
         self._failures: dict[str, list[datetime]] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, server: ServerConfig) -> LoginThrottle:
+        return cls(
+            server.login_attempts,
+            server.login_window,
+            free_attempts=server.login_free_attempts,
+            backoff=server.login_backoff,
+            max_backoff=server.login_max_backoff,
+        )
+
+    def account_delay(self, failures: int) -> timedelta:
+        """How long after its last failure an account with ``failures`` recent failures
+        waits before the next attempt (zero within the free attempts)."""
+        if failures < self.free_attempts:
+            return timedelta(0)
+        doublings = min(failures - self.free_attempts, 30)
+        return min(self.max_backoff, self.backoff * (1 << doublings))
 
     def _recent(self, key: str, now: datetime) -> list[datetime]:
         kept = [moment for moment in self._failures.get(key, ()) if now - moment < self.window]
@@ -370,11 +424,21 @@ class LoginThrottle:
         return kept
 
     def begin(self, keys: Sequence[str], now: datetime) -> None:
-        """Count an attempt against every key, or RateLimited if any key has used up
-        its attempts. Counted before the password is checked, in one locked step, so
-        guesses sent in parallel cannot all pass the check while none has failed yet."""
+        """Count an attempt against every key (``keys[0]`` the account, the rest client
+        addresses), or RateLimited if an address has used up its attempts or the
+        account's backoff has not passed. Counted before the password is checked, in one
+        locked step, so guesses sent in parallel cannot all pass the check while none
+        has failed yet."""
         with self._lock:
-            for key in keys:
+            account = self._recent(keys[0], now)
+            if account:
+                ready = account[-1] + self.account_delay(len(account))
+                if now < ready:
+                    raise RateLimited(
+                        "too many failed sign-ins for this account; try again shortly",
+                        max(1, math.ceil((ready - now).total_seconds())),
+                    )
+            for key in keys[1:]:
                 recent = self._recent(key, now)
                 if len(recent) >= self.attempts:
                     wait = recent[0] + self.window - now
@@ -387,6 +451,20 @@ class LoginThrottle:
                     self._recent(key, now)
             for key in keys:
                 self._failures.setdefault(key, []).append(now)
+
+    def limits_reached(self, keys: Sequence[str], now: datetime) -> list[str]:
+        """After a failure ``begin`` counted: which limits now hold back the next
+        attempt (for the audit log: the account's backoff, an address's block)."""
+        with self._lock:
+            reached = []
+            account = self._recent(keys[0], now)
+            delay = self.account_delay(len(account))
+            if delay:
+                reached.append(f"account backs off {delay.total_seconds():g}s")
+            for key in keys[1:]:
+                if len(self._recent(key, now)) >= self.attempts:
+                    reached.append(f"address {key.removeprefix('ip:')} blocked")
+            return reached
 
     def succeed(self, keys: Sequence[str], now: datetime) -> None:
         """The attempt ``begin`` counted succeeded: the account (``keys[0]``) starts

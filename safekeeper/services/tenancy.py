@@ -64,9 +64,16 @@ def claim_namespace(session: Session, principal: Principal, name: str, now: date
     The insert is conflict-tolerant, so two users claiming the same new name at once
     end with one owner; the loser sees NotFound unless both are in the same tenant.
     """
+    return claim_namespace_created(session, principal, name, now)[0]
+
+
+def claim_namespace_created(
+    session: Session, principal: Principal, name: str, now: datetime
+) -> tuple[Namespace, bool]:
+    """``claim_namespace``, and whether this call created it (its insert won)."""
     check_name("namespace", name)
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(
+    result = session.execute(
         insert(Namespace)
         .values(
             name=name,
@@ -76,4 +83,5 @@ def claim_namespace(session: Session, principal: Principal, name: str, now: date
         )
         .on_conflict_do_nothing(index_elements=["name"])
     )
-    return visible_namespace(session, principal, name)
+    created = int(result.rowcount) == 1  # type: ignore[attr-defined]
+    return visible_namespace(session, principal, name), created

@@ -11,46 +11,104 @@ content.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from sqlalchemy import ColumnElement, exists, func, or_, select, true
+from sqlalchemy import ColumnElement, delete, exists, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from safekeeper.api.principal import Principal
 from safekeeper.db.copies import copies_of_blob
 from safekeeper.db.models import Blob, Hold, Namespace, Reference, Tenant
-from safekeeper.db.refs import ReferenceView, list_references
+from safekeeper.db.refs import ReferenceView, list_references, set_by
+from safekeeper.db.refs import resolve as resolve_reference
 from safekeeper.errors import BadInput, NotFound
-from safekeeper.ids import RefSpec
+from safekeeper.ids import BLOB_ID_LENGTH, RefSpec, is_blob_id, parse_ref
 from safekeeper.services import ingest, inventory, refs
 from safekeeper.services.audit import AuditView
+from safekeeper.services.bundle_import import ImportOutcome
 from safekeeper.services.ingest import PutOutcome
-from safekeeper.services.tenancy import claim_namespace, visible_namespace, visible_namespace_filter
+from safekeeper.services.tenancy import (
+    claim_namespace,
+    claim_namespace_created,
+    visible_namespace,
+    visible_namespace_filter,
+)
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
 
 
-def _visible_blob_clause(principal: Principal) -> ColumnElement[bool]:
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _visible_blob_clause(principal: Principal, *, storage: bool = False) -> ColumnElement[bool]:
+    """Which blobs ``principal`` may look up — the one rule for the API and the dashboard.
+
+    ``storage``: a look at storage facts (copies, verdicts, audit), not at content or
+    references. Operators then also see blobs that no namespace references at all
+    (garbage: the plan lists it), never a blob only other tenants reference.
+    """
     if principal.is_admin:
         return true()
-    return exists().where(
+    seen = exists().where(
         Reference.blob_id == Blob.id,
         Reference.namespace_id == Namespace.id,
         visible_namespace_filter(principal),
     )
+    if storage and principal.is_operator:
+        return or_(seen, ~exists().where(Reference.blob_id == Blob.id))
+    return seen
 
 
-def visible_blob(session: Session, principal: Principal, sha256: str) -> Blob:
+def visible_blob(
+    session: Session, principal: Principal, sha256: str, *, storage: bool = False
+) -> Blob:
     blob = session.scalar(
-        select(Blob).where(Blob.sha256 == sha256, _visible_blob_clause(principal))
+        select(Blob).where(Blob.sha256 == sha256, _visible_blob_clause(principal, storage=storage))
     )
     if blob is None:
         raise NotFound(f"no blob {sha256}")
     return blob
+
+
+def resolve_visible_blob(
+    archive: Archive, principal: Principal, text: str, *, storage: bool = False
+) -> str:
+    """A blob id, a unique id prefix (≥ 6 hex) or ``NAMESPACE:KEY[:LABEL]``, resolved
+    among the blobs ``principal`` may see: one that exists elsewhere answers exactly like
+    one that does not (NotFound with the same message), and a prefix is ambiguous only
+    among visible blobs."""
+    text = text.strip()
+    clause = _visible_blob_clause(principal, storage=storage)
+    with archive.db.read() as session:
+        if ":" in text:
+            spec = parse_ref(text)
+            try:
+                visible_namespace(session, principal, spec.namespace)
+                return resolve_reference(session, spec).sha256
+            except NotFound:
+                raise NotFound(f"no reference {spec}") from None
+        candidate = text.lower()
+        if is_blob_id(candidate):
+            return visible_blob(session, principal, candidate, storage=storage).sha256
+        if 6 <= len(candidate) < BLOB_ID_LENGTH and all(c in "0123456789abcdef" for c in candidate):
+            matches = session.scalars(
+                select(Blob.sha256).where(Blob.sha256.startswith(candidate), clause).limit(2)
+            ).all()
+            if not matches:
+                raise NotFound(f"no blob starts with {candidate}")
+            if len(matches) > 1:
+                raise BadInput(f"blob prefix {candidate} is ambiguous; give more characters")
+            return matches[0]
+    raise BadInput(
+        f"{text!r} is neither a blob id (64 hex, or a unique prefix of at least 6) "
+        "nor a reference NAMESPACE:KEY[:LABEL]"
+    )
 
 
 @dataclass(frozen=True)
@@ -60,6 +118,7 @@ class HoldSummary:
     target: str
     reason: str
     created_at: datetime
+    created_by: str
 
 
 @dataclass(frozen=True)
@@ -89,31 +148,74 @@ def _holds_on(session: Session, principal: Principal, blob: Blob) -> list[HoldSu
             name if name is not None else blob.sha256,
             hold.reason,
             hold.created_at,
+            hold.created_by,
         )
         for hold, name in rows
     ]
 
 
+def _from_tenants_view(
+    principal: Principal, info: BlobInfo, references: list[ReferenceView]
+) -> BlobInfo:
+    """The blob as the principal's tenant knows it: it came into being when the tenant
+    first referenced it, and nothing of its copies' history before that moment shows
+    (the same bytes may have been stored long before, by someone else: telling when
+    would say that they were)."""
+    if principal.is_admin or not references:
+        return info
+    first = min(reference.updated_at for reference in references)
+
+    def since(moment: datetime | None) -> datetime | None:
+        return moment if moment is not None and moment >= first else None
+
+    copies = [
+        replace(
+            copy,
+            created_at=max(copy.created_at, first),
+            verified_at=since(copy.verified_at),
+            last_access=since(copy.last_access),
+        )
+        for copy in info.copies
+    ]
+    return replace(info, created_at=first, copies=copies)
+
+
+def import_outcome_for(principal: Principal, outcome: ImportOutcome) -> ImportOutcome:
+    """What an import tells the principal: for tenant users every blob of the bundle
+    counts as stored, so the answer never says that the archive already held some
+    bytes (another tenant's, perhaps). Admins get the storage facts."""
+    if principal.is_admin:
+        return outcome
+    return replace(
+        outcome, blobs_stored=outcome.blobs_stored + outcome.blobs_skipped, blobs_skipped=0
+    )
+
+
 def blob_info(archive: Archive, principal: Principal, sha256: str) -> BlobInfo:
+    """Storage facts of a blob (the API's blob info and the dashboard's blob page):
+    references and holds only in namespaces ``principal`` may see, times only from
+    when its tenant first referenced it."""
     with archive.db.read() as session:
-        blob = visible_blob(session, principal, sha256)
+        blob = visible_blob(session, principal, sha256, storage=True)
         visible = {
             name
             for (name,) in session.execute(
                 select(Namespace.name).where(visible_namespace_filter(principal))
             )
         }
-        return BlobInfo(
+        references = [
+            r for r in list_references(session, blob_id=blob.id) if r.namespace in visible
+        ]
+        info = BlobInfo(
             sha256=blob.sha256,
             size=blob.size,
             created_at=blob.created_at,
             unreferenced_since=blob.unreferenced_since,
             copies=copies_of_blob(session, blob.id),
-            references=[
-                r for r in list_references(session, blob_id=blob.id) if r.namespace in visible
-            ],
+            references=references,
             holds=_holds_on(session, principal, blob),
         )
+    return _from_tenants_view(principal, info, references)
 
 
 def open_visible_blob(
@@ -136,9 +238,19 @@ def put_blob(
     if ref is None:
         if not principal.is_admin:
             raise BadInput("give ?ref=NAMESPACE:KEY[:LABEL]: an upload needs a reference")
-    else:
-        claim(archive, principal, ref.namespace)
-    return ingest.put_stream(archive, source, ref)
+        with set_by(principal.user_id):
+            return ingest.put_stream(archive, source, ref)
+    with claimed(archive, principal, ref.namespace), set_by(principal.user_id):
+        return ingest.put_stream(archive, source, ref)
+
+
+def on_behalf_of(
+    principal: Principal, action: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+) -> _T:
+    """Run ``action`` with the references it sets recorded as ``principal``'s (what
+    erasing them takes: ``services.erasure``)."""
+    with set_by(principal.user_id):
+        return action(*args, **kwargs)
 
 
 def actor_of(principal: Principal) -> str:
@@ -151,7 +263,8 @@ def set_ref(archive: Archive, principal: Principal, spec: RefSpec, sha256: str) 
     with archive.db.write() as session:
         blob = visible_blob(session, principal, sha256)
         claim_namespace(session, principal, spec.namespace, now)
-        refs.point(session, now, spec, blob, actor=actor_of(principal))
+        with set_by(principal.user_id):
+            refs.point(session, now, spec, blob, actor=actor_of(principal))
         return _view(session, spec)
 
 
@@ -209,11 +322,38 @@ def check_namespace(archive: Archive, principal: Principal, name: str) -> None:
         visible_namespace(session, principal, name)
 
 
-def claim(archive: Archive, principal: Principal, name: str) -> None:
+def claim(archive: Archive, principal: Principal, name: str) -> bool:
     """Make ``name`` writable by the principal (created for their tenant when new)
-    before anything is stored under it; NotFound if another tenant's."""
+    before anything is stored under it; NotFound if another tenant's. True when this
+    call created it."""
     with archive.db.write() as session:
-        claim_namespace(session, principal, name, archive.clock())
+        return claim_namespace_created(session, principal, name, archive.clock())[1]
+
+
+@contextmanager
+def claimed(archive: Archive, principal: Principal, name: str) -> Iterator[None]:
+    """``claim`` for the duration of a request that stores under ``name``: if the
+    request fails (too large, rejected, cut off), a namespace it created goes again —
+    unless something already refers to it — so a failed request creates nothing."""
+    created = claim(archive, principal, name)
+    try:
+        yield
+    except BaseException:
+        if created:
+            _drop_if_unused(archive, name)
+        raise
+
+
+def _drop_if_unused(archive: Archive, name: str) -> None:
+    with archive.db.write() as session:
+        used = exists().where(Reference.namespace_id == Namespace.id) | exists().where(
+            Hold.namespace_id == Namespace.id
+        )
+        session.execute(
+            delete(Namespace)
+            .where(Namespace.name == name, ~used)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _audited_references(entry: AuditView) -> list[str] | None:

@@ -118,8 +118,8 @@ def test_csrf_required_for_cookie_writes(client: TestClient) -> None:
     ("method", "path", "body"),
     [
         ("PATCH", "/api/users/alice", {"disabled": True}),
-        ("PATCH", "/api/users/alice", {"role": "operator"}),
-        ("PATCH", "/api/users/alice", {"password": "a new password"}),
+        ("PATCH", "/api/users/alice", {"role": "operator", "current_password": PASSWORD}),
+        ("PATCH", "/api/users/alice", {"password": "a new password", "current_password": PASSWORD}),
         ("DELETE", "/api/users/alice", None),
         ("DELETE", "/api/users/alice?hard=true", None),
         ("POST", "/api/users/bulk-delete", {"names": ["alice", "carol"]}),
@@ -176,7 +176,7 @@ def test_list_and_revoke_sessions(clients: list[TestClient]) -> None:
 
 def test_api_tokens(client: TestClient, app: FastAPI) -> None:
     _login(client, "alice")
-    made = client.post("/api/auth/tokens", json={"name": "ci"})
+    made = client.post("/api/auth/tokens", json={"name": "ci", "current_password": PASSWORD})
     assert made.status_code == 201
     token = made.json()["token"]
     assert token.startswith("skt_") and len(token) == 4 + 43
@@ -186,7 +186,9 @@ def test_api_tokens(client: TestClient, app: FastAPI) -> None:
         me = program.get("/api/auth/session", headers=auth).json()
         assert (me["user"], me["via"], me["csrf_token"]) == ("alice", "token", None)
         # bearer requests need no CSRF header
-        second = program.post("/api/auth/tokens", json={"name": "ci2"}, headers=auth)
+        second = program.post(
+            "/api/auth/tokens", json={"name": "ci2", "current_password": PASSWORD}, headers=auth
+        )
         assert second.status_code == 201
         assert client.delete(f"/api/auth/tokens/{made.json()['id']}").status_code == 204
         assert program.get("/api/auth/session", headers=auth).status_code == 401

@@ -20,12 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from safekeeper.api.app import create_app
-from safekeeper.api.packages import _exact_member
+from safekeeper.api.packages import exact_member as _exact_member
 from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db.models import AuditEntry, Blob, CopyState, Package, Tenant
@@ -35,6 +33,7 @@ from safekeeper.ids import parse_ref
 from safekeeper.services import accounts, inventory, replication, sessions
 from safekeeper.services.verify import verify
 from tests.api.accounts import Accounts, accounts_fixture, add_accounts, login  # noqa: F401
+from tests.api.conftest import both_origins
 from tests.conftest import ArchiveFactory, FakeClock
 from tests.packages import zips
 from tests.servers import S3Server
@@ -55,7 +54,9 @@ def put_package(archive: Archive, data: bytes, ref: str, tenant: str | None = No
 
 
 @pytest.fixture
-def client(app: FastAPI, accounts: Accounts) -> Iterator[TestClient]:
+def client(app_archive: Archive, accounts: Accounts) -> Iterator[TestClient]:
+    """Follows ``/p`` redirects to the package origin, like a browser."""
+    app = both_origins(app_archive)
     with TestClient(app, base_url="http://127.0.0.1", headers=accounts.headers("root")) as signed:
         yield signed
 
@@ -272,7 +273,7 @@ def test_lost_cache_and_inbox_copy_are_rebuilt_from_the_s3_archive_copy(
     assert run_due(archive)["done"] == 1
     url = "/p/courses/intro/default/shared/blob.bin"
     admin = add_accounts(archive).headers("root")
-    with TestClient(create_app(archive), base_url="http://127.0.0.1", headers=admin) as client:
+    with TestClient(both_origins(archive), base_url="http://127.0.0.1", headers=admin) as client:
         assert client.get(url).content == zips.ASSET_4K
         cache_tree = next(
             Path(archive.config.store_url("cache").removeprefix("file://")).glob(f"*/{sha}")
@@ -349,7 +350,8 @@ def test_100_concurrent_first_requests_cause_one_extraction(
     def fetch(url: str) -> None:
         start.wait()
         try:
-            response = httpx.get(url, headers=alice, timeout=60)
+            # /p answers a redirect to a capability URL on the package origin (port + 1).
+            response = httpx.get(url, headers=alice, timeout=60, follow_redirects=True)
             results.append((response.status_code, response.content))
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
@@ -397,7 +399,7 @@ def tenancy(archive: Archive) -> Iterator[tuple[TestClient, Accounts, str]]:
     sha = put_package(
         archive, zips.build_html_package(marker=b"acme"), "acme-courses:intro", tenant="acme"
     )
-    with TestClient(create_app(archive), base_url="http://127.0.0.1") as client:
+    with TestClient(both_origins(archive), base_url="http://127.0.0.1") as client:
         yield client, made, sha
 
 
@@ -494,9 +496,9 @@ def test_a_blob_two_tenants_reference_plays_for_both(
         response = client.get(f"/p/blob/{sha}/index.html", headers=made.headers(user))
         assert response.status_code == 200 and response.content.endswith(b"acme"), user
     assert client.get(ACME_REF_URL, headers=made.headers("olga")).status_code == 404
-    olga_ref = client.get("/p/other-courses/copy/default/index.html", headers=made.headers("olga"))
-    assert olga_ref.status_code == 200
-    assert client.get(olga_ref.url.path, headers=made.headers("alice")).status_code == 404
+    olga_url = "/p/other-courses/copy/default/index.html"
+    assert client.get(olga_url, headers=made.headers("olga")).status_code == 200
+    assert client.get(olga_url, headers=made.headers("alice")).status_code == 404
 
 
 def test_an_admin_plays_every_tenants_packages_and_cli_ones(

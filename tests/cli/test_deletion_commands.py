@@ -268,12 +268,15 @@ def test_audit_filters(data_dir: Path, two_blobs: tuple[str, str]) -> None:
     assert [(row[3], row[6]) for row in deletions] == [("inbox", "tester")] * 2
 
 
-@pytest.mark.parametrize("since", ["yesterday", "2026-13-01", "-1h"])
+@pytest.mark.parametrize(
+    "since", ["yesterday", "2026-13-01", "-1h", "99999999999d", "1000000000d", "800000d"]
+)
 def test_audit_bad_since_is_an_error(data_dir: Path, since: str) -> None:
     code, out, err = cli(data_dir, "audit", f"--since={since}")
     assert code == 1
     assert out == ""
     assert f"--since {since!r}: give an ISO time or an age such as 7d" in err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0
 
 
 # -- holds ------------------------------------------------------------------------

@@ -48,6 +48,8 @@ USERS = {"ada": "admin", "oscar": "operator", "mia": "member", "rita": "member"}
 class Server:
     url: str
     data_dir: Path
+    #: The package origin (the server's second listener).
+    package_url: str = ""
 
     def archive(self) -> Archive:
         """The server's archive, opened in the test process (same SQLite files)."""
@@ -74,6 +76,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data_dir.mkdir()
     document: dict[str, Any] = default_document()
     document["policy"]["grace_period"] = "1s"
+    package_port = free_port()
+    document["server"] = {"package_port": package_port}
     (data_dir / "safekeeper.toml").write_text(tomli_w.dumps(document))
     with Archive(load_config(data_dir=data_dir, environ={})) as archive:
         accounts.add_tenant(archive, "acme")
@@ -93,7 +97,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(url, process, log)
-        yield Server(url, data_dir)
+        yield Server(url, data_dir, f"http://127.0.0.1:{package_port}")
     finally:
         process.terminate()
         try:

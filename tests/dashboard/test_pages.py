@@ -42,6 +42,7 @@ def archive(make_archive: ArchiveFactory, password_hash: str) -> Archive:
             ("oscar", "acme", "operator"),
             ("mia", "acme", "member"),
             ("gus", "globex", "member"),
+            ("otis", "globex", "operator"),
         ]:
             session.add(
                 User(
@@ -224,7 +225,9 @@ def test_export_then_import_into_another_namespace(client: TestClient) -> None:
     assert 'data-key="intro"' in page and "/play/courses-copy/intro/published" in page
     play = client.get("/play/courses-copy/intro/published")
     assert play.status_code == 200
-    assert 'src="/p/courses-copy/intro/published/index.html"' in play.text
+    # The player on the package origin, by a capability for this viewer: never /p here.
+    assert 'src="http://127.0.0.1:8471/l/' in play.text
+    assert 'src="/p/' not in play.text and "/c/" not in play.text
 
 
 def test_admin_adds_and_disables_users(client: TestClient) -> None:
@@ -300,3 +303,153 @@ def test_huge_task_ids_are_not_a_500(client: TestClient) -> None:
     )
     assert answer.status_code < 500
     assert client.get(f"/plan/runs/{10**30}").status_code < 500
+
+
+def test_operators_see_no_blob_or_reference_of_another_tenant(
+    client: TestClient, archive: Archive
+) -> None:
+    """Every dashboard page taking a blob or a reference answers an operator of another
+    tenant exactly as for one that does not exist (the API's rule), while the owning
+    tenant's operator sees it."""
+    sha = archive.put_bytes(b"acme's secret bytes", ref="acme-docs:k").sha256
+    accounts.assign_namespaces(archive, "acme", ["acme-docs"])
+    held = archive.put_bytes(b"acme's held bytes", ref="acme-docs:held").sha256
+    from safekeeper.services.holds import add_hold
+
+    add_hold(archive, held, reason="legal", actor="test")
+
+    def looks(user: str) -> dict[str, tuple[int, str]]:
+        client.cookies.clear()
+        sign_in(client, user)
+        pages = {
+            "explain ref": "/plan?explain_blob=acme-docs:k:default",
+            "explain id": f"/plan?explain_blob={sha}",
+            "explain held": f"/plan?explain_blob={held}",
+            "audit ref": "/audit?blob=acme-docs:k",
+            "audit prefix": f"/audit?blob={sha[:10]}",
+            "blob page": f"/blobs/{sha}",
+            "held page": f"/blobs/{held}",
+            "search id": f"/blobs?q={sha}",
+            "search prefix": f"/blobs?q={sha[:8]}",
+            "search ref": "/blobs?q=acme-docs:k",
+        }
+        answers = {}
+        for name, path in pages.items():
+            answer = client.get(path, follow_redirects=False)
+            # What the page echoes of the query (form field, message) discloses nothing.
+            echoed = re.split("[=/]", path)[-1]
+            answers[name] = (answer.status_code, answer.text.replace(echoed, "ECHO"))
+        return answers
+
+    own = looks("oscar")
+    assert own["blob page"][0] == 200 and "acme-docs:k:default" in own["blob page"][1]
+    assert own["search ref"][0] == 303 and own["search prefix"][0] == 303
+    assert sha in own["explain ref"][1] and "legal" in own["held page"][1]
+    assert own["audit ref"][0] == 200 and own["audit prefix"][0] == 200
+
+    other = looks("otis")
+    for name, (_status, text) in other.items():
+        assert sha not in text and held not in text, name
+        assert "legal" not in text and 'id="explanation"' not in text, name
+    assert other["blob page"][0] == other["held page"][0] == 404
+    assert other["search id"][0] == other["search prefix"][0] == other["search ref"][0] == 404
+    assert other["audit ref"][0] == other["audit prefix"][0] == 400
+    # No existence oracle: a reference that exists answers like one that does not.
+    missing = client.get("/plan?explain_blob=acme-docs:nope:default").text
+    assert other["explain ref"][1].replace("acme-docs:k:default", "ECHO") == missing.replace(
+        "acme-docs:nope:default", "ECHO"
+    )
+
+
+def test_sign_in_from_another_sites_form_is_refused(client: TestClient) -> None:
+    """Login CSRF: a cross-site form must not sign the victim in as the attacker."""
+    form = {"username": "mia", "password": PASSWORD}
+    for headers in (
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Referer": "https://evil.example/page"},
+    ):
+        refused = client.post("/signin", data=form, headers=headers, follow_redirects=False)
+        assert refused.status_code == 403, headers
+        assert "set-cookie" not in refused.headers
+        api = client.post(
+            "/api/auth/login", json={"user": "mia", "password": PASSWORD}, headers=headers
+        )
+        assert api.status_code == 403 and api.json()["code"] == "csrf_failed"
+        assert "set-cookie" not in api.headers
+    same = client.post(
+        "/signin", data=form, headers={"Origin": "http://127.0.0.1"}, follow_redirects=False
+    )
+    assert same.status_code == 303 and "sk_session" in same.cookies
+
+
+def _counting_body(prefix: bytes, total: int, sent: list[int]) -> Iterator[bytes]:
+    """A multipart-looking body of ``total`` bytes, counting what the server pulled."""
+    sent[0] += len(prefix)
+    yield prefix
+    chunk = b"\0" * (1024 * 1024)
+    while sent[0] < total:
+        sent[0] += len(chunk)
+        yield chunk
+
+
+def test_import_reads_no_body_before_the_session_and_origin_are_checked(
+    client: TestClient,
+) -> None:
+    """An unauthenticated or cross-site import of 200 MiB is answered after reading
+    (almost) nothing; a signed-in one over the limit stops at the limit."""
+    head, content_type = _multipart({"csrf_token": "x"}, "b.tar", b"")
+    prefix = head.rsplit(b"\r\n--", 1)[0]
+    headers = {"Content-Type": content_type}
+    for setup in ("anonymous", "cross-site"):
+        extra = {}
+        if setup == "cross-site":
+            sign_in(client, "mia")
+            extra = {"Origin": "https://evil.example"}
+        sent = [0]
+        answer = client.post(
+            "/namespaces/x/import",
+            content=_counting_body(prefix, 200 * 1024 * 1024, sent),
+            headers={**headers, **extra},
+            follow_redirects=False,
+        )
+        assert answer.status_code in (303, 403), setup
+        # The test client hands the app the whole body on its first read: the app
+        # never read at all.
+        assert sent[0] == 0, (setup, sent[0])
+    # Reading stops at the limit: tests/api/test_http_server.py, on a real server.
+
+
+def test_odd_input_is_a_4xx_not_a_500(client: TestClient) -> None:
+    csrf = sign_in(client, "oscar")
+    for since in ("1000000000d", "99999999999d", "800000d"):
+        answer = client.get(f"/audit?since={since}")
+        assert answer.status_code == 400, since
+    revoked = client.post("/sessions/%C3%A9/revoke", data={"csrf_token": csrf})
+    assert revoked.status_code == 404
+    forged = client.post("/plan/run", data={"csrf_token": "é" * 64}, follow_redirects=False)
+    assert forged.status_code == 403
+    header = client.post("/plan/run", headers={"X-CSRF-Token": "é".encode()})
+    assert header.status_code == 403
+    assert client.get("/plan").status_code == 200
+
+
+def test_security_events_show_on_the_audit_page_for_admins(client: TestClient) -> None:
+    failed = client.post(
+        "/signin", data={"username": "gus", "password": "not it at all"}, follow_redirects=False
+    )
+    assert failed.status_code == 401
+    sign_in(client, "ada")
+    page = client.get("/audit?rule=security")
+    assert page.status_code == 200
+    assert "signin-failed" in page.text and "gus" in page.text
+    client.cookies.clear()
+    sign_in(client, "oscar")
+    assert "signin-failed" not in client.get("/audit?rule=security").text
+
+
+def test_the_sign_in_cookie_lives_as_long_as_the_session(client: TestClient) -> None:
+    answer = client.post(
+        "/signin", data={"username": "mia", "password": PASSWORD}, follow_redirects=False
+    )
+    assert "Max-Age=43200" in answer.headers["set-cookie"]  # the 12 h absolute timeout

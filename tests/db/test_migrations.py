@@ -79,3 +79,47 @@ def test_head_constant_names_the_newest_migration(schema: Schema) -> None:
     from alembic.script import ScriptDirectory
 
     assert ScriptDirectory(schema.script_location).get_current_head() == schema.head
+
+
+def test_0006_keeps_accounts_and_their_references_and_stops_id_reuse(tmp_path: Path) -> None:
+    """Upgrading a SQLite catalog with accounts in it rebuilds tenants, users and tokens
+    with AUTOINCREMENT: every row and every foreign key survives, and the id of a
+    hard-deleted user is not handed out again."""
+    from alembic import command
+
+    from safekeeper.db.engine import _alembic_config, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        command.upgrade(_alembic_config(connection), "0005")
+    with engine.begin() as connection:
+        run = connection.exec_driver_sql
+        run("INSERT INTO tenants VALUES (1, 'acme', '2026-01-01', NULL)")
+        run("INSERT INTO users VALUES (1, 1, 'a', 'member', 'h', '2026-01-01', NULL, NULL)")
+        run("INSERT INTO users VALUES (2, 1, 'b', 'admin', 'h', '2026-01-01', NULL, NULL)")
+        run("INSERT INTO api_tokens VALUES (1, 2, 'x', 't', '2026-01-01', NULL, NULL)")
+        run(
+            "INSERT INTO namespaces (id, name, created_at, tenant_id, owner_user_id) "
+            "VALUES (1, 'ns', '2026-01-01', 1, 2)"
+        )
+    engine.dispose()
+    database = Database(url)
+    with database.engine.begin() as connection:
+        run = connection.exec_driver_sql
+        assert run("SELECT id, name FROM users ORDER BY id").all() == [(1, "a"), (2, "b")]
+        assert run("SELECT user_id FROM api_tokens").all() == [(2,)]
+        assert run("PRAGMA foreign_key_check").all() == []
+        for table in ("tenants", "users", "api_tokens"):
+            sql = run(f"SELECT sql FROM sqlite_master WHERE name = '{table}'").scalar()
+            assert "AUTOINCREMENT" in str(sql)
+        run("DELETE FROM api_tokens")
+        run("UPDATE namespaces SET owner_user_id = NULL")
+        run("DELETE FROM users WHERE id = 2")
+        run(
+            "INSERT INTO users (tenant_id, name, role, password_hash, created_at) "
+            "VALUES (1, 'c', 'member', 'h', '2026-01-01')"
+        )
+        assert run("SELECT id FROM users WHERE name = 'c'").scalar() == 3
+    assert _differences(database, Base.metadata) == []
+    database.close()

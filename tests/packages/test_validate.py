@@ -157,9 +157,13 @@ HAZARDS: dict[str, tuple[Callable[[], bytes], str, str | None]] = {
         "imsmanifest.xml",
     ),
     "manifest-no-launch": (
-        lambda: zips.with_manifest(
-            '<manifest xmlns="http://www.imsproject.org/xsd/imscp_rootv1p1p2"><resources/>'
-            "</manifest>"
+        # No item, no resource href and no index.html (with one, that launches).
+        lambda: zips.build_zip(
+            {
+                "imsmanifest.xml": b'<manifest xmlns="http://www.imsproject.org/xsd/'
+                b'imscp_rootv1p1p2"><resources/></manifest>',
+                "page.html": b"x",
+            }
         ),
         "manifest_invalid",
         "imsmanifest.xml",

@@ -7,6 +7,7 @@ import hashlib
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, update
@@ -17,7 +18,7 @@ from safekeeper.db.session_models import LoginSession
 from safekeeper.errors import NotFound, RateLimited, Unauthenticated
 from safekeeper.services import accounts, sessions
 from safekeeper.services.sessions import LoginThrottle
-from tests.conftest import FakeClock
+from tests.conftest import ArchiveFactory, FakeClock
 
 PASSWORD = "correct horse battery"
 
@@ -129,10 +130,10 @@ def test_throttle_per_account_and_per_address(
     for n in range(3):
         with pytest.raises(Unauthenticated):
             accounts.sign_in(archive, throttle, "alice", "wrong password", ip=f"10.0.0.{n}")
-    # the account is locked even from a fresh address, with the right password
+    # the account waits a short backoff (never the whole window), even from a fresh address
     with pytest.raises(RateLimited) as caught:
         accounts.sign_in(archive, throttle, "alice", PASSWORD, ip="10.9.9.9")
-    assert 0 < caught.value.retry_after <= 15 * 60
+    assert caught.value.retry_after == 1
     # one address guessing many names is stopped too
     for n in range(3):
         with pytest.raises(Unauthenticated):
@@ -142,6 +143,32 @@ def test_throttle_per_account_and_per_address(
     clock.advance(minutes=15)
     token, _ = accounts.sign_in(archive, throttle, "alice", PASSWORD, ip="10.1.1.1")
     assert sessions.validate(archive, token).user_name == "alice"
+
+
+def test_guesses_slow_an_account_down_but_never_lock_its_owner_out(
+    archive: Archive, alice: str, clock: FakeClock
+) -> None:
+    """Ten wrong passwords from rotating addresses used to lock the owner out for the
+    whole window; now the owner waits at most ``login_max_backoff``."""
+    throttle = LoginThrottle.from_config(archive.config.server)
+    for n in range(10):
+        clock.advance(seconds=throttle.account_delay(n).total_seconds())
+        with pytest.raises(Unauthenticated):
+            accounts.sign_in(archive, throttle, "alice", "wrong password", ip=f"10.0.0.{n}")
+    with pytest.raises(RateLimited) as caught:
+        accounts.sign_in(archive, throttle, "alice", PASSWORD, ip="192.0.2.7")
+    assert 0 < caught.value.retry_after <= 60
+    clock.advance(seconds=60)
+    token, _ = accounts.sign_in(archive, throttle, "alice", PASSWORD, ip="192.0.2.7")
+    assert sessions.validate(archive, token).user_name == "alice"
+
+
+@pytest.mark.parametrize(
+    ("failures", "seconds"), [(0, 0), (2, 0), (3, 1), (4, 2), (6, 8), (9, 60), (1000, 60)]
+)
+def test_account_backoff_doubles_up_to_the_cap(failures: int, seconds: int) -> None:
+    throttle = LoginThrottle(10, timedelta(minutes=15))
+    assert throttle.account_delay(failures) == timedelta(seconds=seconds)
 
 
 def test_list_and_revoke_one_or_others(archive: Archive, alice: str) -> None:
@@ -259,3 +286,74 @@ def test_expired_sessions_are_purged_at_sign_in_and_by_purge(
     assert len(holders()) == 2
     assert sessions.purge_expired(archive) == 1  # bob's
     assert len(holders()) == 1
+
+
+def test_ids_of_hard_deleted_users_tenants_and_tokens_are_never_reused(
+    archive: Archive, alice: str
+) -> None:
+    """A session row left behind by a crash between deleting a user and deleting their
+    sessions must not become a session of the next user created (here an admin of
+    another tenant): ids are never reused, on SQLite too."""
+    from safekeeper.db.models import ApiToken, Tenant
+    from safekeeper.services import tokens
+
+    token = _sign_in(archive)
+    accounts.add_tenant(archive, "gone")
+    with archive.db.read() as session:
+        old_user = session.scalars(select(User.id).where(User.name == "alice")).one()
+        old_tenant = session.scalars(select(Tenant.id).where(Tenant.name == "gone")).one()
+    tokens.create_token(archive, old_user, "t")
+    with archive.db.read() as session:
+        old_token = session.scalars(select(ApiToken.id)).one()
+    # The crash: the user's row and tokens go, their session rows stay.
+    with archive.db.write() as session:
+        accounts.hard_delete_users(session, [old_user])
+        session.delete(session.get_one(Tenant, old_tenant))
+    accounts.add_tenant(archive, "gone2")
+    accounts.add_user(
+        archive, "mallory", tenant="other", role="admin", password=PASSWORD, create_tenant=True
+    )
+    with archive.db.read() as session:
+        new_user = session.scalars(select(User.id).where(User.name == "mallory")).one()
+        new_tenants = set(session.scalars(select(Tenant.id)))
+    tokens.create_token(archive, new_user, "t")
+    with archive.db.read() as session:
+        new_token = session.scalars(select(ApiToken.id)).one()
+    assert new_user > old_user
+    assert max(new_tenants) > old_tenant
+    assert new_token > old_token
+    assert _code(archive, token) == "session_revoked"
+
+
+def test_a_session_whose_tenant_differs_from_its_accounts_is_refused(
+    archive: Archive, alice: str
+) -> None:
+    """Even if an id did come round again, the tenant stored at sign-in must match."""
+    token = _sign_in(archive)
+    keep = _sign_in(archive)
+    with archive.sessions_db.write() as session:
+        session.execute(
+            update(LoginSession)
+            .where(LoginSession.token_hash == sessions.hash_token(token))
+            .values(tenant_id=LoginSession.tenant_id + 1000)
+        )
+    assert _code(archive, token) == "session_revoked"
+    # Only that row goes: the account's own sessions stay.
+    assert sessions.validate(archive, keep).user_name == "alice"
+
+
+def test_a_session_in_use_never_idles_out_even_under_the_touch_interval(
+    make_archive: ArchiveFactory, clock: FakeClock
+) -> None:
+    """With an idle timeout (30 s) under the 60 s touch interval, a session used every
+    20 s used to expire after 30 s all the same."""
+    archive = make_archive(SAFEKEEPER__SERVER__SESSION_IDLE_TIMEOUT="30s")
+    accounts.add_user(
+        archive, "alice", tenant="acme", role="member", password=PASSWORD, create_tenant=True
+    )
+    token = _sign_in(archive)
+    for _ in range(6):
+        clock.advance(seconds=20)
+        assert sessions.validate(archive, token).user_name == "alice"
+    clock.advance(seconds=31)
+    assert _code(archive, token) == "session_expired"
