@@ -17,6 +17,7 @@ from safekeeper.cli import accounts as accounts_cli
 from safekeeper.cli import admin, blobs, bundles, deletion, replication, serve
 from safekeeper.cli import packages as packages_cli
 from safekeeper.cli import refs as refs_cli
+from safekeeper.cli import status as status_cli
 from safekeeper.cli import worker as worker_cli
 from safekeeper.cli.context import state
 from safekeeper.cli.output import err_console
@@ -85,6 +86,7 @@ app.command()(deletion.release)
 app.command("holds")(deletion.holds_list)
 app.add_typer(deletion.jobs_app, name="jobs")
 app.command()(worker_cli.worker)
+app.command()(status_cli.status)
 app.command()(serve.serve)
 app.add_typer(admin.db_app, name="db")
 app.add_typer(refs_cli.refs_app, name="ref")
