@@ -11,14 +11,19 @@ same numbers. They are counts only, never names of blobs or references.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from safekeeper.api.auth import require_operator
+from safekeeper.api.principal import Principal
 from safekeeper.api.state import archive_of
+from safekeeper.services.status import SystemStatus
+
+OperatorDep = Annotated[Principal, Depends(require_operator)]
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -121,6 +126,15 @@ def render_metrics(archive: Archive) -> tuple[bytes, str]:
     registry = CollectorRegistry()
     registry.register(CatalogCollector(archive))
     return generate_latest(registry) + generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+@router.get("/api/status")
+def system_status(request: Request, _operator: OperatorDep) -> SystemStatus:
+    """Workers with their heartbeat and configuration, queues per site, store health
+    (operators and admins)."""
+    from safekeeper.services.status import system_status as gather
+
+    return gather(archive_of(request))
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -133,6 +133,13 @@ COMMANDS: dict[str, LazyCommand] = {
         "worker",
         "Run the task queue of the given sites until SIGTERM or Ctrl-C.",
     ),
+    "status": LazyCommand(
+        "safekeeper.cli.status",
+        "status",
+        "Workers (heartbeat, sites, configuration), task queues per site, store health.\n"
+        "Exits 1 when something needs attention: a stale worker, failed tasks, a store\n"
+        "that cannot be reached.",
+    ),
     "serve": LazyCommand(
         "safekeeper.cli.serve",
         "serve",

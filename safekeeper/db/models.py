@@ -440,3 +440,16 @@ class PackageAttempt(Base):
     commits: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+class Worker(Base):
+    """A worker or server process, as it last reported itself: who runs which sites with
+    which configuration (``safekeeper status``; a stale heartbeat is a dead or wedged
+    process)."""
+
+    __tablename__ = "workers"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    role: Mapped[str] = mapped_column(String(20))
+    sites: Mapped[str] = mapped_column(Text)  # comma-separated
+    config_fingerprint: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(50))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -31,9 +31,10 @@ from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Task, TaskState
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.engine.embedded import run_due
-from safekeeper.engine.runner import reap_dead_tasks
+from safekeeper.engine.runner import reap_dead_tasks, worker_name
 from safekeeper.errors import ConfigError, SafekeeperError
 from safekeeper.services.replication import replication_pass
+from safekeeper.services.status import REPORT_SECONDS, report_alive
 
 logger = logging.getLogger("safekeeper.worker")
 
@@ -124,14 +125,35 @@ class Resender:
         return len(picked)
 
 
+class _Reporter:
+    """Reports this process in the ``workers`` table every ``REPORT_SECONDS``, so
+    ``safekeeper status`` shows who runs which sites with which configuration."""
+
+    def __init__(self, archive: Archive, role: str, sites: Sequence[str]) -> None:
+        self.archive, self.role, self.sites = archive, role, list(sites)
+        self.name = worker_name()
+        self._next = 0.0
+
+    def tick(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + REPORT_SECONDS
+        _guard(
+            "reporting this worker",
+            lambda: report_alive(self.archive, self.name, self.role, self.sites),
+        )
+
+
 def _maintenance_loop(archive: Archive, sites: Sequence[str], stop: threading.Event) -> None:
     """Re-send due tasks every few seconds; a replication pass every replicate_interval
     (the first one ran before the worker started consuming)."""
     tasks = archive.config.tasks
     resender = Resender(archive, sites)
+    reporter = _Reporter(archive, "celery-worker", sites)
     pause = min(RESEND_SECONDS, max(tasks.heartbeat_timeout.total_seconds() / 2, 0.5))
     next_pass = time.monotonic() + tasks.replicate_interval.total_seconds()
     while not stop.is_set():
+        reporter.tick()
         if time.monotonic() >= next_pass:
             next_pass = time.monotonic() + tasks.replicate_interval.total_seconds()
             _guard("replication pass", lambda: _replicate(archive))
@@ -213,8 +235,10 @@ def embedded_loop(archive: Archive, sites: Sequence[str], stop: threading.Event)
     once a second. ``safekeeper worker`` runs it in the foreground, ``safekeeper
     serve`` on a thread beside the server."""
     interval: timedelta = archive.config.tasks.replicate_interval
+    reporter = _Reporter(archive, "worker", sites)
     next_pass = time.monotonic()
     while not stop.is_set():
+        reporter.tick()
         if time.monotonic() >= next_pass:
             next_pass = time.monotonic() + interval.total_seconds()
             _guard("replication pass", lambda: _replicate(archive))

@@ -1,4 +1,4 @@
 """Alembic migrations; the schema's history. ``HEAD`` names the newest one (a test
 checks it against the migration scripts)."""
 
-HEAD = "0006_security"
+HEAD = "0006_workers"

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
 from sqlalchemy import func, select
 
+from safekeeper.config import Config
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Task, TaskState
+from safekeeper.errors import SafekeeperError
 from safekeeper.policy import watermark_bytes
 from safekeeper.services.inventory import LocationStatus, location_report
 from safekeeper.services.tasks import TaskView, list_tasks
@@ -158,3 +166,111 @@ def copy_totals(archive: Archive) -> list[tuple[str, str, int, int]]:
                 .group_by(Location.name, Copy.state)
             )
         ]
+
+
+# -- processes, stores, and the whole picture (``safekeeper status``) ------------------
+
+#: Seconds between two reports of a running worker; three missed reports make it stale.
+REPORT_SECONDS = 10.0
+
+
+def config_fingerprint(config: Config) -> str:
+    """A short hash of everything in the configuration that decides where work goes:
+    two processes with different fingerprints disagree about locations or policy."""
+    document = config.model_dump(mode="json", exclude={"source", "data_dir"})
+    canonical = json.dumps(document, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def report_alive(archive: Archive, name: str, role: str, sites: Sequence[str]) -> None:
+    """Record that this process runs, with its sites and configuration."""
+    from safekeeper import __version__
+    from safekeeper.db import workers
+
+    now = archive.clock()
+    with archive.db.write() as session:
+        workers.report(
+            session,
+            name,
+            role=role,
+            sites=sites,
+            fingerprint=config_fingerprint(archive.config),
+            version=__version__,
+            now=now,
+        )
+        workers.forget_older_than(session, now - timedelta(days=1))
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    name: str
+    role: str
+    sites: list[str]
+    config_fingerprint: str
+    #: False when it runs another configuration than the process asking.
+    same_config: bool
+    version: str
+    heartbeat_age: float
+    #: No report for three intervals: dead, wedged, or cut off from the database.
+    stale: bool
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    location: str
+    kind: str
+    ok: bool
+    detail: str
+    free_bytes: int | None
+
+
+@dataclass(frozen=True)
+class SystemStatus:
+    config_fingerprint: str
+    workers: list[WorkerStatus]
+    queues: list[SiteQueue]
+    stores: list[StoreHealth]
+
+    @property
+    def healthy(self) -> bool:
+        return (
+            all(store.ok for store in self.stores)
+            and not any(worker.stale for worker in self.workers)
+            and not any(queue.failed for queue in self.queues)
+        )
+
+
+def _store_health(archive: Archive, name: str) -> StoreHealth:
+    settings = archive.config.locations[name]
+    try:
+        store = archive.store(name)
+        store.exists("0" * 64)  # one round trip: reachable, and (file:) the root is there
+    except SafekeeperError as exc:
+        return StoreHealth(name, settings.kind, False, str(exc), None)
+    root = getattr(store, "root", None)
+    free = shutil.disk_usage(root).free if isinstance(root, Path) and root.exists() else None
+    return StoreHealth(name, settings.kind, True, "reachable", free)
+
+
+def system_status(archive: Archive) -> SystemStatus:
+    from safekeeper.db import workers
+
+    mine = config_fingerprint(archive.config)
+    now = archive.clock()
+    with archive.db.read() as session:
+        rows = workers.all_workers(session)
+    processes = [
+        WorkerStatus(
+            name=row.name,
+            role=row.role,
+            sites=[site for site in row.sites.split(",") if site],
+            config_fingerprint=row.config_fingerprint,
+            same_config=row.config_fingerprint == mine,
+            version=row.version,
+            heartbeat_age=max((now - row.heartbeat_at).total_seconds(), 0.0),
+            stale=(now - row.heartbeat_at).total_seconds() > 3 * REPORT_SECONDS,
+        )
+        for row in rows
+    ]
+    stores = [_store_health(archive, name) for name in sorted(archive.config.locations)]
+    return SystemStatus(mine, processes, site_queues(archive), stores)

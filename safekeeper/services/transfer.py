@@ -87,6 +87,18 @@ class Transfer:
                 )
                 .order_by(case((Copy.id == task.source_copy_id, 0), else_=1), Copy.id)
             ).all()
+        unknown = [
+            n
+            for n in [target_location, *(n for _, n in sources)]
+            if n not in archive.config.locations
+        ]
+        if target_location in unknown or (sources and len(unknown) == len(sources)):
+            # A task made by a process with a newer configuration: not a permanent
+            # failure, but this worker's to catch up with (see docs/deploy.md).
+            raise TransientStoreError(
+                f"location(s) {', '.join(sorted(set(unknown)))} not in this worker's "
+                f"configuration ({archive.config_origin}): restart it with the current one"
+            )
         usable = [name for _, name in sources if name in archive.config.locations]
         if not usable:
             raise PermanentStoreError(f"no present copy of {blob.sha256} to transfer from")

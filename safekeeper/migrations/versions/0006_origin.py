@@ -1,7 +1,7 @@
 """package attempts: SCORM runtime data per viewer and package key
 
 Revision ID: 0006_origin
-Revises: 0005
+Revises: 0006_trust
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_origin"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006_trust"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
