@@ -440,6 +440,8 @@ class PackageAttempt(Base):
     commits: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Worker(Base):
     """A worker or server process, as it last reported itself: who runs which sites with
     which configuration (``safekeeper status``; a stale heartbeat is a dead or wedged
