@@ -257,7 +257,14 @@ def remove(path: Path) -> None:
 
 
 def count_files(path: Path) -> int:
-    return sum(len(files) for _root, _dirs, files in os.walk(path))
+    """Files under ``path``, leaving out dot-files and dot-directories: a store's
+    identity marker (``.safekeeper-store``) and its ``.tmp`` staging area are not
+    objects."""
+    total = 0
+    for _root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        total += sum(1 for name in files if not name.startswith("."))
+    return total
 
 
 # -- the work directory ----------------------------------------------------------------

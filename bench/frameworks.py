@@ -195,7 +195,13 @@ def main(argv: list[str] | None = None) -> int:
             results,
             complete=True,
             repeats=f"{rounds} interleaved rounds",
-            settings={"files": files, "size": size, "range": range_size, "rounds": rounds},
+            settings={
+                "quick": args.quick,
+                "files": files,
+                "size": size,
+                "range": range_size,
+                "rounds": rounds,
+            },
             json_out=args.json_out,
         )
     return exit_status(results, 0, args.check_targets)

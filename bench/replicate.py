@@ -428,7 +428,9 @@ def bench_big_s3(settings: Settings) -> Result:
             warm_cache(data_dir / "inbox")
             flush_disk()
             seconds = timed_replicate(settings, data_dir, 1)
-            listed = run(["rclone", "size", "--json", f"{RCLONE_REMOTE}:{BUCKET}/sk-{i}"], env=env)
+            # The store's identity marker (``.safekeeper-store``) is not an object.
+            target = f"{RCLONE_REMOTE}:{BUCKET}/sk-{i}"
+            listed = run(["rclone", "size", "--json", "--exclude", ".*", target], env=env)
             if json.loads(listed)["bytes"] != size:
                 raise RuntimeError(f"safekeeper stored the wrong size: {listed}")
             run(["rclone", "purge", f"{RCLONE_REMOTE}:{BUCKET}/sk-{i}"], env=env)

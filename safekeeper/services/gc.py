@@ -317,7 +317,10 @@ def process_claimed(
     verdicts = recheck(archive, held.copy_ids, Heartbeat(archive, held))
     kept = [v for v in verdicts if not v.decision.allowed]
     allowed = [v for v in verdicts if v.decision.allowed]
-    release(archive, held, [v.facts.copy_id for v in kept])
+    kept_ids = [v.facts.copy_id for v in kept]
+    # A claim we can no longer release was taken over while we were away (a stopped or
+    # slow gc): count it, like a claim lost at the fence.
+    report.claims_lost += len(kept_ids) - len(release(archive, held, kept_ids))
     report.kept_on_recheck.extend(
         (v.facts.sha256, location, v.decision.rule.value, v.decision.reason) for v in kept
     )
@@ -383,7 +386,8 @@ def recover_stale_claims(archive: Archive, actor: str, report: GcReport) -> None
     record_deleted(archive, ours, recovered, actor, action="delete-recovered")
     for location, ids in decide_again.items():
         process_claimed(archive, location, ours.subset(ids), actor, report)
-    report.recovered = len(taken)
+    # Claims left in place (store refused or not configured) are not recovered yet.
+    report.recovered = len(gone) + len(still_there) + sum(map(len, decide_again.values()))
 
 
 def _batches(archive: Archive, location: str | None) -> tuple[int, list[tuple[str, list[int]]]]:

@@ -83,7 +83,8 @@ class PutOutcome:
     sha256: str
     size: int
     location: str
-    #: True when this put wrote the object; False when the location already held it.
+    #: True when this put wrote the object or adopted an unrecorded one found at its key
+    #: (hashed first); False when the catalog already had it present there.
     stored: bool
     name: str | None = None
     ref: RefSpec | None = None

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy
 
 from safekeeper import migrations, migrations_sessions
-from safekeeper.config import write_default
+from safekeeper.config import default_document, write_default
 
 PROCESSES = 6
 
@@ -74,7 +74,8 @@ def test_processes_starting_together_on_fresh_postgres(tmp_path: Path, postgres_
     _check_all_started(_start_together(data_dir, tmp_path, postgres_url))
     engine = sqlalchemy.create_engine(postgres_url)
     with engine.connect() as connection:
-        assert connection.exec_driver_sql("SELECT count(*) FROM locations").scalar() == 3
+        locations = connection.exec_driver_sql("SELECT count(*) FROM locations").scalar()
+        assert locations == len(default_document()["locations"])
         assert connection.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 1
         versions = connection.exec_driver_sql("SELECT count(*) FROM alembic_version_sessions")
         assert versions.scalar() == 1

@@ -51,6 +51,7 @@ CONFIG = """
 {database}
 [policy]
 gc_batch_size = 1
+gc_batch_deadline = "150ms"
 gc_claim_timeout = "300ms"
 
 [locations.a]

@@ -446,7 +446,7 @@ def test_cli_names_the_location_and_what_to_check(
     _replicate(archive)
     archive.close()
     _unmount(data_dir / "archive")
-    code, _, err = _cli(data_dir, "put", "-", "--location", "archive", input=b"x")
+    code, _, err = _cli(data_dir, "put", "-", "--no-ref", "--location", "archive", input=b"x")
     assert code == 1
     line = " ".join(err.split())
     assert line.startswith("error: store of location 'archive' (file://")
