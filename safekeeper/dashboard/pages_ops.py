@@ -1,4 +1,5 @@
-"""Operator pages: locations, blobs, the deletion plan and gc, failures, audit."""
+"""Operator pages: locations, blobs, the deletion plan and gc, failures, audit; and
+the system status (admins)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from fastapi.responses import JSONResponse
 from safekeeper.api.principal import Principal
 from safekeeper.api.state import archive_of, gc_runner_of
 from safekeeper.archive import Archive
-from safekeeper.dashboard.auth import checked_form, operator
+from safekeeper.dashboard.auth import admin, checked_form, operator
 from safekeeper.dashboard.web import PageRoute, render, see_other
 from safekeeper.engine.gc_runs import GcProgress, progress
 from safekeeper.errors import BadInput, NotFound, SafekeeperError
 from safekeeper.ids import is_blob_id, parse_blob_id
 from safekeeper.services.audit import read_audit
 from safekeeper.services.planner import explain, make_plan
-from safekeeper.services.status import location_usage
+from safekeeper.services.status import location_usage, system_status
 from safekeeper.services.tasks import list_tasks, retry_failed
 from safekeeper.services.tenant_data import blob_info, resolve_visible_blob, visible_audit
 from safekeeper.units import ago
@@ -26,6 +27,7 @@ from safekeeper.units import ago
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 Operator = Annotated[Principal, Depends(operator)]
+Admin = Annotated[Principal, Depends(admin)]
 #: Ids in page URLs stay within the database's 64-bit integers (larger ones are 422).
 RowId = Annotated[int, Path(ge=1, le=2**62)]
 
@@ -40,6 +42,13 @@ def _run(request: Request, run_id: int) -> GcProgress:
     if run is None:
         raise NotFound(f"no gc run {run_id} (runs are forgotten when the server restarts)")
     return progress(archive_of(request), run)
+
+
+@router.get("/status")
+def status_page(request: Request, _: Admin) -> Response:
+    """What ``safekeeper status`` and ``GET /api/status`` show: workers, queues per
+    site, running tasks, store health."""
+    return render(request, "status.html", {"report": system_status(archive_of(request))})
 
 
 @router.get("/locations")

@@ -285,10 +285,14 @@ def test_queued_gc_leaves_stale_claims_to_the_sites_workers(
     _, task_ids = gc.queue_gc(archive, archives=False, actor="tasks")
     assert len(task_ids) == 1, "one recovery task for the inbox, and nothing else planned"
     # Queueing took no claim over: both are still the dead gc's.
-    assert _states(archive, first) == _states(archive, second) == {
-        "inbox": "deleting",
-        "archive": "present",
-    }
+    assert (
+        _states(archive, first)
+        == _states(archive, second)
+        == {
+            "inbox": "deleting",
+            "archive": "present",
+        }
+    )
     assert run_due(archive) == {"done": 1}
     assert _states(archive, second) == {"archive": "present"}
     assert _states(archive, first) == {"inbox": "present", "archive": "present"}  # released
