@@ -22,8 +22,7 @@ def _age(seconds: float) -> str:
 
 
 def status(ctx: typer.Context, json_output: JsonFlag = False) -> None:
-    """Workers (heartbeat, sites, configuration), task queues per site, running tasks,
-    store health.
+    """Workers (heartbeat, sites, configuration), queues per site, running tasks, stores.
     Exits 1 when something needs attention: a stale worker, failed tasks, a store
     that cannot be reached."""
     from safekeeper.services.status import system_status
