@@ -162,6 +162,7 @@ class GcRunner:
     def __init__(self, archive: Archive) -> None:
         self._archive = archive
         self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._runs: dict[int, GcRun] = {}
         self._ids = itertools.count(1)
 
@@ -178,10 +179,13 @@ class GcRunner:
     ) -> GcRun:
         """Queue the first phase's batches and start the run's thread; or return the
         run already going (two gcs at once would only race for the same copies)."""
-        with self._lock:
-            for run in self._runs.values():
-                if run.running:
-                    return run
+        # Starts are serialized on their own lock, so reading progress does not wait
+        # for a plan to be made.
+        with self._start_lock:
+            with self._lock:
+                going = [run for run in self._runs.values() if run.running]
+            if going:
+                return going[0]
             planned, task_ids = queue_gc(
                 self._archive,
                 archives=False,
@@ -198,9 +202,10 @@ class GcRunner:
                 task_ids,
                 max_batches,
             )
-            self._runs[run.id] = run
-            for old in sorted(self._runs)[: -self.KEEP]:
-                del self._runs[old]
+            with self._lock:
+                self._runs[run.id] = run
+                for old in sorted(self._runs)[: -self.KEEP]:
+                    del self._runs[old]
         threading.Thread(target=self._drive, args=(run,), name=f"gc-{run.id}", daemon=True).start()
         return run
 

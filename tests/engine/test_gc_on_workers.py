@@ -155,9 +155,13 @@ def test_gc_via_the_api_deletes_on_the_workers_not_in_the_api_process(
             [(sha, "inbox", "api:ops") for sha in [*garbage, kept]]
             + [(sha, "archive", "api:ops") for sha in garbage]
         )
-        # Each batch was claimed and run by a worker process, never by this one.
+        # Each batch was claimed and run by a worker process, never by this one; the
+        # archive batch was queued only once the inbox batch had ended.
         with site_archive.db.read() as session:
+            batches = session.scalars(select(Task).where(Task.kind == "gc").order_by(Task.id))
+            (inbox_batch, archive_batch) = [(t.created_at, t.finished_at) for t in batches]
             runners = session.scalars(select(Task.claimed_by).where(Task.kind == "gc")).all()
+        assert inbox_batch[1] is not None and archive_batch[0] >= inbox_batch[1]
         worker_pids = {str(p.pid) for p in workers.processes.values()}
         assert len(runners) == 2 and all(runners)
         assert {str(name).split(":")[1] for name in runners} <= worker_pids
