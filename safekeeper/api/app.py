@@ -25,6 +25,7 @@ from safekeeper.api.errors import error_response
 from safekeeper.api.package_redirects import PackageRedirects, is_package_request
 from safekeeper.archive import Archive
 from safekeeper.dashboard import install as install_dashboard
+from safekeeper.engine.gc_runs import GcRunner
 
 
 class SafekeeperApp(FastAPI):
@@ -97,6 +98,7 @@ def create_app(archive: Archive) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.archive = archive
+    app.state.gc_runner = GcRunner(archive)
     app.package_serving = PackageRedirects()
     app.max_header_count = archive.config.server.max_header_count
     errors.install(app)

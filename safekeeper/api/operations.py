@@ -1,4 +1,4 @@
-"""Operator routes: locations, replication, the deletion plan, gc and the audit log.
+"""Operator routes: locations, replication, the deletion plan, gc runs and the audit log.
 
 These are storage-wide views for operators and admins (a member gets 403). They show
 blob ids, locations and rules, never namespaces or keys; explaining one blob's
@@ -16,10 +16,12 @@ from pydantic import Field
 from safekeeper.api.auth import require_operator
 from safekeeper.api.principal import Principal
 from safekeeper.api.schemas import ApiModel, error_responses
-from safekeeper.api.state import archive_of
-from safekeeper.errors import BadInput
+from safekeeper.api.state import archive_of, gc_runner_of
+from safekeeper.engine.gc_runs import GcRun
+from safekeeper.engine.gc_runs import progress as gc_progress
+from safekeeper.errors import BadInput, NotFound
 from safekeeper.ids import check_name, parse_blob_id
-from safekeeper.services import audit, gc, planner, status, tasks, tenant_data
+from safekeeper.services import audit, planner, status, tasks, tenant_data
 
 router = APIRouter(prefix="/api", tags=["operations"])
 
@@ -69,14 +71,32 @@ class VerdictOut(ApiModel):
     reason: str
 
 
-class GcOut(ApiModel):
-    planned: int
-    deleted: int
+class BatchFailureOut(ApiModel):
+    task_id: int
+    location: str
+    error: str
+
+
+class GcRunOut(ApiModel):
+    id: int = Field(description="the run's id, for GET /api/gc/{id}")
+    actor: str
+    location: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    running: bool
+    phase: str = Field(description="others, archives (archive copies go last) or ended")
+    planned: int = Field(description="copies the plan allowed to delete when the run began")
+    batches: dict[str, int] = Field(description="the run's gc tasks by state")
+    processed: int = Field(description="copies in batches that have ended")
+    deleted: int = Field(description="of those, copies now deleted")
     bytes_freed: int
-    kept_on_recheck: int
-    failed: int
-    recovered: int
     trees_dropped: int = Field(description="extracted package trees whose zip is gone")
+    failures: list[BatchFailureOut] = Field(description="batches that failed for good")
+    error: str | None = Field(description="why the run stopped early, if it did")
+
+
+def _run_out(request: Request, run: GcRun) -> GcRunOut:
+    return GcRunOut.model_validate(gc_progress(archive_of(request), run), from_attributes=True)
 
 
 def _location(archive_locations: dict[str, Any], name: str | None) -> str | None:
@@ -176,32 +196,45 @@ def explain(request: Request, operator: OperatorDep, blob: str) -> list[VerdictO
     ]
 
 
-@router.post("/gc", response_model=GcOut, responses=error_responses(400, 401, 403, 409))
-def run_gc(
+@router.post(
+    "/gc", status_code=202, response_model=GcRunOut, responses=error_responses(400, 401, 403)
+)
+def start_gc(
     request: Request,
     operator: OperatorDep,
     location: LocationQuery = None,
     max_batches: Annotated[
         int | None, Query(ge=1, le=10_000, description="stop after this many batches")
     ] = None,
-) -> GcOut:
-    """Run gc now, in this request: delete exactly what the plan allows, audited."""
+) -> GcRunOut:
+    """Start gc: exactly what the plan allows is deleted, audited, by the executor
+    (Celery: the sites' workers; embedded: this server's executor), archive copies
+    after the others. Answers at once with the run (or the run already going: one at
+    a time); follow it with GET /api/gc/{id}."""
     archive = archive_of(request)
-    report = gc.run_gc(
-        archive,
-        location=_location(archive.config.locations, location),
+    run = gc_runner_of(request).start(
         actor=f"api:{operator.user_name}",
+        location=_location(archive.config.locations, location),
         max_batches=max_batches,
     )
-    return GcOut(
-        planned=report.planned,
-        deleted=report.deleted,
-        bytes_freed=report.bytes_freed,
-        kept_on_recheck=len(report.kept_on_recheck),
-        failed=len(report.failed),
-        recovered=report.recovered,
-        trees_dropped=report.trees_dropped,
-    )
+    return _run_out(request, run)
+
+
+@router.get("/gc", response_model=list[GcRunOut], responses=error_responses(401, 403))
+def list_gc_runs(request: Request, _operator: OperatorDep) -> list[GcRunOut]:
+    """The recent gc runs of this server process, newest first."""
+    return [_run_out(request, run) for run in gc_runner_of(request).recent()]
+
+
+@router.get("/gc/{run_id}", response_model=GcRunOut, responses=error_responses(401, 403, 404))
+def gc_run(
+    request: Request, _operator: OperatorDep, run_id: Annotated[int, Path(ge=1, le=2**62)]
+) -> GcRunOut:
+    """A gc run's progress: batches by state, copies processed and deleted, failures."""
+    run = gc_runner_of(request).get(run_id)
+    if run is None:
+        raise NotFound(f"no gc run {run_id} (runs are forgotten when the server restarts)")
+    return _run_out(request, run)
 
 
 @router.get(

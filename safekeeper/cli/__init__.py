@@ -136,7 +136,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "status": LazyCommand(
         "safekeeper.cli.status",
         "status",
-        "Workers (heartbeat, sites, configuration), task queues per site, store health.\n"
+        "Workers (heartbeat, sites, configuration), queues per site, running tasks, stores.\n"
         "Exits 1 when something needs attention: a stale worker, failed tasks, a store\n"
         "that cannot be reached.",
     ),

@@ -22,7 +22,7 @@ def _age(seconds: float) -> str:
 
 
 def status(ctx: typer.Context, json_output: JsonFlag = False) -> None:
-    """Workers (heartbeat, sites, configuration), task queues per site, store health.
+    """Workers (heartbeat, sites, configuration), queues per site, running tasks, stores.
     Exits 1 when something needs attention: a stale worker, failed tasks, a store
     that cannot be reached."""
     from safekeeper.services.status import system_status
@@ -62,6 +62,23 @@ def status(ctx: typer.Context, json_output: JsonFlag = False) -> None:
                 )
                 for q in report.queues
             ],
+        )
+        table(
+            "running tasks",
+            ["task", "kind", "site", "worker", "attempt", "queued", "heartbeat"],
+            [
+                (
+                    t.id,
+                    t.kind,
+                    t.site,
+                    t.claimed_by or "-",
+                    t.attempts,
+                    f"{_age(t.age)} ago",
+                    f"{_age(t.heartbeat_age)} ago",
+                )
+                for t in report.running
+            ]
+            or [("(none)", "", "", "", "", "", "")],
         )
         table(
             "stores",

@@ -1,4 +1,5 @@
-"""Operator pages: locations, blobs, the deletion plan and gc, failures, audit."""
+"""Operator pages: locations, blobs, the deletion plan and gc, failures, audit; and
+the system status (admins)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from safekeeper.api.principal import Principal
-from safekeeper.api.state import archive_of
+from safekeeper.api.state import archive_of, gc_runner_of
 from safekeeper.archive import Archive
-from safekeeper.dashboard.auth import checked_form, operator
-from safekeeper.dashboard.gc_runs import GcRunner
+from safekeeper.dashboard.auth import admin, checked_form, operator
 from safekeeper.dashboard.web import PageRoute, render, see_other
+from safekeeper.engine.gc_runs import GcProgress, progress
 from safekeeper.errors import BadInput, NotFound, SafekeeperError
 from safekeeper.ids import is_blob_id, parse_blob_id
 from safekeeper.services.audit import read_audit
 from safekeeper.services.planner import explain, make_plan
-from safekeeper.services.status import location_usage
+from safekeeper.services.status import location_usage, system_status
 from safekeeper.services.tasks import list_tasks, retry_failed
 from safekeeper.services.tenant_data import blob_info, resolve_visible_blob, visible_audit
 from safekeeper.units import ago
@@ -26,15 +27,28 @@ from safekeeper.units import ago
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 Operator = Annotated[Principal, Depends(operator)]
+Admin = Annotated[Principal, Depends(admin)]
 #: Ids in page URLs stay within the database's 64-bit integers (larger ones are 422).
 RowId = Annotated[int, Path(ge=1, le=2**62)]
 
 
-def gc_runner(request: Request) -> GcRunner:
-    runner: GcRunner | None = getattr(request.app.state, "gc_runner", None)
-    if runner is None:
-        runner = request.app.state.gc_runner = GcRunner(archive_of(request))
-    return runner
+def _runs(request: Request) -> list[GcProgress]:
+    archive = archive_of(request)
+    return [progress(archive, run) for run in gc_runner_of(request).recent()]
+
+
+def _run(request: Request, run_id: int) -> GcProgress:
+    run = gc_runner_of(request).get(run_id)
+    if run is None:
+        raise NotFound(f"no gc run {run_id} (runs are forgotten when the server restarts)")
+    return progress(archive_of(request), run)
+
+
+@router.get("/status")
+def status_page(request: Request, _: Admin) -> Response:
+    """What ``safekeeper status`` and ``GET /api/status`` show: workers, queues per
+    site, running tasks, store health."""
+    return render(request, "status.html", {"report": system_status(archive_of(request))})
 
 
 @router.get("/locations")
@@ -92,7 +106,7 @@ def plan_page(request: Request, principal: Operator, explain_blob: str = "") -> 
             "explain_blob": explain_blob,
             "explained": explained,
             "problem": problem,
-            "runs": gc_runner(request).recent(),
+            "runs": _runs(request),
         },
     )
 
@@ -101,30 +115,39 @@ def plan_page(request: Request, principal: Operator, explain_blob: str = "") -> 
 def run_gc_page(
     request: Request, principal: Operator, _csrf: Annotated[None, Depends(checked_form)]
 ) -> Response:
-    run = gc_runner(request).start(actor=f"dashboard:{principal.user_name}")
+    """Start gc the way ``POST /api/gc`` does: through the executor, in the background."""
+    run = gc_runner_of(request).start(actor=f"dashboard:{principal.user_name}")
     return see_other(f"/plan/runs/{run.id}")
 
 
 @router.get("/plan/runs/{run_id}")
 def gc_run_page(request: Request, run_id: RowId, _: Operator) -> Response:
-    run = gc_runner(request).get(run_id)
-    if run is None:
-        raise NotFound(f"no gc run {run_id} (runs are forgotten when the server restarts)")
-    return render(request, "gc_run.html", {"run": run})
+    return render(request, "gc_run.html", {"run": _run(request, run_id)})
 
 
 @router.get("/plan/runs/{run_id}/progress")
 def gc_run_progress(request: Request, run_id: RowId, _: Operator) -> Response:
-    run = gc_runner(request).get(run_id)
-    if run is None:
-        raise NotFound(f"no gc run {run_id}")
-    return JSONResponse(run.as_json(), headers={"Cache-Control": "no-store"})
+    run = _run(request, run_id)
+    body = {
+        "id": run.id,
+        "running": run.running,
+        "phase": run.phase,
+        "planned": run.planned,
+        "processed": run.processed,
+        "deleted": run.deleted,
+        "bytes_freed": run.bytes_freed,
+        "percent": run.percent,
+        "batches": run.batches,
+        "failed": len(run.failures),
+        "error": run.error,
+    }
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/failures")
 def failures_page(request: Request, _: Operator, retried: str = "") -> Response:
     failed = list_tasks(archive_of(request), failed_only=True)
-    runs = [run for run in gc_runner(request).recent() if run.failed or run.error]
+    runs = [run for run in _runs(request) if run.error]
     return render(request, "failures.html", {"tasks": failed, "runs": runs, "retried": retried})
 
 

@@ -9,7 +9,7 @@ revoked or expired session becomes a redirect to the sign-in page with a short r
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from safekeeper.api.errors import status_of
 from safekeeper.api.principal import Principal
 from safekeeper.errors import SafekeeperError
-from safekeeper.units import format_size
+from safekeeper.units import format_duration, format_size
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -39,7 +39,13 @@ def _percent(value: int | None, capacity: int | None) -> float:
     return min(100.0, 100.0 * value / capacity)
 
 
+def _age(seconds: float) -> str:
+    """Seconds as a short age: ``3 s``, ``2 min 5 s``, ``1 d 2 h``."""
+    return "under 1 s" if seconds < 1 else format_duration(timedelta(seconds=seconds))
+
+
 templates.env.filters["size"] = format_size
+templates.env.filters["age"] = _age
 templates.env.filters["percent"] = _percent
 templates.env.filters["when"] = _when
 templates.env.filters["short"] = lambda sha: sha[:12] if sha else "—"

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from safekeeper.db.models import Copy, CopyState
+from safekeeper.db.models import Copy, CopyState, Location
 from safekeeper.errors import Conflict
 
 #: Values per IN (...) list (SQLite limits bound parameters).
@@ -151,8 +151,27 @@ def _stale(now: datetime, timeout: timedelta) -> ColumnElement[bool]:
     )
 
 
-def stale_claims(session: Session, now: datetime, timeout: timedelta) -> list[int]:
-    return list(session.scalars(select(Copy.id).where(_stale(now, timeout)).order_by(Copy.id)))
+def stale_claims(
+    session: Session, now: datetime, timeout: timedelta, location: str | None = None
+) -> list[int]:
+    """The stale claims (at one location, when given)."""
+    query = select(Copy.id).where(_stale(now, timeout))
+    if location is not None:
+        query = query.join(Location, Copy.location_id == Location.id).where(
+            Location.name == location
+        )
+    return list(session.scalars(query.order_by(Copy.id)))
+
+
+def stale_claim_locations(session: Session, now: datetime, timeout: timedelta) -> dict[str, int]:
+    """Location name → the lowest copy id among its stale claims, for locations with any."""
+    rows = session.execute(
+        select(Location.name, func.min(Copy.id))
+        .join(Location, Copy.location_id == Location.id)
+        .where(_stale(now, timeout))
+        .group_by(Location.name)
+    )
+    return {name: int(copy_id) for name, copy_id in rows}
 
 
 def take_over(

@@ -336,9 +336,11 @@ def process_claimed(
     report.bytes_freed += sum(v.facts.size for v in deleted)
 
 
-def recover_stale_claims(archive: Archive, actor: str, report: GcReport) -> None:
+def recover_stale_claims(
+    archive: Archive, actor: str, report: GcReport, location: str | None = None
+) -> None:
     """Take over the claims of a gc that died (or stalled past ``gc_claim_timeout``),
-    then finish or undo its work.
+    at one location when given, then finish or undo its work.
 
     The take-over is a conditional UPDATE that re-checks staleness and changes the
     token, so it never races a live claimant: one whose heartbeat landed first keeps its
@@ -347,7 +349,7 @@ def recover_stale_claims(archive: Archive, actor: str, report: GcReport) -> None
     token = claims.new_token()
     with archive.db.write() as session:
         now = archive.clock()
-        stale = claims.stale_claims(session, now, timeout)
+        stale = claims.stale_claims(session, now, timeout, location)
         taken = claims.take_over(session, stale, token, now, timeout) if stale else {}
     if not taken:
         return
@@ -435,49 +437,85 @@ def run_gc(
 
 
 def queue_gc(
-    archive: Archive, *, archives: bool, location: str | None = None, actor: str | None = None
+    archive: Archive,
+    *,
+    archives: bool,
+    location: str | None = None,
+    actor: str | None = None,
+    max_batches: int | None = None,
 ) -> tuple[int, list[int]]:
     """Plan, and queue each batch as a ``gc`` task for the site of its location (the
-    distributed mode: only that site's workers can reach its store).
+    distributed mode: only that site's workers can reach its store); the first
+    ``max_batches`` batches only, when given.
 
     Archive copies go last: call once with ``archives=False``, wait for those tasks,
-    then once with ``archives=True``. Returns (planned copies, task ids)."""
+    then once with ``archives=True``. Returns (planned copies, task ids).
+
+    Stale claims are recovered by the sites' workers too (the first call queues one
+    recovery task per location that has any): recovering looks in the store, which
+    the host queueing the batches may not reach."""
     actor = actor or default_actor()
-    recover_stale_claims(archive, actor, GcReport())
+    task_ids: list[int] = []
+    if not archives:
+        task_ids += _queue_recovery(archive, location, actor)
     planned, batches = _batches(archive, location)
     batches = [
         (name, batch)
         for name, batch in batches
         if (archive.config.locations[name].kind == "archive") == archives
-    ]
-    task_ids: list[int] = []
+    ][:max_batches]
     with archive.db.write() as session:
         now = archive.clock()
         for name, batch in batches:
-            task = enqueue(
-                session,
-                kind="gc",
-                site=archive.config.locations[name].site,
-                copy_id=batch[0],
-                source_copy_id=None,
-                max_attempts=archive.config.policy.max_retries,
-                now=now,
-            )
-            task.payload = json.dumps({"location": name, "copy_ids": batch, "actor": actor})
-            task_ids.append(task.id)
+            arguments = {"location": name, "copy_ids": batch, "actor": actor}
+            task_ids.append(_enqueue(archive, session, batch[0], arguments, now))
     return planned, task_ids
 
 
+def _queue_recovery(archive: Archive, location: str | None, actor: str) -> list[int]:
+    """One ``gc`` task with ``recover`` per configured location holding stale claims."""
+    timeout = archive.config.policy.gc_claim_timeout
+    task_ids = []
+    with archive.db.write() as session:
+        now = archive.clock()
+        for name, copy_id in sorted(claims.stale_claim_locations(session, now, timeout).items()):
+            if name not in archive.config.locations or location not in (None, name):
+                continue  # not ours to recover here (recover_stale_claims skips them too)
+            arguments = {"location": name, "copy_ids": [], "actor": actor, "recover": True}
+            task_ids.append(_enqueue(archive, session, copy_id, arguments, now))
+    return task_ids
+
+
+def _enqueue(
+    archive: Archive, session: Session, copy_id: int, arguments: dict[str, Any], now: datetime
+) -> int:
+    task = enqueue(
+        session,
+        kind="gc",
+        site=archive.config.locations[arguments["location"]].site,
+        copy_id=copy_id,
+        source_copy_id=None,
+        max_attempts=archive.config.policy.max_retries,
+        now=now,
+    )
+    task.payload = json.dumps(arguments)
+    return task.id
+
+
 class GcBatch:
-    """The ``gc`` task: phases 1-5 for one planned batch. Idempotent: a repeated run
+    """The ``gc`` task: phases 1-5 for one planned batch, after recovering the
+    location's stale claims when the payload says ``recover``. Idempotent: a repeated run
     finds the copies already claimed or deleted and claims nothing."""
 
     def execute(self, archive: Archive, task: TaskInfo) -> Completion:
         arguments = json.loads(task.payload or "{}")
         report = GcReport()
-        execute_batch(
-            archive, arguments["location"], arguments["copy_ids"], arguments["actor"], report
-        )
+        if arguments.get("recover"):
+            recover_stale_claims(archive, arguments["actor"], report, arguments["location"])
+        if arguments["copy_ids"]:
+            execute_batch(
+                archive, arguments["location"], arguments["copy_ids"], arguments["actor"], report
+            )
         if report.failed:
             raise TransientStoreError(f"{len(report.failed)} deletes failed; retried later")
         return lambda session, now: None

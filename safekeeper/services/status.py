@@ -7,7 +7,7 @@ import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -176,8 +176,10 @@ REPORT_SECONDS = 10.0
 
 def config_fingerprint(config: Config) -> str:
     """A short hash of everything in the configuration that decides where work goes:
-    two processes with different fingerprints disagree about locations or policy."""
-    document = config.model_dump(mode="json", exclude={"source", "data_dir"})
+    two processes with different fingerprints disagree about locations or policy.
+    The ``[server]`` section is left out: it is the listener's (``serve --port``
+    changes it), and workers do not read it."""
+    document = config.model_dump(mode="json", exclude={"source", "data_dir", "server"})
     canonical = json.dumps(document, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -225,11 +227,29 @@ class StoreHealth:
 
 
 @dataclass(frozen=True)
+class RunningTask:
+    id: int
+    kind: str
+    site: str
+    claimed_by: str | None
+    attempts: int
+    #: Seconds since the task was queued.
+    age: float
+    #: Seconds since its worker's last heartbeat for it.
+    heartbeat_age: float
+
+
+#: Running tasks listed by ``system_status`` (the longest-running first).
+RUNNING_LIMIT = 100
+
+
+@dataclass(frozen=True)
 class SystemStatus:
     config_fingerprint: str
     workers: list[WorkerStatus]
     queues: list[SiteQueue]
     stores: list[StoreHealth]
+    running: list[RunningTask]
 
     @property
     def healthy(self) -> bool:
@@ -273,4 +293,31 @@ def system_status(archive: Archive) -> SystemStatus:
         for row in rows
     ]
     stores = [_store_health(archive, name) for name in sorted(archive.config.locations)]
-    return SystemStatus(mine, processes, site_queues(archive), stores)
+    return SystemStatus(mine, processes, site_queues(archive), stores, running_tasks(archive))
+
+
+def running_tasks(archive: Archive, limit: int = RUNNING_LIMIT) -> list[RunningTask]:
+    now = archive.clock()
+
+    def since(moment: datetime | None) -> float:
+        return max((now - moment).total_seconds(), 0.0) if moment is not None else 0.0
+
+    with archive.db.read() as session:
+        rows = session.scalars(
+            select(Task)
+            .where(Task.state == TaskState.RUNNING)
+            .order_by(Task.created_at, Task.id)
+            .limit(limit)
+        ).all()
+        return [
+            RunningTask(
+                task.id,
+                task.kind,
+                task.site,
+                task.claimed_by,
+                task.attempts,
+                since(task.created_at),
+                since(task.heartbeat_at),
+            )
+            for task in rows
+        ]

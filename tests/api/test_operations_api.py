@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
@@ -21,6 +24,8 @@ OPERATOR_ROUTES = [
     ("GET", "/api/plan"),
     ("GET", f"/api/plan/explain/{'0' * 64}"),
     ("POST", "/api/gc"),
+    ("GET", "/api/gc"),
+    ("GET", "/api/gc/1"),
     ("GET", "/api/audit"),
 ]
 
@@ -99,8 +104,13 @@ def test_plan_gc_and_audit(
     assert [(v["location"], v["allowed"], v["rule"]) for v in explained.json()] == [
         ("inbox", True, "garbage")
     ]
-    result = client.post("/api/gc", headers=auth).json()
+    started = client.post("/api/gc", headers=auth)
+    assert started.status_code == 202
+    result = finished_run(client, started.json()["id"], auth)
     assert (result["planned"], result["deleted"], result["bytes_freed"]) == (1, 1, len(DATA))
+    assert result["batches"] == {"queued": 0, "running": 0, "done": 1, "failed": 0}
+    assert result["phase"] == "ended" and result["error"] is None
+    assert [run["id"] for run in client.get("/api/gc", headers=auth).json()] == [result["id"]]
     entries = client.get("/api/audit", params={"blob": sha256}, headers=auth).json()
     assert [(e["blob"], e["location"], e["rule"], e["actor"]) for e in entries] == [
         (sha256, "inbox", "garbage", "api:ops")
@@ -115,8 +125,25 @@ def test_gc_max_batches_stops_early(
 ) -> None:
     put(client, accounts, "root", None)
     clock.advance(days=30)
-    result = client.post("/api/gc", params={"max_batches": 1}, headers=accounts.headers("ops"))
-    assert result.json()["deleted"] == 1
+    auth = accounts.headers("ops")
+    started = client.post("/api/gc", params={"max_batches": 1}, headers=auth).json()
+    assert finished_run(client, started["id"], auth)["deleted"] == 1
+
+
+def test_unknown_gc_run_is_404(client: TestClient, accounts: Accounts) -> None:
+    answer = client.get("/api/gc/7", headers=accounts.headers("ops"))
+    assert answer.status_code == 404 and answer.json()["code"] == "not_found"
+
+
+def finished_run(client: TestClient, run_id: int, auth: dict[str, str]) -> dict[str, Any]:
+    """Poll ``GET /api/gc/{id}`` until the run has ended."""
+    deadline = time.monotonic() + 30
+    while True:
+        run: dict[str, Any] = client.get(f"/api/gc/{run_id}", headers=auth).json()
+        if not run["running"]:
+            return run
+        assert time.monotonic() < deadline, run
+        time.sleep(0.05)
 
 
 def test_explain_is_tenant_scoped_for_operators(client: TestClient, accounts: Accounts) -> None:

@@ -8,7 +8,11 @@ Every page's screenshot goes to ``test-output/screenshots/``.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,7 @@ from typing import Any
 import pytest
 
 from safekeeper.services import accounts
+from safekeeper.services.status import config_fingerprint, system_status
 from tests.dashboard.conftest import Server, screenshot, sign_in
 from tests.packages.zips import build_html_package, build_zip
 
@@ -182,6 +187,44 @@ def test_run_gc_from_the_plan_and_see_the_audit_entry(new_context: Any, server: 
     screenshot(page, "audit-after-gc")
     page.goto(f"/blobs/{kept}")
     assert "present" in page.inner_text("#copies")
+
+
+def test_status_page_shows_a_running_worker(new_context: Any, server: Server) -> None:
+    """A ``safekeeper worker`` started beside the server appears on the admins' status
+    page with its heartbeat and configuration."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SAFEKEEPER")}
+    log = server.data_dir.parent / "status-worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "safekeeper", "--data-dir", str(server.data_dir), "worker"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=environ,
+        )
+    prefix = f"{socket.gethostname()}:{worker.pid}:"
+    try:
+        deadline = time.monotonic() + 30
+        with server.archive() as archive:
+            while not any(w.name.startswith(prefix) for w in system_status(archive).workers):
+                assert worker.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        page = new_context().new_page()
+        sign_in(page, "ada")
+        page.click("#nav-status")
+        page.wait_for_url(f"{server.url}/status")
+        row = page.locator(f"tr.worker[data-name^='{prefix}']")
+        assert row.count() == 1
+        assert row.get_attribute("data-stale") == "no"
+        text = row.inner_text()
+        assert "worker" in text and "ago" in text and "local" in text
+        with server.archive() as archive:
+            assert config_fingerprint(archive.config) in text
+        assert page.locator("#stores tr[data-location='inbox']").get_attribute("data-ok") == "yes"
+        screenshot(page, "status")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
 
 
 def test_revoked_session_lands_on_sign_in(new_context: Any, server: Server) -> None:

@@ -9,6 +9,7 @@ import re
 import tarfile
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,8 +17,11 @@ from sqlalchemy import func, select
 
 from safekeeper.api.app import create_app
 from safekeeper.archive import Archive
+from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Reference, Tenant, User
 from safekeeper.services import accounts
+from safekeeper.services.replication import replication_pass
+from safekeeper.services.status import config_fingerprint, report_alive
 from tests.conftest import ArchiveFactory, FakeClock
 from tests.packages.zips import build_html_package, build_zip
 
@@ -125,6 +129,33 @@ def test_members_get_a_friendly_403_and_admins_pages_are_theirs(client: TestClie
         assert answer.status_code == 403, path
         assert "<html" in answer.text and "Not allowed" in answer.text
     assert client.get("/", follow_redirects=False).headers["location"] == "/namespaces"
+
+
+def test_status_page_is_for_admins_and_shows_workers_queues_and_tasks(
+    client: TestClient, archive: Archive, clock: FakeClock
+) -> None:
+    report_alive(archive, "host:1:worker", "worker", ["local"])
+    archive.put_bytes(b"to replicate")
+    (task_id, *_) = replication_pass(archive).task_ids
+    with archive.db.write() as session:
+        assert task_rows.claim(session, task_id, "host:1:worker", clock(), timedelta(minutes=1))
+    clock.advance(seconds=5)
+    for user in ("oscar", "mia"):
+        sign_in(client, user)
+        assert "/status" not in client.get("/sessions").text, "linked for admins only"
+        answer = client.get("/status")
+        assert answer.status_code == 403 and "Not allowed" in answer.text, user
+    sign_in(client, "ada")
+    assert 'href="/status"' in client.get("/sessions").text
+    page = client.get("/status").text
+    worker = re.search(r'<tr class="worker" data-name="host:1:worker".*?</tr>', page, re.S)
+    assert worker is not None and "5 s ago" in worker.group(0)
+    assert config_fingerprint(archive.config) in worker.group(0)
+    running = re.search(rf'<tr data-task="{task_id}">.*?</tr>', page, re.S)
+    assert running is not None and "transfer" in running.group(0)
+    assert "5 s ago" in running.group(0)
+    queue = re.search(r'<tr data-site="local">.*?</tr>', page, re.S)
+    assert queue is not None and '<td class="num">1</td>' in queue.group(0)
 
 
 def test_gc_from_the_dashboard_reports_progress(

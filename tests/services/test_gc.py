@@ -268,6 +268,42 @@ def test_a_gc_that_died_is_finished_or_undone_by_the_next(
     assert rules[first] == ("delete", "archived-elsewhere")
 
 
+def test_queued_gc_leaves_stale_claims_to_the_sites_workers(
+    archive: Archive, clock: FakeClock
+) -> None:
+    """The distributed path recovers a dead gc's claims in a task of their location's
+    site, not in the process that queues the batches (it may not reach the store)."""
+    first = archive.put_bytes(b"claimed, then the gc died (queued)").sha256
+    second = archive.put_bytes(b"deleted, then the gc died (queued)").sha256
+    _replicate(archive)
+    plan = {d.blob: d.copy_id for d in planner.make_plan(archive).deletions}
+    gc.claim(archive, [plan[first], plan[second]])
+    archive.store("inbox").delete([second])
+    clock.advance(minutes=11)
+    _, task_ids = gc.queue_gc(archive, archives=False, actor="tasks", location="archive")
+    assert task_ids == []  # the stale claims are at the inbox, not asked about
+    _, task_ids = gc.queue_gc(archive, archives=False, actor="tasks")
+    assert len(task_ids) == 1, "one recovery task for the inbox, and nothing else planned"
+    # Queueing took no claim over: both are still the dead gc's.
+    assert (
+        _states(archive, first)
+        == _states(archive, second)
+        == {
+            "inbox": "deleting",
+            "archive": "present",
+        }
+    )
+    assert run_due(archive) == {"done": 1}
+    assert _states(archive, second) == {"archive": "present"}
+    assert _states(archive, first) == {"inbox": "present", "archive": "present"}  # released
+    actions = {e.blob: (e.action, e.actor) for e in audit.read_audit(archive)}
+    assert actions == {second: ("delete-recovered", "tasks")}
+    # The released copy is planned again by the next gc.
+    planned, task_ids = gc.queue_gc(archive, archives=False, actor="tasks")
+    assert planned == 1 and run_due(archive) == {"done": 1}
+    assert _states(archive, first) == {"archive": "present"}
+
+
 def test_gc_only_in_one_location(archive: Archive) -> None:
     blob = put_stream(archive, [b"in two places"], location="inbox").sha256
     _replicate(archive)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import timedelta
 
 from typer.testing import CliRunner
 
 from safekeeper.archive import Archive
 from safekeeper.cli import app
+from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Task, TaskState
 from safekeeper.engine.runner import run_task
 from safekeeper.engine.worker import embedded_loop
@@ -46,6 +48,28 @@ def test_status_shows_workers_configs_and_staleness(
     report = system_status(archive)
     assert {w.name for w in report.workers if w.stale} == {"w-new"}
     assert not report.healthy
+
+
+def test_the_listener_settings_are_not_part_of_the_fingerprint(
+    make_archive: ArchiveFactory,
+) -> None:
+    """``serve --port`` changes the server's settings; its workers still agree with it."""
+    archive = make_archive()
+    served = archive.config.server.model_copy(update={"port": 9999})
+    assert config_fingerprint(archive.config) == config_fingerprint(
+        archive.config.model_copy(update={"server": served})
+    )
+
+
+def test_running_tasks_are_listed_with_their_age(archive: Archive, clock: FakeClock) -> None:
+    archive.put_bytes(b"running")
+    (task_id,) = replication_pass(archive).task_ids
+    with archive.db.write() as session:
+        assert task_rows.claim(session, task_id, "w-1", clock(), timedelta(minutes=1))
+    clock.advance(seconds=7)
+    (running,) = system_status(archive).running
+    assert (running.id, running.kind, running.claimed_by) == (task_id, "transfer", "w-1")
+    assert running.age == running.heartbeat_age == 7.0
 
 
 def test_status_command_exit_code(make_archive: ArchiveFactory) -> None:
