@@ -20,7 +20,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 import tomli_w
@@ -34,6 +33,7 @@ from safekeeper.engine.worker import Resender
 from safekeeper.services.replication import replication_pass
 from safekeeper.stores.marker import MARKER_NAME
 from tests.conftest import FakeClock
+from tests.engine.processes import Workers
 from tests.servers import S3Server
 
 SMALL_FILES = 20
@@ -97,75 +97,6 @@ def test_resender_sends_retries_and_stale_tasks(archive: Archive, clock: FakeClo
         assert task_rows.claim(session, stale, "w2", clock(), timeout)
     clock.advance(seconds=timeout.total_seconds() + 1)
     assert (stale, "local") in resender.pick()
-
-
-class Workers:
-    """``safekeeper worker --site NAME`` subprocesses, logging into files."""
-
-    def __init__(self, config: Path, logs: Path, env: dict[str, str]) -> None:
-        self.config, self.logs, self.env = config, logs, env
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._log_files: list[IO[bytes]] = []
-        self._starts: dict[str, int] = {}
-
-    def _starts_of(self, site: str) -> int:
-        return self._starts.get(site, 0)
-
-    def start(self, site: str) -> subprocess.Popen[bytes]:
-        self._starts[site] = self._starts_of(site) + 1
-        log = open(self.logs / f"worker-{site}-{self._starts[site]}.log", "wb")  # noqa: SIM115
-        self._log_files.append(log)
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "safekeeper",
-                "--config",
-                str(self.config),
-                "worker",
-                "--site",
-                site,
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.processes[site] = process
-        return process
-
-    def wait_ready(self, site: str, timeout: float = 60.0) -> None:
-        """Wait until the worker consumes (its start-up replication pass has run)."""
-        log = self.logs / f"worker-{site}-{self._starts_of(site)}.log"
-        deadline = time.monotonic() + timeout
-        while " ready." not in log.read_text(errors="replace"):
-            self.check_alive()
-            if time.monotonic() > deadline:
-                pytest.fail(f"worker {site} did not become ready:\n{self.tails()}")
-            time.sleep(0.05)
-
-    def check_alive(self) -> None:
-        for site, process in self.processes.items():
-            if process.poll() is not None:
-                pytest.fail(f"worker {site} exited with {process.returncode}:\n{self.tails()}")
-
-    def tails(self) -> str:
-        return "\n".join(
-            f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
-            for path in sorted(self.logs.glob("worker-*.log"))
-        )
-
-    def stop_all(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        for log in self._log_files:
-            log.close()
 
 
 @pytest.fixture
