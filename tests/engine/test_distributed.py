@@ -29,12 +29,14 @@ from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Task, TaskState
+from safekeeper.engine.celery_app import BrokerUnavailable
 from safekeeper.engine.worker import Resender
 from safekeeper.services.replication import replication_pass
 from safekeeper.stores.marker import MARKER_NAME
-from tests.conftest import FakeClock
+from tests.conftest import ArchiveFactory, FakeClock
 from tests.engine.processes import Workers
 from tests.servers import S3Server
+from tests.util import free_port
 
 SMALL_FILES = 20
 BIG_SIZE = 320 * 1024 * 1024
@@ -97,6 +99,40 @@ def test_resender_sends_retries_and_stale_tasks(archive: Archive, clock: FakeClo
         assert task_rows.claim(session, stale, "w2", clock(), timeout)
     clock.advance(seconds=timeout.total_seconds() + 1)
     assert (stale, "local") in resender.pick()
+
+
+def test_resender_after_a_reconnect_sends_every_due_task_but_no_running_one(
+    archive: Archive, clock: FakeClock
+) -> None:
+    queued, running = _scheduled(archive, 2)
+    with archive.db.write() as session:
+        assert task_rows.claim(
+            session, running, "w", clock(), archive.config.tasks.heartbeat_timeout
+        )
+    resender = Resender(archive, ["local"])
+    assert resender.pick() == []
+    # The broker may have restarted empty: no waiting for the heartbeat timeout. The
+    # running task keeps its fresh claim: a message for it would do nothing anyway.
+    resender.resend_all = True
+    assert resender.pick() == [(queued, "local")]
+
+
+def test_a_failed_resend_is_tried_again_with_everything_due(
+    make_archive: ArchiveFactory, clock: FakeClock
+) -> None:
+    archive = make_archive(
+        SAFEKEEPER__TASKS__EXECUTOR="celery",
+        SAFEKEEPER__TASKS__BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",  # nobody there
+    )
+    lost = _scheduled(archive, 2)
+    clock.advance(seconds=archive.config.tasks.heartbeat_timeout.total_seconds() + 1)
+    resender = Resender(archive, ["local"])
+    with pytest.raises(BrokerUnavailable):
+        resender.round()
+    assert resender.resend_all, "the next round sends everything due, fresh tasks too"
+    # And the tasks are not counted as sent: without that flag, they go again too.
+    resender.resend_all = False
+    assert [t for t, _ in resender.pick()] == lost
 
 
 @pytest.fixture
