@@ -190,3 +190,36 @@ def test_messages_received_while_the_database_is_down_run_once_it_is_back(
     assert elapsed < RESUMED_WITHIN, f"{elapsed:.1f} s after the database came back"
     assert all(attempts == 1 for _, attempts, _ in deployment.states(task_ids).values())
     deployment.workers.check_alive()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_worker_stopped_while_the_database_is_down_hands_its_messages_back(
+    database_outage: Deployment, postgres_cluster: PgCluster, redis_url: str
+) -> None:
+    deployment = database_outage
+    site = deployment.site
+    deployment.workers.start(site)
+    deployment.workers.wait_ready(site)
+    deployment.put_files(FILES)
+    task_ids = replication_pass(deployment.archive).task_ids
+    broker = redis.Redis.from_url(redis_url)
+
+    postgres_cluster.stop()
+    send_tasks(deployment.archive, [(task_id, site) for task_id in task_ids])
+    time.sleep(4)
+    assert broker.llen(queue_name(site)) == FILES - THREADS
+    worker = deployment.workers.processes[site]
+    worker.terminate()
+    # Its threads stop waiting for the database, so it does not hang...
+    worker.wait(timeout=15)
+    # ...and the messages they held are back in the queue.
+    assert broker.llen(queue_name(site)) == FILES
+
+    postgres_cluster.start()
+    back = time.monotonic()
+    deployment.workers.start(site)
+    elapsed = deployment.seconds_until_done(task_ids, back)
+    print(f"resumed {elapsed:.1f} s after the database came back, with a new worker")
+    assert elapsed < RESUMED_WITHIN, f"{elapsed:.1f} s after the database came back"
+    assert all(attempts == 1 for _, attempts, _ in deployment.states(task_ids).values())
