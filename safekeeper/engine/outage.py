@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -28,7 +28,7 @@ POLL_SECONDS = 1.0
 stopping = threading.Event()
 
 
-def database_unavailable(exc: BaseException) -> bool:
+def database_unavailable(exc: BaseException) -> TypeGuard[DBAPIError]:
     """Whether ``exc`` says the database could not be used right now (connection
     refused or lost, server shutting down), rather than that a statement is wrong.
 

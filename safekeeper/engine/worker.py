@@ -5,7 +5,8 @@ while a maintenance thread
 
 - re-sends the ids of the sites' tasks that are due in the database but may have no
   message: retries whose backoff has passed (the runner only re-queues the row),
-  messages the broker lost, and tasks of a worker that died (stale heartbeat). A
+  messages the broker lost, and tasks of a worker that died (stale heartbeat); after
+  each (re)connection to the broker or a failed send, every due task at once. A
   duplicate message is harmless: claiming is a conditional UPDATE, only one wins;
 - runs a replication pass every ``tasks.replicate_interval`` and sends its tasks.
 
@@ -31,6 +32,7 @@ from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Task, TaskState
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.engine.embedded import run_due
+from safekeeper.engine.outage import database_unavailable
 from safekeeper.engine.runner import reap_dead_tasks, worker_name
 from safekeeper.errors import ConfigError, SafekeeperError
 from safekeeper.services.replication import replication_pass
@@ -53,8 +55,11 @@ def _guard(what: str, action: Callable[[], object]) -> bool:
         action()
     except SafekeeperError as exc:
         logger.warning("%s failed: %s", what, exc)
-    except Exception:
-        logger.exception("%s failed", what)
+    except Exception as exc:
+        if database_unavailable(exc):  # expected while it restarts: no traceback
+            logger.warning("%s failed: database unavailable: %s", what, exc.orig)
+        else:
+            logger.exception("%s failed", what)
     else:
         return True
     return False
