@@ -1,5 +1,6 @@
-"""A private Redis server for the tests (the Celery broker): started once per session
-on a free loopback port, without persistence, and stopped at the end.
+"""A private Redis server for the tests (the Celery broker), on a free loopback port,
+without persistence: ``redis_url`` is one server for the session; ``redis_server`` a
+server of the test's own, which it may stop and start again (same port, now empty).
 
 Under CI (CI=true) a missing ``redis-server`` fails the tests; elsewhere they skip.
 """
@@ -30,47 +31,76 @@ def _answers_ping(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """Yield ``redis://127.0.0.1:PORT/0`` for a fresh ``redis-server``."""
+class RedisServer:
+    """One ``redis-server`` process on a fixed port, which can be stopped and started."""
+
+    def __init__(self, binary: str, base: Path) -> None:
+        self.binary, self.base = binary, base
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = base / "redis.log"
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.base),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not _answers_ping(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                unavailable(f"redis-server did not start; log tail:\n{tail}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _redis_server() -> Iterator[RedisServer]:
     binary = shutil.which("redis-server")
     if binary is None:
         unavailable("redis-server not found; install redis (apt-get install redis-server)")
     base = Path(tempfile.mkdtemp(prefix="safekeeper-redis-"))
-    port = free_port()
-    log_path = base / "redis.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(base),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    server = RedisServer(binary, base)
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not _answers_ping(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                unavailable(f"redis-server did not start; log tail:\n{tail}")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        server.start()
+        yield server
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """Yield ``redis://127.0.0.1:PORT/0`` for a fresh ``redis-server``."""
+    for server in _redis_server():
+        yield server.url
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A ``redis-server`` of this test's own, to stop and start."""
+    yield from _redis_server()

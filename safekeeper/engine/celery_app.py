@@ -17,11 +17,20 @@ Settings and why:
   claim is stale and can be taken over;
 - the threads pool, not prefork, so one process owns its SQLAlchemy engine and its
   stores (no connection is ever shared across a fork);
-- no result backend: task outcomes are in the database.
+- no result backend: task outcomes are in the database;
+- a lost broker connection is retried forever, at most ``RECONNECT_MAX_SECONDS``
+  apart (Celery's own backoff grows to 30 s, and gives up after 100 tries), and each
+  (re)connection calls ``start_worker``'s ``on_connect``: the worker then re-sends the
+  queued tasks at once, since a restarted broker may have lost their messages;
+- a task that finds the database unavailable waits for it, holding its message,
+  instead of failing: with one message per thread, the worker stops taking messages
+  until the database is back (see ``engine.outage``).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import socket
 import threading
@@ -30,10 +39,14 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from celery import Celery
+from celery import Celery, bootsteps, signals
+from celery.exceptions import Reject
+from celery.worker.consumer import Consumer
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
+from sqlalchemy.exc import DBAPIError
 
+from safekeeper.engine import outage
 from safekeeper.engine.runner import run_task
 from safekeeper.errors import SafekeeperError
 
@@ -43,6 +56,10 @@ if TYPE_CHECKING:
 
 TASK_NAME = "safekeeper.run_task"
 QUEUE_PREFIX = "safekeeper.site."
+#: The longest pause between two attempts to reconnect to the broker.
+RECONNECT_MAX_SECONDS = 2.0
+
+logger = logging.getLogger("safekeeper.worker")
 
 #: The archive of this worker process, set by ``start_worker`` before it consumes.
 _worker_archive: Archive | None = None
@@ -83,11 +100,27 @@ def _queues(sites: Iterable[str]) -> dict[str, dict[str, str]]:
 
 
 def _run(task_id: int) -> str | None:
-    """The Celery task body: claim and run task ``task_id`` with this worker's archive."""
-    if _worker_archive is None:
+    """The Celery task body: claim and run task ``task_id`` with this worker's archive.
+
+    While the database is unavailable, wait for it rather than fail: a failed Celery
+    task is acknowledged, and its message gone. A worker told to stop while waiting
+    hands the message back to the broker.
+    """
+    archive = _worker_archive
+    if archive is None:
         raise RuntimeError("safekeeper.run_task called outside a safekeeper worker")
-    state = run_task(_worker_archive, int(task_id))
-    return state.value if state is not None else None
+    while True:
+        try:
+            state = run_task(archive, int(task_id))
+        except DBAPIError as exc:
+            if not outage.database_unavailable(exc):
+                raise
+            logger.warning("task %s: database unavailable, waiting for it: %s", task_id, exc.orig)
+            if not outage.wait_for_database(archive):
+                raise Reject(f"database unavailable: {exc.orig}", requeue=True) from exc
+            logger.info("task %s: the database is back", task_id)
+            continue
+        return state.value if state is not None else None
 
 
 def make_celery(archive: Archive) -> Any:
@@ -111,6 +144,7 @@ def make_celery(archive: Archive) -> Any:
             "visibility_timeout": visibility_timeout(tasks.heartbeat_timeout)
         },
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
         enable_utc=True,
     )
     app.task(name=TASK_NAME, ignore_result=True, acks_late=True)(_run)
@@ -147,26 +181,63 @@ def send_tasks(archive: Archive, items: Iterable[tuple[int, str]]) -> None:
         ) from exc
 
 
+class _Consumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, reconnecting to the broker at most ``RECONNECT_MAX_SECONDS``
+    apart, so that work resumes within seconds of the broker coming back."""
+
+    def ensure_connected(self, conn: Any) -> Any:
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection,
+            interval_start=0.5,
+            interval_step=0.5,
+            interval_max=RECONNECT_MAX_SECONDS,
+        )
+        return super().ensure_connected(conn)
+
+
+def _on_connect_step(callback: Callable[[], None]) -> type:
+    """A consumer boot step calling ``callback`` each time the consumer has (re)connected
+    to the broker and consumes again."""
+
+    class Connected(bootsteps.StartStopStep):  # type: ignore[misc]
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def start(self, parent: Any) -> None:
+            callback()
+
+    return Connected
+
+
+def _stop_waiting(**_kwargs: Any) -> None:
+    outage.stopping.set()
+
+
 def start_worker(
     archive: Archive,
     sites: Sequence[str],
     *,
     on_start: Callable[[], None] | None = None,
+    on_connect: Callable[[], None] | None = None,
     loglevel: str = "INFO",
 ) -> int:
     """Consume the sites' queues in this process until a shutdown signal; return the
     worker's exit code.
 
     Blocks, in the main thread: Celery installs the SIGTERM and SIGINT handlers (the
-    first signal lets running tasks finish). ``on_start`` runs once the app is set up
-    and logging configured, just before consuming starts.
+    first signal lets running tasks finish, and ends waits for the database). ``on_start``
+    runs once the app is set up and logging configured, just before consuming starts;
+    ``on_connect`` each time the worker has (re)connected to the broker.
     """
     global _worker_archive
     _worker_archive = archive
     app = make_celery(archive)
     with _producers_lock:
         _producers[archive] = app  # the worker's own re-sends share its connections
+    if on_connect is not None:
+        app.steps["consumer"].add(_on_connect_step(on_connect))
+    signals.worker_shutting_down.connect(_stop_waiting, weak=False)
     worker = app.Worker(
+        consumer_cls=_Consumer,
         hostname=f"safekeeper-{'+'.join(sites)}-{os.getpid()}@{socket.gethostname()}",
         queues=[queue_name(site) for site in sites],
         pool_cls="threads",

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from sqlalchemy.orm import Session
 from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Task, TaskState
 from safekeeper.engine.handlers import HANDLERS
+from safekeeper.engine.outage import database_unavailable, wait_for_database
 from safekeeper.engine.types import Completion, Handler, TaskInfo
 from safekeeper.errors import SafekeeperError, TransientStoreError
 
@@ -83,6 +85,9 @@ class _Outcome:
     completion: Completion | None = None
     error: str = ""
     transient: bool = False
+    #: The database went away under the handler: not the task's fault, so this attempt
+    #: does not use up the task's last one.
+    outage: bool = False
 
 
 def _execute(archive: Archive, task: TaskInfo) -> _Outcome:
@@ -103,6 +108,9 @@ def _execute(archive: Archive, task: TaskInfo) -> _Outcome:
     except BaseException as exc:  # noqa: BLE001 - a bug must not leave the task running forever
         # BaseException, not Exception: a panic in native code (pyo3's PanicException)
         # derives from BaseException, and must fail this attempt, not the worker.
+        if database_unavailable(exc):
+            error = f"database unavailable: {_first_line(exc)}"
+            return _Outcome(task, handler, error=error, transient=True, outage=True)
         error = f"unexpected {type(exc).__name__}: {_first_line(exc)}"
         return _Outcome(task, handler, error=error, transient=True)
 
@@ -120,7 +128,7 @@ def _record(session: Session, archive: Archive, worker: str, outcome: _Outcome) 
             return None
         outcome.completion(session, now)
         return TaskState.DONE
-    final = not outcome.transient or task.attempts >= task.max_attempts
+    final = not outcome.transient or (task.attempts >= task.max_attempts and not outcome.outage)
     state = TaskState.FAILED if final else TaskState.QUEUED
     retry_at = now + backoff(archive, task.attempts)
     if not task_rows.finish(
@@ -164,8 +172,32 @@ def run_batch(
     with _Heartbeat(archive, [t.id for t in tasks], worker):
         outcomes = list(pool.map(execute, tasks)) if pool else [execute(t) for t in tasks]
         archive.sync_stores()  # everything written is durable before anything is recorded
-    with archive.db.write() as session:
-        return [_record(session, archive, worker, outcome) for outcome in outcomes]
+    return _record_all(archive, worker, outcomes)
+
+
+def _record_all(archive: Archive, worker: str, outcomes: list[_Outcome]) -> list[TaskState | None]:
+    """Record the outcomes in one transaction, waiting out a database outage.
+
+    The work is done: losing its outcome to a database restart would leave the tasks
+    running until their claims go stale, then run them again. The claims stay ours
+    for ``heartbeat_timeout`` after the last beat, so that is how long waiting is
+    worth it; after that, ``finish`` finds another worker's claim and records nothing.
+    """
+    deadline = time.monotonic() + archive.config.tasks.heartbeat_timeout.total_seconds()
+    while True:
+        try:
+            with archive.db.write() as session:
+                return [_record(session, archive, worker, outcome) for outcome in outcomes]
+        except DBAPIError as exc:
+            if not database_unavailable(exc):
+                raise
+            log.warning(
+                "recording tasks %s: database unavailable, waiting for it: %s",
+                [o.task.id for o in outcomes],
+                _first_line(exc),
+            )
+            if not wait_for_database(archive, deadline - time.monotonic()):
+                raise
 
 
 def reap_dead_tasks(archive: Archive) -> list[int]:

@@ -5,7 +5,8 @@ while a maintenance thread
 
 - re-sends the ids of the sites' tasks that are due in the database but may have no
   message: retries whose backoff has passed (the runner only re-queues the row),
-  messages the broker lost, and tasks of a worker that died (stale heartbeat). A
+  messages the broker lost, and tasks of a worker that died (stale heartbeat); after
+  each (re)connection to the broker or a failed send, every due task at once. A
   duplicate message is harmless: claiming is a conditional UPDATE, only one wins;
 - runs a replication pass every ``tasks.replicate_interval`` and sends its tasks.
 
@@ -31,6 +32,7 @@ from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Task, TaskState
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.engine.embedded import run_due
+from safekeeper.engine.outage import database_unavailable
 from safekeeper.engine.runner import reap_dead_tasks, worker_name
 from safekeeper.errors import ConfigError, SafekeeperError
 from safekeeper.services.replication import replication_pass
@@ -46,14 +48,21 @@ RESEND_SECONDS = 5.0
 RESEND_LIMIT = 10_000
 
 
-def _guard(what: str, action: Callable[[], object]) -> None:
-    """Run one round of background work; log a failure and keep the worker alive."""
+def _guard(what: str, action: Callable[[], object]) -> bool:
+    """Run one round of background work; log a failure and keep the worker alive.
+    Returns whether it succeeded."""
     try:
         action()
     except SafekeeperError as exc:
         logger.warning("%s failed: %s", what, exc)
-    except Exception:
-        logger.exception("%s failed", what)
+    except Exception as exc:
+        if database_unavailable(exc):  # expected while it restarts: no traceback
+            logger.warning("%s failed: database unavailable: %s", what, exc.orig)
+        else:
+            logger.exception("%s failed", what)
+    else:
+        return True
+    return False
 
 
 def _replicate(archive: Archive) -> None:
@@ -76,6 +85,11 @@ class Resender:
     when it is running with a stale heartbeat (its worker died). A task is re-sent at
     most once per heartbeat timeout for the same attempt, so a backlog is not flooded
     with duplicates.
+
+    Except after an outage: when the worker has reconnected to the broker (which may
+    have restarted and lost its messages) or a send failed, the next round sends every
+    due task at once (``resend_all``). Only due tasks: one running with a fresh
+    heartbeat is not claimable, so its duplicate message does nothing.
     """
 
     def __init__(self, archive: Archive, sites: Sequence[str]) -> None:
@@ -83,6 +97,8 @@ class Resender:
         self.sites = list(sites)
         self.grace = archive.config.tasks.heartbeat_timeout
         self._sent: dict[int, tuple[int, datetime]] = {}  # id -> (attempts, when sent)
+        #: Send every due task in the next round, without waiting for the grace.
+        self.resend_all = False
 
     def pick(self) -> list[tuple[int, str]]:
         """The ``(task id, site)`` pairs to send now (and remember them as sent)."""
@@ -100,14 +116,17 @@ class Resender:
             )
         picked: list[tuple[int, str]] = []
         for task_id, site, task_state, attempts, not_before in rows:
-            first_message_pending = (
-                task_state == TaskState.QUEUED and attempts == 0 and now - not_before < self.grace
-            )
-            if first_message_pending:
-                continue
-            last = self._sent.get(task_id)
-            if last is not None and last[0] == attempts and now - last[1] < self.grace:
-                continue
+            if not self.resend_all:
+                first_message_pending = (
+                    task_state == TaskState.QUEUED
+                    and attempts == 0
+                    and now - not_before < self.grace
+                )
+                if first_message_pending:
+                    continue
+                last = self._sent.get(task_id)
+                if last is not None and last[0] == attempts and now - last[1] < self.grace:
+                    continue
             self._sent[task_id] = (attempts, now)
             picked.append((task_id, site))
         live = set(due)
@@ -120,8 +139,17 @@ class Resender:
 
         picked = self.pick()
         if picked:
-            send_tasks(self.archive, picked)
+            try:
+                send_tasks(self.archive, picked)
+            except SafekeeperError:
+                # Not sent: forget them, and send everything due once the broker is back
+                # (it may come back empty), not a heartbeat timeout later.
+                for task_id, _site in picked:
+                    self._sent.pop(task_id, None)
+                self.resend_all = True
+                raise
             logger.info("re-sent %d due tasks: %s", len(picked), [t for t, _ in picked])
+        self.resend_all = False
         return len(picked)
 
 
@@ -144,9 +172,12 @@ class _Reporter:
         )
 
 
-def _maintenance_loop(archive: Archive, sites: Sequence[str], stop: threading.Event) -> None:
-    """Re-send due tasks every few seconds; a replication pass every replicate_interval
-    (the first one ran before the worker started consuming)."""
+def _maintenance_loop(
+    archive: Archive, sites: Sequence[str], stop: threading.Event, connected: threading.Event
+) -> None:
+    """Re-send due tasks every few seconds, and at once with every due task when the
+    worker has (re)connected to the broker (``connected``); a replication pass every
+    replicate_interval (the first one ran before the worker started consuming)."""
     tasks = archive.config.tasks
     resender = Resender(archive, sites)
     reporter = _Reporter(archive, "celery-worker", sites)
@@ -156,10 +187,14 @@ def _maintenance_loop(archive: Archive, sites: Sequence[str], stop: threading.Ev
         reporter.tick()
         if time.monotonic() >= next_pass:
             next_pass = time.monotonic() + tasks.replicate_interval.total_seconds()
-            _guard("replication pass", lambda: _replicate(archive))
+            if not _guard("replication pass", lambda: _replicate(archive)):
+                resender.resend_all = True  # its tasks may have no message
+        if connected.is_set():
+            connected.clear()
+            resender.resend_all = True
         _guard("failing tasks whose worker died", lambda: reap_dead_tasks(archive))
         _guard("re-sending due tasks", resender.round)
-        stop.wait(pause)
+        connected.wait(pause)  # stop sets it too
 
 
 def run(archive: Archive, sites: Sequence[str]) -> int:
@@ -184,10 +219,10 @@ def _run_celery(archive: Archive, sites: Sequence[str]) -> int:
             f"client (pip install 'celery[redis]'): {exc}"
         ) from exc
 
-    stop = threading.Event()
+    stop, connected = threading.Event(), threading.Event()
     maintenance = threading.Thread(
         target=_maintenance_loop,
-        args=(archive, sites, stop),
+        args=(archive, sites, stop, connected),
         name="safekeeper-maintenance",
         daemon=True,
     )
@@ -197,10 +232,15 @@ def _run_celery(archive: Archive, sites: Sequence[str]) -> int:
         _guard("replication pass", lambda: _replicate(archive))
         maintenance.start()
 
+    def on_connect() -> None:
+        logger.info("connected to the broker: re-sending every due task")
+        connected.set()
+
     try:
-        return start_worker(archive, sites, on_start=on_start)
+        return start_worker(archive, sites, on_start=on_start, on_connect=on_connect)
     finally:
         stop.set()
+        connected.set()
         if maintenance.is_alive():
             maintenance.join(timeout=30)
 

@@ -20,7 +20,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 import tomli_w
@@ -30,11 +29,14 @@ from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Task, TaskState
+from safekeeper.engine.celery_app import BrokerUnavailable
 from safekeeper.engine.worker import Resender
 from safekeeper.services.replication import replication_pass
 from safekeeper.stores.marker import MARKER_NAME
-from tests.conftest import FakeClock
+from tests.conftest import ArchiveFactory, FakeClock
+from tests.engine.processes import Workers
 from tests.servers import S3Server
+from tests.util import free_port
 
 SMALL_FILES = 20
 BIG_SIZE = 320 * 1024 * 1024
@@ -99,73 +101,38 @@ def test_resender_sends_retries_and_stale_tasks(archive: Archive, clock: FakeClo
     assert (stale, "local") in resender.pick()
 
 
-class Workers:
-    """``safekeeper worker --site NAME`` subprocesses, logging into files."""
-
-    def __init__(self, config: Path, logs: Path, env: dict[str, str]) -> None:
-        self.config, self.logs, self.env = config, logs, env
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._log_files: list[IO[bytes]] = []
-        self._starts: dict[str, int] = {}
-
-    def _starts_of(self, site: str) -> int:
-        return self._starts.get(site, 0)
-
-    def start(self, site: str) -> subprocess.Popen[bytes]:
-        self._starts[site] = self._starts_of(site) + 1
-        log = open(self.logs / f"worker-{site}-{self._starts[site]}.log", "wb")  # noqa: SIM115
-        self._log_files.append(log)
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "safekeeper",
-                "--config",
-                str(self.config),
-                "worker",
-                "--site",
-                site,
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+def test_resender_after_a_reconnect_sends_every_due_task_but_no_running_one(
+    archive: Archive, clock: FakeClock
+) -> None:
+    queued, running = _scheduled(archive, 2)
+    with archive.db.write() as session:
+        assert task_rows.claim(
+            session, running, "w", clock(), archive.config.tasks.heartbeat_timeout
         )
-        self.processes[site] = process
-        return process
+    resender = Resender(archive, ["local"])
+    assert resender.pick() == []
+    # The broker may have restarted empty: no waiting for the heartbeat timeout. The
+    # running task keeps its fresh claim: a message for it would do nothing anyway.
+    resender.resend_all = True
+    assert resender.pick() == [(queued, "local")]
 
-    def wait_ready(self, site: str, timeout: float = 60.0) -> None:
-        """Wait until the worker consumes (its start-up replication pass has run)."""
-        log = self.logs / f"worker-{site}-{self._starts_of(site)}.log"
-        deadline = time.monotonic() + timeout
-        while " ready." not in log.read_text(errors="replace"):
-            self.check_alive()
-            if time.monotonic() > deadline:
-                pytest.fail(f"worker {site} did not become ready:\n{self.tails()}")
-            time.sleep(0.05)
 
-    def check_alive(self) -> None:
-        for site, process in self.processes.items():
-            if process.poll() is not None:
-                pytest.fail(f"worker {site} exited with {process.returncode}:\n{self.tails()}")
-
-    def tails(self) -> str:
-        return "\n".join(
-            f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
-            for path in sorted(self.logs.glob("worker-*.log"))
-        )
-
-    def stop_all(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        for log in self._log_files:
-            log.close()
+def test_a_failed_resend_is_tried_again_with_everything_due(
+    make_archive: ArchiveFactory, clock: FakeClock
+) -> None:
+    archive = make_archive(
+        SAFEKEEPER__TASKS__EXECUTOR="celery",
+        SAFEKEEPER__TASKS__BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",  # nobody there
+    )
+    lost = _scheduled(archive, 2)
+    clock.advance(seconds=archive.config.tasks.heartbeat_timeout.total_seconds() + 1)
+    resender = Resender(archive, ["local"])
+    with pytest.raises(BrokerUnavailable):
+        resender.round()
+    assert resender.resend_all, "the next round sends everything due, fresh tasks too"
+    # And the tasks are not counted as sent: without that flag, they go again too.
+    resender.resend_all = False
+    assert [t for t, _ in resender.pick()] == lost
 
 
 @pytest.fixture

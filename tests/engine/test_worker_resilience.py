@@ -1,5 +1,6 @@
 """A worker that cannot wedge (issue 15): a panic in native code fails one attempt and
-the batch goes on; a database error at heartbeat time does not end the heartbeats."""
+the batch goes on; a database error at heartbeat time does not end the heartbeats; a
+database restart while a task runs neither loses its outcome nor fails it."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from sqlalchemy.exc import OperationalError
 from safekeeper.archive import Archive
 from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Task, TaskState
+from safekeeper.engine.handlers import HANDLERS
 from safekeeper.engine.runner import run_batch, run_task
+from safekeeper.engine.types import Completion, TaskInfo
 from safekeeper.services.replication import replication_pass
 from safekeeper.stores.base import PutResult, Source, Store
-from tests.conftest import ArchiveFactory
+from tests.conftest import ArchiveFactory, FakeClock
+from tests.pg import PgCluster
 
 
 def native_panic() -> None:
@@ -108,3 +112,75 @@ def test_heartbeats_survive_a_database_error(
     assert run_task(archive, task_id) == TaskState.DONE
     assert beats[0] == "error"
     assert beats.count("ok") >= 2, beats
+
+
+def _restart(cluster: PgCluster, after: float) -> threading.Thread:
+    """Stop the database server now, start it again ``after`` seconds later."""
+    cluster.stop()
+    restart = threading.Thread(target=lambda: (time.sleep(after), cluster.start()))
+    restart.start()
+    return restart
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_an_outcome_is_recorded_once_the_database_is_back(
+    make_archive: ArchiveFactory, postgres_cluster: PgCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = make_archive(postgres_cluster.url)
+    archive.put_bytes(b"blob" * 1000)
+    (task_id,) = replication_pass(archive).task_ids
+    restarts: list[threading.Thread] = []
+    monkeypatch.setitem(
+        archive._stores,
+        "archive",
+        WrappedStore(
+            archive.store("archive"), lambda: restarts.append(_restart(postgres_cluster, 2))
+        ),
+    )
+    # The copy is written while the database is down; recording it waits for the database.
+    assert run_task(archive, task_id) == TaskState.DONE
+    restarts[0].join()
+    assert _state(archive, task_id).attempts == 1
+
+
+class _DatabaseGoesAway:
+    """The transfer handler, run while the database restarts."""
+
+    def __init__(self, real: Any, cluster: PgCluster) -> None:
+        self.real, self.cluster = real, cluster
+        self.restarts: list[threading.Thread] = []
+
+    def execute(self, archive: Archive, task: TaskInfo) -> Completion:
+        if not self.restarts:
+            self.restarts.append(_restart(self.cluster, 1))
+        completion: Completion = self.real.execute(archive, task)
+        return completion
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_database_outage_does_not_use_up_the_last_attempt(
+    make_archive: ArchiveFactory,
+    postgres_cluster: PgCluster,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    archive = make_archive(postgres_cluster.url)
+    archive.put_bytes(b"blob" * 1000)
+    (task_id,) = replication_pass(archive).task_ids
+    with archive.db.write() as session:
+        session.get_one(Task, task_id).max_attempts = 1
+    handler = _DatabaseGoesAway(HANDLERS["transfer"], postgres_cluster)
+    monkeypatch.setitem(HANDLERS, "transfer", handler)
+
+    assert run_task(archive, task_id) == TaskState.QUEUED, "retried, not failed"
+    handler.restarts[0].join()
+    task = _state(archive, task_id)
+    assert (task.attempts, task.max_attempts) == (1, 1)
+    assert (task.last_error or "").startswith("database unavailable")
+    clock.advance(seconds=60)
+    assert run_task(archive, task_id) == TaskState.DONE
