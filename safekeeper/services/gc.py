@@ -468,6 +468,8 @@ class GcBatch:
     """The ``gc`` task: phases 1-5 for one planned batch. Idempotent: a repeated run
     finds the copies already claimed or deleted and claims nothing."""
 
+    reports_progress = False  # many small steps, no byte stream: no watchdog
+
     def execute(self, archive: Archive, task: TaskInfo) -> Completion:
         arguments = json.loads(task.payload or "{}")
         report = GcReport()
