@@ -3,7 +3,8 @@
 A handler does the slow work (I/O) without holding a transaction, then returns a
 ``Completion``: a function that records the result. The runner applies it in the same
 transaction that marks the task done, and only if this worker still holds the claim —
-so a worker that was presumed dead and replaced cannot record a stale result.
+so a worker that was presumed dead and replaced cannot record a stale result. The
+heartbeat thread is also the watchdog of stuck threads (``engine.watchdog``).
 """
 
 from __future__ import annotations
@@ -73,9 +74,12 @@ class _Heartbeat:
         while not self._stop.wait(interval):
             try:
                 self._check_progress()
-                live = [t for t in self._tasks if t not in self.stalled]
-                if not live:
-                    return
+            except DBAPIError as exc:  # the stall is noticed again at the next beat
+                log.warning("watchdog for tasks %s failed, retrying: %s", list(self._tasks), exc)
+            live = [t for t in self._tasks if t not in self.stalled]
+            if not live:
+                return
+            try:
                 with self._archive.db.write() as session:
                     now = self._archive.clock()
                     if not task_rows.heartbeat(session, live, self._worker, now):
