@@ -20,6 +20,10 @@ objects under their SHA-256, where racing writers carry identical bytes.
 The identity marker is the object ``.safekeeper-store`` under the prefix; listings
 skip it (no key starts with a dot).
 
+A multipart upload that fails is aborted (obstore's abort, then ours via
+``stores.s3_uploads`` in case that one failed); a killed process's upload is left
+for ``abort_stale_uploads`` (``safekeeper verify``).
+
 Reads of large objects go in ``read_window`` ranges pinned to the first ETag, so no
 single request outlives the client timeout and a replaced object is noticed.
 """
@@ -294,10 +298,6 @@ class S3Store:
             # same key (same bytes, see above) may lose its upload too: it fails and
             # is retried, which is harmless.
             self.uploads.abort_since(key, started - UPLOAD_CLOCK_SLACK)
-
-    def pending_uploads(self) -> list[PendingUpload]:
-        """Incomplete multipart uploads under this store's prefix."""
-        return [] if self.uploads is None else list(self.uploads.pending())
 
     def abort_stale_uploads(self, older_than: timedelta) -> list[PendingUpload]:
         """Abort the incomplete multipart uploads initiated more than ``older_than``

@@ -67,7 +67,14 @@ class MultipartUploads:
                 "s3",
                 endpoint_url=access.endpoint,
                 region_name=access.region,
-                config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"}),
+                # Short timeouts: this also runs right after a failed write, whose
+                # error is the one to report, not delayed by minutes of retries.
+                config=Config(
+                    s3={"addressing_style": "path"},
+                    retries={"mode": "standard", "total_max_attempts": 3},
+                    connect_timeout=10,
+                    read_timeout=60,
+                ),
                 **keys,
             )
         return self._client
@@ -81,8 +88,9 @@ class MultipartUploads:
             return full
         return full[len(prefix) + 1 :] if full.startswith(prefix + "/") else None
 
-    def pending(self, key: str = "") -> Iterator[PendingUpload]:
-        """Every incomplete upload whose key starts with ``key`` (all of them for "")."""
+    def pending(self, key: str = "", *, sizes: bool = True) -> Iterator[PendingUpload]:
+        """Every incomplete upload whose key starts with ``key`` (all of them for "");
+        with ``sizes``, the bytes of its parts (one more request per upload), else 0."""
         request = {"Bucket": self.access.bucket, "Prefix": self._full(key)}
         while True:
             page = self._call("list multipart uploads", "list_multipart_uploads", **request)
@@ -94,7 +102,7 @@ class MultipartUploads:
                     relative,
                     item["UploadId"],
                     item["Initiated"],
-                    self._uploaded_bytes(item["Key"], item["UploadId"]),
+                    self._uploaded_bytes(item["Key"], item["UploadId"]) if sizes else 0,
                 )
             if not page.get("IsTruncated"):
                 return
@@ -144,7 +152,7 @@ class MultipartUploads:
         initiated at or after ``since``. Never raises; returns how many were aborted."""
         aborted = 0
         try:
-            for upload in self.pending(key):
+            for upload in self.pending(key, sizes=False):
                 if upload.key == key and upload.initiated >= since:
                     self.abort(upload)
                     aborted += 1
