@@ -227,16 +227,24 @@ class TasksConfig(_Strict):
     threads: int = 4
     #: A running task whose heartbeat is older than this is re-claimed by another worker.
     heartbeat_timeout: timedelta = timedelta(minutes=5)
+    #: A transfer whose thread moved no bytes for this long is stuck: its attempt is
+    #: failed (logged at ERROR) so the task can run again. Longer than one part upload.
+    stall_timeout: timedelta = timedelta(minutes=30)
     retry_base: timedelta = timedelta(seconds=2)
     retry_max: timedelta = timedelta(minutes=10)
     #: How often ``safekeeper worker`` runs a replication pass.
     replicate_interval: timedelta = timedelta(minutes=5)
 
     _durations = field_validator(
-        "heartbeat_timeout", "retry_base", "retry_max", "replicate_interval", mode="before"
+        "heartbeat_timeout",
+        "stall_timeout",
+        "retry_base",
+        "retry_max",
+        "replicate_interval",
+        mode="before",
     )(_duration)
     _positive = field_validator(
-        "heartbeat_timeout", "retry_base", "retry_max", "replicate_interval"
+        "heartbeat_timeout", "stall_timeout", "retry_base", "retry_max", "replicate_interval"
     )(_positive_duration)
     _one_or_more = field_validator("threads")(_at_least(1))
 

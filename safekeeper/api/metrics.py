@@ -105,6 +105,11 @@ class CatalogCollector:
             "seconds since the stalest running task of a site last beat (a wedged worker grows it)",
             labels=["site"],
         )
+        stalled = GaugeMetricFamily(
+            "safekeeper_stalled_tasks",
+            "tasks of a site whose last attempt made no progress for tasks.stall_timeout",
+            labels=["site"],
+        )
         for queue in site_queues(self.archive):
             for state, count in (
                 ("queued", queue.queued),
@@ -114,9 +119,11 @@ class CatalogCollector:
                 tasks.add_metric([queue.site, state], count)
             waiting.add_metric([queue.site], queue.oldest_queued_age)
             heartbeat.add_metric([queue.site], queue.stalest_heartbeat_age)
+            stalled.add_metric([queue.site], queue.stalled)
         yield tasks
         yield waiting
         yield heartbeat
+        yield stalled
 
 
 def render_metrics(archive: Archive) -> tuple[bytes, str]:

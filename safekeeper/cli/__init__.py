@@ -137,8 +137,8 @@ COMMANDS: dict[str, LazyCommand] = {
         "safekeeper.cli.status",
         "status",
         "Workers (heartbeat, sites, configuration), queues per site, running tasks, stores.\n"
-        "Exits 1 when something needs attention: a stale worker, failed tasks, a store\n"
-        "that cannot be reached.",
+        "Exits 1 when something needs attention: a stale worker, failed tasks, tasks whose\n"
+        'worker thread got stuck ("stalled"), a store that cannot be reached.',
     ),
     "serve": LazyCommand(
         "safekeeper.cli.serve",

@@ -76,14 +76,22 @@ def verify(
             "name or size alone); report the others.",
         ),
     ] = False,
+    stale_uploads_after: Annotated[
+        str,
+        typer.Option(
+            help="Abort incomplete S3 multipart uploads started longer ago than this "
+            "(leftovers of killed writers), e.g. 24h.",
+        ),
+    ] = "24h",
     as_json: JsonFlag = False,
 ) -> None:
     """Re-hash copies; mark missing/corrupt ones and schedule repairs; report orphans.
 
-    Never deletes anything. Exits 1 when a copy is missing or corrupt with no good copy left to repair it from, or could not be checked ("unrepairable" and "errors" in --json say which).
+    Never deletes an object (it aborts stale incomplete uploads, which hold none). Exits 1 when a copy is missing or corrupt with no good copy left to repair it from, or could not be checked ("unrepairable" and "errors" in --json say which).
     """  # noqa: E501
     archive = state(ctx).archive()
     age = parse_duration(older_than) if older_than is not None else None
+    stale_after = parse_duration(stale_uploads_after)
     with byte_progress(enabled=not as_json) as progress:
         task = progress.add_task("verifying", total=None)
         report = verify_service.verify(
@@ -92,6 +100,7 @@ def verify(
             sample=sample,
             older_than=age,
             adopt=adopt,
+            stale_uploads_after=stale_after,
             on_checked=lambda size: progress.advance(task, size),
         )
     if archive.config.tasks.executor != "celery" and report.repairs_scheduled:
@@ -122,6 +131,17 @@ def _print_verify(report: verify_service.VerifyReport) -> None:
     for orphan in report.orphans:
         console.print(
             f"orphan   {orphan.location}/{orphan.key} ({orphan.size} bytes): {orphan.outcome}"
+        )
+    if report.stale_uploads:
+        total = sum(upload.size for upload in report.stale_uploads)
+        console.print(
+            f"aborted {plural(len(report.stale_uploads), 'stale incomplete upload')} "
+            f"({total} bytes)"
+        )
+    for upload in report.stale_uploads:
+        console.print(
+            f"aborted  {upload.location}/{upload.key} ({upload.size} bytes, "
+            f"started {upload.initiated:%Y-%m-%d %H:%M:%S})"
         )
 
 

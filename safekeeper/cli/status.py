@@ -23,8 +23,8 @@ def _age(seconds: float) -> str:
 
 def status(ctx: typer.Context, json_output: JsonFlag = False) -> None:
     """Workers (heartbeat, sites, configuration), queues per site, running tasks, stores.
-    Exits 1 when something needs attention: a stale worker, failed tasks, a store
-    that cannot be reached."""
+    Exits 1 when something needs attention: a stale worker, failed tasks, tasks whose
+    worker thread got stuck ("stalled"), a store that cannot be reached."""
     from safekeeper.services.status import system_status
 
     report = system_status(state(ctx).archive())
@@ -50,7 +50,15 @@ def status(ctx: typer.Context, json_output: JsonFlag = False) -> None:
         )
         table(
             "queues",
-            ["site", "queued", "oldest waiting", "running", "stalest heartbeat", "failed"],
+            [
+                "site",
+                "queued",
+                "oldest waiting",
+                "running",
+                "stalest heartbeat",
+                "stalled",
+                "failed",
+            ],
             [
                 (
                     q.site,
@@ -58,6 +66,7 @@ def status(ctx: typer.Context, json_output: JsonFlag = False) -> None:
                     _age(q.oldest_queued_age) if q.queued else "-",
                     q.running,
                     _age(q.stalest_heartbeat_age) if q.running else "-",
+                    q.stalled,
                     q.failed,
                 )
                 for q in report.queues

@@ -3,7 +3,8 @@
 A handler does the slow work (I/O) without holding a transaction, then returns a
 ``Completion``: a function that records the result. The runner applies it in the same
 transaction that marks the task done, and only if this worker still holds the claim —
-so a worker that was presumed dead and replaced cannot record a stale result.
+so a worker that was presumed dead and replaced cannot record a stale result. The
+heartbeat thread is also the watchdog of stuck threads (``engine.watchdog``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -26,15 +27,20 @@ from sqlalchemy.orm import Session
 
 from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Task, TaskState
+from safekeeper.engine import watchdog
 from safekeeper.engine.handlers import HANDLERS
 from safekeeper.engine.outage import database_unavailable, wait_for_database
 from safekeeper.engine.types import Completion, Handler, TaskInfo
+from safekeeper.engine.watchdog import STALLED_PREFIX, Progress
 from safekeeper.errors import SafekeeperError, TransientStoreError
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two looks at a batch's threads for ones the watchdog gave up.
+GATHER_POLL_SECONDS = 0.5
 
 
 def worker_name() -> str:
@@ -48,26 +54,79 @@ def backoff(archive: Archive, attempts: int) -> timedelta:
 
 
 class _Heartbeat:
-    """Refreshes this worker's claims from a background thread while handlers run."""
+    """Refreshes this worker's claims from a background thread while handlers run, and
+    is the watchdog: an attempt whose thread moved no bytes for ``stall_timeout`` is
+    failed (so the task can be claimed again) and its thread told to stop."""
 
-    def __init__(self, archive: Archive, task_ids: Sequence[int], worker: str) -> None:
-        self._archive, self._task_ids, self._worker = archive, list(task_ids), worker
+    def __init__(self, archive: Archive, tasks: Sequence[TaskInfo], worker: str) -> None:
+        self._archive, self._worker = archive, worker
+        self._tasks = {task.id: task for task in tasks}
+        self.progress = {task.id: Progress(task.id) for task in tasks}
+        #: What the watchdog recorded for the attempts it failed, by task id.
+        self.stalled: dict[int, TaskState | None] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        interval = archive.config.tasks.heartbeat_timeout.total_seconds() / 3
+        config = archive.config.tasks
+        self._stall_after = config.stall_timeout.total_seconds()
+        # Often enough for both jobs: keep claims fresh, and notice a stall soon.
+        interval = min(config.heartbeat_timeout.total_seconds() / 3, self._stall_after / 4)
         self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
 
     def _beat(self, interval: float) -> None:
         while not self._stop.wait(interval):
             try:
+                self._check_progress()
+            except DBAPIError as exc:  # the stall is noticed again at the next beat
+                log.warning("watchdog for tasks %s failed, retrying: %s", list(self._tasks), exc)
+            live = [t for t in self._tasks if t not in self.stalled]
+            if not live:
+                return
+            try:
                 with self._archive.db.write() as session:
                     now = self._archive.clock()
-                    if not task_rows.heartbeat(session, self._task_ids, self._worker, now):
+                    if not task_rows.heartbeat(session, live, self._worker, now):
                         return  # every claim was taken over: nothing left to keep alive
             except DBAPIError as exc:
                 # A database hiccup must not end the heartbeats of a long transfer (another
                 # worker would then run it too): try again at the next beat. The outcome
                 # is recorded only if the claim is still ours, whatever happens here.
-                log.warning("heartbeat for tasks %s failed, retrying: %s", self._task_ids, exc)
+                log.warning("heartbeat for tasks %s failed, retrying: %s", list(self._tasks), exc)
+
+    def _check_progress(self) -> None:
+        for task_id, progress in self.progress.items():
+            idle = progress.idle_seconds()
+            if task_id in self.stalled or progress.finished or idle < self._stall_after:
+                continue
+            task = self._tasks[task_id]
+            handler = HANDLERS.get(task.kind)
+            if handler is None or not handler.reports_progress:
+                continue  # silence means nothing for a task that never reports
+            error = (
+                f"{STALLED_PREFIX} no progress for {idle:.0f} s ({progress.bytes} bytes "
+                f"moved) in {task.kind} task {task_id}, {progress.subject}"
+            )
+            # Fail the attempt first, then tell the thread: once it is told, its
+            # outcome is never recorded (see run_batch), so the record is ours to make.
+            with self._archive.db.write() as session:
+                state = _record(
+                    session,
+                    self._archive,
+                    self._worker,
+                    _Outcome(task, handler, error=error, transient=True),
+                )
+            progress.give_up(error)
+            with self._lock:
+                self.stalled[task_id] = state
+            log.error(
+                "%s; worker %s gave the attempt up (%s): the task can be claimed again",
+                error,
+                self._worker,
+                state or "claim already lost",
+            )
+
+    def is_stalled(self, task_id: int) -> bool:
+        with self._lock:
+            return task_id in self.stalled
 
     def __enter__(self) -> _Heartbeat:
         self._thread.start()
@@ -165,14 +224,26 @@ def run_batch(
     if not tasks:
         return []
 
-    def execute(task: TaskInfo) -> _Outcome:
-        with archive.deferred_durability():
-            return _execute(archive, task)
+    with _Heartbeat(archive, tasks, worker) as watch:
 
-    with _Heartbeat(archive, [t.id for t in tasks], worker):
-        outcomes = list(pool.map(execute, tasks)) if pool else [execute(t) for t in tasks]
+        def execute(task: TaskInfo) -> _Outcome:
+            progress = watch.progress[task.id]
+            token = watchdog.running(progress)
+            try:
+                with archive.deferred_durability():
+                    return _execute(archive, task)
+            finally:
+                progress.finished = True
+                watchdog.finished(token)
+
+        outcomes = _gather(watch, tasks, execute, pool)
         archive.sync_stores()  # everything written is durable before anything is recorded
-    return _record_all(archive, worker, outcomes)
+    # The watchdog has stopped: what it gave up is final. Those attempts were recorded
+    # as failed then; their late outcomes are not (the task may run elsewhere by now).
+    recorded = [outcome for outcome in outcomes if outcome.task.id not in watch.stalled]
+    ids = [outcome.task.id for outcome in recorded]
+    states = dict(zip(ids, _record_all(archive, worker, recorded), strict=True))
+    return [watch.stalled[t.id] if t.id in watch.stalled else states[t.id] for t in tasks]
 
 
 def _record_all(archive: Archive, worker: str, outcomes: list[_Outcome]) -> list[TaskState | None]:
@@ -198,6 +269,27 @@ def _record_all(archive: Archive, worker: str, outcomes: list[_Outcome]) -> list
             )
             if not wait_for_database(archive, deadline - time.monotonic()):
                 raise
+
+
+def _gather(
+    watch: _Heartbeat,
+    tasks: Sequence[TaskInfo],
+    execute: Callable[[TaskInfo], _Outcome],
+    pool: ThreadPoolExecutor | None,
+) -> list[_Outcome]:
+    """Run every task; on a pool, stop waiting for those the watchdog gave up (their
+    threads may stay stuck), so the others' outcomes are recorded."""
+    if pool is None:
+        outcomes = [execute(task) for task in tasks]
+    else:
+        futures = {pool.submit(execute, task): task for task in tasks}
+        pending = set(futures)
+        while pending:
+            _done, pending = wait(pending, timeout=GATHER_POLL_SECONDS)
+            pending = {f for f in pending if not watch.is_stalled(futures[f].id)}
+        # A future still pending belongs to a task given up: a placeholder, never recorded.
+        outcomes = [f.result() if f.done() else _Outcome(futures[f], None) for f in futures]
+    return outcomes
 
 
 def reap_dead_tasks(archive: Archive) -> list[int]:

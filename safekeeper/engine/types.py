@@ -44,6 +44,10 @@ class TaskInfo:
 
 
 class Handler(Protocol):
+    #: True when ``execute`` reports its progress (``engine.watchdog``): only then does
+    #: a silence of ``tasks.stall_timeout`` mean its thread is stuck.
+    reports_progress: bool
+
     def execute(self, archive: Archive, task: TaskInfo) -> Completion:
         """Do the work; raise TransientStoreError to retry, anything else to fail."""
         ...

@@ -23,6 +23,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from safekeeper.engine import watchdog
 from safekeeper.errors import Conflict, TransientStoreError
 from safekeeper.stores.base import HashingCounter, Store
 
@@ -61,7 +62,7 @@ def judge(found: Content, wanted: Content, *, content_key: bool, held_before: bo
 
 def hash_object(store: Store, key: str) -> tuple[str, int]:
     counter = HashingCounter()
-    for chunk in store.open(key):
+    for chunk in watchdog.tracked(store.open(key)):  # progress, when a task hashes
         counter.update(chunk)
     return counter.sha256, counter.size
 

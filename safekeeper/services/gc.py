@@ -507,6 +507,8 @@ class GcBatch:
     location's stale claims when the payload says ``recover``. Idempotent: a repeated run
     finds the copies already claimed or deleted and claims nothing."""
 
+    reports_progress = False  # many small steps, no byte stream: no watchdog
+
     def execute(self, archive: Archive, task: TaskInfo) -> Completion:
         arguments = json.loads(task.payload or "{}")
         report = GcReport()

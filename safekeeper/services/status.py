@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from safekeeper.config import Config
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Task, TaskState
+from safekeeper.engine.watchdog import STALLED_PREFIX
 from safekeeper.errors import SafekeeperError
 from safekeeper.policy import watermark_bytes
 from safekeeper.services.inventory import LocationStatus, location_report
@@ -106,6 +107,9 @@ class SiteQueue:
     oldest_queued_age: float
     #: Seconds since the stalest running task's last heartbeat (0 when none runs).
     stalest_heartbeat_age: float
+    #: Tasks (not done) whose last attempt the watchdog gave up: a worker thread got
+    #: stuck on them (``tasks.stall_timeout``).
+    stalled: int = 0
 
 
 def site_queues(archive: Archive) -> list[SiteQueue]:
@@ -133,6 +137,16 @@ def site_queues(archive: Archive) -> list[SiteQueue]:
                 .group_by(Task.site)
             ).all()
         )
+        stalled = dict(
+            session.execute(
+                select(Task.site, func.count())
+                .where(
+                    Task.state != TaskState.DONE,
+                    Task.last_error.startswith(STALLED_PREFIX, autoescape=True),
+                )
+                .group_by(Task.site)
+            ).all()
+        )
     sites = sorted({site for site, _state in counts} | set(archive.config.sites))
 
     def age(moment: object) -> float:
@@ -146,6 +160,7 @@ def site_queues(archive: Archive) -> list[SiteQueue]:
             failed=counts.get((site, TaskState.FAILED), 0),
             oldest_queued_age=age(oldest_due.get(site)),
             stalest_heartbeat_age=age(stalest_beat.get(site)),
+            stalled=int(stalled.get(site, 0)),
         )
         for site in sites
     ]
@@ -256,7 +271,7 @@ class SystemStatus:
         return (
             all(store.ok for store in self.stores)
             and not any(worker.stale for worker in self.workers)
-            and not any(queue.failed for queue in self.queues)
+            and not any(queue.failed or queue.stalled for queue in self.queues)
         )
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from safekeeper.db.copies import transition, was_verified_at
 from safekeeper.db.models import Blob, Copy, CopyState, Location
+from safekeeper.engine import watchdog
 from safekeeper.engine.types import Completion, TaskInfo
 from safekeeper.errors import AlreadyExists, NotFound, PermanentStoreError, TransientStoreError
 from safekeeper.services.existing import Content, ForeignObject, settle
@@ -53,7 +54,7 @@ def _held_before(archive: Archive, blob_id: int, location_id: int) -> bool:
 
 
 def _replace(source: Store, source_key: str, target: Store, target_key: str) -> None:
-    target.replace(target_key, source.open(source_key))
+    target.replace(target_key, watchdog.tracked(source.open(source_key)))
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class _Blob:
 
 
 class Transfer:
+    #: Every chunk read from a source (and hashed at the target) is reported.
+    reports_progress = True
+
     def execute(self, archive: Archive, task: TaskInfo) -> Completion:
         # Two plain-column queries: this runs once per transfer, thousands of times.
         with archive.db.read() as session:
@@ -77,6 +81,7 @@ class Transfer:
                 return _nothing  # already done by an earlier attempt: idempotent
             blob = _Blob(target.id, target.sha256, target.size)
             target_location = target.name
+            watchdog.describe(f"blob {blob.sha256} to location {target_location}")
             sources = session.execute(
                 select(Copy.id, Location.name)
                 .join(Location, Copy.location_id == Location.id)
@@ -130,7 +135,7 @@ class Transfer:
     def _copy(source: Store, source_key: str, place: _Place, blob: _Blob) -> None:
         target, target_key = place.store, place.key
         try:
-            result = target.put(target_key, source.open(source_key))
+            result = target.put(target_key, watchdog.tracked(source.open(source_key)))
         except AlreadyExists:
             # Written by an earlier attempt that died before recording it, left by a
             # crashed writer, put back by someone — or wrong bytes: hashed, never taken

@@ -9,7 +9,9 @@ transfer from a good copy (which hashes the object at the key and replaces it
 atomically if wrong, ``services.existing``). Objects in a store that no copy row accounts
 for are *orphans*: with ``adopt`` those whose bytes hash to the blob their key names
 are recorded as present copies (leftovers of a put that died before its commit);
-the rest are listed for the operator.
+the rest are listed for the operator. Incomplete multipart uploads (S3) older than
+``stale_uploads_after`` are leftovers of writers killed mid-upload: they are aborted —
+they hold no object anyone can read — and reported.
 
 Progress is committed per copy, and copies are checked oldest-verified first, so an
 interrupted run resumes where it stopped when run again.
@@ -21,7 +23,7 @@ import random
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
@@ -52,6 +54,19 @@ class Orphan:
     outcome: str
 
 
+#: Incomplete uploads younger than this may belong to a writer still running.
+STALE_UPLOADS_AFTER = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class StaleUpload:
+    location: str
+    key: str
+    #: Bytes its parts held.
+    size: int
+    initiated: datetime
+
+
 @dataclass
 class VerifyReport:
     checked: int = 0
@@ -66,6 +81,8 @@ class VerifyReport:
     #: Copies that could not be checked (the store failed): ``<blob> at <location>: why``.
     errors: list[str] = field(default_factory=list)
     orphans: list[Orphan] = field(default_factory=list)
+    #: Incomplete multipart uploads aborted as leftovers of killed writers.
+    stale_uploads: list[StaleUpload] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -162,11 +179,14 @@ def verify(
     sample: float | None = None,
     older_than: timedelta | None = None,
     adopt: bool = False,
+    stale_uploads_after: timedelta = STALE_UPLOADS_AFTER,
     on_checked: Callable[[int], None] | None = None,
     rng: random.Random | None = None,
 ) -> VerifyReport:
     if sample is not None and not 0 < sample <= 1:
         raise BadInput(f"--sample must be a fraction in (0, 1], got {sample}")
+    if stale_uploads_after < timedelta(0):
+        raise BadInput("the age of a stale upload cannot be negative")
     locations = _locations(archive, location)
     subjects = _subjects(archive, locations, older_than)
     if sample is not None:
@@ -183,7 +203,26 @@ def verify(
     schedule_repairs(archive, locations, report)
     for name in locations:
         report.orphans.extend(find_orphans(archive, name, adopt=adopt))
+        abort_stale_uploads(archive, name, stale_uploads_after, report)
     return report
+
+
+def abort_stale_uploads(
+    archive: Archive, location: str, older_than: timedelta, report: VerifyReport
+) -> None:
+    """Abort the location's incomplete uploads older than ``older_than`` (stores
+    without multipart uploads have none)."""
+    abort = getattr(archive.store(location), "abort_stale_uploads", None)
+    if abort is None:
+        return
+    try:
+        aborted = abort(older_than)
+    except StoreError as exc:
+        report.errors.append(f"incomplete uploads at {location}: {exc}")
+        return
+    report.stale_uploads.extend(
+        StaleUpload(location, upload.key, upload.size, upload.initiated) for upload in aborted
+    )
 
 
 def schedule_repairs(archive: Archive, locations: list[str], report: VerifyReport) -> None:

@@ -20,6 +20,10 @@ objects under their SHA-256, where racing writers carry identical bytes.
 The identity marker is the object ``.safekeeper-store`` under the prefix; listings
 skip it (no key starts with a dot).
 
+A multipart upload that fails is aborted (obstore's abort, then ours via
+``stores.s3_uploads`` in case that one failed); a killed process's upload is left
+for ``abort_stale_uploads`` (``safekeeper verify``).
+
 Reads of large objects go in ``read_window`` ranges pinned to the first ETag, so no
 single request outlives the client timeout and a replaced object is noticed.
 """
@@ -33,7 +37,7 @@ import stat
 import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -64,6 +68,7 @@ from safekeeper.stores.base import (
 )
 from safekeeper.stores.layouts import validate_key, validate_prefix
 from safekeeper.stores.marker import MARKER_NAME
+from safekeeper.stores.s3_uploads import MultipartUploads, PendingUpload, UploadAccess
 
 if TYPE_CHECKING:  # obstore's TypedDicts exist only in its stubs
     from obstore import GetOptions, ObjectMeta
@@ -76,7 +81,8 @@ MIN_PART_SIZE = 5 * MIB  # S3's floor for every part but the last
 MAX_PARTS = 10_000
 UPLOAD_CONCURRENCY = 4  # parts in flight, each held in memory
 DEFAULT_READ_WINDOW = 256 * MIB
-DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
+DELETE_BATCH = 1000
+UPLOAD_CLOCK_SLACK = timedelta(minutes=5)  # DeleteObjects takes at most 1000 keys
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _STATUS_RE = re.compile(r"status code: (\d{3})")
 _INSTANCE_METADATA = "169.254.169.254"
@@ -152,6 +158,7 @@ class S3Store:
         single_put_max: int = DEFAULT_SINGLE_PUT_MAX,
         part_size: int = DEFAULT_PART_SIZE,
         read_window: int = DEFAULT_READ_WINDOW,
+        uploads: MultipartUploads | None = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise BadInput(f"part_size must be at least {MIN_PART_SIZE} bytes")
@@ -163,6 +170,8 @@ class S3Store:
         self.single_put_max = single_put_max
         self.part_size = part_size
         self.read_window = read_window
+        #: Lists and aborts incomplete multipart uploads (None: this store cannot).
+        self.uploads = uploads
 
     @classmethod
     def from_url(
@@ -224,6 +233,7 @@ class S3Store:
         except Exception as exc:  # obstore raises several kinds for bad config
             raise map_error(exc, "cannot configure S3 store") from exc
         clean_url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        access = UploadAccess(bucket, prefix, endpoint, region, access_key_id, secret_access_key)
         return cls(
             client,
             clean_url,
@@ -231,6 +241,7 @@ class S3Store:
             single_put_max=single_put_max,
             part_size=part_size,
             read_window=read_window,
+            uploads=MultipartUploads(access),
         )
 
     # -- writing -------------------------------------------------------------
@@ -251,6 +262,7 @@ class S3Store:
         # Best-effort create-only, see the module docstring for the race.
         if create and self.exists(key):
             raise AlreadyExists(f"{self.url}: object {key!r} already exists")
+        started = datetime.now(UTC)
         try:
             if isinstance(payload, Path):
                 obstore.put(
@@ -264,17 +276,35 @@ class S3Store:
             else:
                 # Chunks are pushed from this thread, never pulled by obstore's runtime:
                 # they may come from another obstore stream (S3 → S3), and obstore cannot
-                # run inside its own runtime (it panics). Leaving the block on an error
-                # aborts the upload.
+                # run inside its own runtime (it panics). Leaving the block on an
+                # exception (the source's, or a task being cancelled) aborts the upload.
                 with obstore.open_writer(
                     self.client, key, buffer_size=part_size, max_concurrency=UPLOAD_CONCURRENCY
                 ) as writer:
                     for chunk in payload:
                         writer.write(chunk)
-        except SafekeeperError:
-            raise  # from the source, passed back through obstore
-        except Exception as exc:  # obstore aborts the multipart upload itself
+        except BaseException as exc:
+            # obstore aborts on an error while writing, but not when completing fails
+            # (the last part or CompleteMultipartUpload), nor when its abort fails:
+            # make sure nothing of this attempt stays behind.
+            self._abort_failed(key, started)
+            if isinstance(exc, SafekeeperError) or not isinstance(exc, Exception):
+                raise  # the source's error passed back through obstore, or a cancel
             raise _write_error(exc, f"{self.url}: cannot put {key!r}") from exc
+
+    def _abort_failed(self, key: str, started: datetime) -> None:
+        if self.uploads is not None:
+            # Slack for the server's clock being behind ours. A racing writer of the
+            # same key (same bytes, see above) may lose its upload too: it fails and
+            # is retried, which is harmless.
+            self.uploads.abort_since(key, started - UPLOAD_CLOCK_SLACK)
+
+    def abort_stale_uploads(self, older_than: timedelta) -> list[PendingUpload]:
+        """Abort the incomplete multipart uploads initiated more than ``older_than``
+        ago (leftovers of killed writers); return them."""
+        if self.uploads is None:
+            return []
+        return self.uploads.abort_stale(older_than, datetime.now(UTC))
 
     def put(self, key: str, source: Source) -> PutResult:
         return self._write(key, source, create=True)
