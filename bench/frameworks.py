@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,21 @@ def _timed(work: Any) -> float:
     return time.perf_counter() - started
 
 
+def _interleaved(
+    benchmark: str, measure: str, rounds: int, run: Callable[[str, int], None]
+) -> tuple[dict[str, Any], list[Row]]:
+    """Time ``run(side, round)`` for both sides in alternating order; medians and ratio
+    (baseline time / safekeeper time)."""
+    samples = {"baseline": Samples("baseline"), "safekeeper": Samples("safekeeper")}
+    for round_index in range(rounds):
+        for side in alternate(round_index, "baseline", "safekeeper"):
+            samples[side].add(_timed(lambda s=side, r=round_index: run(s, r)))
+    base, ours = samples["baseline"].median, samples["safekeeper"].median
+    row = Row(benchmark, measure, f"{base:.2f} s", f"{ours:.2f} s", f"{base / ours:.2f}x")
+    result = {side: sample.as_dict() for side, sample in samples.items()}
+    return {**result, "ratio": base / ours}, [row]
+
+
 def bench_django(work: Path, files: int, rounds: int) -> tuple[dict[str, Any], list[Row]]:
     from safekeeper.config import write_default
 
@@ -78,7 +94,6 @@ def bench_django(work: Path, files: int, rounds: int) -> tuple[dict[str, Any], l
 
     field = Document._meta.get_field("upload")
     storages = {"baseline": FileSystemStorage(location=work / "fs-media"), "safekeeper": None}
-    samples = {"baseline": Samples("baseline"), "safekeeper": Samples("safekeeper")}
 
     def save_and_read(side: str, round_index: int) -> None:
         field.storage = storages[side] or default_storage
@@ -94,24 +109,7 @@ def bench_django(work: Path, files: int, rounds: int) -> tuple[dict[str, Any], l
             with field.storage.open(name) as opened:
                 opened.read()
 
-    for round_index in range(rounds):
-        for side in alternate(round_index, "baseline", "safekeeper"):
-            samples[side].add(_timed(lambda s=side, r=round_index: save_and_read(s, r)))
-    ratio = samples["baseline"].median / samples["safekeeper"].median
-    rows = [
-        Row(
-            "django",
-            f"save + open {files} files via ModelForm",
-            f"{samples['baseline'].median:.2f} s",
-            f"{samples['safekeeper'].median:.2f} s",
-            f"{ratio:.2f}x",
-        )
-    ]
-    return {
-        "baseline": samples["baseline"].as_dict(),
-        "safekeeper": samples["safekeeper"].as_dict(),
-        "ratio": ratio,
-    }, rows
+    return _interleaved("django", f"save + open {files} files via ModelForm", rounds, save_and_read)
 
 
 def bench_fsspec(
@@ -128,7 +126,6 @@ def bench_fsspec(
     safekeeper_fs.put_file(str(source), "bench/big.bin")
     local_fs = fsspec.filesystem("file")
     paths = {"baseline": (local_fs, str(source)), "safekeeper": (safekeeper_fs, "bench/big.bin")}
-    samples = {"baseline": Samples("baseline"), "safekeeper": Samples("safekeeper")}
 
     def read_all(side: str) -> None:
         filesystem, path = paths[side]
@@ -137,24 +134,8 @@ def bench_fsspec(
             if len(data) != min(range_size, size - start):
                 raise RuntimeError(f"{side}: short range at {start}")
 
-    for round_index in range(rounds):
-        for side in alternate(round_index, "baseline", "safekeeper"):
-            samples[side].add(_timed(lambda s=side: read_all(s)))
-    ratio = samples["baseline"].median / samples["safekeeper"].median
-    rows = [
-        Row(
-            "fsspec",
-            f"read {format_bytes(size)} in {format_bytes(range_size)} ranges",
-            f"{samples['baseline'].median:.2f} s",
-            f"{samples['safekeeper'].median:.2f} s",
-            f"{ratio:.2f}x",
-        )
-    ]
-    return {
-        "baseline": samples["baseline"].as_dict(),
-        "safekeeper": samples["safekeeper"].as_dict(),
-        "ratio": ratio,
-    }, rows
+    measure = f"read {format_bytes(size)} in {format_bytes(range_size)} ranges"
+    return _interleaved("fsspec", measure, rounds, lambda side, _round: read_all(side))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -149,8 +149,8 @@ def site_queues(archive: Archive) -> list[SiteQueue]:
         )
     sites = sorted({site for site, _state in counts} | set(archive.config.sites))
 
-    def age(moment: object) -> float:
-        return max((now - moment).total_seconds(), 0.0) if moment is not None else 0.0  # type: ignore[operator]
+    def age(moment: datetime | None) -> float:
+        return max((now - moment).total_seconds(), 0.0) if moment is not None else 0.0
 
     return [
         SiteQueue(

@@ -815,7 +815,7 @@ def test_deletion_manager_state_machine(
     with Archive(load_config(data_dir=data_dir, environ={}), clock=clock) as archive:
         SHARED["world"] = (archive, clock, tamper_targets)
         DeletionMachine.TestCase.settings = settings(
-            max_examples=80,
+            max_examples=int(os.environ.get("SAFEKEEPER_STATEFUL_EXAMPLES", "80")),
             stateful_step_count=40,
             deadline=None,
             suppress_health_check=list(HealthCheck),
