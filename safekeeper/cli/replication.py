@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -125,7 +126,7 @@ def _print_verify(report: verify_service.VerifyReport) -> None:
         )
 
 
-tasks_app = typer.Typer(help="The task queue: list, and retry failed tasks.")
+tasks_app = typer.Typer(help="The task queue: list, retry failed tasks, cancel tasks.")
 
 
 @tasks_app.callback(invoke_without_command=True)
@@ -171,7 +172,8 @@ def tasks_retry(
     task_ids: Annotated[list[int] | None, typer.Argument(help="Task ids to retry.")] = None,
     all_failed: Annotated[bool, typer.Option("--all", help="Retry every failed task.")] = False,
 ) -> None:
-    """Queue failed tasks again with a fresh attempt budget (and run them, embedded)."""
+    """Queue failed (or, by id, cancelled) tasks again with a fresh attempt budget (and run
+    them, embedded)."""
     if not task_ids and not all_failed:
         raise typer.BadParameter("give task ids or --all")
     archive = state(ctx).archive()
@@ -182,3 +184,51 @@ def tasks_retry(
         console.print("tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.items())))
         if outcome.get("failed"):
             raise typer.Exit(1)
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(
+    ctx: typer.Context,
+    task_ids: Annotated[list[int] | None, typer.Argument(help="Task ids to cancel.")] = None,
+    location: Annotated[
+        str | None,
+        typer.Option(help="Cancel every queued or running task whose copy is at this location."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Cancel queued or running tasks: a queued one never runs, a running one stops at its
+    worker's next heartbeat and records nothing.
+
+    A cancelled transfer's copy is marked failed, so replication leaves it alone until
+    `safekeeper tasks retry ID`. A running gc batch is not stopped half-way.
+    """
+    if not task_ids and location is None:
+        raise typer.BadParameter("give task ids or --location")
+    if task_ids and location is not None:
+        raise typer.BadParameter("give task ids or --location, not both")
+    result = task_service.cancel_tasks(
+        state(ctx).archive(),
+        task_ids or None,
+        location=location,
+        actor=f"cli:{os.environ.get('USER', 'unknown')}",
+    )
+    if as_json:
+        emit_json(result)
+        return
+    console.print(
+        f"cancelled {plural(len(result.cancelled), 'queued task')}{_ids(result.cancelled)}"
+    )
+    if result.stopping:
+        console.print(
+            f"stopping {plural(len(result.stopping), 'running task')}{_ids(result.stopping)}: "
+            "their workers stop at the next heartbeat and record nothing"
+        )
+    if result.left_running:
+        console.print(
+            f"left running {plural(len(result.left_running), 'gc batch', 'gc batches')}"
+            f"{_ids(result.left_running)}: a batch is not stopped half-way"
+        )
+
+
+def _ids(task_ids: list[int]) -> str:
+    return f" ({', '.join(map(str, task_ids))})" if task_ids else ""

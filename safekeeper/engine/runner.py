@@ -46,26 +46,33 @@ def backoff(archive: Archive, attempts: int) -> timedelta:
 
 
 class _Heartbeat:
-    """Refreshes this worker's claims from a background thread while handlers run."""
+    """Refreshes this worker's claims from a background thread while handlers run, and
+    tells a task's handler to stop (``TaskInfo.stop``) once its claim is gone."""
 
-    def __init__(self, archive: Archive, task_ids: Sequence[int], worker: str) -> None:
-        self._archive, self._task_ids, self._worker = archive, list(task_ids), worker
+    def __init__(self, archive: Archive, tasks: Sequence[TaskInfo], worker: str) -> None:
+        self._archive, self._worker = archive, worker
+        self._tasks = {task.id: task for task in tasks}
         self._stop = threading.Event()
         interval = archive.config.tasks.heartbeat_timeout.total_seconds() / 3
         self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
 
     def _beat(self, interval: float) -> None:
-        while not self._stop.wait(interval):
+        while self._tasks and not self._stop.wait(interval):
             try:
                 with self._archive.db.write() as session:
                     now = self._archive.clock()
-                    if not task_rows.heartbeat(session, self._task_ids, self._worker, now):
-                        return  # every claim was taken over: nothing left to keep alive
+                    held = task_rows.heartbeat(session, list(self._tasks), self._worker, now)
             except DBAPIError as exc:
                 # A database hiccup must not end the heartbeats of a long transfer (another
                 # worker would then run it too): try again at the next beat. The outcome
                 # is recorded only if the claim is still ours, whatever happens here.
-                log.warning("heartbeat for tasks %s failed, retrying: %s", self._task_ids, exc)
+                log.warning("heartbeat for tasks %s failed, retrying: %s", list(self._tasks), exc)
+                continue
+            for task_id in [t for t in self._tasks if t not in held]:
+                # Cancelled, or taken over after a stall: whatever this worker still did
+                # would not be recorded, so stop it at its next chunk.
+                log.info("task %d is no longer this worker's (cancelled?): stopping it", task_id)
+                self._tasks.pop(task_id).stop.set()
 
     def __enter__(self) -> _Heartbeat:
         self._thread.start()
@@ -90,6 +97,8 @@ def _execute(archive: Archive, task: TaskInfo) -> _Outcome:
     handler = HANDLERS.get(task.kind)
     if handler is None:
         return _Outcome(task, None, error=f"unknown task kind {task.kind!r}")
+    if task.stop.is_set():  # cancelled while it waited for a thread of the pool
+        return _Outcome(task, handler, error="cancelled before it started")
     try:
         return _Outcome(task, handler, completion=handler.execute(archive, task))
     except TransientStoreError as exc:
@@ -161,7 +170,7 @@ def run_batch(
         with archive.deferred_durability():
             return _execute(archive, task)
 
-    with _Heartbeat(archive, [t.id for t in tasks], worker):
+    with _Heartbeat(archive, tasks, worker):
         outcomes = list(pool.map(execute, tasks)) if pool else [execute(t) for t in tasks]
         archive.sync_stores()  # everything written is durable before anything is recorded
     with archive.db.write() as session:
