@@ -9,7 +9,7 @@ import typer
 
 from safekeeper.cli.context import state
 from safekeeper.cli.output import byte_progress, console, emit_json, plural, table, when
-from safekeeper.engine.dispatch import dispatch
+from safekeeper.engine.dispatch import check_broker, dispatch
 from safekeeper.engine.embedded import run_due
 from safekeeper.engine.wait import task_states, wait_for_tasks
 from safekeeper.services import replication
@@ -23,37 +23,63 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts."
 def replicate(
     ctx: typer.Context,
     wait: Annotated[
-        bool, typer.Option("--wait", help="Wait until every scheduled transfer has ended.")
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait until no task this pass found or made at the locations it writes to "
+            "is queued or running.",
+        ),
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Schedule transfers for every blob whose replication policy is not met.
 
-    Embedded executor: the transfers run here before the command returns. Celery: they
-    go to the sites' queues; --wait waits for the workers to finish them.
+    Embedded executor: the due tasks run here before the command returns. Celery: they
+    go to the sites' queues; --wait waits for the workers. Either way the counts are of
+    every task queued or running, when the pass ended, at the locations it writes to
+    (replicate_to targets, archives, its transfers' targets): its own and earlier ones.
+    Exits 1 when one of them failed.
     """
     archive = state(ctx).archive()
     result = replication.replication_pass(archive)
+    work = replication.outstanding(archive, result)
+    celery = archive.config.tasks.executor == "celery"
     outcome: dict[str, int] = {}
-    if archive.config.tasks.executor == "celery":
+    if celery:
         dispatch(archive, result.task_ids)
-        if wait:
-            outcome = wait_for_tasks(archive, result.task_ids)
-    else:
-        run_due(archive, wait=wait)
-        # Where this pass's transfers ended (a retried task counts once, in its last
-        # state), not how often tasks ran: the counts add up to the transfers scheduled.
-        outcome = task_states(archive, result.task_ids)
-    summary = {"wanted": result.wanted, "scheduled": result.scheduled, "tasks": outcome}
-    if as_json:
-        emit_json(summary)
-    else:
+        if wait and not result.task_ids:
+            check_broker(archive)  # the earlier tasks' workers need the broker too
+    if not as_json:
         console.print(
             f"{plural(result.wanted, 'copy', 'copies')} wanted, "
             f"{plural(result.scheduled, 'transfer')} scheduled"
         )
-        if outcome:
-            console.print("tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.items())))
+        if work.task_ids and (wait or not celery):
+            console.print(
+                f"{'waiting for' if wait else 'running'} {plural(len(work.task_ids), 'task')} "
+                f"at {', '.join(work.locations)}: {result.scheduled} scheduled now, "
+                f"{work.earlier} earlier"
+            )
+    if celery:
+        if wait:
+            outcome = wait_for_tasks(archive, work.task_ids)
+    else:
+        run_due(archive, wait=wait)
+        # Where these tasks ended (a retried task counts once, in its last state), not
+        # how often tasks ran: the counts add up to the tasks named above.
+        outcome = task_states(archive, work.task_ids)
+    if as_json:
+        emit_json(
+            {
+                "wanted": result.wanted,
+                "scheduled": result.scheduled,
+                "earlier": work.earlier,
+                "locations": work.locations,
+                "tasks": outcome,
+            }
+        )
+    elif outcome:
+        console.print("tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.items())))
     if outcome.get("failed"):
         if not as_json:
             console.print("see `safekeeper tasks --failed`; retry with `safekeeper tasks retry`")

@@ -13,7 +13,7 @@ from typing import NamedTuple, cast
 from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from safekeeper.db.models import Task, TaskState
+from safekeeper.db.models import Copy, Location, Task, TaskState
 
 
 def enqueue(
@@ -229,6 +229,22 @@ def cancel(
         .execution_options(synchronize_session=False)
     )
     return rows
+
+
+def live_at(session: Session, location_names: Sequence[str]) -> list[int]:
+    """Queued and running tasks whose copy is at one of the locations."""
+    return list(
+        session.scalars(
+            select(Task.id)
+            .join(Copy, Task.copy_id == Copy.id)
+            .join(Location, Copy.location_id == Location.id)
+            .where(
+                Location.name.in_(location_names),
+                Task.state.in_([TaskState.QUEUED, TaskState.RUNNING]),
+            )
+            .order_by(Task.id)
+        )
+    )
 
 
 def requeue_failed(

@@ -17,7 +17,10 @@ Settings and why:
   claim is stale and can be taken over;
 - the threads pool, not prefork, so one process owns its SQLAlchemy engine and its
   stores (no connection is ever shared across a fork);
-- no result backend: task outcomes are in the database.
+- no result backend: task outcomes are in the database;
+- socket timeouts on a Redis broker and few publish retries: a broker that accepts
+  connections but does not answer (a stuck server, a black-holing firewall) makes a
+  command fail within seconds with one ``error:`` line instead of hanging.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class BrokerUnavailable(SafekeeperError):
     """The task broker could not be reached; the tasks stay recorded in the database."""
 
     code = "broker_unavailable"
+    status = 503
 
 
 def queue_name(site: str) -> str:
@@ -90,6 +94,20 @@ def _run(task_id: int) -> str | None:
     return state.value if state is not None else None
 
 
+#: Seconds a Redis broker may take to accept a connection, and to answer a command.
+#: Workers block in BRPOP for 1 s at a time, well inside the answer timeout.
+BROKER_CONNECT_TIMEOUT = 5.0
+BROKER_SOCKET_TIMEOUT = 5.0
+
+
+def _transport_options(broker_url: str, heartbeat_timeout: timedelta) -> dict[str, float]:
+    options: dict[str, float] = {"visibility_timeout": visibility_timeout(heartbeat_timeout)}
+    if broker_url.startswith(("redis:", "rediss:")):
+        options["socket_connect_timeout"] = BROKER_CONNECT_TIMEOUT
+        options["socket_timeout"] = BROKER_SOCKET_TIMEOUT
+    return options
+
+
 def make_celery(archive: Archive) -> Any:
     """A Celery app for the archive's ``[tasks]`` settings, with every site's queue."""
     tasks = archive.config.tasks
@@ -107,8 +125,13 @@ def make_celery(archive: Archive) -> Any:
         worker_concurrency=tasks.threads,
         worker_send_task_events=False,
         worker_hijack_root_logger=True,
-        broker_transport_options={
-            "visibility_timeout": visibility_timeout(tasks.heartbeat_timeout)
+        broker_transport_options=_transport_options(tasks.broker_url, tasks.heartbeat_timeout),
+        broker_connection_timeout=BROKER_CONNECT_TIMEOUT,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
         },
         broker_connection_retry_on_startup=True,
         enable_utc=True,
@@ -142,9 +165,29 @@ def send_tasks(archive: Archive, items: Iterable[tuple[int, str]]) -> None:
     except OperationalError as exc:
         url = maybe_sanitize_url(archive.config.tasks.broker_url)
         raise BrokerUnavailable(
-            f"cannot reach the task broker at {url}: {exc}; the {len(items)} tasks are "
-            "recorded and a running `safekeeper worker` will pick them up"
+            f"cannot reach the task broker at {url}: {_one_line(exc)}; the {len(items)} "
+            "tasks are recorded and a running `safekeeper worker` will pick them up"
         ) from exc
+
+
+def check_broker(archive: Archive) -> None:
+    """Raise BrokerUnavailable unless the broker accepts a connection: waiting for
+    workers through a broker that is down would wait forever."""
+    app = _producer(archive)
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1)
+    except OperationalError as exc:
+        url = maybe_sanitize_url(archive.config.tasks.broker_url)
+        raise BrokerUnavailable(
+            f"cannot reach the task broker at {url}: {_one_line(exc)}; nothing can be sent "
+            "to the workers"
+        ) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error's message on one line (the CLI prints exactly one ``error:`` line)."""
+    return " ".join(str(exc).split())
 
 
 def start_worker(
