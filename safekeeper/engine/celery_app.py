@@ -25,6 +25,7 @@ Settings and why:
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -37,14 +38,22 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
-from safekeeper.engine.runner import run_task
+from safekeeper.db.models import TaskState
+from safekeeper.engine.runner import run_task, worker_name
 from safekeeper.errors import SafekeeperError
+from safekeeper.services.tasks import describe_task
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
     from safekeeper.config import Config
 
+log = logging.getLogger("safekeeper.worker")
+
 TASK_NAME = "safekeeper.run_task"
+#: Celery's per-message lines ("received", "succeeded in 0.01s") name only its own
+#: message id; ``_log_outcome`` says the same with the safekeeper task, so these
+#: stay quiet below WARNING (their failures and errors still show).
+CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.worker.request")
 QUEUE_PREFIX = "safekeeper.site."
 
 #: The archive of this worker process, set by ``start_worker`` before it consumes.
@@ -90,8 +99,38 @@ def _run(task_id: int) -> str | None:
     """The Celery task body: claim and run task ``task_id`` with this worker's archive."""
     if _worker_archive is None:
         raise RuntimeError("safekeeper.run_task called outside a safekeeper worker")
-    state = run_task(_worker_archive, int(task_id))
+    archive, task_id = _worker_archive, int(task_id)
+    worker = worker_name()
+    try:
+        state = run_task(archive, task_id, worker)
+    except Exception:
+        log.exception("%s: running it failed", describe_task(archive, task_id)[0])
+        raise
+    _log_outcome(archive, task_id, worker, state)
     return state.value if state is not None else None
+
+
+def _log_outcome(archive: Archive, task_id: int, worker: str, state: TaskState | None) -> None:
+    """One line per message, naming the task, its kind, blob and location: a success
+    at DEBUG (routine), a retry or a cancellation at INFO/WARNING, a failure at ERROR."""
+    if state == TaskState.DONE and not log.isEnabledFor(logging.DEBUG):
+        return  # the common case costs no query
+    what, task = describe_task(archive, task_id)
+    error = task.last_error if task is not None else None
+    if state == TaskState.DONE:
+        log.debug("%s: done", what)
+    elif state == TaskState.QUEUED:
+        log.warning("%s: attempt failed, will retry: %s", what, error)
+    elif state == TaskState.FAILED:
+        log.error("%s: failed: %s", what, error)
+    elif task is not None and task.state == TaskState.CANCELLED:
+        if task.claimed_by == worker:
+            log.info("%s: cancelled while running; stopped, nothing recorded", what)
+        else:
+            log.info("%s: cancelled; skipped", what)
+    else:
+        # A duplicate message, a task not yet due or claimed elsewhere: nothing to do.
+        log.debug("%s: skipped (%s)", what, task.state if task is not None else "gone")
 
 
 #: Seconds a Redis broker may take to accept a connection, and to answer a command.
@@ -220,6 +259,8 @@ def start_worker(
         without_heartbeat=True,
         quiet=True,
     )
+    for name in CELERY_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     if on_start is not None:
         on_start()
     worker.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,6 +61,29 @@ def list_tasks(archive: Archive, *, failed_only: bool = False, limit: int = 200)
             )
             for task, sha256, location in session.execute(query)
         ]
+
+
+def describe_task(archive: Archive, task_id: int) -> tuple[str, Task | None]:
+    """``task 12 (transfer of blob 3fa4c1d2e5f6a7b8 to archive)``, for log lines, and the
+    row as it is now (None if there is no such task)."""
+    with archive.db.read() as session:
+        found = session.execute(
+            select(Task, Blob.sha256, Location.name)
+            .join(Copy, Task.copy_id == Copy.id)
+            .join(Blob, Copy.blob_id == Blob.id)
+            .join(Location, Copy.location_id == Location.id)
+            .where(Task.id == task_id)
+        ).one_or_none()
+        if found is None:
+            return f"task {task_id} (no such task)", None
+        task, sha256, location = found
+        session.expunge(task)
+    if task.kind == "transfer":
+        return f"task {task_id} (transfer of blob {sha256[:16]} to {location})", task
+    if task.kind == "gc":
+        batch = len(json.loads(task.payload or "{}").get("copy_ids", []))
+        return f"task {task_id} (gc of {batch} copies at {location})", task
+    return f"task {task_id} ({task.kind}, blob {sha256[:16]} at {location})", task
 
 
 def retry_failed(archive: Archive, task_ids: Sequence[int] | None = None) -> list[int]:
