@@ -19,6 +19,7 @@ from safekeeper.archive import Archive
 from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Copy, CopyState, Task, TaskState
 from safekeeper.engine.runner import run_task
+from safekeeper.engine.wait import wait_for_tasks
 from safekeeper.errors import BadInput, Conflict, NotFound
 from safekeeper.services import replication
 from safekeeper.services.gc import queue_gc
@@ -58,6 +59,11 @@ def test_a_cancelled_queued_task_never_runs_and_its_copy_waits_for_a_retry(
     assert replication_pass(archive).task_ids == []
     assert run_task(archive, second) == TaskState.DONE
 
+    # Whoever waits for it sees it end (gc --wait, replicate --wait).
+    assert wait_for_tasks(archive, [first, second], poll_seconds=0) == {
+        "cancelled": 1,
+        "done": 1,
+    }
     # Retrying is how a cancellation is undone.
     assert retry_failed(archive, [first]) == [first]
     assert _copy(archive, first).state == CopyState.PENDING

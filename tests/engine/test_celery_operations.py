@@ -172,15 +172,43 @@ def test_cancel_skips_a_queued_task_and_stops_a_running_one(
         }
         assert states == {slow_id: "cancelled", other_id: "cancelled"}
 
-        # A routine success says nothing at INFO: neither Celery's "received" and
-        # "succeeded" lines nor the worker's own.
-        retried = _safekeeper(config, "tasks", "retry", str(other_id)).stdout
-        assert "requeued 1 tasks" in retried
-        _wait(lambda: _task(archive, other_id).state == TaskState.DONE, "the retry", workers)
+        workers.check_alive()
+    finally:
+        workers.stop_all()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_worker_log_names_tasks_and_keeps_successes_at_debug(
+    deployment: tuple[Path, Archive], tmp_path: Path
+) -> None:
+    config, archive = deployment
+    root = config.parent
+    fine = archive.put_bytes(os.urandom(1000)).sha256
+    lost = archive.put_bytes(os.urandom(1000)).sha256
+    _object_path(root / "inbox", lost).unlink()  # its transfer fails, and is retried
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    workers = Workers(config, logs, _env())
+    try:
+        workers.start("site-a")
+        workers.wait_ready("site-a")
+        _safekeeper(config, "replicate")
+        ids = {
+            row["blob"]: row["id"]
+            for row in json.loads(_safekeeper(config, "tasks", "--json").stdout)
+        }
+        log = logs / "worker-site-a-1.log"
+        retry_line = f"task {ids[lost]} (transfer of blob {lost[:16]} to archive): attempt failed"
+        _wait(lambda: retry_line in log.read_text(), "the retry's log line", workers)
+        _wait(lambda: _task(archive, ids[fine]).state == TaskState.DONE, "the transfer", workers)
         time.sleep(0.5)
         text = log.read_text()
+        assert "WARNING" in text.split(retry_line)[0].splitlines()[-1], text
+        # A routine success says nothing at INFO: neither Celery's "received" and
+        # "succeeded" lines (which name only Celery's message id) nor the worker's own.
         assert "succeeded in" not in text and "] received" not in text, text
-        assert f"task {other_id} (transfer of blob {other[:16]} to archive): done" not in text
+        assert f"task {ids[fine]} " not in text, text
         workers.check_alive()
     finally:
         workers.stop_all()
