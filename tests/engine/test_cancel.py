@@ -60,10 +60,14 @@ def test_a_cancelled_queued_task_never_runs_and_its_copy_waits_for_a_retry(
     assert run_task(archive, second) == TaskState.DONE
 
     # Whoever waits for it sees it end (gc --wait, replicate --wait).
-    assert wait_for_tasks(archive, [first, second], poll_seconds=0) == {
-        "cancelled": 1,
-        "done": 1,
-    }
+    waited: list[dict[str, int]] = []
+    waiter = threading.Thread(
+        target=lambda: waited.append(wait_for_tasks(archive, [first, second], 0.01)),
+        daemon=True,  # a waiter that never returns must not keep the test process alive
+    )
+    waiter.start()
+    waiter.join(timeout=10)
+    assert waited == [{"cancelled": 1, "done": 1}]
     # Retrying is how a cancellation is undone.
     assert retry_failed(archive, [first]) == [first]
     assert _copy(archive, first).state == CopyState.PENDING
