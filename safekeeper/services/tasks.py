@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from safekeeper.archive import Archive
 
 
+#: The states a task can be cancelled in.
+LIVE = (TaskState.QUEUED, TaskState.RUNNING)
+
+
 @dataclass(frozen=True)
 class TaskView:
     id: int
@@ -163,9 +167,6 @@ def cancel_tasks(
         stopping=[t.id for t in cancelled if t.was == TaskState.RUNNING],
         left_running=busy_gc,
     )
-
-
-LIVE = (TaskState.QUEUED, TaskState.RUNNING)
 
 
 def _check_cancellable(

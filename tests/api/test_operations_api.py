@@ -111,6 +111,8 @@ def test_cancelling_tasks_by_id_and_by_location(
     with app_archive.db.read() as session:
         task = session.get_one(Task, first)
         assert (task.state, task.last_error) == ("cancelled", "cancelled by api:root")
+    report = client.get("/api/replication", headers=accounts.headers("ops")).json()
+    assert (report["cancelled"], report["queued"]) == (2, 0)
     # Retrying undoes a cancellation.
     retried = client.post(f"/api/tasks/{first}/retry", headers=accounts.headers("ops"))
     assert retried.json() == {"requeued": [first]}
