@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from safekeeper.db.models import TaskState
 from safekeeper.engine.runner import run_task, worker_name
@@ -104,10 +105,19 @@ def _run(task_id: int) -> str | None:
     try:
         state = run_task(archive, task_id, worker)
     except Exception:
-        log.exception("%s: running it failed", describe_task(archive, task_id)[0])
+        log.exception("%s: running it failed", _name(archive, task_id))
         raise
     _log_outcome(archive, task_id, worker, state)
     return state.value if state is not None else None
+
+
+def _name(archive: Archive, task_id: int) -> str:
+    """The task's description, or just its id when the database cannot say more (the
+    error being reported may well be the database's)."""
+    try:
+        return describe_task(archive, task_id)[0]
+    except SQLAlchemyError:
+        return f"task {task_id}"
 
 
 def _log_outcome(archive: Archive, task_id: int, worker: str, state: TaskState | None) -> None:
