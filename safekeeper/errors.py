@@ -49,6 +49,12 @@ class Interrupted(SafekeeperError):
     code = "interrupted"
 
 
+class Cancelled(SafekeeperError):
+    """A task was cancelled (``safekeeper tasks cancel``) while it ran: its work stops."""
+
+    code = "cancelled"
+
+
 class PolicyDenied(SafekeeperError):
     """A safety rule forbids the operation."""
 

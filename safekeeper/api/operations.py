@@ -1,6 +1,7 @@
 """Operator routes: locations, replication, the deletion plan, gc runs and the audit log.
 
-These are storage-wide views for operators and admins (a member gets 403). They show
+These are storage-wide views for operators and admins (a member gets 403); cancelling
+tasks is for admins only. They show
 blob ids, locations and rules, never namespaces or keys; explaining one blob's
 verdicts still needs a blob the caller can see (404 otherwise).
 """
@@ -13,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import Field
 
-from safekeeper.api.auth import require_operator
+from safekeeper.api.auth import require_admin, require_operator
 from safekeeper.api.principal import Principal
 from safekeeper.api.schemas import ApiModel, error_responses
 from safekeeper.api.state import archive_of, gc_runner_of
@@ -26,11 +27,20 @@ from safekeeper.services import audit, planner, status, tasks, tenant_data
 router = APIRouter(prefix="/api", tags=["operations"])
 
 OperatorDep = Annotated[Principal, Depends(require_operator)]
+AdminDep = Annotated[Principal, Depends(require_admin)]
 LocationQuery = Annotated[str | None, Query(description="only this location")]
 
 
 class RetryOut(ApiModel):
     requeued: list[int]
+
+
+class CancelOut(ApiModel):
+    cancelled: list[int] = Field(description="were queued: they never run")
+    stopping: list[int] = Field(
+        description="were running: their workers stop at the next heartbeat, recording nothing"
+    )
+    left_running: list[int] = Field(description="running gc batches, not stopped half-way")
 
 
 class DeletionOut(ApiModel):
@@ -140,8 +150,44 @@ def retry_task(
     _operator: OperatorDep,
     task_id: Annotated[int, Path(ge=1, le=2**62)],
 ) -> RetryOut:
-    """Queue a failed task again (404 unless it exists and failed)."""
+    """Queue a failed or cancelled task again (404 unless it exists and is one)."""
     return RetryOut(requeued=tasks.retry_failed(archive_of(request), [task_id]))
+
+
+@router.post(
+    "/tasks/{task_id}/cancel",
+    response_model=CancelOut,
+    responses=error_responses(401, 403, 404, 409),
+)
+def cancel_task(
+    request: Request,
+    admin: AdminDep,
+    task_id: Annotated[int, Path(ge=1, le=2**62)],
+) -> CancelOut:
+    """Cancel a queued or running task (404 unknown; 409 ended, or a running gc batch)."""
+    result = tasks.cancel_tasks(archive_of(request), [task_id], actor=f"api:{admin.user_name}")
+    return CancelOut.model_validate(result, from_attributes=True)
+
+
+@router.post(
+    "/tasks/cancel",
+    response_model=CancelOut,
+    responses=error_responses(400, 401, 403, 404),
+)
+def cancel_location_tasks(
+    request: Request,
+    admin: AdminDep,
+    location: Annotated[str, Query(max_length=200, description="the tasks' location")],
+) -> CancelOut:
+    """Cancel every queued or running task whose copy is at ``location`` (running gc
+    batches are left to end by themselves)."""
+    archive = archive_of(request)
+    result = tasks.cancel_tasks(
+        archive,
+        location=_location(archive.config.locations, location),
+        actor=f"api:{admin.user_name}",
+    )
+    return CancelOut.model_validate(result, from_attributes=True)
 
 
 @router.get("/plan", response_model=PlanOut, responses=error_responses(400, 401, 403))

@@ -148,7 +148,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "tasks": LazyCommand(
         "safekeeper.cli.replication",
         "tasks_app",
-        "The task queue: list, and retry failed tasks.",
+        "The task queue: list, retry failed tasks, cancel tasks.",
     ),
     "jobs": LazyCommand(
         "safekeeper.cli.deletion",

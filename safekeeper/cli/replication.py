@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
 
 from safekeeper.cli.context import state
 from safekeeper.cli.output import byte_progress, console, emit_json, plural, table, when
-from safekeeper.engine.dispatch import dispatch
+from safekeeper.engine.dispatch import check_broker, dispatch
 from safekeeper.engine.embedded import run_due
 from safekeeper.engine.wait import task_states, wait_for_tasks
 from safekeeper.services import replication
@@ -22,37 +23,63 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts."
 def replicate(
     ctx: typer.Context,
     wait: Annotated[
-        bool, typer.Option("--wait", help="Wait until every scheduled transfer has ended.")
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait until no task this pass found or made at the locations it writes to "
+            "is queued or running.",
+        ),
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Schedule transfers for every blob whose replication policy is not met.
 
-    Embedded executor: the transfers run here before the command returns. Celery: they
-    go to the sites' queues; --wait waits for the workers to finish them.
+    Embedded executor: the due tasks run here before the command returns. Celery: they
+    go to the sites' queues; --wait waits for the workers. Either way the counts are of
+    every task queued or running, when the pass ended, at the locations it writes to
+    (replicate_to targets, archives, its transfers' targets): its own and earlier ones.
+    Exits 1 when one of them failed.
     """
     archive = state(ctx).archive()
     result = replication.replication_pass(archive)
+    work = replication.outstanding(archive, result)
+    celery = archive.config.tasks.executor == "celery"
     outcome: dict[str, int] = {}
-    if archive.config.tasks.executor == "celery":
+    if celery:
         dispatch(archive, result.task_ids)
-        if wait:
-            outcome = wait_for_tasks(archive, result.task_ids)
-    else:
-        run_due(archive, wait=wait)
-        # Where this pass's transfers ended (a retried task counts once, in its last
-        # state), not how often tasks ran: the counts add up to the transfers scheduled.
-        outcome = task_states(archive, result.task_ids)
-    summary = {"wanted": result.wanted, "scheduled": result.scheduled, "tasks": outcome}
-    if as_json:
-        emit_json(summary)
-    else:
+        if wait and not result.task_ids:
+            check_broker(archive)  # the earlier tasks' workers need the broker too
+    if not as_json:
         console.print(
             f"{plural(result.wanted, 'copy', 'copies')} wanted, "
             f"{plural(result.scheduled, 'transfer')} scheduled"
         )
-        if outcome:
-            console.print("tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.items())))
+        if work.task_ids and (wait or not celery):
+            console.print(
+                f"{'waiting for' if wait else 'running'} {plural(len(work.task_ids), 'task')} "
+                f"at {', '.join(work.locations)}: {result.scheduled} scheduled now, "
+                f"{work.earlier} earlier"
+            )
+    if celery:
+        if wait:
+            outcome = wait_for_tasks(archive, work.task_ids)
+    else:
+        run_due(archive, wait=wait)
+        # Where these tasks ended (a retried task counts once, in its last state), not
+        # how often tasks ran: the counts add up to the tasks named above.
+        outcome = task_states(archive, work.task_ids)
+    if as_json:
+        emit_json(
+            {
+                "wanted": result.wanted,
+                "scheduled": result.scheduled,
+                "earlier": work.earlier,
+                "locations": work.locations,
+                "tasks": outcome,
+            }
+        )
+    elif outcome:
+        console.print("tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.items())))
     if outcome.get("failed"):
         if not as_json:
             console.print("see `safekeeper tasks --failed`; retry with `safekeeper tasks retry`")
@@ -145,7 +172,7 @@ def _print_verify(report: verify_service.VerifyReport) -> None:
         )
 
 
-tasks_app = typer.Typer(help="The task queue: list, and retry failed tasks.")
+tasks_app = typer.Typer(help="The task queue: list, retry failed tasks, cancel tasks.")
 
 
 @tasks_app.callback(invoke_without_command=True)
@@ -191,7 +218,8 @@ def tasks_retry(
     task_ids: Annotated[list[int] | None, typer.Argument(help="Task ids to retry.")] = None,
     all_failed: Annotated[bool, typer.Option("--all", help="Retry every failed task.")] = False,
 ) -> None:
-    """Queue failed tasks again with a fresh attempt budget (and run them, embedded)."""
+    """Queue failed (or, by id, cancelled) tasks again with a fresh attempt budget (and run
+    them, embedded)."""
     if not task_ids and not all_failed:
         raise typer.BadParameter("give task ids or --all")
     archive = state(ctx).archive()
@@ -202,3 +230,51 @@ def tasks_retry(
         console.print("tasks: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.items())))
         if outcome.get("failed"):
             raise typer.Exit(1)
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(
+    ctx: typer.Context,
+    task_ids: Annotated[list[int] | None, typer.Argument(help="Task ids to cancel.")] = None,
+    location: Annotated[
+        str | None,
+        typer.Option(help="Cancel every queued or running task whose copy is at this location."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Cancel queued or running tasks: a queued one never runs, a running one stops at its
+    worker's next heartbeat and records nothing.
+
+    A cancelled transfer's copy is marked failed, so replication leaves it alone until
+    `safekeeper tasks retry ID`. A running gc batch is not stopped half-way.
+    """
+    if not task_ids and location is None:
+        raise typer.BadParameter("give task ids or --location")
+    if task_ids and location is not None:
+        raise typer.BadParameter("give task ids or --location, not both")
+    result = task_service.cancel_tasks(
+        state(ctx).archive(),
+        task_ids or None,
+        location=location,
+        actor=f"cli:{os.environ.get('USER', 'unknown')}",
+    )
+    if as_json:
+        emit_json(result)
+        return
+    console.print(
+        f"cancelled {plural(len(result.cancelled), 'queued task')}{_ids(result.cancelled)}"
+    )
+    if result.stopping:
+        console.print(
+            f"stopping {plural(len(result.stopping), 'running task')}{_ids(result.stopping)}: "
+            "their workers stop at the next heartbeat and record nothing"
+        )
+    if result.left_running:
+        console.print(
+            f"left running {plural(len(result.left_running), 'gc batch', 'gc batches')}"
+            f"{_ids(result.left_running)}: a batch is not stopped half-way"
+        )
+
+
+def _ids(task_ids: list[int]) -> str:
+    return f" ({', '.join(map(str, task_ids))})" if task_ids else ""

@@ -233,6 +233,8 @@ class TaskState(enum.StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    #: Stopped by an operator (``safekeeper tasks cancel``): never claimed again.
+    CANCELLED = "cancelled"
 
 
 class Task(Base):
@@ -245,7 +247,9 @@ class Task(Base):
 
     __tablename__ = "tasks"
     __table_args__ = (
-        CheckConstraint("state IN ('queued', 'running', 'done', 'failed')", name="task_state"),
+        CheckConstraint(
+            "state IN ('queued', 'running', 'done', 'failed', 'cancelled')", name="task_state"
+        ),
         Index("ix_tasks_state_due", "state", "not_before"),
         Index("ix_tasks_source_copy", "source_copy_id"),
         Index("ix_tasks_copy", "copy_id"),

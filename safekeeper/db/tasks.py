@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import cast
+from typing import NamedTuple, cast
 
 from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from safekeeper.db.models import Task, TaskState
+from safekeeper.db.models import Copy, Location, Task, TaskState
 
 
 def enqueue(
@@ -112,15 +112,23 @@ def claim_many(
     )
 
 
-def heartbeat(session: Session, task_ids: Sequence[int], worker: str, now: datetime) -> bool:
-    """Refresh the claims; False once another worker has taken all of them over."""
-    result = session.execute(
-        update(Task)
-        .where(Task.id.in_(task_ids), Task.claimed_by == worker, Task.state == TaskState.RUNNING)
-        .values(heartbeat_at=now)
-        .execution_options(synchronize_session=False)
+def heartbeat(session: Session, task_ids: Sequence[int], worker: str, now: datetime) -> set[int]:
+    """Refresh the claims; return the ids still held. A task missing from the answer
+    was cancelled or taken over by another worker: its outcome will not be recorded,
+    so its work should stop."""
+    if not task_ids:
+        return set()
+    return set(
+        session.scalars(
+            update(Task)
+            .where(
+                Task.id.in_(task_ids), Task.claimed_by == worker, Task.state == TaskState.RUNNING
+            )
+            .values(heartbeat_at=now)
+            .returning(Task.id)
+            .execution_options(synchronize_session=False)
+        )
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def finish(
@@ -185,9 +193,67 @@ def live_count(session: Session, sites: Sequence[str] | None = None) -> int:
     return int(session.scalar(query) or 0)
 
 
-def requeue_failed(session: Session, task_ids: Sequence[int] | None, now: datetime) -> list[int]:
-    """Put failed tasks back in the queue with a fresh attempt budget."""
-    query = select(Task).where(Task.state == TaskState.FAILED)
+class CancelledTask(NamedTuple):
+    id: int
+    kind: str
+    copy_id: int
+    #: The state it was cancelled in: ``queued`` or ``running``.
+    was: str
+
+
+def cancel(
+    session: Session, task_ids: Sequence[int], now: datetime, reason: str
+) -> list[CancelledTask]:
+    """Cancel those of ``task_ids`` that are queued or running, and return them.
+
+    A running task's claim ends here: its worker's next heartbeat finds it gone and
+    stops the work, and its outcome can no longer be recorded (``finish`` only ends a
+    running claim). Rows are locked first so a claim racing this reports truly.
+    """
+    if not task_ids:
+        return []
+    live = [TaskState.QUEUED, TaskState.RUNNING]
+    rows = [
+        CancelledTask(*row)
+        for row in session.execute(
+            select(Task.id, Task.kind, Task.copy_id, Task.state)
+            .where(Task.id.in_(task_ids), Task.state.in_(live))
+            .order_by(Task.id)
+            .with_for_update()
+        )
+    ]
+    session.execute(
+        update(Task)
+        .where(Task.id.in_([row.id for row in rows]), Task.state.in_(live))
+        .values(state=TaskState.CANCELLED, finished_at=now, heartbeat_at=None, last_error=reason)
+        .execution_options(synchronize_session=False)
+    )
+    return rows
+
+
+def live_at(session: Session, location_names: Sequence[str]) -> list[int]:
+    """Queued and running tasks whose copy is at one of the locations."""
+    return list(
+        session.scalars(
+            select(Task.id)
+            .join(Copy, Task.copy_id == Copy.id)
+            .join(Location, Copy.location_id == Location.id)
+            .where(
+                Location.name.in_(location_names),
+                Task.state.in_([TaskState.QUEUED, TaskState.RUNNING]),
+            )
+            .order_by(Task.id)
+        )
+    )
+
+
+def requeue_failed(
+    session: Session, task_ids: Sequence[int] | None, now: datetime, *, cancelled: bool = False
+) -> list[int]:
+    """Put failed tasks (and, with ``cancelled``, cancelled ones) back in the queue with
+    a fresh attempt budget."""
+    states = [TaskState.FAILED, TaskState.CANCELLED] if cancelled else [TaskState.FAILED]
+    query = select(Task).where(Task.state.in_(states))
     if task_ids is not None:
         query = query.where(Task.id.in_(task_ids))
     tasks = session.scalars(query).all()

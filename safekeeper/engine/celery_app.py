@@ -25,6 +25,9 @@ Settings and why:
 - a task that finds the database unavailable waits for it, holding its message,
   instead of failing: with one message per thread, the worker stops taking messages
   until the database is back (see ``engine.outage``).
+- socket timeouts on a Redis broker and few publish retries: a broker that accepts
+  connections but does not answer (a stuck server, a black-holing firewall) makes a
+  command fail within seconds with one ``error:`` line instead of hanging.
 """
 
 from __future__ import annotations
@@ -44,22 +47,29 @@ from celery.exceptions import Reject
 from celery.worker.consumer import Consumer
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from safekeeper.db.models import TaskState
 from safekeeper.engine import outage
-from safekeeper.engine.runner import run_task
+from safekeeper.engine.runner import run_task, worker_name
 from safekeeper.errors import SafekeeperError
+from safekeeper.services.tasks import describe_task
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
     from safekeeper.config import Config
 
+log = logging.getLogger("safekeeper.worker")
+
 TASK_NAME = "safekeeper.run_task"
+#: Celery's per-message lines ("received", "succeeded in 0.01s") name only its own
+#: message id; ``_log_outcome`` says the same with the safekeeper task, so these
+#: stay quiet below WARNING (their failures and errors still show).
+CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.worker.request")
 QUEUE_PREFIX = "safekeeper.site."
 #: The longest pause between two attempts to reconnect to the broker.
 RECONNECT_MAX_SECONDS = 2.0
 
-logger = logging.getLogger("safekeeper.worker")
 
 #: The archive of this worker process, set by ``start_worker`` before it consumes.
 _worker_archive: Archive | None = None
@@ -72,6 +82,7 @@ class BrokerUnavailable(SafekeeperError):
     """The task broker could not be reached; the tasks stay recorded in the database."""
 
     code = "broker_unavailable"
+    status = 503
 
 
 def queue_name(site: str) -> str:
@@ -109,18 +120,70 @@ def _run(task_id: int) -> str | None:
     archive = _worker_archive
     if archive is None:
         raise RuntimeError("safekeeper.run_task called outside a safekeeper worker")
+    task_id, worker = int(task_id), worker_name()
     while True:
         try:
-            state = run_task(archive, int(task_id))
+            state = run_task(archive, task_id, worker)
         except DBAPIError as exc:
             if not outage.database_unavailable(exc):
+                log.exception("%s: running it failed", _name(archive, task_id))
                 raise
-            logger.warning("task %s: database unavailable, waiting for it: %s", task_id, exc.orig)
+            log.warning("task %s: database unavailable, waiting for it: %s", task_id, exc.orig)
             if not outage.wait_for_database(archive):
                 raise Reject(f"database unavailable: {exc.orig}", requeue=True) from exc
-            logger.info("task %s: the database is back", task_id)
+            log.info("task %s: the database is back", task_id)
             continue
+        except Exception:
+            log.exception("%s: running it failed", _name(archive, task_id))
+            raise
+        _log_outcome(archive, task_id, worker, state)
         return state.value if state is not None else None
+
+
+def _name(archive: Archive, task_id: int) -> str:
+    """The task's description, or just its id when the database cannot say more (the
+    error being reported may well be the database's)."""
+    try:
+        return describe_task(archive, task_id)[0]
+    except SQLAlchemyError:
+        return f"task {task_id}"
+
+
+def _log_outcome(archive: Archive, task_id: int, worker: str, state: TaskState | None) -> None:
+    """One line per message, naming the task, its kind, blob and location: a success
+    at DEBUG (routine), a retry or a cancellation at INFO/WARNING, a failure at ERROR."""
+    if state == TaskState.DONE and not log.isEnabledFor(logging.DEBUG):
+        return  # the common case costs no query
+    what, task = describe_task(archive, task_id)
+    error = task.last_error if task is not None else None
+    if state == TaskState.DONE:
+        log.debug("%s: done", what)
+    elif state == TaskState.QUEUED:
+        log.warning("%s: attempt failed, will retry: %s", what, error)
+    elif state == TaskState.FAILED:
+        log.error("%s: failed: %s", what, error)
+    elif task is not None and task.state == TaskState.CANCELLED:
+        if task.claimed_by == worker:
+            log.info("%s: cancelled while running; stopped, nothing recorded", what)
+        else:
+            log.info("%s: cancelled; skipped", what)
+    else:
+        # A duplicate message, a task not yet due or claimed elsewhere: nothing to do.
+        log.debug("%s: skipped (%s)", what, task.state if task is not None else "gone")
+
+
+#: Seconds a Redis broker may take to accept a connection, and to answer a command.
+#: Workers block in BRPOP for 1 s at a time, well inside the answer timeout.
+BROKER_CONNECT_TIMEOUT = 5.0
+BROKER_SOCKET_TIMEOUT = 5.0
+
+
+def _transport_options(broker_url: str, heartbeat_timeout: timedelta) -> dict[str, float]:
+    options: dict[str, float] = {"visibility_timeout": visibility_timeout(heartbeat_timeout)}
+    if broker_url.startswith(("redis:", "rediss:")):
+        options["socket_connect_timeout"] = BROKER_CONNECT_TIMEOUT
+        options["socket_timeout"] = BROKER_SOCKET_TIMEOUT
+    return options
 
 
 def make_celery(archive: Archive) -> Any:
@@ -140,8 +203,13 @@ def make_celery(archive: Archive) -> Any:
         worker_concurrency=tasks.threads,
         worker_send_task_events=False,
         worker_hijack_root_logger=True,
-        broker_transport_options={
-            "visibility_timeout": visibility_timeout(tasks.heartbeat_timeout)
+        broker_transport_options=_transport_options(tasks.broker_url, tasks.heartbeat_timeout),
+        broker_connection_timeout=BROKER_CONNECT_TIMEOUT,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
@@ -176,8 +244,8 @@ def send_tasks(archive: Archive, items: Iterable[tuple[int, str]]) -> None:
     except OperationalError as exc:
         url = maybe_sanitize_url(archive.config.tasks.broker_url)
         raise BrokerUnavailable(
-            f"cannot reach the task broker at {url}: {exc}; the {len(items)} tasks are "
-            "recorded and a running `safekeeper worker` will pick them up"
+            f"cannot reach the task broker at {url}: {_one_line(exc)}; the {len(items)} "
+            "tasks are recorded and a running `safekeeper worker` will pick them up"
         ) from exc
 
 
@@ -210,6 +278,26 @@ def _on_connect_step(callback: Callable[[], None]) -> type:
 
 def _stop_waiting(**_kwargs: Any) -> None:
     outage.stopping.set()
+
+
+def check_broker(archive: Archive) -> None:
+    """Raise BrokerUnavailable unless the broker accepts a connection: waiting for
+    workers through a broker that is down would wait forever."""
+    app = _producer(archive)
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1)
+    except OperationalError as exc:
+        url = maybe_sanitize_url(archive.config.tasks.broker_url)
+        raise BrokerUnavailable(
+            f"cannot reach the task broker at {url}: {_one_line(exc)}; nothing can be sent "
+            "to the workers"
+        ) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error's message on one line (the CLI prints exactly one ``error:`` line)."""
+    return " ".join(str(exc).split())
 
 
 def start_worker(
@@ -248,6 +336,8 @@ def start_worker(
         without_heartbeat=True,
         quiet=True,
     )
+    for name in CELERY_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     if on_start is not None:
         on_start()
     worker.start()

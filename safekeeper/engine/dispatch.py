@@ -24,3 +24,13 @@ def dispatch(archive: Archive, task_ids: Sequence[int]) -> None:
         rows = session.execute(select(Task.id, Task.site).where(Task.id.in_(task_ids)))
         sites = {task_id: site for task_id, site in rows}
     send_tasks(archive, [(task_id, sites[task_id]) for task_id in task_ids])
+
+
+def check_broker(archive: Archive) -> None:
+    """Celery: raise BrokerUnavailable unless the broker can be reached (before waiting
+    on workers that could not be sent anything). Embedded: nothing to check."""
+    if archive.config.tasks.executor != "celery":
+        return
+    from safekeeper.engine.celery_app import check_broker as check
+
+    check(archive)

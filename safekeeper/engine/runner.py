@@ -56,7 +56,8 @@ def backoff(archive: Archive, attempts: int) -> timedelta:
 class _Heartbeat:
     """Refreshes this worker's claims from a background thread while handlers run, and
     is the watchdog: an attempt whose thread moved no bytes for ``stall_timeout`` is
-    failed (so the task can be claimed again) and its thread told to stop."""
+    failed (so the task can be claimed again) and its thread told to stop. A task whose
+    claim is gone (cancelled, taken over) is told to stop too (``TaskInfo.stop``)."""
 
     def __init__(self, archive: Archive, tasks: Sequence[TaskInfo], worker: str) -> None:
         self._archive, self._worker = archive, worker
@@ -73,7 +74,7 @@ class _Heartbeat:
         self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
 
     def _beat(self, interval: float) -> None:
-        while not self._stop.wait(interval):
+        while self._tasks and not self._stop.wait(interval):
             try:
                 self._check_progress()
             except DBAPIError as exc:  # the stall is noticed again at the next beat
@@ -84,16 +85,23 @@ class _Heartbeat:
             try:
                 with self._archive.db.write() as session:
                     now = self._archive.clock()
-                    if not task_rows.heartbeat(session, live, self._worker, now):
-                        return  # every claim was taken over: nothing left to keep alive
+                    held = task_rows.heartbeat(session, live, self._worker, now)
             except DBAPIError as exc:
                 # A database hiccup must not end the heartbeats of a long transfer (another
                 # worker would then run it too): try again at the next beat. The outcome
                 # is recorded only if the claim is still ours, whatever happens here.
                 log.warning("heartbeat for tasks %s failed, retrying: %s", list(self._tasks), exc)
+                continue
+            for task_id in [t for t in live if t not in held]:
+                # Cancelled, or taken over after a stall: whatever this worker still did
+                # would not be recorded, so stop it at its next chunk.
+                log.info("task %d is no longer this worker's (cancelled?): stopping it", task_id)
+                self._tasks.pop(task_id).stop.set()
 
     def _check_progress(self) -> None:
         for task_id, progress in self.progress.items():
+            if task_id not in self._tasks:
+                continue  # told to stop: its claim is gone
             idle = progress.idle_seconds()
             if task_id in self.stalled or progress.finished or idle < self._stall_after:
                 continue
@@ -154,6 +162,8 @@ def _execute(archive: Archive, task: TaskInfo) -> _Outcome:
     handler = HANDLERS.get(task.kind)
     if handler is None:
         return _Outcome(task, None, error=f"unknown task kind {task.kind!r}")
+    if task.stop.is_set():  # cancelled while it waited for a thread of the pool
+        return _Outcome(task, handler, error="cancelled before it started")
     try:
         return _Outcome(task, handler, completion=handler.execute(archive, task))
     except TransientStoreError as exc:

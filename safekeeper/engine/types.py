@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,6 +29,10 @@ class TaskInfo:
     attempts: int
     max_attempts: int
     payload: str | None = None
+    #: Set by the runner's heartbeat when this worker no longer holds the claim (the
+    #: task was cancelled, or taken over): a long handler checks it between chunks and
+    #: stops, since nothing it does would be recorded.
+    stop: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     @classmethod
     def of(cls, row: Task) -> TaskInfo:

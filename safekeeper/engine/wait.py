@@ -14,7 +14,7 @@ from safekeeper.db.models import Task, TaskState
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
 
-ENDED = (TaskState.DONE, TaskState.FAILED)
+ENDED = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)
 
 
 def wait_for_tasks(

@@ -1,4 +1,4 @@
 """Alembic migrations; the schema's history. ``HEAD`` names the newest one (a test
 checks it against the migration scripts)."""
 
-HEAD = "0006_workers"
+HEAD = "0007_task_cancelled"

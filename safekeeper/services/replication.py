@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import exists, func, insert, literal, select, text, update
 from sqlalchemy.orm import Session, aliased
 
+from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Site, Task, TaskState
 
 if TYPE_CHECKING:
@@ -41,6 +42,41 @@ class PassResult:
     wanted: int
     scheduled: int
     task_ids: list[int]
+
+
+@dataclass(frozen=True)
+class Outstanding:
+    """The work a pass leaves at the locations it writes to: its own transfers and
+    whatever else is queued or running there (earlier passes, repairs, gc batches)."""
+
+    locations: list[str]
+    task_ids: list[int]
+    earlier: int
+
+
+def outstanding(archive: Archive, result: PassResult) -> Outstanding:
+    """Every queued or running task at the locations ``result``'s pass writes to: each
+    ``replicate_to`` target, the archive locations while ``min_archive_copies`` asks
+    for copies there, and the targets of the transfers it scheduled (a repair can be
+    anywhere)."""
+    config = archive.config
+    names = {target for loc in config.locations.values() for target in loc.replicate_to}
+    if config.policy.min_archive_copies > 0:
+        names |= {name for name, loc in config.locations.items() if loc.kind == "archive"}
+    with archive.db.read() as session:
+        names |= set(
+            session.scalars(
+                select(Location.name)
+                .join(Copy, Copy.location_id == Location.id)
+                .join(Task, Task.copy_id == Copy.id)
+                .where(Task.id.in_(result.task_ids))
+            )
+        )
+        live = task_rows.live_at(session, sorted(names))
+    # The pass's own tasks count even if a fast worker already ended some of them.
+    ours = set(result.task_ids)
+    earlier = [t for t in live if t not in ours]
+    return Outstanding(sorted(names), sorted(ours | set(earlier)), len(earlier))
 
 
 def _want_at(session: Session, target: Location, candidates: object, now: object) -> int:

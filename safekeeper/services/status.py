@@ -76,6 +76,7 @@ class ReplicationStatus:
     running: int
     failed: int
     done: int
+    cancelled: int
     #: The most recent failed tasks (out of retries), newest first.
     failed_tasks: list[TaskView]
 
@@ -91,6 +92,7 @@ def replication_status(archive: Archive, failed_limit: int = 100) -> Replication
         running=int(counts.get(TaskState.RUNNING, 0)),
         failed=int(counts.get(TaskState.FAILED, 0)),
         done=int(counts.get(TaskState.DONE, 0)),
+        cancelled=int(counts.get(TaskState.CANCELLED, 0)),
         failed_tasks=list_tasks(archive, failed_only=True, limit=failed_limit),
     )
 

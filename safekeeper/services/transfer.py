@@ -14,7 +14,8 @@ key this blob never held — which fails the transfer for good (PermanentStoreEr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -26,7 +27,13 @@ from safekeeper.db.copies import transition, was_verified_at
 from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.engine import watchdog
 from safekeeper.engine.types import Completion, TaskInfo
-from safekeeper.errors import AlreadyExists, NotFound, PermanentStoreError, TransientStoreError
+from safekeeper.errors import (
+    AlreadyExists,
+    Cancelled,
+    NotFound,
+    PermanentStoreError,
+    TransientStoreError,
+)
 from safekeeper.services.existing import Content, ForeignObject, settle
 from safekeeper.stores.base import Store, fingerprint_of
 
@@ -40,12 +47,29 @@ def _nothing(session: Session, now: datetime) -> None:
 
 @dataclass(frozen=True)
 class _Place:
-    """Where the copy goes, and what may be done to an object already there."""
+    """Where the copy goes, what may be done to an object already there, and the
+    runner's signal that the task was cancelled."""
 
     store: Store
     key: str
     content_key: bool
     held_before: Callable[[], bool]
+    stop: threading.Event
+
+
+def _read(source: Store, key: str, stop: threading.Event) -> Iterator[bytes]:
+    """The source object's chunks, until the task is cancelled: then the exception ends
+    the target's put, which keeps nothing of an unfinished write."""
+    chunks = source.open(key)
+    try:
+        for chunk in chunks:
+            if stop.is_set():
+                raise Cancelled(f"cancelled while copying {key!r}")
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:  # release the source (a file, a connection) now, not at GC
+            close()
 
 
 def _held_before(archive: Archive, blob_id: int, location_id: int) -> bool:
@@ -53,8 +77,8 @@ def _held_before(archive: Archive, blob_id: int, location_id: int) -> bool:
         return was_verified_at(session, blob_id, location_id)
 
 
-def _replace(source: Store, source_key: str, target: Store, target_key: str) -> None:
-    target.replace(target_key, watchdog.tracked(source.open(source_key)))
+def _replace(source: Store, source_key: str, place: _Place) -> None:
+    place.store.replace(place.key, watchdog.tracked(_read(source, source_key, place.stop)))
 
 
 @dataclass(frozen=True)
@@ -115,6 +139,7 @@ class Transfer:
             target_key,
             content_key=not archive.uses_serial_keys(target_location),
             held_before=lambda: _held_before(archive, blob.id, location_id),
+            stop=task.stop,
         )
         problems: list[str] = []
         for source_location in usable:
@@ -135,7 +160,8 @@ class Transfer:
     def _copy(source: Store, source_key: str, place: _Place, blob: _Blob) -> None:
         target, target_key = place.store, place.key
         try:
-            result = target.put(target_key, watchdog.tracked(source.open(source_key)))
+            chunks = watchdog.tracked(_read(source, source_key, place.stop))
+            result = target.put(target_key, chunks)
         except AlreadyExists:
             # Written by an earlier attempt that died before recording it, left by a
             # crashed writer, put back by someone — or wrong bytes: hashed, never taken
@@ -147,7 +173,7 @@ class Transfer:
                     Content(blob.sha256, blob.size),
                     content_key=place.content_key,
                     held_before=place.held_before,
-                    replace=lambda: _replace(source, source_key, target, target_key),
+                    replace=lambda: _replace(source, source_key, place),
                 )
             except ForeignObject as exc:
                 raise PermanentStoreError(str(exc)) from exc

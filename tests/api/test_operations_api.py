@@ -86,6 +86,43 @@ def test_replication_counts_and_retrying_a_failed_task(
     assert again.status_code == 404
 
 
+@pytest.mark.parametrize("path", ["/api/tasks/1/cancel", "/api/tasks/cancel?location=archive"])
+def test_cancelling_is_for_admins_only(client: TestClient, accounts: Accounts, path: str) -> None:
+    for user in ("alice", "ops"):
+        refused = client.post(path, headers=accounts.headers(user))
+        assert refused.status_code == 403
+        assert refused.json()["code"] == "forbidden"
+    assert client.post(path).status_code == 401
+
+
+def test_cancelling_tasks_by_id_and_by_location(
+    client: TestClient, accounts: Accounts, app_archive: Archive
+) -> None:
+    put(client, accounts, "alice", "course:a")
+    app_archive.put_bytes(b"another blob")
+    first, second = replication_pass(app_archive).task_ids
+    auth = accounts.headers("root")
+    cancelled = client.post(f"/api/tasks/{first}/cancel", headers=auth)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json() == {"cancelled": [first], "stopping": [], "left_running": []}
+    again = client.post(f"/api/tasks/{first}/cancel", headers=auth)
+    assert (again.status_code, again.json()["code"]) == (409, "conflict")
+    unknown = client.post("/api/tasks/999999/cancel", headers=auth)
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
+    nowhere = client.post("/api/tasks/cancel", params={"location": "nowhere"}, headers=auth)
+    assert (nowhere.status_code, nowhere.json()["code"]) == (400, "bad_input")
+    by_location = client.post("/api/tasks/cancel", params={"location": "archive"}, headers=auth)
+    assert by_location.json() == {"cancelled": [second], "stopping": [], "left_running": []}
+    with app_archive.db.read() as session:
+        task = session.get_one(Task, first)
+        assert (task.state, task.last_error) == ("cancelled", "cancelled by api:root")
+    report = client.get("/api/replication", headers=accounts.headers("ops")).json()
+    assert (report["cancelled"], report["queued"]) == (2, 0)
+    # Retrying undoes a cancellation.
+    retried = client.post(f"/api/tasks/{first}/retry", headers=accounts.headers("ops"))
+    assert retried.json() == {"requeued": [first]}
+
+
 def test_plan_gc_and_audit(
     client: TestClient, accounts: Accounts, app_archive: Archive, clock: FakeClock
 ) -> None:

@@ -434,10 +434,22 @@ def test_jobs_start_errors_record_nothing(
 def test_replicate_then_verify(data_dir: Path, two_blobs: tuple[str, str]) -> None:
     first, _ = two_blobs
     summary = cli_json(data_dir, "replicate")
-    assert summary == {"wanted": 2, "scheduled": 2, "tasks": {"done": 2}}
+    assert summary == {
+        "wanted": 2,
+        "scheduled": 2,
+        "earlier": 0,
+        "locations": ["archive"],
+        "tasks": {"done": 2},
+    }
     for blob in two_blobs:
         assert copies(data_dir, blob) == {"archive": "present", "inbox": "present"}
-    assert cli_json(data_dir, "replicate") == {"wanted": 0, "scheduled": 0, "tasks": {}}
+    assert cli_json(data_dir, "replicate") == {
+        "wanted": 0,
+        "scheduled": 0,
+        "earlier": 0,
+        "locations": ["archive"],
+        "tasks": {},
+    }
 
     report = cli_json(data_dir, "verify")
     assert (report["checked"], report["ok"], report["missing"], report["corrupt"]) == (4, 4, [], [])
@@ -537,7 +549,7 @@ def test_tasks_list_fail_and_retry(tmp_path: Path) -> None:
     code, out, _ = cli(data_dir, "tasks", "retry", "--all")
     assert code == 0 and "requeued 0 tasks" in out
     code, _, err = cli(data_dir, "tasks", "retry", str(failed["id"]), "999")
-    assert code == 1 and "no failed task with id" in err and "999" in err
+    assert code == 1 and "no failed or cancelled task with id" in err and "999" in err
 
 
 def test_replicate_json_exit_code_says_a_transfer_failed(tmp_path: Path) -> None:
@@ -547,7 +559,13 @@ def test_replicate_json_exit_code_says_a_transfer_failed(tmp_path: Path) -> None
     lost = put(data_dir, b"bytes that vanish")
     object_path(data_dir, "inbox", lost).unlink()
     code, out, _ = cli(data_dir, "replicate", "--json")
-    assert json.loads(out) == {"wanted": 1, "scheduled": 1, "tasks": {"failed": 1}}
+    assert json.loads(out) == {
+        "wanted": 1,
+        "scheduled": 1,
+        "earlier": 0,
+        "locations": ["archive"],
+        "tasks": {"failed": 1},
+    }
     assert code == 1
 
 
@@ -563,7 +581,13 @@ def test_replicate_wait_counts_each_transfer_once(tmp_path: Path) -> None:
     lost = put(data_dir, b"bytes that vanish")
     object_path(data_dir, "inbox", lost).unlink()
     code, out, _ = cli(data_dir, "replicate", "--wait", "--json")
-    assert json.loads(out) == {"wanted": 1, "scheduled": 1, "tasks": {"failed": 1}}
+    assert json.loads(out) == {
+        "wanted": 1,
+        "scheduled": 1,
+        "earlier": 0,
+        "locations": ["archive"],
+        "tasks": {"failed": 1},
+    }
     assert code == 1
     code, out, _ = cli(data_dir, "replicate", "--wait")
     assert out.splitlines()[0] == "0 copies wanted, 0 transfers scheduled"

@@ -123,3 +123,45 @@ def test_0006_keeps_accounts_and_their_references_and_stops_id_reuse(tmp_path: P
         assert run("SELECT id FROM users WHERE name = 'c'").scalar() == 3
     assert _differences(database, Base.metadata) == []
     database.close()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_0007_lets_tasks_be_cancelled_and_its_downgrade_fails_them(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """The task state constraint takes ``cancelled`` (and still refuses nonsense); going
+    back to 0006 turns cancelled tasks into failed ones the old constraint accepts."""
+    from alembic import command
+    from sqlalchemy.exc import IntegrityError
+
+    from safekeeper.archive import Archive
+    from safekeeper.config import load_config, write_default
+    from safekeeper.db.engine import _alembic_config
+    from safekeeper.services.replication import replication_pass
+    from safekeeper.services.tasks import cancel_tasks
+
+    environ: dict[str, str] = {}
+    if backend == "postgresql":
+        environ["SAFEKEEPER_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    write_default(tmp_path / "data")
+    archive = Archive(load_config(data_dir=tmp_path / "data", environ=environ))
+    try:
+        archive.put_bytes(b"to be cancelled")
+        (task_id,) = replication_pass(archive).task_ids
+        assert cancel_tasks(archive, [task_id], actor="t").cancelled == [task_id]
+        engine = archive.db.engine
+        with engine.begin() as connection, pytest.raises(IntegrityError):
+            connection.exec_driver_sql("UPDATE tasks SET state = 'paused'")
+        with engine.begin() as connection:
+            command.downgrade(_alembic_config(connection), "0006_workers")
+        with engine.begin() as connection:
+            assert connection.exec_driver_sql("SELECT state FROM tasks").scalar() == "failed"
+        with engine.begin() as connection, pytest.raises(IntegrityError):
+            connection.exec_driver_sql("UPDATE tasks SET state = 'cancelled'")
+        with engine.begin() as connection:
+            command.upgrade(_alembic_config(connection), "head")
+            connection.exec_driver_sql("UPDATE tasks SET state = 'cancelled'")
+    finally:
+        archive.close()
