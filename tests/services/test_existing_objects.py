@@ -487,6 +487,8 @@ def test_sigkill_during_interval_puts_never_reuses_a_number(tmp_path: Path) -> N
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             killed += 1
+        else:
+            duration *= 0.7  # the machine got faster (a shared one): aim earlier
         assert process.wait() in (0, -signal.SIGKILL)
         _interval_present_hash_right(data_dir)
     assert killed >= 4, "the kills should mostly land mid-put"
