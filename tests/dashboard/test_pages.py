@@ -484,3 +484,44 @@ def test_the_sign_in_cookie_lives_as_long_as_the_session(client: TestClient) -> 
         "/signin", data={"username": "mia", "password": PASSWORD}, follow_redirects=False
     )
     assert "Max-Age=43200" in answer.headers["set-cookie"]  # the 12 h absolute timeout
+
+
+def test_a_member_cannot_squat_a_namespace_name(client: TestClient, archive: Archive) -> None:
+    """Security 9: a new name outside the member's tenant (``globex.<name>``) needs an
+    admin; the refusal says which names the member may use."""
+    csrf = sign_in(client, "gus")
+    headers = {"X-CSRF-Token": csrf, "Accept": "application/json"}
+    assert "globex.&lt;name&gt;" in client.get("/namespaces").text
+    refused = client.post(
+        "/namespaces/course/upload?key=k", content=build_html_package(), headers=headers
+    )
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["code"] == "namespace_reserved"
+    assert refused.json()["allowed_prefix"] == "globex."
+    assert "globex.course" in refused.json()["message"]
+    stored = client.post(
+        "/namespaces/globex.mine/upload?key=k", content=build_html_package(), headers=headers
+    )
+    assert stored.status_code == 200, stored.text
+    bundle = client.get("/namespaces/globex.mine/export").content
+    imported = client.post(
+        "/namespaces/course/import",
+        data={"csrf_token": csrf},
+        files={"bundle": ("mine.tar", bundle, "application/x-tar")},
+        follow_redirects=False,
+    )
+    assert imported.status_code == 403 and "globex.course" in imported.text
+    assert 'data-namespace="course"' not in client.get("/namespaces").text
+    accounts.assign_namespaces(archive, "acme", ["course"], create=True)
+    again = client.post(
+        "/namespaces/course/upload?key=k", content=build_html_package(), headers=headers
+    )
+    assert again.status_code == 403 and again.json()["code"] == "namespace_reserved"
+    client.cookies.clear()
+    csrf = sign_in(client, "mia")
+    taken = client.post(
+        "/namespaces/course/upload?key=k",
+        content=build_html_package(),
+        headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
+    )
+    assert taken.status_code == 200, taken.text
