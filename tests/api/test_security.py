@@ -46,13 +46,13 @@ def test_split_erasure(
 def test_erasure_refuses_and_lists_what_colleagues_set_in_the_users_namespace(
     client: TestClient, accounts: Accounts, app_archive: Archive
 ) -> None:
-    own = _put(client, accounts, "alice", "alice-files:diary", b"alice's diary")
-    bobs = _put(client, accounts, "bob", "alice-files:report", b"bob's report")
+    own = _put(client, accounts, "alice", "acme.alice-files:diary", b"alice's diary")
+    bobs = _put(client, accounts, "bob", "acme.alice-files:report", b"bob's report")
     refused = client.delete("/api/users/alice?erase=true", headers=accounts.headers("root"))
     assert refused.status_code == 409, refused.text
     assert refused.json()["code"] == "conflict"
-    assert "alice-files:report" in refused.json()["message"]
-    assert "alice-files:diary" not in refused.json()["message"]
+    assert "acme.alice-files:report" in refused.json()["message"]
+    assert "acme.alice-files:diary" not in refused.json()["message"]
     # Nothing changed: alice is there, both references and their bytes too.
     users = client.get("/api/users", headers=accounts.headers("root")).json()
     assert "alice" in {user["name"] for user in users}
@@ -61,7 +61,7 @@ def test_erasure_refuses_and_lists_what_colleagues_set_in_the_users_namespace(
         assert answer.status_code == 200
     # Once bob's reference is gone, only alice's own is taken.
     removed = client.delete(
-        "/api/namespaces/alice-files/refs/report", headers=accounts.headers("bob")
+        "/api/namespaces/acme.alice-files/refs/report", headers=accounts.headers("bob")
     )
     assert removed.status_code in (200, 204), removed.text
     erased = client.delete("/api/users/alice?erase=true", headers=accounts.headers("root"))
@@ -170,15 +170,15 @@ def test_another_tenants_bytes_leave_no_trace_in_import_or_blob_info(
     clock = app_archive.clock
     assert isinstance(clock, FakeClock)
     secret = b"acme's quarterly numbers"
-    sha = _put(client, accounts, "alice", "acme-files:q3", secret)
+    sha = _put(client, accounts, "alice", "acme.files:q3", secret)
     # Verified and read in acme's time.
     assert client.get(f"/api/blobs/{sha}", headers=accounts.headers("alice")).content == secret
     clock.advance(days=30)
     # olga (tenant "other") comes by the same bytes in a bundle a month later.
     bundle = io.BytesIO()
-    export_namespace(app_archive, "acme-files", bundle)
+    export_namespace(app_archive, "acme.files", bundle)
     imported = client.post(
-        "/api/namespaces/olga-files/import",
+        "/api/namespaces/other.olga-files/import",
         content=bundle.getvalue(),
         headers=accounts.headers("olga"),
     )
