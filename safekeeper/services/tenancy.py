@@ -123,6 +123,9 @@ def claim_namespace_created(
             owner_user_id=principal.user_id,
         )
         .on_conflict_do_nothing(index_elements=["name"])
+        .returning(Namespace.id)
     )
-    created = int(result.rowcount) == 1  # type: ignore[attr-defined]
+    # A returned row, not ``rowcount``: through the ORM, PostgreSQL's driver does not
+    # give a usable count for an INSERT … ON CONFLICT DO NOTHING (a new row read as none).
+    created = result.scalar_one_or_none() is not None
     return visible_namespace(session, principal, name), created
