@@ -3,8 +3,8 @@
 Every route that names a namespace goes through ``visible_namespace`` (or filters a
 listing with ``visible_namespace_filter``). A namespace of another tenant answers
 exactly like one that does not exist — NotFound to a read, NamespaceReserved to a
-write that would create it — so a user cannot learn what other tenants have. Namespaces without a tenant (made from the CLI) are
-reached only by admins.
+write that would create it — so a user cannot learn what other tenants have.
+Namespaces without a tenant (made from the CLI) are reached only by admins.
 
 Names are global, so who may create one is the rule against squatting: a tenant's
 user (member or operator) creates only the tenant's own names — the tenant's name, or
