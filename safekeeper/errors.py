@@ -133,6 +133,18 @@ class Forbidden(SafekeeperError):
     status = 403
 
 
+class NamespaceReserved(Forbidden):
+    """A tenant user asked for a new namespace outside their tenant's names (HTTP 403):
+    only an admin creates those. ``allowed_prefix`` is what the names they may create
+    begin with (None: none, their tenant's name predates the rule)."""
+
+    code = "namespace_reserved"
+
+    def __init__(self, message: str, allowed_prefix: str | None) -> None:
+        super().__init__(message)
+        self.allowed_prefix = allowed_prefix
+
+
 class RateLimited(SafekeeperError):
     """Too many attempts (HTTP 429); ``retry_after`` seconds until the next is allowed."""
 

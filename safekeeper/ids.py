@@ -47,6 +47,22 @@ def check_name(kind: str, text: str) -> str:
     return text
 
 
+#: Separates a tenant's name from the rest of a namespace named for it (``acme.course-1``).
+#: Tenant names cannot contain it, so ``<tenant>.`` names exactly one tenant's namespaces.
+TENANT_SEPARATOR = "."
+
+
+def check_tenant_name(text: str) -> str:
+    check_name("tenant", text)
+    if TENANT_SEPARATOR in text:
+        raise BadInput(
+            f"bad tenant {text!r}: a tenant's name cannot contain {TENANT_SEPARATOR!r} "
+            f"(it separates the tenant from the rest of its namespaces' names, "
+            f"like {text.replace(TENANT_SEPARATOR, '-')}{TENANT_SEPARATOR}docs)"
+        )
+    return text
+
+
 def check_key(text: str) -> str:
     if len(text) > MAX_KEY_LENGTH:
         raise BadInput(

@@ -15,6 +15,7 @@ from safekeeper.errors import (
     AlreadyExists,
     BadInput,
     Conflict,
+    NamespaceReserved,
     NotFound,
     PackageRejected,
     PolicyDenied,
@@ -56,6 +57,11 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, PackageRejected) and member is not None:
             response = JSONResponse(
                 {"code": exc.code, "message": str(exc), "member": member},
+                status_code=status_of(exc),
+            )
+        if isinstance(exc, NamespaceReserved):
+            response = JSONResponse(
+                {"code": exc.code, "message": str(exc), "allowed_prefix": exc.allowed_prefix},
                 status_code=status_of(exc),
             )
         return response

@@ -187,7 +187,7 @@ class ImportOut(ApiModel):
 @router.post(
     "/{namespace}/import",
     response_model=ImportOut,
-    responses=error_responses(400, 401, 404, 409, 413),
+    responses=error_responses(400, 401, 403, 404, 409, 413),
     openapi_extra=raw_body("application/x-tar"),
 )
 async def import_bundle(

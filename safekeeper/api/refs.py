@@ -68,7 +68,7 @@ def list_references(
 @router.put(
     "/{namespace}/refs/{key:path}",
     response_model=ReferenceOut,
-    responses=error_responses(400, 401, 404, 409),
+    responses=error_responses(400, 401, 403, 404, 409),
 )
 def put_reference(
     request: Request,

@@ -21,6 +21,11 @@ class ErrorBody(ApiModel):
     code: str
     message: str
     member: str | None = Field(default=None, description="the zip member a package check failed on")
+    allowed_prefix: str | None = Field(
+        default=None,
+        description="namespace_reserved: what the new namespaces a non-admin may create "
+        "begin with (their tenant's name and '.')",
+    )
 
 
 class ReferenceOut(ApiModel):
@@ -69,7 +74,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
     descriptions = {
         400: "bad input",
         401: "not signed in",
-        403: "role does not allow this",
+        403: "role does not allow this (namespace_reserved: a new namespace name only an "
+        "admin may create)",
         404: "not found (or another tenant's)",
         409: "conflict with the current state",
         413: "body larger than server.max_upload_size",

@@ -25,7 +25,14 @@ from safekeeper.api.uploads import check_spooled_size, consume_body, read_form
 from safekeeper.dashboard.auth import check_form_token, checked_form, checked_header, signed_in
 from safekeeper.dashboard.web import PageRoute, render, see_other
 from safekeeper.db.refs import set_by
-from safekeeper.errors import BadInput, Forbidden, NotFound, PackageRejected, SafekeeperError
+from safekeeper.errors import (
+    BadInput,
+    Forbidden,
+    NamespaceReserved,
+    NotFound,
+    PackageRejected,
+    SafekeeperError,
+)
 from safekeeper.ids import RefSpec, check_key, check_name
 from safekeeper.packages.capabilities import RefTarget, load_secret
 from safekeeper.services import attempts, bundles, packages
@@ -119,6 +126,8 @@ def _rejection(error: SafekeeperError) -> JSONResponse:
     body: dict[str, object] = {"code": error.code, "message": str(error)}
     if isinstance(error, PackageRejected) and error.member is not None:
         body["member"] = error.member
+    if isinstance(error, NamespaceReserved):
+        body["allowed_prefix"] = error.allowed_prefix
     return JSONResponse(body, status_code=status_of(error))
 
 

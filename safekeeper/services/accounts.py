@@ -26,7 +26,7 @@ from safekeeper.db import attempts
 from safekeeper.db.models import USER_ROLES, Namespace, Tenant, User
 from safekeeper.db.refs import ensure_namespace
 from safekeeper.errors import AlreadyExists, BadInput, NotFound, Unauthenticated
-from safekeeper.ids import check_name
+from safekeeper.ids import check_name, check_tenant_name
 from safekeeper.services import sessions
 from safekeeper.services.security_events import record_event
 from safekeeper.services.sessions import LoginThrottle
@@ -105,7 +105,7 @@ def _password_matches(password_hash: str, password: str) -> bool:
 
 
 def add_tenant(archive: Archive, name: str) -> TenantView:
-    check_name("tenant", name)
+    check_tenant_name(name)
     now = archive.clock()
     with archive.db.write() as session:
         if session.scalar(select(Tenant.id).where(Tenant.name == name)) is not None:
@@ -189,7 +189,7 @@ def add_user(
         if session.scalar(select(User.id).where(User.name == name)) is not None:
             raise AlreadyExists(f"user {name!r} exists")
         if create_tenant and session.scalar(select(Tenant.id).where(Tenant.name == tenant)) is None:
-            session.add(Tenant(name=check_name("tenant", tenant), created_at=now))
+            session.add(Tenant(name=check_tenant_name(tenant), created_at=now))
             session.flush()
         owner = queries.tenant_named(session, tenant)
         user = User(

@@ -246,8 +246,8 @@ def test_erase_over_http(clients: list[TestClient], app_archive: Archive) -> Non
 
     principal = sessions.validate(app_archive, alice.cookies["sk_session"])
     with app_archive.db.write() as session:
-        tenancy.claim_namespace(session, principal, "alice-files", app_archive.clock())
-    blob = app_archive.put_bytes(b"private", ref="alice-files:note").sha256
+        tenancy.claim_namespace(session, principal, "acme.alice-files", app_archive.clock())
+    blob = app_archive.put_bytes(b"private", ref="acme.alice-files:note").sha256
     erased = admin.delete("/api/users/alice?erase=true")
     assert erased.status_code == 200
     assert erased.json()["blobs"] == [blob] and erased.json()["sessions_ended"] == 1

@@ -47,11 +47,11 @@ def blob_count(archive: Archive) -> int:
 
 
 def test_upload_then_download(client: TestClient, accounts: Accounts) -> None:
-    body = upload(client, accounts, "alice", DATA, "course:files/a.bin")
+    body = upload(client, accounts, "alice", DATA, "acme.course:files/a.bin")
     assert body["sha256"] == SHA
     assert body["size"] == len(DATA)
     assert body["reference"] == {
-        "namespace": "course",
+        "namespace": "acme.course",
         "key": "files/a.bin",
         "label": "default",
         "blob": SHA,
@@ -69,13 +69,13 @@ def test_upload_then_download(client: TestClient, accounts: Accounts) -> None:
 def test_upload_same_bytes_twice_is_one_blob(
     client: TestClient, accounts: Accounts, app_archive: Archive
 ) -> None:
-    upload(client, accounts, "alice", DATA, "course:a")
-    upload(client, accounts, "bob", DATA, "course:b")
+    upload(client, accounts, "alice", DATA, "acme.course:a")
+    upload(client, accounts, "bob", DATA, "acme.course:b")
     assert blob_count(app_archive) == 1
 
 
 def test_head_has_headers_and_no_body(client: TestClient, accounts: Accounts) -> None:
-    upload(client, accounts, "alice", DATA, "course:a")
+    upload(client, accounts, "alice", DATA, "acme.course:a")
     response = client.head(f"/api/blobs/{SHA}", headers=accounts.headers("alice"))
     assert response.status_code == 200
     assert response.content == b""
@@ -96,7 +96,7 @@ def test_head_has_headers_and_no_body(client: TestClient, accounts: Accounts) ->
 def test_range_answers_206_with_the_slice(
     client: TestClient, accounts: Accounts, header: str, start: int, end: int
 ) -> None:
-    upload(client, accounts, "alice", DATA, "course:a")
+    upload(client, accounts, "alice", DATA, "acme.course:a")
     headers = {**accounts.headers("alice"), "Range": header}
     response = client.get(f"/api/blobs/{SHA}", headers=headers)
     assert response.status_code == 206
@@ -106,7 +106,7 @@ def test_range_answers_206_with_the_slice(
 
 
 def test_range_outside_the_blob_is_416(client: TestClient, accounts: Accounts) -> None:
-    upload(client, accounts, "alice", DATA, "course:a")
+    upload(client, accounts, "alice", DATA, "acme.course:a")
     headers = {**accounts.headers("alice"), "Range": "bytes=20000-"}
     response = client.get(f"/api/blobs/{SHA}", headers=headers)
     assert response.status_code == 416
@@ -118,7 +118,7 @@ def test_range_outside_the_blob_is_416(client: TestClient, accounts: Accounts) -
 def test_unusable_range_serves_the_whole_blob(
     client: TestClient, accounts: Accounts, header: str
 ) -> None:
-    upload(client, accounts, "alice", DATA, "course:a")
+    upload(client, accounts, "alice", DATA, "acme.course:a")
     response = client.get(
         f"/api/blobs/{SHA}", headers={**accounts.headers("alice"), "Range": header}
     )
@@ -127,7 +127,7 @@ def test_unusable_range_serves_the_whole_blob(
 
 
 def test_conditional_requests(client: TestClient, accounts: Accounts) -> None:
-    upload(client, accounts, "alice", DATA, "course:a")
+    upload(client, accounts, "alice", DATA, "acme.course:a")
     auth = accounts.headers("alice")
     unchanged = client.get(f"/api/blobs/{SHA}", headers={**auth, "If-None-Match": f'"{SHA}"'})
     assert unchanged.status_code == 304
@@ -142,7 +142,7 @@ def test_conditional_requests(client: TestClient, accounts: Accounts) -> None:
 def test_info_lists_copies_references_and_holds(
     client: TestClient, accounts: Accounts, app_archive: Archive
 ) -> None:
-    upload(client, accounts, "alice", DATA, "course:a")
+    upload(client, accounts, "alice", DATA, "acme.course:a")
     response = client.get(f"/api/blobs/{SHA}/info", headers=accounts.headers("alice"))
     assert response.status_code == 200
     info = response.json()
@@ -151,7 +151,7 @@ def test_info_lists_copies_references_and_holds(
     assert [(c["location"], c["state"]) for c in info["copies"]] == [
         (app_archive.config.ingest_location, "present")
     ]
-    assert [(r["namespace"], r["key"]) for r in info["references"]] == [("course", "a")]
+    assert [(r["namespace"], r["key"]) for r in info["references"]] == [("acme.course", "a")]
     assert info["holds"] == []
     assert info["unreferenced_since"] is None
 
@@ -192,9 +192,11 @@ def test_unknown_blob_is_404(client: TestClient, accounts: Accounts) -> None:
 
 
 def test_unauthenticated_is_401(client: TestClient, accounts: Accounts) -> None:
-    upload(client, accounts, "alice", DATA, "course:a")
+    upload(client, accounts, "alice", DATA, "acme.course:a")
     assert client.get(f"/api/blobs/{SHA}").status_code == 401
-    assert client.post("/api/blobs", content=b"x", params={"ref": "course:b"}).status_code == 401
+    assert (
+        client.post("/api/blobs", content=b"x", params={"ref": "acme.course:b"}).status_code == 401
+    )
 
 
 @pytest.mark.parametrize(
@@ -204,7 +206,7 @@ def test_unauthenticated_is_401(client: TestClient, accounts: Accounts) -> None:
 def test_blobs_are_visible_through_tenant_references(
     client: TestClient, accounts: Accounts, user: str, status: int
 ) -> None:
-    upload(client, accounts, "alice", DATA, "course:a")
+    upload(client, accounts, "alice", DATA, "acme.course:a")
     for path in (f"/api/blobs/{SHA}", f"/api/blobs/{SHA}/info"):
         response = client.get(path, headers=accounts.headers(user))
         assert response.status_code == status
@@ -215,27 +217,34 @@ def test_blobs_are_visible_through_tenant_references(
 def test_other_tenant_sees_only_its_own_references_of_shared_bytes(
     client: TestClient, accounts: Accounts
 ) -> None:
-    upload(client, accounts, "alice", DATA, "course:a")
-    upload(client, accounts, "olga", DATA, "theirs:b")
+    upload(client, accounts, "alice", DATA, "acme.course:a")
+    upload(client, accounts, "olga", DATA, "other.theirs:b")
     info = client.get(f"/api/blobs/{SHA}/info", headers=accounts.headers("olga")).json()
-    assert [(r["namespace"], r["key"]) for r in info["references"]] == [("theirs", "b")]
+    assert [(r["namespace"], r["key"]) for r in info["references"]] == [("other.theirs", "b")]
 
 
-def test_upload_into_another_tenants_namespace_is_404_and_stores_nothing(
+def test_upload_into_another_tenants_namespace_is_refused_and_stores_nothing(
     client: TestClient, accounts: Accounts, app_archive: Archive
 ) -> None:
-    upload(client, accounts, "alice", b"first", "course:a")
+    upload(client, accounts, "alice", b"first", "acme.course:a")
     response = client.post(
-        "/api/blobs", content=DATA, params={"ref": "course:x"}, headers=accounts.headers("olga")
+        "/api/blobs",
+        content=DATA,
+        params={"ref": "acme.course:x"},
+        headers=accounts.headers("olga"),
     )
-    assert response.status_code == 404
+    # Refused like any name of another tenant, existing or not (security finding 9).
+    assert response.status_code == 403 and response.json()["code"] == "namespace_reserved"
     assert blob_count(app_archive) == 1
 
 
 def test_declared_size_over_the_limit_is_413(small: tuple[TestClient, Accounts, Archive]) -> None:
     client, accounts, archive = small
     response = client.post(
-        "/api/blobs", content=b"x" * 1025, params={"ref": "c:k"}, headers=accounts.headers("alice")
+        "/api/blobs",
+        content=b"x" * 1025,
+        params={"ref": "acme.c:k"},
+        headers=accounts.headers("alice"),
     )
     assert response.status_code == 413
     assert response.json()["code"] == "too_large"
@@ -253,7 +262,10 @@ def test_streamed_body_over_the_limit_is_413_and_leaves_nothing(
             yield b"y" * 300
 
     response = client.post(
-        "/api/blobs", content=chunks(), params={"ref": "c:k"}, headers=accounts.headers("alice")
+        "/api/blobs",
+        content=chunks(),
+        params={"ref": "acme.c:k"},
+        headers=accounts.headers("alice"),
     )
     assert response.status_code == 413
     assert response.json()["code"] == "too_large"
@@ -264,7 +276,10 @@ def test_streamed_body_over_the_limit_is_413_and_leaves_nothing(
 def test_body_at_the_limit_is_stored(small: tuple[TestClient, Accounts, Archive]) -> None:
     client, accounts, archive = small
     response = client.post(
-        "/api/blobs", content=b"z" * 1024, params={"ref": "c:k"}, headers=accounts.headers("alice")
+        "/api/blobs",
+        content=b"z" * 1024,
+        params={"ref": "acme.c:k"},
+        headers=accounts.headers("alice"),
     )
     assert response.status_code == 201
     assert blob_count(archive) == 1
@@ -281,7 +296,7 @@ def test_body_at_the_limit_is_stored(small: tuple[TestClient, Accounts, Archive]
 def test_huge_range_numbers_are_not_a_500(
     client: TestClient, accounts: Accounts, header: str, status: int
 ) -> None:
-    upload(client, accounts, "alice", DATA, "course:a")
+    upload(client, accounts, "alice", DATA, "acme.course:a")
     response = client.get(
         f"/api/blobs/{SHA}", headers={**accounts.headers("alice"), "Range": header}
     )
@@ -308,7 +323,7 @@ def test_upload_refuses_anything_but_raw_bytes(
 ) -> None:
     response = client.post(
         "/api/blobs",
-        params={"ref": "course:a"},
+        params={"ref": "acme.course:a"},
         headers={**accounts.headers("alice"), **headers},
         **({"files": files} if files else {"content": DATA}),  # type: ignore[arg-type]
     )
@@ -320,7 +335,7 @@ def test_upload_refuses_anything_but_raw_bytes(
     ok = client.post(
         "/api/blobs",
         content=DATA,
-        params={"ref": "course:a"},
+        params={"ref": "acme.course:a"},
         headers={**accounts.headers("alice"), "Content-Type": "Application/Octet-Stream"},
     )
     assert ok.status_code == 201 and ok.json()["sha256"] == SHA

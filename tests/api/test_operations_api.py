@@ -53,7 +53,7 @@ def test_members_get_403_and_strangers_401(
 def test_locations_report_usage_watermarks_and_backlog(
     client: TestClient, accounts: Accounts, app_archive: Archive
 ) -> None:
-    put(client, accounts, "alice", "course:a")
+    put(client, accounts, "alice", "acme.course:a")
     replication_pass(app_archive)
     response = client.get("/api/locations", headers=accounts.headers("ops"))
     assert response.status_code == 200
@@ -69,7 +69,7 @@ def test_locations_report_usage_watermarks_and_backlog(
 def test_replication_counts_and_retrying_a_failed_task(
     client: TestClient, accounts: Accounts, app_archive: Archive
 ) -> None:
-    put(client, accounts, "alice", "course:a")
+    put(client, accounts, "alice", "acme.course:a")
     task_ids = replication_pass(app_archive).task_ids
     assert task_ids
     with app_archive.db.write() as session:
@@ -184,7 +184,7 @@ def finished_run(client: TestClient, run_id: int, auth: dict[str, str]) -> dict[
 
 
 def test_explain_is_tenant_scoped_for_operators(client: TestClient, accounts: Accounts) -> None:
-    sha256 = put(client, accounts, "alice", "course:a")
+    sha256 = put(client, accounts, "alice", "acme.course:a")
     assert (
         client.get(f"/api/plan/explain/{sha256}", headers=accounts.headers("ops")).status_code
         == 200
@@ -232,9 +232,9 @@ def test_audit_hides_other_tenants_references_from_operators(
 ) -> None:
     """Reference changes name a namespace, a key and a user: an operator of another
     tenant sees none of them (admins and the tenant's own operators do)."""
-    sha256 = put(client, accounts, "alice", "course:secret-plan")
+    sha256 = put(client, accounts, "alice", "acme.course:secret-plan")
     removed = client.delete(
-        "/api/namespaces/course/refs/secret-plan", headers=accounts.headers("alice")
+        "/api/namespaces/acme.course/refs/secret-plan", headers=accounts.headers("alice")
     )
     assert removed.status_code == 204
 

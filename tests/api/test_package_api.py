@@ -36,33 +36,37 @@ def blob_count(archive: Archive) -> int:
 
 
 def test_upload_a_scorm_package(client: TestClient, accounts: Accounts) -> None:
-    response = upload(client, accounts, "alice", "course/packages/units/one", build_scorm12())
+    response = upload(client, accounts, "alice", "acme.course/packages/units/one", build_scorm12())
     assert response.status_code == 201, response.text
     body = response.json()
-    assert (body["namespace"], body["key"], body["label"]) == ("course", "units/one", "draft")
+    assert (body["namespace"], body["key"], body["label"]) == ("acme.course", "units/one", "draft")
     assert body["kind"] == "scorm12"
     assert body["entry"] == "sco/index.html"
-    assert body["play_url"] == "/p/course/units/one/draft/sco/index.html"
+    assert body["play_url"] == "/p/acme.course/units/one/draft/sco/index.html"
     assert body["member_count"] > 1
 
 
 def test_list_packages_with_play_urls(client: TestClient, accounts: Accounts) -> None:
-    upload(client, accounts, "alice", "course/packages/one", build_scorm12())
-    upload(client, accounts, "alice", "course/packages/two", build_html_package(), label="v2")
-    publish = client.post("/api/namespaces/course/publish/one", headers=accounts.headers("bob"))
+    upload(client, accounts, "alice", "acme.course/packages/one", build_scorm12())
+    upload(client, accounts, "alice", "acme.course/packages/two", build_html_package(), label="v2")
+    publish = client.post(
+        "/api/namespaces/acme.course/publish/one", headers=accounts.headers("bob")
+    )
     assert publish.status_code == 200
-    listed = client.get("/api/namespaces/course/packages", headers=accounts.headers("bob")).json()
+    listed = client.get(
+        "/api/namespaces/acme.course/packages", headers=accounts.headers("bob")
+    ).json()
     assert [(p["key"], p["label"], p["kind"], p["play_url"]) for p in listed] == [
-        ("one", "draft", "scorm12", "/p/course/one/draft/sco/index.html"),
-        ("one", "published", "scorm12", "/p/course/one/published/sco/index.html"),
-        ("two", "v2", "html", "/p/course/two/v2/index.html"),
+        ("one", "draft", "scorm12", "/p/acme.course/one/draft/sco/index.html"),
+        ("one", "published", "scorm12", "/p/acme.course/one/published/sco/index.html"),
+        ("two", "v2", "html", "/p/acme.course/two/v2/index.html"),
     ]
 
 
 def test_rejected_package_is_400_with_member_and_stores_nothing(
     client: TestClient, accounts: Accounts, app_archive: Archive
 ) -> None:
-    response = upload(client, accounts, "alice", "course/packages/bad", build_symlink())
+    response = upload(client, accounts, "alice", "acme.course/packages/bad", build_symlink())
     assert response.status_code == 400
     body = response.json()
     assert body["code"] not in ("bad_input", "error")
@@ -71,63 +75,69 @@ def test_rejected_package_is_400_with_member_and_stores_nothing(
 
 
 def test_not_a_zip_is_400(client: TestClient, accounts: Accounts, app_archive: Archive) -> None:
-    response = upload(client, accounts, "alice", "course/packages/bad", b"not a zip at all")
+    response = upload(client, accounts, "alice", "acme.course/packages/bad", b"not a zip at all")
     assert response.status_code == 400
     assert blob_count(app_archive) == 0
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
+    ("method", "path", "code"),
     [
-        ("POST", "/api/namespaces/course/packages/x"),
-        ("GET", "/api/namespaces/course/packages"),
-        ("GET", "/api/namespaces/course/export"),
-        ("POST", "/api/namespaces/course/import"),
+        ("POST", "/api/namespaces/acme.course/packages/x", "namespace_reserved"),
+        ("GET", "/api/namespaces/acme.course/packages", "not_found"),
+        ("GET", "/api/namespaces/acme.course/export", "not_found"),
+        ("POST", "/api/namespaces/acme.course/import", "namespace_reserved"),
     ],
 )
-def test_other_tenants_namespace_is_404(
-    client: TestClient, accounts: Accounts, method: str, path: str
+def test_other_tenants_namespace_is_404_or_reserved(
+    client: TestClient, accounts: Accounts, method: str, path: str, code: str
 ) -> None:
-    upload(client, accounts, "alice", "course/packages/one", build_scorm12())
+    upload(client, accounts, "alice", "acme.course/packages/one", build_scorm12())
     response = client.request(
         method, path, content=build_html_package(), headers=accounts.headers("olga")
     )
-    assert response.status_code == 404
-    assert response.json()["code"] == "not_found"
+    # Reads answer like a missing namespace; writes are refused like any name
+    # outside olga's tenant, existing or not (security finding 9).
+    assert response.status_code == (403 if code == "namespace_reserved" else 404)
+    assert response.json()["code"] == code
 
 
 def test_export_then_import_into_another_namespace(client: TestClient, accounts: Accounts) -> None:
-    upload(client, accounts, "alice", "course/packages/one", build_scorm12())
-    exported = client.get("/api/namespaces/course/export", headers=accounts.headers("alice"))
+    upload(client, accounts, "alice", "acme.course/packages/one", build_scorm12())
+    exported = client.get("/api/namespaces/acme.course/export", headers=accounts.headers("alice"))
     assert exported.status_code == 200
     assert exported.headers["content-type"] == "application/x-tar"
     assert int(exported.headers["content-length"]) == len(exported.content)
     imported = client.post(
-        "/api/namespaces/copy/import", content=exported.content, headers=accounts.headers("bob")
+        "/api/namespaces/acme.copy/import",
+        content=exported.content,
+        headers=accounts.headers("bob"),
     )
     assert imported.status_code == 200, imported.text
     assert imported.json()["references_created"] == 1
     # The archive held the bytes already; a member is not told (issue 13, finding 8).
     assert (imported.json()["blobs_stored"], imported.json()["blobs_skipped"]) == (1, 0)
-    listed = client.get("/api/namespaces/copy/packages", headers=accounts.headers("alice")).json()
+    listed = client.get(
+        "/api/namespaces/acme.copy/packages", headers=accounts.headers("alice")
+    ).json()
     assert [(p["key"], p["label"], p["kind"]) for p in listed] == [("one", "draft", "scorm12")]
 
 
 def test_truncated_bundle_imports_nothing(client: TestClient, accounts: Accounts) -> None:
-    upload(client, accounts, "alice", "course/packages/one", build_scorm12())
-    exported = client.get("/api/namespaces/course/export", headers=accounts.headers("alice"))
+    upload(client, accounts, "alice", "acme.course/packages/one", build_scorm12())
+    exported = client.get("/api/namespaces/acme.course/export", headers=accounts.headers("alice"))
     response = client.post(
-        "/api/namespaces/copy/import",
+        "/api/namespaces/acme.copy/import",
         content=exported.content[: exported.content.index(b"PK\x03\x04") + 100],
         headers=accounts.headers("alice"),
     )
     assert response.status_code == 400
     # A failed request creates nothing, not even the namespace (issue 13, finding 9).
-    listed = client.get("/api/namespaces/copy/refs", headers=accounts.headers("alice"))
+    listed = client.get("/api/namespaces/acme.copy/refs", headers=accounts.headers("alice"))
     assert listed.status_code == 404
 
 
-@pytest.mark.parametrize("path", ["course/packages/big", "course/import"])
+@pytest.mark.parametrize("path", ["acme.course/packages/big", "acme.course/import"])
 def test_uploads_over_the_limit_are_413(
     small: tuple[TestClient, Accounts, Archive], path: str
 ) -> None:

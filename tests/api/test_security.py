@@ -6,13 +6,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from safekeeper.archive import Archive
+from safekeeper.services import accounts as accounts_service
 from safekeeper.services.erasure import split_erasure
 from tests.api.accounts import Accounts
 from tests.api.accounts import accounts_fixture as accounts_fixture
+from tests.packages.zips import build_html_package
 
 
 def _put(client: TestClient, made: Accounts, user: str, ref: str, body: bytes) -> str:
@@ -43,13 +46,13 @@ def test_split_erasure(
 def test_erasure_refuses_and_lists_what_colleagues_set_in_the_users_namespace(
     client: TestClient, accounts: Accounts, app_archive: Archive
 ) -> None:
-    own = _put(client, accounts, "alice", "alice-files:diary", b"alice's diary")
-    bobs = _put(client, accounts, "bob", "alice-files:report", b"bob's report")
+    own = _put(client, accounts, "alice", "acme.alice-files:diary", b"alice's diary")
+    bobs = _put(client, accounts, "bob", "acme.alice-files:report", b"bob's report")
     refused = client.delete("/api/users/alice?erase=true", headers=accounts.headers("root"))
     assert refused.status_code == 409, refused.text
     assert refused.json()["code"] == "conflict"
-    assert "alice-files:report" in refused.json()["message"]
-    assert "alice-files:diary" not in refused.json()["message"]
+    assert "acme.alice-files:report" in refused.json()["message"]
+    assert "acme.alice-files:diary" not in refused.json()["message"]
     # Nothing changed: alice is there, both references and their bytes too.
     users = client.get("/api/users", headers=accounts.headers("root")).json()
     assert "alice" in {user["name"] for user in users}
@@ -58,7 +61,7 @@ def test_erasure_refuses_and_lists_what_colleagues_set_in_the_users_namespace(
         assert answer.status_code == 200
     # Once bob's reference is gone, only alice's own is taken.
     removed = client.delete(
-        "/api/namespaces/alice-files/refs/report", headers=accounts.headers("bob")
+        "/api/namespaces/acme.alice-files/refs/report", headers=accounts.headers("bob")
     )
     assert removed.status_code in (200, 204), removed.text
     erased = client.delete("/api/users/alice?erase=true", headers=accounts.headers("root"))
@@ -167,15 +170,15 @@ def test_another_tenants_bytes_leave_no_trace_in_import_or_blob_info(
     clock = app_archive.clock
     assert isinstance(clock, FakeClock)
     secret = b"acme's quarterly numbers"
-    sha = _put(client, accounts, "alice", "acme-files:q3", secret)
+    sha = _put(client, accounts, "alice", "acme.files:q3", secret)
     # Verified and read in acme's time.
     assert client.get(f"/api/blobs/{sha}", headers=accounts.headers("alice")).content == secret
     clock.advance(days=30)
     # olga (tenant "other") comes by the same bytes in a bundle a month later.
     bundle = io.BytesIO()
-    export_namespace(app_archive, "acme-files", bundle)
+    export_namespace(app_archive, "acme.files", bundle)
     imported = client.post(
-        "/api/namespaces/olga-files/import",
+        "/api/namespaces/other.olga-files/import",
         content=bundle.getvalue(),
         headers=accounts.headers("olga"),
     )
@@ -204,16 +207,16 @@ def test_a_rejected_upload_leaves_no_namespace_behind(
     client, made, _archive = small
     too_big = b"x" * 4096
     for path in (
-        "/api/blobs?ref=fresh-a:k",
-        "/api/namespaces/fresh-b/packages/k",
-        "/api/namespaces/fresh-c/import",
+        "/api/blobs?ref=acme.fresh-a:k",
+        "/api/namespaces/acme.fresh-b/packages/k",
+        "/api/namespaces/acme.fresh-c/import",
     ):
         answer = client.post(path, content=too_big, headers=made.headers("alice"))
         assert answer.status_code == 413, (path, answer.text)
     names = {n["name"] for n in client.get("/api/namespaces", headers=made.headers("root")).json()}
-    assert not names & {"fresh-a", "fresh-b", "fresh-c"}
-    # Nobody squats the name: another tenant can still take it.
-    taken = client.post("/api/blobs?ref=fresh-a:k", content=b"ok", headers=made.headers("olga"))
+    assert not names & {"acme.fresh-a", "acme.fresh-b", "acme.fresh-c"}
+    # Nobody squats the name: a colleague can still take it.
+    taken = client.post("/api/blobs?ref=acme.fresh-a:k", content=b"ok", headers=made.headers("bob"))
     assert taken.status_code == 201, taken.text
 
 
@@ -328,3 +331,56 @@ def test_users_of_a_deleted_tenant_are_not_listed_as_active(
 def test_no_swagger_page_from_a_cdn(client: TestClient) -> None:
     assert client.get("/api/docs").status_code == 404
     assert client.get("/api/openapi.json").status_code == 200
+
+
+# -- 9: nobody but an admin takes a name another tenant could want -----------------
+
+
+def test_a_member_cannot_squat_a_name_another_tenant_could_want(
+    client: TestClient, accounts: Accounts, app_archive: Archive
+) -> None:
+    mine = _put(client, accounts, "olga", "other.mine:memo", b"olga's memo")
+    exported = client.get("/api/namespaces/other.mine/export", headers=accounts.headers("olga"))
+    assert exported.status_code == 200, exported.text
+    zip_headers = {"Content-Type": "application/zip"}
+
+    def attempts(namespace: str, user: str) -> list[httpx.Response]:
+        headers = accounts.headers(user)
+        return [
+            client.post(f"/api/blobs?ref={namespace}:k", content=b"bytes", headers=headers),
+            client.put(f"/api/namespaces/{namespace}/refs/k", json={"blob": mine}, headers=headers),
+            client.post(
+                f"/api/namespaces/{namespace}/packages/k",
+                content=build_html_package(),
+                headers={**zip_headers, **headers},
+            ),
+            client.post(
+                f"/api/namespaces/{namespace}/import", content=exported.content, headers=headers
+            ),
+        ]
+
+    def names() -> set[str]:
+        listed = client.get("/api/namespaces", headers=accounts.headers("root")).json()
+        return {n["name"] for n in listed}
+
+    for user in ("olga", "otto"):  # a member and an operator of tenant "other"
+        for refused in attempts("course", user):
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["code"] == "namespace_reserved"
+            assert refused.json()["allowed_prefix"] == "other."
+            assert "other.course" in refused.json()["message"]
+    assert "course" not in names()
+    # An admin gives the name to acme: it works for acme's users, and is still refused
+    # to other's, with the same answer as before it existed.
+    accounts_service.assign_namespaces(app_archive, "acme", ["course"], create=True)
+    alices = _put(client, accounts, "alice", "course:intro", b"alice's intro")
+    answer = client.put(
+        "/api/namespaces/course/refs/again", json={"blob": alices}, headers=accounts.headers("bob")
+    )
+    assert answer.status_code == 200, answer.text
+    again = client.post("/api/blobs?ref=course:k", content=b"x", headers=accounts.headers("olga"))
+    assert again.status_code == 403 and again.json()["code"] == "namespace_reserved"
+    # A member still creates any name of their own tenant, by each path.
+    for n, made in enumerate(attempts("other.course", "olga")):
+        assert made.status_code in (200, 201), (n, made.text)
+    assert "other.course" in names()

@@ -102,7 +102,7 @@ def test_member_sees_no_operator_pages(new_context: Any) -> None:
 
 def test_upload_a_package_and_play_it(new_context: Any, server: Server, tmp_path: Path) -> None:
     page = new_context().new_page()
-    sign_in(page, "mia", path="/namespaces/courses")
+    sign_in(page, "mia", path="/namespaces/acme.courses")
 
     bad = tmp_path / "bad.zip"
     build_zip({"index.html": b"<p>hi</p>", "../escape.html": b"x"}, bad)
@@ -118,19 +118,19 @@ def test_upload_a_package_and_play_it(new_context: Any, server: Server, tmp_path
     build_html_package(good, marker=f"<p id='marker'>{MARKER}</p>".encode())
     page.set_input_files("#upload input[type=file]", str(good))
     page.click("#upload button[type=submit]")
-    page.wait_for_url(re.compile(r".*/namespaces/courses\?done=.*"))
+    page.wait_for_url(re.compile(r".*/namespaces/acme\.courses\?done=.*"))
     row = page.locator("tr.package[data-key='intro']")
     assert "html" in row.inner_text()
     screenshot(page, "namespace")
 
     page.click("tr.package[data-key='intro'] a.play")
-    page.wait_for_url(f"{server.url}/play/courses/intro/draft")
+    page.wait_for_url(f"{server.url}/play/acme.courses/intro/draft")
     # The player on the package origin frames the launch page.
     frame = page.frame_locator("#player").frame_locator("#sk-content")
     assert MARKER in frame.locator("#marker").inner_text()
     screenshot(page, "play")
 
-    page.goto("/namespaces/courses")
+    page.goto("/namespaces/acme.courses")
     page.click("button.publish")
     page.wait_for_url(re.compile(r".*done=published.*"))
     page.click("tr.package[data-key='intro'] a[href$='/published']")

@@ -140,11 +140,11 @@ def test_a_hostile_package_played_by_an_admin_changes_nothing(
     package = tmp_path / "hostile.zip"
     _hostile_zip(package, server.url)
     member = new_context().new_page()
-    sign_in(member, "mia", path="/namespaces/mias-courses")
+    sign_in(member, "mia", path="/namespaces/acme.mias-courses")
     member.fill("#upload input[name=key]", "lesson")
     member.set_input_files("#upload input[type=file]", str(package))
     member.click("#upload button[type=submit]")
-    member.wait_for_url("**/namespaces/mias-courses?done=*")
+    member.wait_for_url("**/namespaces/acme.mias-courses?done=*")
     before = _server_state(server)
     assert before[1]["mia"] == "member"
 
@@ -152,7 +152,7 @@ def test_a_hostile_package_played_by_an_admin_changes_nothing(
     dialogs: list[str] = []
     admin.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     sign_in(admin, "ada")
-    admin.goto("/play/mias-courses/lesson/draft")
+    admin.goto("/play/acme.mias-courses/lesson/draft")
     frame = admin.frame_locator("#player").frame_locator("#sk-content")
     result = frame.locator("#result")
     result.wait_for()
@@ -171,10 +171,10 @@ def test_a_hostile_package_played_by_an_admin_changes_nothing(
     assert "csrf" not in json.dumps(seen)
     assert seen["token"] == "blocked:TypeError"
     assert seen["topNav"].startswith("blocked:") or admin.url.endswith(
-        "/play/mias-courses/lesson/draft"
+        "/play/acme.mias-courses/lesson/draft"
     )
     admin.wait_for_timeout(500)
-    assert admin.url == f"{server.url}/play/mias-courses/lesson/draft"  # top not navigated
+    assert admin.url == f"{server.url}/play/acme.mias-courses/lesson/draft"  # top not navigated
     assert "Lesson 1" not in admin.inner_text("main")  # the dashboard's DOM is its own
     assert dialogs == []
 
@@ -182,7 +182,7 @@ def test_a_hostile_package_played_by_an_admin_changes_nothing(
     svg = new_context()
     svg_page = svg.new_page()
     sign_in(svg_page, "ada")
-    response = svg_page.goto("/p/mias-courses/lesson/draft/evil.svg")
+    response = svg_page.goto("/p/acme.mias-courses/lesson/draft/evil.svg")
     assert response is not None and response.ok
     assert svg_page.url.startswith(f"{server.package_url}/c/")
     svg_page.locator("#result:not(:has-text('pending'))").wait_for()

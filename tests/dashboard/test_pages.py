@@ -182,24 +182,25 @@ def test_gc_from_the_dashboard_reports_progress(
 def test_namespaces_of_another_tenant_stay_hidden(client: TestClient, archive: Archive) -> None:
     csrf = sign_in(client, "gus")
     stored = client.post(
-        "/namespaces/globex-docs/upload?key=k",
+        "/namespaces/globex.docs/upload?key=k",
         content=build_html_package(),
         headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
     )
     assert stored.status_code == 200, stored.text
     client.cookies.clear()
     csrf = sign_in(client, "mia")
-    page = client.get("/namespaces/globex-docs")
+    page = client.get("/namespaces/globex.docs")
     assert page.status_code == 200 and "No packages here yet" in page.text
-    assert "globex-docs" not in client.get("/namespaces").text
-    assert client.get("/play/globex-docs/k/draft").status_code == 404
-    assert client.get("/namespaces/globex-docs/export").status_code == 404
+    assert "globex.docs" not in client.get("/namespaces").text
+    assert client.get("/play/globex.docs/k/draft").status_code == 404
+    assert client.get("/namespaces/globex.docs/export").status_code == 404
     refused = client.post(
-        "/namespaces/globex-docs/upload?key=k",
+        "/namespaces/globex.docs/upload?key=k",
         content=build_html_package(marker=b"x"),
         headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
     )
-    assert refused.status_code == 404 and refused.json()["code"] == "not_found"
+    # Refused like any name outside mia's tenant, existing or not (security finding 9).
+    assert refused.status_code == 403 and refused.json()["code"] == "namespace_reserved"
 
 
 def test_upload_rejections_name_the_member_and_store_nothing(
@@ -208,15 +209,15 @@ def test_upload_rejections_name_the_member_and_store_nothing(
     csrf = sign_in(client, "mia")
     bad = build_zip({"index.html": b"<p>hi</p>", "../up.html": b"x"})
     answer = client.post(
-        "/namespaces/courses/upload?key=intro",
+        "/namespaces/acme.courses/upload?key=intro",
         content=bad,
         headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
     )
     assert answer.status_code == 400
     assert answer.json()["member"] == "../up.html"
-    assert "No packages here yet" in client.get("/namespaces/courses").text
+    assert "No packages here yet" in client.get("/namespaces/acme.courses").text
     no_csrf = client.post(
-        "/namespaces/courses/upload?key=intro",
+        "/namespaces/acme.courses/upload?key=intro",
         content=build_html_package(),
         headers={"Accept": "application/json"},
     )
@@ -226,35 +227,35 @@ def test_upload_rejections_name_the_member_and_store_nothing(
 def test_export_then_import_into_another_namespace(client: TestClient) -> None:
     csrf = sign_in(client, "mia")
     uploaded = client.post(
-        "/namespaces/courses/upload?key=intro",
+        "/namespaces/acme.courses/upload?key=intro",
         content=build_html_package(marker=b"<p>exported</p>"),
         headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
     )
     assert uploaded.status_code == 200, uploaded.text
     published = client.post(
-        "/namespaces/courses/publish?key=intro",
+        "/namespaces/acme.courses/publish?key=intro",
         data={"csrf_token": csrf},
         follow_redirects=False,
     )
-    assert published.headers["location"].startswith("/namespaces/courses?done=published")
+    assert published.headers["location"].startswith("/namespaces/acme.courses?done=published")
 
-    bundle = client.get("/namespaces/courses/export")
+    bundle = client.get("/namespaces/acme.courses/export")
     assert bundle.status_code == 200
-    assert bundle.headers["content-disposition"] == 'attachment; filename="courses.tar"'
+    assert bundle.headers["content-disposition"] == 'attachment; filename="acme.courses.tar"'
     with tarfile.open(fileobj=io.BytesIO(bundle.content)) as tar:
         assert any(uploaded.json()["sha256"] in name for name in tar.getnames())
 
     imported = client.post(
-        "/namespaces/courses-copy/import",
+        "/namespaces/acme.courses-copy/import",
         data={"csrf_token": csrf},
         files={"bundle": ("courses.tar", bundle.content, "application/x-tar")},
         follow_redirects=False,
     )
     assert imported.status_code == 303, imported.text
     assert "imported" in imported.headers["location"]
-    page = client.get("/namespaces/courses-copy").text
-    assert 'data-key="intro"' in page and "/play/courses-copy/intro/published" in page
-    play = client.get("/play/courses-copy/intro/published")
+    page = client.get("/namespaces/acme.courses-copy").text
+    assert 'data-key="intro"' in page and "/play/acme.courses-copy/intro/published" in page
+    play = client.get("/play/acme.courses-copy/intro/published")
     assert play.status_code == 200
     # The player on the package origin, by a capability for this viewer: never /p here.
     assert 'src="http://127.0.0.1:8471/l/' in play.text
@@ -302,12 +303,12 @@ def test_import_over_the_limit_without_content_length_is_413(
     stores nothing."""
     csrf = sign_in(client, "mia")
     uploaded = client.post(
-        "/namespaces/courses/upload?key=intro",
+        "/namespaces/acme.courses/upload?key=intro",
         content=build_html_package(marker=b"<p>" + b"x" * 4000 + b"</p>"),
         headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
     )
     assert uploaded.status_code == 200, uploaded.text
-    bundle = client.get("/namespaces/courses/export").content
+    bundle = client.get("/namespaces/acme.courses/export").content
     assert len(bundle) > 2048
 
     # The same archive, served with a 2 KiB upload limit.
@@ -316,7 +317,7 @@ def test_import_over_the_limit_without_content_length_is_413(
         small_csrf = sign_in(other, "mia")
         body, content_type = _multipart({"csrf_token": small_csrf}, "courses.tar", bundle)
         answer = other.post(
-            "/namespaces/copy/import",
+            "/namespaces/acme.copy/import",
             content=iter([body]),
             headers={"Content-Type": content_type},
             follow_redirects=False,
@@ -484,3 +485,44 @@ def test_the_sign_in_cookie_lives_as_long_as_the_session(client: TestClient) -> 
         "/signin", data={"username": "mia", "password": PASSWORD}, follow_redirects=False
     )
     assert "Max-Age=43200" in answer.headers["set-cookie"]  # the 12 h absolute timeout
+
+
+def test_a_member_cannot_squat_a_namespace_name(client: TestClient, archive: Archive) -> None:
+    """Security 9: a new name outside the member's tenant (``globex.<name>``) needs an
+    admin; the refusal says which names the member may use."""
+    csrf = sign_in(client, "gus")
+    headers = {"X-CSRF-Token": csrf, "Accept": "application/json"}
+    assert "globex.&lt;name&gt;" in client.get("/namespaces").text
+    refused = client.post(
+        "/namespaces/course/upload?key=k", content=build_html_package(), headers=headers
+    )
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["code"] == "namespace_reserved"
+    assert refused.json()["allowed_prefix"] == "globex."
+    assert "globex.course" in refused.json()["message"]
+    stored = client.post(
+        "/namespaces/globex.mine/upload?key=k", content=build_html_package(), headers=headers
+    )
+    assert stored.status_code == 200, stored.text
+    bundle = client.get("/namespaces/globex.mine/export").content
+    imported = client.post(
+        "/namespaces/course/import",
+        data={"csrf_token": csrf},
+        files={"bundle": ("mine.tar", bundle, "application/x-tar")},
+        follow_redirects=False,
+    )
+    assert imported.status_code == 403 and "globex.course" in imported.text
+    assert 'data-namespace="course"' not in client.get("/namespaces").text
+    accounts.assign_namespaces(archive, "acme", ["course"], create=True)
+    again = client.post(
+        "/namespaces/course/upload?key=k", content=build_html_package(), headers=headers
+    )
+    assert again.status_code == 403 and again.json()["code"] == "namespace_reserved"
+    client.cookies.clear()
+    csrf = sign_in(client, "mia")
+    taken = client.post(
+        "/namespaces/course/upload?key=k",
+        content=build_html_package(),
+        headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
+    )
+    assert taken.status_code == 200, taken.text

@@ -50,7 +50,7 @@ def replicating(request: pytest.FixtureRequest, make_archive: ArchiveFactory) ->
 
 
 def _user_with_blobs(archive: Archive) -> tuple[str, list[str], str]:
-    """alice owns alice-files with two blobs; one more blob she shares with bob's namespace."""
+    """alice owns acme.alice-files with two blobs; one more blob she shares with bob's namespace."""
     for name in ("alice", "bob"):
         accounts.add_user(
             archive, name, tenant="acme", role="member", password=PASSWORD, create_tenant=True
@@ -59,14 +59,14 @@ def _user_with_blobs(archive: Archive) -> tuple[str, list[str], str]:
     token, alice = accounts.sign_in(archive, throttle, "alice", PASSWORD)
     _, bob = accounts.sign_in(archive, throttle, "bob", PASSWORD)
     with archive.db.write() as session:
-        tenancy.claim_namespace(session, alice, "alice-files", archive.clock())
-        tenancy.claim_namespace(session, bob, "bob-files", archive.clock())
+        tenancy.claim_namespace(session, alice, "acme.alice-files", archive.clock())
+        tenancy.claim_namespace(session, bob, "acme.bob-files", archive.clock())
     own = [
-        archive.put_bytes(b"alice's diary", ref="alice-files:diary").sha256,
-        archive.put_bytes(b"alice's photo", ref="alice-files:photos/1.jpg").sha256,
+        archive.put_bytes(b"alice's diary", ref="acme.alice-files:diary").sha256,
+        archive.put_bytes(b"alice's photo", ref="acme.alice-files:photos/1.jpg").sha256,
     ]
-    shared = archive.put_bytes(b"a shared memo", ref="alice-files:memo").sha256
-    archive.put_bytes(b"a shared memo", ref="bob-files:memo")
+    shared = archive.put_bytes(b"a shared memo", ref="acme.alice-files:memo").sha256
+    archive.put_bytes(b"a shared memo", ref="acme.bob-files:memo")
     replication.replication_pass(archive)
     run_due(archive)
     return token, own, shared
@@ -92,16 +92,16 @@ def test_erasure_end_to_end(replicating: Archive, clock: FakeClock) -> None:
 
     report = erasure.erase_user(archive, "alice", actor="test")
     assert report.references == [
-        "alice-files:diary:default",
-        "alice-files:memo:default",
-        "alice-files:photos/1.jpg:default",
+        "acme.alice-files:diary:default",
+        "acme.alice-files:memo:default",
+        "acme.alice-files:photos/1.jpg:default",
     ]
-    assert report.namespaces == ["alice-files"] and report.sessions_ended == 1
+    assert report.namespaces == ["acme.alice-files"] and report.sessions_ended == 1
     with pytest.raises(Unauthenticated):
         sessions.validate(archive, token)
     with archive.db.read() as session:
         assert session.scalar(select(User).where(User.name == "alice")) is None
-        assert session.scalar(select(Namespace).where(Namespace.name == "alice-files")) is None
+        assert session.scalar(select(Namespace).where(Namespace.name == "acme.alice-files")) is None
 
     gc.run_gc(archive, actor="gc-test")  # within the grace period archives keep garbage
     assert all("archive" in _live_copies(archive, blob) for blob in own)
@@ -130,7 +130,7 @@ def test_erasure_end_to_end(replicating: Archive, clock: FakeClock) -> None:
 
 def test_a_hold_refuses_erasure_and_nothing_changes(archive: Archive) -> None:
     token, _own, _ = _user_with_blobs(archive)
-    holds.add_hold(archive, "alice-files", "litigation", "legal")
+    holds.add_hold(archive, "acme.alice-files", "litigation", "legal")
     with pytest.raises(PolicyDenied, match="hold"):
         erasure.erase_user(archive, "alice", actor="test")
     assert sessions.validate(archive, token).user_name == "alice"
@@ -154,10 +154,10 @@ def test_an_erased_users_package_leaves_no_extracted_tree(
         archive, LoginThrottle(100, archive.config.server.login_window), "alice", PASSWORD
     )
     with archive.db.write() as session:
-        tenancy.claim_namespace(session, alice, "alice-course", archive.clock())
+        tenancy.claim_namespace(session, alice, "acme.alice-course", archive.clock())
     zip_bytes = build_html_package(marker=b"alice")
     package = packages.put_package(
-        archive, io.BytesIO(zip_bytes), RefSpec("alice-course", "intro", "draft")
+        archive, io.BytesIO(zip_bytes), RefSpec("acme.alice-course", "intro", "draft")
     )
     tree = package_cache(archive).tree_for(package.sha256)
     assert (tree / "index.html").is_file()
