@@ -3,11 +3,15 @@ fixture). Then two sites with real processes: PostgreSQL, Redis (Celery broker),
 SeaweedFS (S3) and one ``safekeeper worker`` per site.
 
 Part one: files put at site-a's inbox are replicated to site-b's S3 archive by
-``replicate --wait``; every copy is present, verified, and hashes to its blob id.
+``replicate --wait``; every copy is present, verified, and hashes to its blob id. A
+second pass copies them on, S3 to S3, to the ``mirror`` location (the archive's
+``replicate_to``, another prefix of the same bucket).
 
-Part two: the worker running a large transfer is SIGKILLed mid-transfer and started
+Part two: the worker running a large transfer is SIGKILLed mid-upload and started
 again. Its claim goes stale, the task is re-claimed exactly once (attempts == 2) and
-ends with one verified archive copy whose object hashes to the blob id.
+ends with one verified archive copy whose object hashes to the blob id. The large
+object then goes on to the mirror, S3 to S3 as a multipart upload. Last, ``verify``
+aborts the multipart upload the killed worker left behind: none is left in the bucket.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from tests.util import free_port
 SMALL_FILES = 20
 BIG_SIZE = 320 * 1024 * 1024
 PREFIX = "vault"
+MIRROR_PREFIX = "mirror"
 COMMAND_TIMEOUT = 90.0
 RECOVERY_TIMEOUT = 120.0
 
@@ -142,6 +147,13 @@ def setup(
     bucket = seaweedfs_server.make_bucket()
     root = tmp_path / "deploy"
     root.mkdir()
+    s3 = {
+        "endpoint": seaweedfs_server.endpoint,
+        "region": seaweedfs_server.region,
+        "access_key_id": seaweedfs_server.access_key_id,
+        "secret_access_key": seaweedfs_server.secret_access_key,
+        "allow_http": True,
+    }
     document = {
         "database": {"url": postgres_url},
         "tasks": {
@@ -160,11 +172,16 @@ def setup(
                 "kind": "archive",
                 "site": "site-b",
                 "store": f"s3://{bucket}/{PREFIX}",
-                "endpoint": seaweedfs_server.endpoint,
-                "region": seaweedfs_server.region,
-                "access_key_id": seaweedfs_server.access_key_id,
-                "secret_access_key": seaweedfs_server.secret_access_key,
-                "allow_http": True,
+                "replicate_to": ["mirror"],
+                **s3,
+            },
+            # Fed from the archive only: a second S3 store at site-b, so its transfers
+            # are S3 to S3 and run on site-b's worker.
+            "mirror": {
+                "kind": "archive",
+                "site": "site-b",
+                "store": f"s3://{bucket}/{MIRROR_PREFIX}",
+                **s3,
             },
         },
     }
@@ -197,26 +214,43 @@ def _s3_sha256(server: S3Server, bucket: str, key: str) -> str:
     return digest.hexdigest()
 
 
-def _archive_copies(archive: Archive) -> list[tuple[str, str, bool]]:
-    """(blob id, state, verified) of every live archive copy."""
+def _archive_copies(archive: Archive, location: str = "archive") -> list[tuple[str, str, bool]]:
+    """(blob id, state, verified) of every live copy at ``location``."""
     with archive.db.read() as session:
         rows = session.execute(
             select(Blob.sha256, Copy.state, Copy.verified_at)
             .join(Copy, Copy.blob_id == Blob.id)
             .join(Location, Copy.location_id == Location.id)
-            .where(Location.name == "archive", Copy.state != CopyState.DELETED)
+            .where(Location.name == location, Copy.state != CopyState.DELETED)
         ).all()
     return [(sha, state, verified is not None) for sha, state, verified in rows]
 
 
 def _transfer_task(archive: Archive, sha256: str) -> Task | None:
+    """The transfer of ``sha256`` to the archive."""
     with archive.db.read() as session:
         return session.scalar(
             select(Task)
             .join(Copy, Task.copy_id == Copy.id)
             .join(Blob, Copy.blob_id == Blob.id)
-            .where(Blob.sha256 == sha256, Task.kind == "transfer")
+            .join(Location, Copy.location_id == Location.id)
+            .where(Blob.sha256 == sha256, Task.kind == "transfer", Location.name == "archive")
         )
+
+
+def _uploads(server: S3Server, bucket: str) -> list[str]:
+    """The keys of the bucket's incomplete multipart uploads."""
+    listing = server.client().list_multipart_uploads(Bucket=bucket)
+    return sorted(upload["Key"] for upload in listing.get("Uploads", []))
+
+
+def _wait_for_upload(server: S3Server, bucket: str, key: str, workers: Workers) -> None:
+    deadline = time.monotonic() + 30
+    while key not in _uploads(server, bucket):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no multipart upload of {key} began\n" + workers.tails())
+        workers.check_alive()
+        time.sleep(0.02)
 
 
 def _wait_for(
@@ -289,6 +323,15 @@ def test_two_sites_replicate_and_survive_a_killed_worker(
         for sha in expected:
             assert _s3_sha256(server, bucket, f"{PREFIX}/{sha}") == sha
 
+        # The archive's replicate_to: the next pass copies them on, S3 to S3, at site-b.
+        out = _safekeeper(config, env, "replicate", "--wait").stdout
+        assert f"{SMALL_FILES} transfers scheduled" in out
+        assert f"{SMALL_FILES} done" in out
+        mirrored = _archive_copies(archive, "mirror")
+        assert sorted(mirrored) == sorted((sha, CopyState.PRESENT, True) for sha in expected)
+        for sha in expected:
+            assert _s3_sha256(server, bucket, f"{MIRROR_PREFIX}/{sha}") == sha
+
         # -- part two: SIGKILL the worker in the middle of a large transfer ------------
         big = tmp_path / "big.bin"
         big_sha = _make_big_file(big, BIG_SIZE)
@@ -297,6 +340,8 @@ def test_two_sites_replicate_and_survive_a_killed_worker(
         running = _wait_for(archive, big_sha, {TaskState.RUNNING}, 60, workers)
         assert running.site == "site-a", "a local-disk source is pushed by its own site"
         assert running.attempts == 1
+        # Killed once its multipart upload has begun: the kill leaves that upload behind.
+        _wait_for_upload(server, bucket, f"{PREFIX}/{big_sha}", workers)
         workers.processes["site-a"].send_signal(signal.SIGKILL)
         workers.processes["site-a"].wait(timeout=10)
         after_kill = _transfer_task(archive, big_sha)
@@ -324,7 +369,31 @@ def test_two_sites_replicate_and_survive_a_killed_worker(
             ).all()
         assert tasks_for_blob == [done.id]
         assert _s3_sha256(server, bucket, f"{PREFIX}/{big_sha}") == big_sha
+
+        # -- the large object on to the mirror: S3 to S3, larger than one PUT ----------
+        out = _safekeeper(config, env, "replicate", "--wait").stdout
+        assert "1 transfer scheduled" in out
+        assert "1 done" in out
+        assert [c for c in _archive_copies(archive, "mirror") if c[0] == big_sha] == [
+            (big_sha, CopyState.PRESENT, True)
+        ]
+        assert _s3_sha256(server, bucket, f"{MIRROR_PREFIX}/{big_sha}") == big_sha
         workers.check_alive()
+
+        # -- verify the archive: its copies intact, the killed upload aborted ----------
+        # Only the killed attempt's upload is left: the finished ones left none. (So
+        # verifying the archive alone is enough, and spares re-hashing the big object
+        # at the inbox and the mirror, both just checked.)
+        leftovers = _uploads(server, bucket)
+        assert leftovers and set(leftovers) == {f"{PREFIX}/{big_sha}"}
+        out = _safekeeper(
+            config, env, "verify", "--location", "archive", "--stale-uploads-after", "0s"
+        ).stdout
+        total = SMALL_FILES + 1
+        assert f"checked {total}: {total} ok, 0 missing, 0 corrupt" in out
+        assert f"aborted {len(leftovers)} stale incomplete upload" in out
+        assert f"aborted  archive/{big_sha}" in out
+        assert _uploads(server, bucket) == []
     finally:
         workers.stop_all()
         archive.close()
