@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 from sqlalchemy import select
+from sqlalchemy.orm import aliased
 
 from safekeeper.archive import Archive
 from safekeeper.config import load_config
@@ -238,6 +239,25 @@ def _transfer_task(archive: Archive, sha256: str) -> Task | None:
         )
 
 
+def _transfers_to(archive: Archive, location: str) -> list[tuple[str, str, str, str]]:
+    """(blob id, state, site, source location) of every transfer to ``location``."""
+    target, source = aliased(Copy), aliased(Copy)
+    with archive.db.read() as session:
+        rows = session.execute(
+            select(Blob.sha256, Task.state, Task.site, Location.name)
+            .join(target, Task.copy_id == target.id)
+            .join(Blob, target.blob_id == Blob.id)
+            .join(source, Task.source_copy_id == source.id)
+            .join(Location, source.location_id == Location.id)
+            .where(
+                Task.kind == "transfer",
+                target.location_id
+                == select(Location.id).where(Location.name == location).scalar_subquery(),
+            )
+        ).all()
+    return sorted((sha, state, site, name) for sha, state, site, name in rows)
+
+
 def _uploads(server: S3Server, bucket: str) -> list[str]:
     """The keys of the bucket's incomplete multipart uploads."""
     listing = server.client().list_multipart_uploads(Bucket=bucket)
@@ -327,6 +347,10 @@ def test_two_sites_replicate_and_survive_a_killed_worker(
         out = _safekeeper(config, env, "replicate", "--wait").stdout
         assert f"{SMALL_FILES} transfers scheduled" in out
         assert f"{SMALL_FILES} done" in out
+        # From the archive's copy, not the inbox's: S3 to S3, run by site-b's worker.
+        assert _transfers_to(archive, "mirror") == sorted(
+            (sha, TaskState.DONE, "site-b", "archive") for sha in expected
+        )
         mirrored = _archive_copies(archive, "mirror")
         assert sorted(mirrored) == sorted((sha, CopyState.PRESENT, True) for sha in expected)
         for sha in expected:
@@ -374,6 +398,7 @@ def test_two_sites_replicate_and_survive_a_killed_worker(
         out = _safekeeper(config, env, "replicate", "--wait").stdout
         assert "1 transfer scheduled" in out
         assert "1 done" in out
+        assert (big_sha, TaskState.DONE, "site-b", "archive") in _transfers_to(archive, "mirror")
         assert [c for c in _archive_copies(archive, "mirror") if c[0] == big_sha] == [
             (big_sha, CopyState.PRESENT, True)
         ]
