@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 from safekeeper.db.models import Blob, Copy, CopyState, Task, TaskState
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.engine.runner import run_batch, worker_name
+from safekeeper.engine.wait import ENDED
 from safekeeper.errors import SafekeeperError
 from safekeeper.packages.eviction import drop_orphaned_trees
 from safekeeper.services.gc import queue_gc
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two looks at a run's tasks.
 POLL_SECONDS = 0.25
-_ENDED = (TaskState.DONE, TaskState.FAILED)
 _CHUNK = 500
 
 
@@ -120,7 +120,7 @@ def progress(archive: Archive, run: GcRun) -> GcProgress:
             ):
                 states[str(state)] += 1
                 arguments = json.loads(payload or "{}")
-                if state in _ENDED:
+                if state in ENDED:
                     processed += arguments.get("copy_ids", [])
                 if state == TaskState.FAILED:
                     failures.append(BatchFailure(task_id, arguments["location"], error or ""))
@@ -262,6 +262,6 @@ def _live(archive: Archive, task_ids: Sequence[int]) -> list[int]:
         for start in range(0, len(task_ids), _CHUNK):
             chunk = task_ids[start : start + _CHUNK]
             live += session.scalars(
-                select(Task.id).where(Task.id.in_(chunk), Task.state.not_in(list(_ENDED)))
+                select(Task.id).where(Task.id.in_(chunk), Task.state.not_in(list(ENDED)))
             )
     return live

@@ -98,7 +98,7 @@ def test_cancelling_is_for_admins_only(client: TestClient, accounts: Accounts, p
 def test_cancelling_tasks_by_id_and_by_location(
     client: TestClient, accounts: Accounts, app_archive: Archive
 ) -> None:
-    put(client, accounts, "alice", "course:a")
+    put(client, accounts, "alice", "acme.course:a")
     app_archive.put_bytes(b"another blob")
     first, second = replication_pass(app_archive).task_ids
     auth = accounts.headers("root")
@@ -145,7 +145,7 @@ def test_plan_gc_and_audit(
     assert started.status_code == 202
     result = finished_run(client, started.json()["id"], auth)
     assert (result["planned"], result["deleted"], result["bytes_freed"]) == (1, 1, len(DATA))
-    assert result["batches"] == {"queued": 0, "running": 0, "done": 1, "failed": 0}
+    assert result["batches"] == {"queued": 0, "running": 0, "done": 1, "failed": 0, "cancelled": 0}
     assert result["phase"] == "ended" and result["error"] is None
     assert [run["id"] for run in client.get("/api/gc", headers=auth).json()] == [result["id"]]
     entries = client.get("/api/audit", params={"blob": sha256}, headers=auth).json()

@@ -184,3 +184,17 @@ def test_replicate_counts_earlier_outstanding_tasks_at_its_locations(archive: Ar
     with archive.db.read() as session:
         at_archive = session.scalars(select(Task.id).where(Task.state == TaskState.QUEUED)).all()
     assert list(at_archive) == earlier
+
+
+def test_a_cancelled_gc_batch_has_ended_for_a_gc_run(archive: Archive, clock: FakeClock) -> None:
+    """An API/dashboard gc run waits until its batches have ended: a cancelled one has
+    (counted as live, it kept the run waiting forever)."""
+    from safekeeper.engine.gc_runs import _live
+
+    archive.put_bytes(b"a" * 100)
+    assert run_task(archive, replication_pass(archive).task_ids[0]) == TaskState.DONE
+    clock.advance(days=30)
+    _planned, task_ids = queue_gc(archive, archives=False, actor="t")
+    assert task_ids and _live(archive, task_ids) == task_ids
+    cancel_tasks(archive, task_ids, actor="t")
+    assert _live(archive, task_ids) == []

@@ -142,7 +142,7 @@ def test_gc_via_the_api_deletes_on_the_workers_not_in_the_api_process(
                 run = client.get(f"/api/gc/{run['id']}", headers=auth).json()
         assert run["error"] is None and run["failures"] == [], run
         # Three inbox copies, then (archive copies last) the garbage's two.
-        assert run["batches"] == {"queued": 0, "running": 0, "done": 2, "failed": 0}
+        assert run["batches"] == {"queued": 0, "running": 0, "done": 2, "failed": 0, "cancelled": 0}
         assert (run["processed"], run["deleted"]) == (5, 5)
         assert run["bytes_freed"] == 2 * 2000 + 3000 + 2 * 2000
         assert run["phase"] == "ended"
