@@ -5,13 +5,14 @@ each followed by convergence and a look at the physical truth.
 
 Every round gives each command fresh work (a new tree to put, a bundle whose blobs
 the last round's gc deleted, planted orphans, those to replicate, references removed
-for gc), runs it and SIGKILLs it after a delay drawn uniformly over its measured
-duration (round 0 runs every command uninterrupted to measure it). Right after the
+for gc), runs it and SIGKILLs it after a delay drawn uniformly from late in the CLI's
+start-up to the end of the command's measured duration (round 0 runs every command
+uninterrupted to measure it), so that most kills land in its work. Right after the
 kill, nothing it left may contradict the catalog: every ``present`` copy's object
 hashes to its blob, and every referenced or held blob keeps a good copy. Then
-convergence: the command again, to completion, and gc (after a killed gc, past the
-claim timeout so its claims are recovered) — and the physical truth once more, read
-from the stores, not the catalog:
+convergence: the command again (a CLI process), to completion, and gc (in this
+process; after a killed gc, the CLI's gc past the claim timeout, so that the dead
+one's claims are recovered) — and the physical truth once more, read from the stores:
 
 - every blob with a reference or a hold has a copy whose bytes hash to its id;
 - every ``present`` copy's object exists at its key with the right bytes;
@@ -117,7 +118,7 @@ interval_size = 100
 def _tree(root: Path, rng: random.Random, small: int) -> dict[str, bytes]:
     """A few hundred small files and two larger ones, all new content."""
     root.mkdir(parents=True)
-    files = {f"s{i:03d}.bin": rng.randbytes(rng.randint(0, 8192)) for i in range(small)}
+    files = {f"s{i:03d}.bin": rng.randbytes(rng.randint(1, 8192)) for i in range(small)}
     files |= {f"big{i}.bin": rng.randbytes(768 * 1024) for i in range(2)}
     for name, data in files.items():
         (root / name).write_bytes(data)
@@ -166,9 +167,11 @@ class Matrix:
         return time.monotonic() - started
 
     def kill_at_random(self, command: str, *args: str) -> float:
-        """Start the command, SIGKILL it after a delay drawn over its measured duration
-        (unless it finished first); return the delay."""
-        delay = self.rng.uniform(0.8 * self.startup, self.durations[command])
+        """Start the command, SIGKILL it after a random delay (unless it finished
+        first); return the delay. The delays skip most of the interpreter's start-up,
+        where a kill interrupts nothing of the command."""
+        duration = self.durations[command]
+        delay = self.rng.uniform(min(0.8 * self.startup, 0.5 * duration), duration)
         with (self.work / "stderr.txt").open("w+b") as stderr:
             process = subprocess.Popen(
                 self.argv(*args),
@@ -178,13 +181,19 @@ class Matrix:
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )
-            time.sleep(delay)
             self.kills[command] += 1
+            started = time.monotonic()
+            while process.poll() is None and time.monotonic() - started < delay:
+                time.sleep(0.005)
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 self.midway[command] += 1
                 if delay > self.startup:
                     self.after_start[command] += 1
+            else:
+                # It ran to its end: a fresh measure of how long it takes now (the
+                # machine's load changes), for the next kills.
+                self.durations[command] = time.monotonic() - started
             returncode = process.wait()
             stderr.seek(0)
             assert returncode in (0, -signal.SIGKILL), (
@@ -475,7 +484,7 @@ def test_crash_matrix(matrix: Matrix) -> None:
         round_.gc()
         if number == 0:
             # A command with next to nothing to do: how long starting up takes.
-            matrix.startup = matrix.run("ref", "ls", "put0")
+            matrix.startup = min(matrix.run("ref", "ls", "put0") for _ in range(3))
             print(f"\nmeasured: start-up {matrix.startup:.2f}s, {matrix.durations}")
     # The temp files the kills left: once old, the next run to open a store removes them.
     left = matrix.temp_files()
