@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, exists, func, select, update
 
 from safekeeper.archive import STALE_TEMP_SECONDS, Archive
 from safekeeper.config import load_config
@@ -56,6 +56,7 @@ from safekeeper.db.models import (
     Location,
     Namespace,
     Reference,
+    Task,
 )
 from safekeeper.db.refs import list_references
 from safekeeper.errors import NotFound
@@ -144,8 +145,12 @@ class Matrix:
     durations: dict[str, float] = field(default_factory=dict)
     kills: Counter[str] = field(default_factory=Counter)
     midway: Counter[str] = field(default_factory=Counter)
-    after_start: Counter[str] = field(default_factory=Counter)
+    #: Kills after the command had changed something (catalog rows, temp files).
+    mid_work: Counter[str] = field(default_factory=Counter)
+    #: Kills that left temp files (killed while writing objects).
     mid_write: Counter[str] = field(default_factory=Counter)
+    #: Per command, the longest delay whose kill found nothing changed yet.
+    low: dict[str, float] = field(default_factory=dict)
     startup: float = 0.0
 
     # -- processes --------------------------------------------------------------------
@@ -172,7 +177,9 @@ class Matrix:
         first); return the delay. The delays skip most of the interpreter's start-up,
         where a kill interrupts nothing of the command."""
         duration = self.durations[command]
-        delay = self.rng.uniform(min(0.8 * self.startup, 0.5 * duration), 0.9 * duration)
+        low = min(self.low.get(command, 0.8 * self.startup), 0.7 * duration)
+        delay = self.rng.uniform(low, 0.9 * duration)
+        before = self.footprint()
         with (self.work / "stderr.txt").open("w+b") as stderr:
             process = subprocess.Popen(
                 self.argv(*args),
@@ -188,9 +195,13 @@ class Matrix:
                 time.sleep(0.005)
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
+                process.wait()
                 self.midway[command] += 1
-                if delay > self.startup:
-                    self.after_start[command] += 1
+                if self.footprint() != before:
+                    self.mid_work[command] += 1
+                else:
+                    # Killed before it changed anything: later kills start later.
+                    self.low[command] = max(self.low.get(command, 0.0), delay)
             else:
                 # It ran to its end: a fresh measure of how long it takes now (the
                 # machine's load changes), for the next kills.
@@ -211,6 +222,28 @@ class Matrix:
         else:
             self.run(*args)
             run_gc(self.archive, actor="crash-matrix")
+
+    def footprint(self) -> tuple[object, ...]:
+        """What the commands change as they work: copy and task rows (states, times,
+        attempts), blobs, references, audit rows, temp files."""
+        with self.archive.db.read() as session:
+            copies = session.execute(
+                select(
+                    Copy.state, func.count(), func.max(Copy.updated_at), func.max(Copy.verified_at)
+                )
+                .group_by(Copy.state)
+                .order_by(Copy.state)
+            ).all()
+            tasks = session.execute(
+                select(Task.state, func.count(), func.sum(Task.attempts))
+                .group_by(Task.state)
+                .order_by(Task.state)
+            ).all()
+            counts = [
+                session.scalar(select(func.count()).select_from(table))
+                for table in (Blob, Reference, AuditEntry)
+            ]
+        return tuple(copies), tuple(tasks), tuple(counts), self.temp_files()
 
     # -- the physical truth --------------------------------------------------------------
 
@@ -499,11 +532,13 @@ def test_crash_matrix(matrix: Matrix) -> None:
     matrix.run("verify")
     assert matrix.temp_files() == 0, "stale temp files were not cleaned"
     total, midway = sum(matrix.kills.values()), sum(matrix.midway.values())
+    mid_work = sum(matrix.mid_work.values())
     print(
-        f"{total} kills in {time.monotonic() - started:.0f}s, {midway} mid-command "
-        f"({sum(matrix.after_start.values())} after start-up), {left} temp files left: "
-        f"{dict(matrix.kills)} / mid-command {dict(matrix.midway)} / leaving temp files "
-        f"{dict(matrix.mid_write)}"
+        f"{total} kills in {time.monotonic() - started:.0f}s: {midway} before the command "
+        f"ended, {mid_work} of them after it had changed something, "
+        f"{sum(matrix.mid_write.values())} while writing objects ({left} temp files left)\n"
+        f"kills {dict(matrix.kills)}\nbefore the end {dict(matrix.midway)}\n"
+        f"mid-work {dict(matrix.mid_work)}\nleaving temp files {dict(matrix.mid_write)}"
     )
     assert total == len(COMMANDS) * rounds >= (5 if matrix.postgres else 100)
     # Not vacuous: most kills interrupted the command, in every column of the matrix
