@@ -281,7 +281,9 @@ def _store_health(archive: Archive, name: str) -> StoreHealth:
     settings = archive.config.locations[name]
     try:
         store = archive.store(name)
-        store.exists("0" * 64)  # one round trip: reachable, and (file:) the root is there
+        # One round trip: reachable, and (file:) the root is there. The key is one the
+        # location's layout accepts (an interval store takes blob serials, not hashes).
+        store.exists(archive.key_for(name, "0" * 64, 1))
     except SafekeeperError as exc:
         return StoreHealth(name, settings.kind, False, str(exc), None)
     root = getattr(store, "root", None)

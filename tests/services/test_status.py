@@ -86,6 +86,20 @@ def test_status_command_exit_code(make_archive: ArchiveFactory) -> None:
     assert "stale" in stale.output and "needs attention" in stale.output
 
 
+def test_an_interval_store_is_healthy(make_archive: ArchiveFactory) -> None:
+    """The reachability probe uses a key the layout accepts: an interval store, which
+    takes blob serials, is not reported broken for refusing a hash key."""
+    archive = make_archive(
+        SAFEKEEPER__LOCATIONS__TAPE__KIND="archive",
+        SAFEKEEPER__LOCATIONS__TAPE__STORE="file:tape",
+        SAFEKEEPER__LOCATIONS__TAPE__LAYOUT="interval",
+    )
+    archive.put_bytes(b"serial one", ref="docs:one")
+    stores = {store.location: store for store in system_status(archive).stores}
+    assert stores["tape"].ok, stores["tape"].detail
+    assert system_status(archive).healthy
+
+
 def test_embedded_worker_reports_itself(archive: Archive) -> None:
     stop = threading.Event()
     loop = threading.Thread(target=embedded_loop, args=(archive, ["local"], stop))
