@@ -593,6 +593,27 @@ def test_gc_checks_the_evidence_stores_before_each_batch(
     assert _good_file(data_dir / "inbox", SHA) and _good_file(hidden, SHA)
 
 
+def test_reconfirmation_reads_the_evidence_stores_markers_itself(
+    make_archive: ArchiveFactory, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claimed copies processed without ``execute_batch``'s marker reads (as recovery
+    does): the re-confirmation reads each evidence store's marker afresh, so an archive
+    whose disk went away is neither evidence nor condemned as missing."""
+    monkeypatch.setattr("safekeeper.services.identity.IDENTITY_TTL", 3600.0)
+    archive = make_archive()
+    archive.put_bytes(DATA)  # no reference: the inbox copy may go once archived
+    _replicate(archive)
+    copy_ids = [d.copy_id for d in gc.make_plan(archive, "inbox").deletions]
+    assert len(copy_ids) == 1
+    claimed = gc.claim(archive, copy_ids)
+    hidden = _unmount(data_dir / "archive")
+    report = gc.GcReport()
+    gc.process_claimed(archive, "inbox", claimed, "test", report)
+    assert report.deleted == 0
+    assert _states(archive, SHA) == {"inbox": "present", "archive": "present"}
+    assert _good_file(data_dir / "inbox", SHA) and _good_file(hidden, SHA)
+
+
 def test_reads_skip_a_refused_store(make_archive: ArchiveFactory, data_dir: Path) -> None:
     archive = make_archive()
     archive.put_bytes(DATA, ref="ns:k")
