@@ -7,7 +7,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
 from safekeeper.archive import Archive
+from safekeeper.engine.embedded import run_due
+from safekeeper.services.gc import run_gc
 from safekeeper.services.replication import replication_pass
+from tests.conftest import FakeClock
 from tests.util import free_port
 
 
@@ -37,6 +40,37 @@ def test_metrics_count_copies_and_tasks(client: TestClient, app_archive: Archive
     assert ("safekeeper_oldest_queued_task_age_seconds", (("site", "local"),)) in samples
     # The process's own metrics come along (prometheus_client's default collectors).
     assert any(name.startswith("process_") or name.startswith("python_") for name, _ in samples)
+
+
+def test_metrics_count_finished_tasks_and_deletions(
+    client: TestClient, app_archive: Archive, clock: FakeClock
+) -> None:
+    done = ("safekeeper_tasks_finished_total", (("kind", "transfer"), ("state", "done")))
+    deleted = ("safekeeper_deletions_total", (("location", "inbox"),))
+    before = _samples(client)
+    assert done not in before  # nothing has finished yet
+    assert deleted not in before
+    app_archive.put_bytes(b"a" * 100, ref="proj:a")
+    app_archive.put_bytes(b"b" * 100, ref="proj:b")
+    replication_pass(app_archive)
+    queued = _samples(client)
+    assert not [labels for name, labels in queued if name == "safekeeper_tasks_finished_total"]
+    run_due(app_archive)  # both transfers to the archive location run
+    after_transfer = _samples(client)
+    assert after_transfer[done] == 2
+    assert deleted not in after_transfer
+    clock.advance(days=1)  # past the inbox's retention: gc removes the inbox copies
+    assert run_gc(app_archive).deleted == 2
+    after_gc = _samples(client)
+    assert after_gc[deleted] == 2
+    assert after_gc[done] == 2  # run_gc runs in-process, it queues no task
+    # Counters, typed so: rate() applies.
+    types = {
+        family.name: family.type
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+    }
+    assert types["safekeeper_tasks_finished"] == "counter"
+    assert types["safekeeper_deletions"] == "counter"
 
 
 def test_health_fails_when_the_database_is_unreachable(
