@@ -215,9 +215,10 @@ def deletions_by_location(archive: Archive) -> list[tuple[str, int]]:
             (location, int(count))
             for location, count in session.execute(
                 select(AuditEntry.location, func.count())
-                .where(AuditEntry.action.in_(DELETION_ACTIONS), AuditEntry.location.is_not(None))
+                .where(AuditEntry.action.in_(DELETION_ACTIONS))
                 .group_by(AuditEntry.location)
             )
+            if location is not None
         ]
 
 
