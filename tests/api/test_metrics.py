@@ -94,3 +94,32 @@ def test_health_fails_when_the_database_is_unreachable(
     finally:
         app_archive.db.engine.dispose()
         app_archive.db.engine = working
+
+
+def _request_count(client: TestClient, method: str, route: str, status: str) -> float:
+    key = (
+        "safekeeper_http_request_duration_seconds_count",
+        (("method", method), ("route", route), ("status", status)),
+    )
+    return _samples(client).get(key, 0.0)
+
+
+def test_request_latency_by_route_template(client: TestClient) -> None:
+    route = "/api/blobs/{blob}"
+    before = _request_count(client, "GET", route, "4xx")
+    unmatched = _request_count(client, "GET", "unmatched", "4xx")
+    for sha in ("0" * 64, "1" * 64, "2" * 64):
+        assert client.get(f"/api/blobs/{sha}").status_code in (401, 404)
+    assert client.get("/no/such/route/at/all").status_code == 404
+    samples = _samples(client)
+    # One series for the template, not one per blob; unknown paths share one label.
+    assert _request_count(client, "GET", route, "4xx") == before + 3
+    assert _request_count(client, "GET", "unmatched", "4xx") == unmatched + 1
+    assert not [labels for name, labels in samples if "0" * 64 in str(labels)]
+    live = _request_count(client, "GET", "/api/health/live", "2xx")
+    client.get("/api/health/live")
+    assert _request_count(client, "GET", "/api/health/live", "2xx") == live + 1
+    # The method is client-chosen text: unknown ones share one label.
+    other = _request_count(client, "other", "/api/health/live", "4xx")
+    assert client.request("BREW", "/api/health/live").status_code == 405
+    assert _request_count(client, "other", "/api/health/live", "4xx") == other + 1
