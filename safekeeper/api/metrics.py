@@ -159,6 +159,16 @@ def render_metrics(archive: Archive) -> tuple[bytes, str]:
     return generate_latest(registry) + generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+def serve_metrics(archive: Archive, host: str, port: int) -> None:
+    """Serve the catalog gauges and this process's own metrics on ``host:port`` from a
+    daemon thread (``safekeeper worker --metrics-port``). Registered in the process's
+    default registry: a worker process has no other ``/metrics``."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    start_http_server(port, addr=host)
+    REGISTRY.register(CatalogCollector(archive))
+
+
 @router.get("/api/status")
 def system_status(request: Request, _operator: OperatorDep) -> SystemStatus:
     """Workers with their heartbeat and configuration, queues per site, store health

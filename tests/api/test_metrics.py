@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
@@ -10,7 +20,7 @@ from safekeeper.archive import Archive
 from safekeeper.engine.embedded import run_due
 from safekeeper.services.gc import run_gc
 from safekeeper.services.replication import replication_pass
-from tests.conftest import FakeClock
+from tests.conftest import ArchiveFactory, FakeClock
 from tests.util import free_port
 
 
@@ -123,3 +133,58 @@ def test_request_latency_by_route_template(client: TestClient) -> None:
     other = _request_count(client, "other", "/api/health/live", "4xx")
     assert client.request("BREW", "/api/health/live").status_code == 405
     assert _request_count(client, "other", "/api/health/live", "4xx") == other + 1
+
+
+def _worker(data_dir: Path, *options: str) -> subprocess.Popen[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SAFEKEEPER")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "safekeeper", "--data-dir", str(data_dir), "worker", *options],
+        env=environ, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_worker_serves_metrics_on_its_port(make_archive: ArchiveFactory, data_dir: Path) -> None:
+    archive = make_archive()
+    archive.put_bytes(b"w" * 500, ref="proj:w")
+    port = free_port()
+    worker = _worker(data_dir, "--metrics-port", str(port))
+    done = ("safekeeper_tasks_finished_total", (("kind", "transfer"), ("state", "done")))
+    try:
+        deadline = time.monotonic() + 60
+        samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        while samples.get(done) != 1:  # the worker's replication pass, then the transfer
+            if worker.poll() is not None or time.monotonic() > deadline:
+                worker.terminate()
+                pytest.fail(f"no transfer done on :{port}: {samples}\n{worker.communicate()[1]}")
+            with contextlib.suppress(OSError):  # not listening yet
+                samples = _scrape(port)
+            time.sleep(0.2)
+        assert samples[("safekeeper_database_up", ())] == 1
+        present = (("location", "archive"), ("state", "present"))
+        assert samples[("safekeeper_copy_bytes", present)] == 500
+        assert any(name.startswith("process_") for name, _ in samples)  # its own metrics
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def test_worker_metrics_port_taken_is_one_error_line(data_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = _worker(data_dir, "--metrics-port", str(port))
+        _out, err = worker.communicate(timeout=60)
+    assert worker.returncode != 0
+    assert err.startswith(f"error: --metrics-port: cannot listen on 127.0.0.1:{port}")
+    assert err.count("\n") == 1  # one line, no traceback
