@@ -23,6 +23,7 @@ from safekeeper.api import (
 )
 from safekeeper.api.errors import error_response
 from safekeeper.api.package_redirects import PackageRedirects, is_package_request
+from safekeeper.api.request_metrics import timed
 from safekeeper.archive import Archive
 from safekeeper.dashboard import install as install_dashboard
 from safekeeper.engine.gc_runs import GcRunner
@@ -30,7 +31,8 @@ from safekeeper.engine.gc_runs import GcRunner
 
 class SafekeeperApp(FastAPI):
     """FastAPI, with the old package URLs (``/p/...``) answered first: redirects to the
-    package origin (``api.package_redirects``); content is never served here."""
+    package origin (``api.package_redirects``); content is never served here. Other
+    HTTP requests are timed (``api.request_metrics``)."""
 
     package_serving: PackageRedirects
     #: More header lines than this answer 431 (their total size is bounded by the
@@ -44,7 +46,9 @@ class SafekeeperApp(FastAPI):
             scope["app"] = self
             await self.package_serving(scope, receive, send)
         elif scope["type"] == "http" and _has_body(scope):
-            await super().__call__(scope, *_close_if_unread(receive, send))
+            await timed(super().__call__, scope, *_close_if_unread(receive, send))
+        elif scope["type"] == "http":
+            await timed(super().__call__, scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 

@@ -69,9 +69,14 @@ class CatalogCollector:
         self.archive = archive
 
     def collect(self) -> Iterator[Metric]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from safekeeper.services.status import copy_totals, site_queues
+        from safekeeper.services.status import (
+            copy_totals,
+            deletions_by_location,
+            finished_tasks,
+            site_queues,
+        )
 
         up = GaugeMetricFamily("safekeeper_database_up", "1 when the catalog database answers")
         problem = database_ready(self.archive)
@@ -80,7 +85,9 @@ class CatalogCollector:
         if problem:
             return
         copies = GaugeMetricFamily(
-            "safekeeper_copies", "copies by location and state", labels=["location", "state"]
+            "safekeeper_copies",
+            "copies by location and state; verify findings are the states missing and corrupt",
+            labels=["location", "state"],
         )
         size = GaugeMetricFamily(
             "safekeeper_copy_bytes",
@@ -124,6 +131,23 @@ class CatalogCollector:
         yield waiting
         yield heartbeat
         yield stalled
+        finished = CounterMetricFamily(
+            "safekeeper_tasks_finished",
+            "tasks that ended, by kind (transfer, verify, delete, gc) and state"
+            " (done, failed, cancelled); rate() of done is throughput, of failed the error rate",
+            labels=["kind", "state"],
+        )
+        for kind, state, count in finished_tasks(self.archive):
+            finished.add_metric([kind, state], count)
+        yield finished
+        deletions = CounterMetricFamily(
+            "safekeeper_deletions",
+            "copies gc deleted, by location (from the audit log)",
+            labels=["location"],
+        )
+        for location, count in deletions_by_location(self.archive):
+            deletions.add_metric([location], count)
+        yield deletions
 
 
 def render_metrics(archive: Archive) -> tuple[bytes, str]:
@@ -133,6 +157,16 @@ def render_metrics(archive: Archive) -> tuple[bytes, str]:
     registry = CollectorRegistry()
     registry.register(CatalogCollector(archive))
     return generate_latest(registry) + generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def serve_metrics(archive: Archive, host: str, port: int) -> None:
+    """Serve the catalog gauges and this process's own metrics on ``host:port`` from a
+    daemon thread (``safekeeper worker --metrics-port``). Registered in the process's
+    default registry: a worker process has no other ``/metrics``."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    start_http_server(port, addr=host)
+    REGISTRY.register(CatalogCollector(archive))
 
 
 @router.get("/api/status")

@@ -8,6 +8,7 @@ import typer
 
 from safekeeper.cli.context import state
 from safekeeper.engine import worker as worker_process
+from safekeeper.errors import BadInput
 
 
 def worker(
@@ -20,6 +21,21 @@ def worker(
             help="Run this site's tasks (repeatable). Default: every configured site.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            metavar="PORT",
+            min=1,
+            max=65535,
+            help="Serve Prometheus metrics (the catalog's, as /metrics, and this process's)"
+            " on this port. Default: off.",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option("--metrics-host", metavar="HOST", help="Address for --metrics-port."),
+    ] = "127.0.0.1",
 ) -> None:
     """Run the task queue of the given sites until SIGTERM or Ctrl-C.
 
@@ -36,6 +52,16 @@ def worker(
             f"unknown site {', '.join(map(repr, unknown))}; configured: {', '.join(known)}",
             param_hint="--site",
         )
+    if metrics_port is not None:
+        from safekeeper.api.metrics import serve_metrics
+
+        try:
+            serve_metrics(archive, metrics_host, metrics_port)
+        except OSError as exc:  # the port is taken, or the address is not this host's
+            raise BadInput(
+                f"--metrics-port: cannot listen on {metrics_host}:{metrics_port}:"
+                f" {exc.strerror or exc}"
+            ) from exc
     code = worker_process.run(archive, chosen)
     if code:
         raise typer.Exit(code)

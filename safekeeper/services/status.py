@@ -15,7 +15,7 @@ from pydantic import Field
 from sqlalchemy import func, select
 
 from safekeeper.config import Config
-from safekeeper.db.models import Blob, Copy, CopyState, Location, Task, TaskState
+from safekeeper.db.models import AuditEntry, Blob, Copy, CopyState, Location, Task, TaskState
 from safekeeper.engine.watchdog import STALLED_PREFIX
 from safekeeper.errors import SafekeeperError
 from safekeeper.policy import watermark_bytes
@@ -182,6 +182,43 @@ def copy_totals(archive: Archive) -> list[tuple[str, str, int, int]]:
                 .where(Copy.state != CopyState.DELETED)  # deleted rows are the audit trail
                 .group_by(Location.name, Copy.state)
             )
+        ]
+
+
+#: Task states that end a task; their counts only grow (task rows are kept), so
+#: Prometheus' ``rate()`` over them is throughput (done) and error rate (failed).
+FINISHED_STATES = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)
+
+#: Audit actions that record a copy's bytes removed by gc (``delete-recovered``: a
+#: deletion an interrupted run had already made, recorded by the next one).
+DELETION_ACTIONS = ("delete", "delete-recovered")
+
+
+def finished_tasks(archive: Archive) -> list[tuple[str, str, int]]:
+    """(kind, state, tasks) for every kind and finished state in use."""
+    with archive.db.read() as session:
+        return [
+            (kind, state, int(count))
+            for kind, state, count in session.execute(
+                select(Task.kind, Task.state, func.count())
+                .where(Task.state.in_(FINISHED_STATES))
+                .group_by(Task.kind, Task.state)
+            )
+        ]
+
+
+def deletions_by_location(archive: Archive) -> list[tuple[str, int]]:
+    """(location, copies deleted) from the audit log: the audit trail is append-only,
+    so the count never goes down."""
+    with archive.db.read() as session:
+        return [
+            (location, int(count))
+            for location, count in session.execute(
+                select(AuditEntry.location, func.count())
+                .where(AuditEntry.action.in_(DELETION_ACTIONS))
+                .group_by(AuditEntry.location)
+            )
+            if location is not None
         ]
 
 
