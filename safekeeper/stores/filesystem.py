@@ -303,14 +303,7 @@ class FileStore:
                 raise PermanentStoreError(f"{self.url}: cannot publish {key!r}: {exc}") from exc
             raise os_error(exc, f"{self.url}: cannot publish {key!r}") from exc
         # The caller removes the temp name (put: finally; Staged: discard).
-        try:
-            if self._deferred:
-                return
-            _fsync_dir(final.parent)
-            for directory in created:
-                _fsync_dir(directory.parent)
-        except OSError as exc:
-            raise os_error(exc, f"{self.url}: cannot sync {key!r}") from exc
+        self._sync_published(final, created, key)
 
     def _swap(self, tmp: Path, key: str) -> None:
         """Rename the temp file over ``key``: atomic, so a reader sees the old object or
@@ -321,9 +314,14 @@ class FileStore:
             os.replace(tmp, final)
         except OSError as exc:
             raise os_error(exc, f"{self.url}: cannot replace {key!r}") from exc
+        self._sync_published(final, created, key)
+
+    def _sync_published(self, final: Path, created: list[Path], key: str) -> None:
+        """Make a new name durable: its directory, and the parents of directories just
+        made for it (unless durability is deferred to the batch's ``sync``)."""
+        if self._deferred:
+            return
         try:
-            if self._deferred:
-                return
             _fsync_dir(final.parent)
             for directory in created:
                 _fsync_dir(directory.parent)
