@@ -154,3 +154,8 @@ class RateLimited(SafekeeperError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (drivers and obstore add context lines)."""
+    return str(exc).strip().split("\n", 1)[0]

@@ -32,7 +32,7 @@ from safekeeper.engine.handlers import HANDLERS
 from safekeeper.engine.outage import database_unavailable, wait_for_database
 from safekeeper.engine.types import Completion, Handler, TaskInfo
 from safekeeper.engine.watchdog import STALLED_PREFIX, Progress
-from safekeeper.errors import SafekeeperError, TransientStoreError
+from safekeeper.errors import SafekeeperError, TransientStoreError, first_line
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -178,14 +178,10 @@ def _execute(archive: Archive, task: TaskInfo) -> _Outcome:
         # BaseException, not Exception: a panic in native code (pyo3's PanicException)
         # derives from BaseException, and must fail this attempt, not the worker.
         if database_unavailable(exc):
-            error = f"database unavailable: {_first_line(exc)}"
+            error = f"database unavailable: {first_line(exc)}"
             return _Outcome(task, handler, error=error, transient=True, outage=True)
-        error = f"unexpected {type(exc).__name__}: {_first_line(exc)}"
+        error = f"unexpected {type(exc).__name__}: {first_line(exc)}"
         return _Outcome(task, handler, error=error, transient=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().split("\n", 1)[0]
 
 
 def _record(session: Session, archive: Archive, worker: str, outcome: _Outcome) -> TaskState | None:
@@ -275,7 +271,7 @@ def _record_all(archive: Archive, worker: str, outcomes: list[_Outcome]) -> list
             log.warning(
                 "recording tasks %s: database unavailable, waiting for it: %s",
                 [o.task.id for o in outcomes],
-                _first_line(exc),
+                first_line(exc),
             )
             if not wait_for_database(archive, deadline - time.monotonic()):
                 raise

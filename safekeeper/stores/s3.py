@@ -53,6 +53,7 @@ from safekeeper.errors import (
     PermanentStoreError,
     SafekeeperError,
     TransientStoreError,
+    first_line,
 )
 from safekeeper.stores.base import (
     CHUNK_SIZE,
@@ -88,13 +89,9 @@ _STATUS_RE = re.compile(r"status code: (\d{3})")
 _INSTANCE_METADATA = "169.254.169.254"
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().split("\n", 1)[0]
-
-
 def map_error(exc: Exception, what: str) -> SafekeeperError:
     """Translate an obstore exception into the safekeeper error it means."""
-    message = f"{what}: {_first_line(exc)}"
+    message = f"{what}: {first_line(exc)}"
     if _INSTANCE_METADATA in str(exc):
         # With no credentials configured, obstore asks the cloud's instance-metadata
         # service; off a cloud VM that fails with an error about that address instead.
