@@ -133,6 +133,13 @@ def _check(archive: Archive, subject: _Subject) -> tuple[str, str | None]:
         before = store.stat(key).fingerprint
         digest, size = hash_object(store, key)
     except NotFound:
+        # Invariant 10: only the recorded store may condemn a copy, and the identity
+        # check above may be up to IDENTITY_TTL old; an unmounted disk answers "not
+        # found" for everything, so read its marker again before saying "missing".
+        try:
+            archive.store(subject.location, fresh=True)
+        except StoreError as exc:
+            return f"error: {exc}", None
         return "missing", None
     except StoreError as exc:
         return f"error: {exc}", None

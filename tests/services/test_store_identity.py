@@ -621,3 +621,24 @@ def test_reads_skip_a_refused_store(make_archive: ArchiveFactory, data_dir: Path
     archive.close()
     _unmount(data_dir / "inbox")  # the preferred copy's disk is away
     assert make_archive().read_blob(SHA) == DATA  # served from the archive
+
+
+def test_verify_condemns_nothing_in_a_store_unmounted_since_its_last_check(
+    make_archive: ArchiveFactory, data_dir: Path
+) -> None:
+    """The identity check is cached for IDENTITY_TTL: a disk unmounted within that
+    window answers "not found" for everything, and verify must look at the marker again
+    before it calls a copy missing (found by the stateful test at 250 examples)."""
+    from safekeeper.services.verify import verify
+
+    archive = make_archive()
+    sha = archive.put_bytes(DATA, ref="ns:k").sha256
+    _replicate(archive)
+    archive.store("archive", fresh=True)  # identity just checked: cached now
+    hidden = _unmount(data_dir / "archive")
+    # Refusing the store (once it has looked again) is right; condemning its copy is not.
+    with pytest.raises(StoreIdentityError):
+        verify(archive)
+    assert _states(archive, sha)["archive"] == "present"
+    _mount(data_dir / "archive", hidden)
+    assert verify(archive).missing == []
