@@ -159,12 +159,16 @@ def postgres_missing() -> str | None:
     return None
 
 
+#: Server options for a load that need not survive a crash.
+NO_DURABILITY = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+
+
 @contextlib.contextmanager
-def postgres_server(keep: bool) -> Iterator[str]:
+def postgres_server(keep: bool, *, durable: bool = False) -> Iterator[str]:
     """A private cluster on loopback (like tests/pg.py); yields a URL to a fresh database.
 
-    Durability is off (fsync, synchronous_commit, full_page_writes): it only speeds up
-    the bulk load; the timed plan only reads.
+    Durability is off (fsync, synchronous_commit, full_page_writes) unless ``durable``:
+    it only speeds up the bulk load; the timed plan only reads.
     """
     import sqlalchemy
 
@@ -206,12 +210,7 @@ def postgres_server(keep: bool) -> Iterator[str]:
             "127.0.0.1",
             "-k",
             str(sockets),
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
+            *([] if durable else NO_DURABILITY),
         ],
         stdout=log_file,
         stderr=subprocess.STDOUT,

@@ -24,6 +24,10 @@ Benchmarks (every command is the real CLI in a subprocess, Python startup includ
     (a ``type=directory`` special remote) after an untimed ``git annex add`` and commit.
     Both sides start each run from a copy of the same prepared state.
     Ratio = annex time / safekeeper time ("x faster"); target >= 20.
+``dist``
+    The distributed mode against the embedded one on the same data (1,000 x 4 KiB and
+    4 x 200 MiB; quick 50 and 1 x 8 MiB), file -> S3 and S3 -> S3, through PostgreSQL,
+    Redis and one ``safekeeper worker`` per site: see bench/distributed.py.
 
 Before each timed run, outside the timing: sources are in the page cache, destinations
 are fresh, dirty pages are written back (``sync``). Baseline and safekeeper runs are
@@ -82,7 +86,7 @@ from common import (
     write_safekeeper_config,
 )
 
-BENCHMARKS = ("big-fs", "big-s3", "many")
+BENCHMARKS = ("big-fs", "big-s3", "many", "dist")
 BIG_TARGET = 0.8
 MANY_TARGET = 20.0
 BUCKET = "skbench"
@@ -111,6 +115,7 @@ class Settings:
     big_size: int
     many_count: int
     file_size: int
+    quick: bool = False
 
 
 Result = tuple[dict[str, Any], list[Row]]
@@ -555,9 +560,52 @@ def bench_many(settings: Settings) -> Result:
     return result, [row]
 
 
+# -- dist ------------------------------------------------------------------------------
+
+
+def bench_dist(settings: Settings) -> Result:
+    import distributed  # the harness of processes lives in its own module
+    from deletion import postgres_missing, postgres_server
+
+    missing = postgres_missing()
+    if missing:
+        log(f"dist: skipped: {missing}")
+        return {"skipped": missing}, [Row("dist", f"skipped: {missing}")]
+    root = settings.work / "dist"
+    with seaweedfs(root / "weed") as s3, postgres_server(keep=False, durable=True) as pg:
+        env = s3.rclone_env()
+
+        def purge(prefix: str) -> None:
+            run(["rclone", "purge", f"{RCLONE_REMOTE}:{BUCKET}/{prefix}"], env=env)
+
+        sizes = distributed.QUICK if settings.quick else distributed.FULL
+        plan = distributed.Plan(
+            work=root,
+            safekeeper=settings.safekeeper,
+            repeats=settings.repeats,
+            file_size=settings.file_size,
+            s3={
+                "endpoint": s3.url,
+                "region": "us-east-1",
+                "access_key_id": S3_ACCESS_KEY,
+                "secret_access_key": S3_SECRET_KEY,
+                "allow_http": True,
+            },
+            bucket=BUCKET,
+            purge=purge,
+            **sizes,
+        )
+        return distributed.bench(plan, pg.rsplit("/", 1)[0] + "/postgres")
+
+
 # -- main ------------------------------------------------------------------------------
 
-TOOLS = {"big-fs": ("rclone",), "big-s3": ("rclone", "weed"), "many": ("git-annex",)}
+TOOLS = {
+    "big-fs": ("rclone",),
+    "big-s3": ("rclone", "weed"),
+    "many": ("git-annex",),
+    "dist": ("rclone", "weed", "redis-server"),
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -613,12 +661,14 @@ def main(argv: list[str] | None = None) -> int:
             big_size=parse_size(str(args.big_size or defaults.big_size)),
             many_count=args.many_count or defaults.many_count,
             file_size=parse_size(args.file_size),
+            quick=args.quick,
         )
         machine = machine_info(work)
         runners: dict[str, Callable[[Settings], Result]] = {
             "big-fs": bench_big_fs,
             "big-s3": bench_big_s3,
             "many": bench_many,
+            "dist": bench_dist,
         }
         try:
             status = run_selected(runners, only, settings, results, rows)

@@ -18,12 +18,15 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name != "common.py")
+#: Modules the scripts import, not scripts themselves (distributed.py is replicate.py's
+#: ``dist`` row).
+LIBRARIES = ("common.py", "distributed.py")
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name not in LIBRARIES)
 #: packages.py also runs bundles.py by default; that one runs on its own here.
 EXTRA_ARGS = {"packages.py": ["--only", "serving"]}
 #: The baselines' tools: with all of them present (as scripts/test installs them), no
 #: row may be skipped.
-TOOLS = ("git-annex", "rclone", "wrk", "nginx", "weed", "tar")
+TOOLS = ("git-annex", "rclone", "wrk", "nginx", "weed", "tar", "redis-server")
 
 
 def summary_rows(stdout: str) -> list[dict[str, str]]:
