@@ -30,6 +30,17 @@ def replicate(
             "is queued or running.",
         ),
     ] = False,
+    no_worker_timeout: Annotated[
+        str,
+        typer.Option(
+            help="With --wait (Celery): give up, exit 1, when a site with waiting tasks has "
+            "had no live worker (no report for 30 s) for this long, e.g. 60s.",
+        ),
+    ] = "60s",
+    timeout: Annotated[
+        str | None,
+        typer.Option(help="With --wait: give up, exit 1, after this long in all, e.g. 2h."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Schedule transfers for every blob whose replication policy is not met.
@@ -38,8 +49,11 @@ def replicate(
     go to the sites' queues; --wait waits for the workers. Either way the counts are of
     every task queued or running, when the pass ended, at the locations it writes to
     (replicate_to targets, archives, its transfers' targets): its own and earlier ones.
-    Exits 1 when one of them failed.
+    Exits 1 when one of them failed, or when --wait gave up (no live worker for a site
+    with waiting tasks, or --timeout): the tasks stay queued.
     """
+    no_worker_seconds = parse_duration(no_worker_timeout).total_seconds()
+    timeout_seconds = parse_duration(timeout).total_seconds() if timeout is not None else None
     archive = state(ctx).archive()
     result = replication.replication_pass(archive)
     work = replication.outstanding(archive, result)
@@ -62,7 +76,12 @@ def replicate(
             )
     if celery:
         if wait:
-            outcome = wait_for_tasks(archive, work.task_ids)
+            outcome = wait_for_tasks(
+                archive,
+                work.task_ids,
+                no_worker_seconds=no_worker_seconds,
+                timeout_seconds=timeout_seconds,
+            )
     else:
         run_due(archive, wait=wait)
         # Where these tasks ended (a retried task counts once, in its last state), not

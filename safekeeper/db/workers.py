@@ -49,3 +49,16 @@ def forget_older_than(session: Session, before: datetime) -> None:
 
 def all_workers(session: Session) -> list[Worker]:
     return list(session.scalars(select(Worker).order_by(Worker.role, Worker.name)))
+
+
+def latest_heartbeat_by_site(session: Session, roles: Sequence[str]) -> dict[str, datetime]:
+    """The newest heartbeat of a process of one of ``roles``, for each site it serves."""
+    latest: dict[str, datetime] = {}
+    rows = session.execute(
+        select(Worker.sites, Worker.heartbeat_at).where(Worker.role.in_(roles))
+    ).all()
+    for sites, heartbeat_at in rows:
+        for site in filter(None, sites.split(",")):
+            if site not in latest or heartbeat_at > latest[site]:
+                latest[site] = heartbeat_at
+    return latest

@@ -226,6 +226,8 @@ def deletions_by_location(archive: Archive) -> list[tuple[str, int]]:
 
 #: Seconds between two reports of a running worker; three missed reports make it stale.
 REPORT_SECONDS = 10.0
+#: A process whose last report is older than this is stale: dead, wedged, or cut off.
+STALE_AFTER_SECONDS = 3 * REPORT_SECONDS
 
 
 def config_fingerprint(config: Config) -> str:
@@ -344,7 +346,7 @@ def system_status(archive: Archive) -> SystemStatus:
             same_config=row.config_fingerprint == mine,
             version=row.version,
             heartbeat_age=max((now - row.heartbeat_at).total_seconds(), 0.0),
-            stale=(now - row.heartbeat_at).total_seconds() > 3 * REPORT_SECONDS,
+            stale=(now - row.heartbeat_at).total_seconds() > STALE_AFTER_SECONDS,
         )
         for row in rows
     ]
