@@ -1,5 +1,6 @@
-"""``replicate --wait`` does not wait forever for a site nobody serves (issue 15), with
-real processes: PostgreSQL, Redis and ``safekeeper worker`` subprocesses.
+"""``replicate --wait`` does not wait forever for a site nobody serves (issue 15). First
+``wait_for_tasks`` in process (fast), then with real processes: PostgreSQL, Redis and
+``safekeeper worker`` subprocesses.
 
 Two sites: the inbox (``file:``) at site-a, the archive at site-b; a transfer from a
 local disk runs on the source's site, so every transfer waits for a site-a worker. Only
@@ -27,6 +28,10 @@ from sqlalchemy import select, update
 from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db.models import Task
+from safekeeper.engine.wait import WaitAbandoned, wait_for_tasks
+from safekeeper.services.replication import replication_pass
+from safekeeper.services.status import STALE_AFTER_SECONDS, report_alive
+from tests.conftest import FakeClock
 from tests.engine.processes import Workers
 
 FILES = 3
@@ -34,6 +39,35 @@ FILES = 3
 #: no-worker timeout below, so a wait that ignored the worker's reports would give up.
 BACKOFF = 8.0
 NO_WORKER = 2.0
+
+
+def test_wait_names_the_unserved_site_and_its_tasks_and_ignores_other_sites_workers(
+    archive: Archive, clock: FakeClock
+) -> None:
+    for i in range(12):
+        archive.put_bytes(os.urandom(100 + i))
+    task_ids = replication_pass(archive).task_ids
+    assert len(task_ids) == 12
+    report_alive(archive, "w-elsewhere", "celery-worker", ["elsewhere"])
+    shown = ", ".join(map(str, task_ids[:10]))
+    with pytest.raises(WaitAbandoned) as raised:
+        wait_for_tasks(archive, task_ids, 0.01, no_worker_seconds=0.05)
+    assert str(raised.value) == (
+        f"no live worker for site local (none has reported); 12 tasks ({shown} and 2 more) "
+        "wait there, still queued: start `safekeeper worker --site local`"
+    )
+
+    # A worker of the site that reported 31 s ago is not live; one that reports now is.
+    report_alive(archive, "w-local", "celery-worker", ["local", "other"])
+    clock.advance(seconds=STALE_AFTER_SECONDS + 1)
+    with pytest.raises(WaitAbandoned, match=r"site local \(the last report was 31 s ago\)"):
+        wait_for_tasks(archive, task_ids, 0.01, no_worker_seconds=0.05)
+    report_alive(archive, "w-local", "celery-worker", ["local", "other"])
+    with pytest.raises(WaitAbandoned) as raised:
+        wait_for_tasks(archive, task_ids, 0.01, no_worker_seconds=0.05, timeout_seconds=0.3)
+    assert str(raised.value).startswith(
+        f"gave up after 0.3 s: 12 tasks ({shown} and 2 more) at site local not ended yet"
+    )
 
 
 def _safekeeper(
