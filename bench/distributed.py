@@ -5,9 +5,8 @@ Not a script of its own: bench/replicate.py starts SeaweedFS and calls ``bench``
 
 Two data sets, each timed in two steps:
 
-``many``  ``--dist-count`` small files (default 1,000 of 4 KiB; quick 50)
-``big``   ``--dist-big-count`` files of ``--dist-big-size`` (default 4 x 200 MiB;
-          quick 1 x 8 MiB)
+``many``  1,000 small files of ``--file-size`` (4 KiB); quick: 50
+``big``   4 files of 200 MiB; quick: 1 of 8 MiB
 
 1. file -> S3: the files are put into a ``file:`` inbox (untimed); timed ``replicate
    --wait`` copies them to the ``archive`` location, ``s3://BUCKET/PREFIX/archive``.

@@ -1,6 +1,6 @@
 """Replication benchmark: ``safekeeper replicate --wait`` against rclone and git-annex.
 
-    python bench/replicate.py                      # everything, full sizes (~20 minutes)
+    python bench/replicate.py                      # everything, full sizes (~30 minutes)
     python bench/replicate.py --quick              # small sizes, one repeat (smoke test)
     python bench/replicate.py --only big-fs,big-s3 --repeats 5 --json-out bench/out/rep.json
 
