@@ -39,7 +39,9 @@ def replicate(
     ] = "60s",
     timeout: Annotated[
         str | None,
-        typer.Option(help="With --wait (Celery): give up, exit 1, after this long in all, e.g. 2h."),
+        typer.Option(
+            help="With --wait (Celery): give up, exit 1, after this long in all, e.g. 2h."
+        ),
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
