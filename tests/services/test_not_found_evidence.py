@@ -222,3 +222,36 @@ def test_adoption_takes_nothing_from_another_store_mounted_since_its_last_check(
     assert (data_dir / "archive" / MARKER_NAME).exists()
     assert verify.find_orphans(archive, "archive", adopt=True) == []
     assert _states(archive, SHA)["archive"] == CopyState.PRESENT
+
+
+# -- serving: the library, and the fsspec adapter ------------------------------------
+
+
+def test_a_read_of_copies_on_disks_gone_since_their_last_check_is_unavailable_not_not_found(
+    make_archive: ArchiveFactory, data_dir: Path
+) -> None:
+    """Every copy's disk went away after its cached check: the blob is unavailable (a
+    transient error, 503), not "not found" — which a client, or fsspec's
+    FileNotFoundError, may take for "gone" and act on."""
+    from safekeeper.contrib.filesystem import SafekeeperFileSystem
+
+    archive = _archived(make_archive)
+    archive.store("inbox", fresh=True)
+    filesystem = SafekeeperFileSystem(archive=archive, skip_instance_cache=True)
+    away = {name: _unmount(data_dir / name) for name in ("inbox", "archive")}
+    with pytest.raises(StoreIdentityError, match=f"no readable copy of blob {SHA} now"):
+        archive.read_blob(SHA)
+    with pytest.raises(StoreIdentityError):
+        filesystem.cat_file("ns/k")
+    for name, disk in away.items():
+        _mount(data_dir / name, disk)
+    assert archive.read_blob(SHA) == DATA
+    assert filesystem.cat_file("ns/k") == DATA
+    # Objects really gone from stores that are really there: not found, as before.
+    for name in ("inbox", "archive"):
+        for path in _files(data_dir / name, SHA):
+            path.unlink()
+    with pytest.raises(NotFound, match=f"no readable copy of blob {SHA}"):
+        archive.read_blob(SHA)
+    with pytest.raises(FileNotFoundError):
+        filesystem.cat_file("ns/k")
