@@ -255,3 +255,32 @@ def test_a_read_of_copies_on_disks_gone_since_their_last_check_is_unavailable_no
         archive.read_blob(SHA)
     with pytest.raises(FileNotFoundError):
         filesystem.cat_file("ns/k")
+
+
+# -- serving packages: the extracted trees -------------------------------------------
+
+
+def test_a_package_tree_is_not_rebuilt_on_an_unmounted_cache_disk(
+    make_archive: ArchiveFactory,
+) -> None:
+    """A tree not found on the cache disk is extracted again and recorded — unless the
+    disk is away: extracting onto its empty mount point would fill the disk beneath
+    and record a tree that vanishes on remount."""
+    from safekeeper.packages.cache import package_cache
+    from tests.packages import zips
+
+    archive = make_archive()
+    sha = archive.put_bytes(zips.build_html_package(), ref="courses:intro").sha256
+    cache = package_cache(archive)
+    tree = cache.tree_for(sha)
+    assert tree.is_dir() and _audited(archive, "cache-extract") == 1
+    root = cache.layout.root
+    hidden = _unmount(root)
+    cache.forget(sha)  # as the server does when a member is not found
+    with pytest.raises(StoreIdentityError, match="has no identity marker"):
+        cache.tree_for(sha)
+    assert not tree.exists() and not (root / ".tmp").exists()
+    assert _audited(archive, "cache-extract") == 1
+    _mount(root, hidden)
+    assert cache.tree_for(sha) == tree and tree.is_dir()
+    assert _audited(archive, "cache-extract") == 1  # the disk's tree, not a new one
