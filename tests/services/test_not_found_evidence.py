@@ -284,3 +284,35 @@ def test_a_package_tree_is_not_rebuilt_on_an_unmounted_cache_disk(
     _mount(root, hidden)
     assert cache.tree_for(sha) == tree and tree.is_dir()
     assert _audited(archive, "cache-extract") == 1  # the disk's tree, not a new one
+
+
+# -- a writer beside the not-found paths: bundle import -------------------------------
+
+
+def test_a_bundle_import_writes_nothing_into_an_inbox_unmounted_since_its_last_check(
+    make_archive: ArchiveFactory, data_dir: Path, tmp_path: Path, clock: FakeClock
+) -> None:
+    """Like a put, an import is a writer: it reads the inbox's marker afresh, so its
+    objects never land on an empty mount point (recorded present, hidden on remount)."""
+    import io
+
+    from safekeeper.config import load_config, write_default
+    from safekeeper.services.bundles import export_namespace, import_bundle
+
+    other_dir = tmp_path / "other"
+    write_default(other_dir)
+    with Archive(load_config(data_dir=other_dir, environ={}), clock=clock) as other:
+        imported = other.put_bytes(b"bytes from another installation", ref="course:a").sha256
+        bundle = io.BytesIO()
+        export_namespace(other, "course", bundle)
+    archive = make_archive()
+    archive.put_bytes(DATA)  # the inbox's identity is checked: cached now
+    hidden = _unmount(data_dir / "inbox")
+    with pytest.raises(StoreIdentityError, match="store of location 'inbox'"):
+        import_bundle(archive, io.BytesIO(bundle.getvalue()))
+    assert list((data_dir / "inbox").iterdir()) == []
+    with pytest.raises(NotFound):
+        _states(archive, imported)
+    _mount(data_dir / "inbox", hidden)
+    assert import_bundle(archive, io.BytesIO(bundle.getvalue())).blobs_stored == 1
+    assert _good_file(data_dir / "inbox", imported)
