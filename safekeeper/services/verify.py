@@ -133,15 +133,21 @@ def _check(archive: Archive, subject: _Subject) -> tuple[str, str | None]:
         before = store.stat(key).fingerprint
         digest, size = hash_object(store, key)
     except NotFound:
-        return _condemn(archive, subject, "missing"), None
+        return _fresh(archive, subject, "missing"), None
     except StoreError as exc:
         return f"error: {exc}", None
     if (digest, size) != (subject.sha256, subject.size):
-        return _condemn(archive, subject, "corrupt"), None
+        return _fresh(archive, subject, "corrupt"), None
+    if subject.state != CopyState.PRESENT:
+        # A lost copy comes back only from the recorded store (another one mounted
+        # there may hold the same bytes): its identity is read afresh here too.
+        verdict = _fresh(archive, subject, "ok")
+        if verdict != "ok":
+            return verdict, None
     return "ok", before if fingerprint_of(store, key) == before else None
 
 
-def _condemn(archive: Archive, subject: _Subject, verdict: str) -> str:
+def _fresh(archive: Archive, subject: _Subject, verdict: str) -> str:
     """``verdict``, once the store is known to be the recorded one (invariant 10): the
     identity check ``_check`` relied on may be up to IDENTITY_TTL old, and an unmounted
     disk answers "not found" for everything (another store mounted there: other bytes).

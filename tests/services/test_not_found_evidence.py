@@ -316,3 +316,24 @@ def test_a_bundle_import_writes_nothing_into_an_inbox_unmounted_since_its_last_c
     _mount(data_dir / "inbox", hidden)
     assert import_bundle(archive, io.BytesIO(bundle.getvalue())).blobs_stored == 1
     assert _good_file(data_dir / "inbox", imported)
+
+
+def test_verify_brings_no_lost_copy_back_from_another_store_mounted_since_its_last_check(
+    make_archive: ArchiveFactory, data_dir: Path
+) -> None:
+    """The reverse of condemning: a copy marked missing comes back ``present`` only
+    when the recorded store holds its bytes — not another store mounted in its place
+    that happens to hold them too."""
+    archive = _archived(make_archive)
+    for name in ("inbox", "archive"):  # both lost: nothing to repair them from
+        for path in _files(data_dir / name, SHA):
+            path.unlink()
+    assert len(verify.verify(archive).missing) == 2
+    archive.store("archive", fresh=True)  # the identity just checked: cached now
+    hidden = _swap_in(data_dir / "archive", _other_store(data_dir, {SHA: DATA}))
+    with pytest.raises(StoreIdentityError, match="another store is mounted"):
+        verify.verify(archive, location="archive")
+    assert _states(archive, SHA)["archive"] == CopyState.MISSING
+    shutil.rmtree(data_dir / "archive")
+    hidden.rename(data_dir / "archive")
+    assert _states(archive, SHA)["archive"] == CopyState.MISSING
