@@ -202,6 +202,10 @@ class PackageCache:
             size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
             self._record(sha256, blob_id, size, now, None)
             return False
+        # Not found is evidence only under a fresh identity check: an unmounted cache
+        # disk shows no tree, and one extracted onto its empty mount point would fill
+        # the disk beneath and be recorded for a store that is not there.
+        self.archive.store(self.layout.location, fresh=True)
         members, size = self._extract(sha256, tree)
         self._record(sha256, blob_id, size, now, {"members": members, "bytes": size})
         self.extractions += 1

@@ -105,7 +105,7 @@ def _import(
         _check_references(session, namespace, manifest)  # fail before reading gigabytes
         held = _blobs_present(session, [b.sha256 for b in manifest.blobs])
     location = archive.config.ingest_location
-    store = archive.store(location)
+    store = archive.store(location, fresh=True)  # a writer: invariant 10, as ingest
     staged: list[Staged] = []
     try:
         with deferred_sync(store):
@@ -264,7 +264,8 @@ def _record(
     skipped: int,
 ) -> ImportOutcome:
     """The one write transaction: objects, blobs, copies, packages, references."""
-    store = archive.store(location)
+    # Read the marker again right before publishing: reading a large bundle takes long.
+    store = archive.store(location, fresh=True)
     serials = reserve_serials(archive, location, len({s.sha256 for s in staged}))
     now = archive.clock()
     with archive.db.write() as session:

@@ -246,10 +246,15 @@ def delete_objects(archive: Archive, location: str, verdicts: Sequence[Verdict])
     }
     try:
         store.delete(keys.values())
-        return set(keys)
+        gone = set(keys)
     except SafekeeperError:
         # Bulk deletes can fail part-way: whatever is gone is gone.
-        return {copy_id for copy_id, key in keys.items() if not store.exists(key)}
+        gone = {copy_id for copy_id, key in keys.items() if not store.exists(key)}
+    # A delete finding nothing succeeds, and exists() says False, on a disk unmounted
+    # since the check above: "gone" is evidence only if the marker is still there.
+    # Refused: the claims stay fenced, and recovery looks again (invariant 10).
+    archive.store(location, fresh=True)
+    return gone
 
 
 def record_deleted(
@@ -370,6 +375,10 @@ def recover_stale_claims(
             continue  # stays claimed; a later gc with that location configured recovers it
         try:
             exists = archive.store(location).exists(archive.key_for(location, sha256, blob_id))
+            if not exists:
+                # Not found is evidence only under a fresh identity check: the cached
+                # one may be IDENTITY_TTL old, and an unmounted disk shows nothing.
+                archive.store(location, fresh=True)
         except StoreIdentityError:
             continue  # not the recorded store: its answer proves nothing; left claimed
         if not exists:

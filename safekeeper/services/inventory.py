@@ -266,6 +266,7 @@ def readable_copy(archive: Archive, sha256: str) -> tuple[Store, str]:
     ingest = archive.config.ingest_location
     rows.sort(key=lambda row: (row[2] != ingest, row[2]))
     last_error: Exception | None = None
+    refused: StoreIdentityError | None = None
     for blob_id, copy_id, location in rows:
         if location not in archive.config.locations:
             continue
@@ -273,12 +274,25 @@ def readable_copy(archive: Archive, sha256: str) -> tuple[Store, str]:
         try:
             store = archive.store(location)
             store.stat(key)
-        except (NotFound, StoreIdentityError) as exc:  # gone, or not the recorded store
+        except StoreIdentityError as exc:  # not the recorded store: try the next copy
+            last_error = refused = exc
+            continue
+        except NotFound as exc:
             last_error = exc
+            # Not found is evidence only under a fresh identity check: the cached one
+            # may be IDENTITY_TTL old, and an unmounted disk shows nothing.
+            try:
+                archive.store(location, fresh=True)
+            except StoreIdentityError as away:
+                last_error = refused = away
             continue
         with archive.db.write() as session:
             session.execute(
                 update(Copy).where(Copy.id == copy_id).values(last_access=archive.clock())
             )
         return store, key
+    if refused is not None:
+        # A copy may be whole on a disk that is away: "unavailable" (transient, 503),
+        # never "not found" — a client may take that for "gone" and act on it.
+        raise StoreIdentityError(f"no readable copy of blob {sha256} now: {refused}")
     raise NotFound(f"no readable copy of blob {sha256}: {last_error}")

@@ -145,8 +145,31 @@ def reconfirm(archive: Archive, checks: Sequence[Check], deadline: float) -> lis
     else:
         with ThreadPoolExecutor(threads, thread_name_prefix="safekeeper-reconfirm") as pool:
             results += pool.map(lambda c: check_one(archive, c, deadline), remote)
+    results = _under_fresh_identity(archive, results)
     record(archive, results)
     return results + skipped
+
+
+def _under_fresh_identity(archive: Archive, results: list[Result]) -> list[Result]:
+    """Not found (or other bytes) is evidence only under a fresh identity check: the
+    markers were read before the batch, and a disk can go away during it. Before any
+    copy is condemned, its store's marker is read again; a store refused now confirms
+    and condemns nothing of this batch."""
+    damaged = {r.check.location for r in results if r.outcome.confirmed is False}
+    refused: dict[str, str] = {}
+    for location in sorted(damaged):
+        try:
+            archive.store(location, fresh=True)
+        except SafekeeperError as exc:
+            refused[location] = f"store identity refused: {exc}"
+    if not refused:
+        return results
+    return [
+        Result(r.check, Outcome.UNKNOWN, detail=refused[r.check.location])
+        if r.check.location in refused
+        else r
+        for r in results
+    ]
 
 
 def _is_local(archive: Archive, location: str) -> bool:

@@ -133,19 +133,30 @@ def _check(archive: Archive, subject: _Subject) -> tuple[str, str | None]:
         before = store.stat(key).fingerprint
         digest, size = hash_object(store, key)
     except NotFound:
-        # Invariant 10: only the recorded store may condemn a copy, and the identity
-        # check above may be up to IDENTITY_TTL old; an unmounted disk answers "not
-        # found" for everything, so read its marker again before saying "missing".
-        try:
-            archive.store(subject.location, fresh=True)
-        except StoreError as exc:
-            return f"error: {exc}", None
-        return "missing", None
+        return _fresh(archive, subject, "missing"), None
     except StoreError as exc:
         return f"error: {exc}", None
     if (digest, size) != (subject.sha256, subject.size):
-        return "corrupt", None
+        return _fresh(archive, subject, "corrupt"), None
+    if subject.state != CopyState.PRESENT:
+        # A lost copy comes back only from the recorded store (another one mounted
+        # there may hold the same bytes): its identity is read afresh here too.
+        verdict = _fresh(archive, subject, "ok")
+        if verdict != "ok":
+            return verdict, None
     return "ok", before if fingerprint_of(store, key) == before else None
+
+
+def _fresh(archive: Archive, subject: _Subject, verdict: str) -> str:
+    """``verdict``, once the store is known to be the recorded one (invariant 10): the
+    identity check ``_check`` relied on may be up to IDENTITY_TTL old, and an unmounted
+    disk answers "not found" for everything (another store mounted there: other bytes).
+    Not found is evidence only under a fresh identity check."""
+    try:
+        archive.store(subject.location, fresh=True)
+    except StoreError as exc:
+        return f"error: {exc}"
+    return verdict
 
 
 def _record(
@@ -301,6 +312,12 @@ def _adopt(archive: Archive, location: str, key: str, interval: bool) -> str:
     before = fingerprint_of(store, key)
     digest, size = hash_object(store, key)
     fingerprint = before if fingerprint_of(store, key) == before else None
+    # The listing and the hash may have read another store mounted there since the
+    # cached identity check: adopt only what the recorded store holds, checked now.
+    try:
+        archive.store(location, fresh=True)
+    except StoreError as exc:
+        return f"not adopted: {exc}"
     with archive.db.write() as session:
         if interval:
             blob = session.get(Blob, int(key))
