@@ -24,7 +24,7 @@ from itertools import groupby
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, case, func, literal, null, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, literal, null, or_, select
 from sqlalchemy.orm import Session
 
 from safekeeper.config import Config
@@ -150,7 +150,7 @@ PRESENT, VERIFIED, YOUNG, GARBAGE = 1, 2, 4, 8
 def _scan(config: Config, ids: dict[str, int], now: datetime, watermarked: list[int]) -> Any:
     """The one ordered statement over the copies (see ``_Row``)."""
     policy = config.policy
-    verified = [Copy.verified_at.is_not(None)]
+    verified: list[ColumnElement[bool]] = [Copy.verified_at.is_not(None)]
     if policy.verify_max_age is not None:
         verified.append(Copy.verified_at >= now - policy.verify_max_age)
     young = [
@@ -211,16 +211,19 @@ def _read_facts(session: Session) -> _Facts:
         .join(Hold, Hold.namespace_id == Reference.namespace_id)
         .where(Hold.released_at.is_(None))
     )
-    held = set(session.scalars(direct)) | set(session.scalars(via_namespace))
-    sources = set(
-        session.scalars(
+    held = {b for b in session.scalars(direct) if b is not None}
+    held.update(session.scalars(via_namespace))
+    sources = {
+        c
+        for c in session.scalars(
             select(Task.source_copy_id).where(
                 Task.kind == "transfer",
                 Task.state.in_([TaskState.QUEUED, TaskState.RUNNING]),
                 Task.source_copy_id.is_not(None),
             )
         )
-    )
+        if c is not None
+    }
     needs = {
         (blob_id, location_id)
         for blob_id, location_id in session.execute(
