@@ -1,10 +1,10 @@
 """The deletion plan: every present copy's verdict, from one ordered scan of the copies.
 
-One statement streams every present (and deleting) copy ordered by blob, with the
-time comparisons the rules need already made in SQL (verified recently enough, younger
-than its location's retention, garbage); ``_judge`` then applies the rules of
-``safekeeper.policy`` to each blob's copies as plain tuples: the same rules in the same
-order, planning mode. ``decide`` is its test oracle (``tests/services/test_planner.py``
+One statement (``db.evidence.scan_copies``) streams every present (and deleting) copy
+ordered by blob, with the time comparisons the rules need already made in SQL (verified
+recently enough, younger than its location's retention, garbage); ``_judge`` then
+applies the rules of ``safekeeper.policy`` to each blob's copies as plain tuples: the
+same rules in the same order, planning mode. ``decide`` is its test oracle (``tests/services/test_planner.py``
 compares the two on generated states). Holds, in-flight transfer sources and staging
 jobs' needs are read once as sets. Disk pressure then picks among each watermarked
 location's deletable copies with ``policy.select_under_pressure``.
@@ -17,31 +17,31 @@ copies the per-blob aggregates cost several scans and hash joins of the copies t
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import groupby
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, null, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from safekeeper.config import Config
 from safekeeper.db.blobs import find_blob
-from safekeeper.db.evidence import gather
-from safekeeper.db.models import (
-    Blob,
-    Copy,
-    CopyState,
-    Hold,
-    Location,
-    Reference,
-    StagingJob,
-    StagingJobBlob,
-    Task,
-    TaskState,
+from safekeeper.db.evidence import (
+    GARBAGE,
+    PRESENT,
+    VERIFIED,
+    YOUNG,
+    PlanFacts,
+    ScanCutoffs,
+    ScannedCopy,
+    gather,
+    last_used_converter,
+    plan_facts,
+    scan_copies,
 )
+from safekeeper.db.models import Location
 from safekeeper.errors import NotFound
 from safekeeper.policy import (
     Candidate,
@@ -60,8 +60,6 @@ if TYPE_CHECKING:
 
 #: Archive copies are deleted after every other copy of the same blob.
 ARCHIVE_LAST = {"archive": 1}
-#: Copy rows fetched per round trip while streaming the scan.
-SCAN_BATCH = 10_000
 
 
 def policy_from_config(config: Config) -> Policy:
@@ -127,118 +125,33 @@ class _Place:
     targets: frozenset[int] | None = None
 
 
-@dataclass
-class _Facts:
-    """The per-blob and per-copy facts the scan does not carry."""
-
-    held: set[int]
-    transfer_sources: set[int]
-    job_needs: set[tuple[int, int]]
-
-
-#: A scanned copy: blob id, copy id, location id, flags (``PRESENT`` …), blob size,
-#: sha256, last used (only at watermarked locations, else None; raw from the driver).
-_Row = tuple[int, int, int, int, int, str, Any]
 #: A deletable copy before pressure: copy id, sha256, blob id, size, rule, last used.
 _Deletable = tuple[int, str, int, int, str, Any]
 
-#: Flag bits of a scanned copy: present (else deleting); verified recently enough;
-#: younger than its location's retention; its blob is garbage.
-PRESENT, VERIFIED, YOUNG, GARBAGE = 1, 2, 4, 8
 
-
-def _scan(config: Config, ids: dict[str, int], now: datetime, watermarked: list[int]) -> Any:
-    """The one ordered statement over the copies (see ``_Row``)."""
+def _cutoffs(
+    config: Config, ids: dict[str, int], now: datetime, names: Sequence[str]
+) -> ScanCutoffs:
+    """The policy's times as the scan compares them."""
     policy = config.policy
-    verified: list[ColumnElement[bool]] = [Copy.verified_at.is_not(None)]
-    if policy.verify_max_age is not None:
-        verified.append(Copy.verified_at >= now - policy.verify_max_age)
-    young = [
-        and_(Copy.location_id == ids[name], Copy.created_at > now - loc.retention)
-        for name, loc in config.locations.items()
-        if loc.retention is not None and name in ids
-    ]
-    garbage = and_(
-        Blob.unreferenced_since.is_not(None),
-        Blob.unreferenced_since <= now - policy.grace_period,
+    return ScanCutoffs(
+        verified_since=None if policy.verify_max_age is None else now - policy.verify_max_age,
+        created_after={
+            ids[name]: now - loc.retention
+            for name, loc in config.locations.items()
+            if loc.retention is not None and name in ids
+        },
+        unreferenced_before=now - policy.grace_period,
+        last_used_at=[
+            ids[n] for n in names if n in ids and config.locations[n].high_watermark is not None
+        ],
     )
-    flags = (
-        case((Copy.state == CopyState.PRESENT, PRESENT), else_=0)
-        + case((and_(*verified), VERIFIED), else_=0)
-        + (case((or_(*young), YOUNG), else_=0) if young else literal(0))
-        + case((garbage, GARBAGE), else_=0)
-    )
-    # Only pressure's least-recently-used order needs a time; parsing one per row costs.
-    last_used = (
-        case(
-            (Copy.location_id.in_(watermarked), func.coalesce(Copy.last_access, Copy.created_at)),
-            else_=null(),
-        )
-        if watermarked
-        else null()
-    )
-    return (
-        select(Copy.blob_id, Copy.id, Copy.location_id, flags, Blob.size, Blob.sha256, last_used)
-        .join(Blob, Copy.blob_id == Blob.id)
-        .where(Copy.state.in_([CopyState.PRESENT, CopyState.DELETING]))
-        .order_by(Copy.blob_id)
-    )
-
-
-def _stream(session: Session, statement: Any) -> Iterator[_Row]:
-    """The statement's rows as the driver's plain tuples.
-
-    A million rows through SQLAlchemy's result objects cost more than the scan itself,
-    so the statement is compiled with its (few, constant) values inline and run on the
-    session's own DBAPI connection: same transaction, same snapshot. Every column is an
-    integer or text except last used, which the caller converts (``_last_used``).
-    """
-    connection = session.connection()
-    sql = str(statement.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
-    cursor = connection.connection.cursor()
-    try:
-        cursor.execute(sql)
-        while batch := cursor.fetchmany(SCAN_BATCH):
-            yield from batch
-    finally:
-        cursor.close()
-
-
-def _read_facts(session: Session) -> _Facts:
-    direct = select(Hold.blob_id).where(Hold.released_at.is_(None), Hold.blob_id.is_not(None))
-    via_namespace = (
-        select(Reference.blob_id)
-        .join(Hold, Hold.namespace_id == Reference.namespace_id)
-        .where(Hold.released_at.is_(None))
-    )
-    held = {b for b in session.scalars(direct) if b is not None}
-    held.update(session.scalars(via_namespace))
-    sources = {
-        c
-        for c in session.scalars(
-            select(Task.source_copy_id).where(
-                Task.kind == "transfer",
-                Task.state.in_([TaskState.QUEUED, TaskState.RUNNING]),
-                Task.source_copy_id.is_not(None),
-            )
-        )
-        if c is not None
-    }
-    needs = {
-        (blob_id, location_id)
-        for blob_id, location_id in session.execute(
-            select(StagingJobBlob.blob_id, StagingJob.location_id)
-            .join(StagingJob, StagingJob.id == StagingJobBlob.job_id)
-            .where(StagingJob.ended_at.is_(None))
-        )
-    }
-    return _Facts(held, sources, needs)
 
 
 def _judge(
-    rows: Iterable[_Row],
+    rows: Iterable[ScannedCopy],
     places: dict[int, _Place],
-    facts: _Facts,
+    facts: PlanFacts,
     min_archive_copies: int,
     kept: dict[tuple[str, str], list[int]],
     used: dict[str, int],
@@ -324,13 +237,6 @@ def _places(config: Config, ids: dict[str, int], names: Sequence[str]) -> dict[i
     return places
 
 
-def _last_used(session: Session) -> Callable[[Any], datetime | None]:
-    """Converts a raw last-used value from the driver as SQLAlchemy would have."""
-    column_type = Copy.__table__.c.last_access.type
-    process = column_type.result_processor(session.connection().dialect, None)
-    return process if process is not None else (lambda value: value)
-
-
 def make_plan(archive: Archive, location: str | None = None) -> Plan:
     config = archive.config
     now = archive.clock()
@@ -349,13 +255,10 @@ def make_plan(archive: Archive, location: str | None = None) -> Plan:
     with archive.db.read() as session:
         ids = dict(session.execute(select(Location.name, Location.id)).all())
         places = _places(config, ids, names)
-        watermarked = [
-            ids[n] for n in names if n in ids and config.locations[n].high_watermark is not None
-        ]
-        facts = _read_facts(session)
-        rows = _stream(session, _scan(config, ids, now, watermarked))
+        facts = plan_facts(session)
+        rows = scan_copies(session, _cutoffs(config, ids, now, names))
         _judge(rows, places, facts, config.policy.min_archive_copies, kept, used, deletable)
-        to_datetime = _last_used(session)
+        to_datetime = last_used_converter(session)
     plans = {
         name: LocationPlan(name, config.locations[name].kind, used_bytes=used.get(name, 0))
         for name in names
