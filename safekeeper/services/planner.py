@@ -4,14 +4,15 @@ One statement (``db.evidence.scan_copies``) streams every present (and deleting)
 ordered by blob, with the time comparisons the rules need already made in SQL (verified
 recently enough, younger than its location's retention, garbage); ``_judge`` then
 applies the rules of ``safekeeper.policy`` to each blob's copies as plain tuples: the
-same rules in the same order, planning mode. ``decide`` is its test oracle (``tests/services/test_planner.py``
-compares the two on generated states). Holds, in-flight transfer sources and staging
-jobs' needs are read once as sets. Disk pressure then picks among each watermarked
-location's deletable copies with ``policy.select_under_pressure``.
+same rules in the same order, planning mode. ``decide`` is its test oracle, and so is
+the previous SQL planner (``tests/services/test_planner.py`` compares them on
+generated states). Holds, in-flight transfer sources and staging jobs' needs are read
+once as sets. Disk pressure then picks among each watermarked location's deletable
+copies with ``policy.select_under_pressure``.
 
-Why not one SQL ``CASE`` over aggregated joins (the previous planner): at a million
-copies the per-blob aggregates cost several scans and hash joins of the copies table
-(9-13 s); one ordered scan and a Python pass over tuples is 3-4 times cheaper.
+Why not one SQL ``CASE`` over per-blob aggregates joined to the copies (the previous
+planner, issue 17): at a million copies those aggregates cost several scans and joins
+of the copies table; one ordered scan and a pass over plain tuples costs about a third.
 """
 
 from __future__ import annotations
