@@ -341,3 +341,31 @@ def test_a_mixed_world_plans_every_rule(tmp_path: Path) -> None:
         }
     finally:
         archive.close()
+
+
+def test_an_archive_copy_counts_for_the_floor_only_while_its_verification_is_fresh(
+    tmp_path: Path,
+) -> None:
+    """min_archive_copies = 1: an inbox copy goes with a freshly verified archive copy,
+    not with one verified too long ago or never."""
+    archive = _open(tmp_path, 1)
+    try:
+        inbox = {"state": "present", "age": 10, "verified_days_ago": 1}
+        world: list[dict[str, object]] = [
+            {
+                "copies": {"inbox": inbox, "tape-a": {**inbox, "verified_days_ago": days}},
+                "unreferenced_days_ago": None,
+                "hold": None,
+                "job": False,
+                "transfer_from": None,
+            }
+            for days in (29, 31, None)
+        ]
+        _load(archive, world)
+        plan = make_plan(archive)
+        assert plan == make_sql_plan(archive)
+        inbox_plan = next(p for p in plan.locations if p.location == "inbox")
+        assert [d.size for d in inbox_plan.deletions] == [100]  # the first blob only
+        assert inbox_plan.kept == {"archived-elsewhere": [2, 101 + 102]}
+    finally:
+        archive.close()
