@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from safekeeper.errors import BadInput
 from safekeeper.ids import check_key, check_name, is_blob_id
-from safekeeper.stores.base import CHUNK_SIZE
 
 FORMAT = "safekeeper-bundle"
 VERSION = 1
@@ -36,7 +35,7 @@ MAX_RATIO = 1024
 RATIO_FLOOR = 64 * 1024 * 1024
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 READ_SIZE = 4 * 1024 * 1024
-PIECE = CHUNK_SIZE
+PIECE = 256 * 1024
 BLOCK = tarfile.BLOCKSIZE
 #: Values per IN (...) list: SQLite limits the number of bound parameters.
 QUERY_BATCH = 500
@@ -314,12 +313,8 @@ class BundleReader:
 class MemberBody:
     """Exactly ``size`` bytes of a member, as a readable file object for ``Store.stage``.
 
-    Reads return ``PIECE`` bytes (the size ``write_hashed`` asks for; less only for the
-    member's last piece), even where the reader's buffer ends inside the member: a blob
-    of up to one piece is then hashed in line, a bigger one on ``write_hashed``'s helper
-    thread while the next piece is written. (Pieces of a quarter of that, or cut at
-    buffer ends, started that thread for every blob of a few hundred KiB: 2,000 thread
-    starts and 4,000 hand-offs per 1 GiB import, more than the overlap saved; issue 17.)
+    Reads return at most ``PIECE`` bytes: ``write_hashed`` then hashes one piece on its
+    helper thread while it writes the next, even for a blob of a few hundred KiB.
     """
 
     def __init__(self, reader: BundleReader, size: int) -> None:
@@ -330,8 +325,8 @@ class MemberBody:
         want = min(PIECE, self._left if size < 0 else min(size, self._left))
         if want == 0:
             return b""
-        piece = self._reader.read(want)
-        if len(piece) < want:
+        piece = self._reader.read_some(want)
+        if not piece:
             raise BadInput(f"bundle is truncated inside {self._reader.what}")
         self._left -= len(piece)
         return piece

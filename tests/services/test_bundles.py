@@ -19,7 +19,7 @@ from safekeeper.config import load_config, write_default
 from safekeeper.db.models import Blob, Copy, CopyState, Package
 from safekeeper.errors import BadInput, Conflict, NotFound, PackageRejected, PolicyDenied
 from safekeeper.ids import parse_ref
-from safekeeper.services.bundle_format import PIECE, ZSTD_MAGIC, BundleReader, MemberBody
+from safekeeper.services.bundle_format import ZSTD_MAGIC
 from safekeeper.services.bundles import export_namespace, import_bundle
 from safekeeper.services.holds import add_hold
 from safekeeper.services.inventory import list_refs
@@ -378,22 +378,6 @@ def test_export_checks_big_blobs_hashed_on_the_helper_thread_too(
     with pytest.raises(Conflict, match=outcome.sha256):
         export_namespace(archive, "ns", tmp_path / "x.tar")
     assert list(tmp_path.glob("x.tar*")) == []
-
-
-def test_member_pieces_are_whole_even_across_the_readers_buffer() -> None:
-    """A member that starts inside the reader's buffer still comes in ``PIECE``-sized
-    reads (so ``write_hashed`` hashes a blob of one piece in line), and a member cut
-    short is refused."""
-    payload = bytes(range(256)) * (3 * PIECE // 256)
-    reader = BundleReader(io.BytesIO(b"h" * 1000 + payload))
-    assert reader.read(1000) == b"h" * 1000  # the buffer now ends inside the member
-    body = MemberBody(reader, len(payload))
-    pieces = list(iter(lambda: body.read(PIECE), b""))
-    assert [len(p) for p in pieces] == [PIECE, PIECE, PIECE]
-    assert b"".join(pieces) == payload
-    short = MemberBody(BundleReader(io.BytesIO(payload[:100])), 200)
-    with pytest.raises(BadInput, match="truncated"):
-        short.read(PIECE)
 
 
 # -- package blobs are validated, not trusted ----------------------------------------------
