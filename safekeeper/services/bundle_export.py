@@ -33,7 +33,6 @@ from safekeeper.services.bundle_format import (
     batches,
     blob_member,
 )
-from safekeeper.stores.base import CHUNK_SIZE
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -172,8 +171,7 @@ def _write_tar(
     tar = TarWriter(sink, int(manifest.created_at.timestamp()))
     tar.add(MANIFEST_NAME, manifest.to_json())
     done, total = 0, manifest.total_size
-    # SHA-256 of big blobs runs on a helper thread while this one writes (hashlib
-    # releases the GIL).
+    # SHA-256 runs on a helper thread while this one writes (hashlib releases the GIL).
     with ThreadPoolExecutor(1, thread_name_prefix="safekeeper-sha256") as hasher:
         for blob in manifest.blobs:
             tar.begin(blob_member(blob.sha256), blob.size)
@@ -192,24 +190,17 @@ def _copy_blob(
     tar: TarWriter,
     hasher: ThreadPoolExecutor,
 ) -> Iterator[int]:
-    """Stream the blob from its first openable copy into ``tar``; yield sizes written.
-
-    A blob of one chunk is hashed in line: handing a few hundred KiB to the helper
-    thread and waiting for it cost more than the overlap saved (issue 17)."""
+    """Stream the blob from its first openable copy into ``tar``; yield sizes written."""
     digest = hashlib.sha256()
     size = 0
     pending: Future[None] | None = None
-    in_line = blob.size <= CHUNK_SIZE
     for chunk in _open_copy(archive, blob.sha256, candidates):
         size += len(chunk)
         if size > blob.size:
             break
-        if in_line:
-            digest.update(chunk)
-        else:
-            if pending is not None:
-                pending.result()
-            pending = hasher.submit(digest.update, chunk)
+        if pending is not None:
+            pending.result()
+        pending = hasher.submit(digest.update, chunk)
         tar.write(chunk)
         yield len(chunk)
     if pending is not None:

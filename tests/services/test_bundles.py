@@ -362,11 +362,9 @@ def test_export_refuses_unknown_namespace_and_leaves_no_partial_bundle(
     assert list(tmp_path.glob("x.tar*")) == []
 
 
-def test_export_checks_big_blobs_hashed_on_the_helper_thread_too(
-    archive: Archive, tmp_path: Path
-) -> None:
-    """Blobs of one chunk are hashed in line, bigger ones on a helper thread: a
-    damaged byte deep inside a multi-chunk copy still stops the export."""
+def test_export_checks_every_chunk_of_a_big_blob(archive: Archive, tmp_path: Path) -> None:
+    """Hashing overlaps the writes chunk by chunk: a damaged byte deep inside a copy
+    of several chunks still stops the export, and no bundle is left."""
     data = bytes(range(256)) * (3 * CHUNK_SIZE // 256 + 7)
     outcome = archive.put_bytes(data, ref="ns:big")
     key = archive.key_for("inbox", outcome.sha256, 1)
