@@ -1,39 +1,48 @@
-"""The deletion plan: every present copy's verdict, computed set-based in SQL.
+"""The deletion plan: every present copy's verdict, from one ordered scan of the copies.
 
-The verdict expression below is the policy of ``safekeeper.policy`` written as one SQL
-``CASE``: the same rules in the same order. ``decide`` is its test oracle
-(``tests/services/test_planner.py`` compares the two on generated states).
-Two statements scan the copies: one lists the deletable ones, one counts the kept
-ones per location and rule. Disk pressure then picks among each watermarked
-location's deletable copies with ``policy.select_under_pressure``.
+One statement (``db.evidence.scan_copies``) streams every present (and deleting) copy
+ordered by blob, with the time comparisons the rules need already made in SQL (verified
+recently enough, younger than its location's retention, garbage); ``_judge`` then
+applies the rules of ``safekeeper.policy`` to each blob's copies as plain tuples: the
+same rules in the same order, planning mode. ``decide`` is its test oracle, and so is
+the previous SQL planner (``tests/services/test_planner.py`` compares them on
+generated states). Holds, in-flight transfer sources and staging jobs' needs are read
+once as sets. Disk pressure then picks among each watermarked location's deletable
+copies with ``policy.select_under_pressure``.
+
+Why not one SQL ``CASE`` over per-blob aggregates joined to the copies (the previous
+planner, issue 17): at a million copies those aggregates cost several scans and joins
+of the copies table; one ordered scan and a pass over plain tuples costs about a third.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import groupby
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, select, union
-from sqlalchemy.orm import aliased
+from sqlalchemy import select
 
 from safekeeper.config import Config
 from safekeeper.db.blobs import find_blob
-from safekeeper.db.evidence import gather
-from safekeeper.db.models import (
-    Blob,
-    Copy,
-    CopyState,
-    Hold,
-    Location,
-    Reference,
-    StagingJob,
-    StagingJobBlob,
-    Task,
-    TaskState,
-    UTCDateTime,
+from safekeeper.db.evidence import (
+    GARBAGE,
+    PRESENT,
+    VERIFIED,
+    YOUNG,
+    PlanFacts,
+    ScanCutoffs,
+    ScannedCopy,
+    gather,
+    last_used_converter,
+    plan_facts,
+    scan_copies,
 )
+from safekeeper.db.models import Location
 from safekeeper.errors import NotFound
 from safekeeper.policy import (
     Candidate,
@@ -66,7 +75,7 @@ def policy_from_config(config: Config) -> Policy:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedDeletion:
     copy_id: int
     blob: str
@@ -105,197 +114,184 @@ class Plan:
         return [d for plan in ordered for d in plan.deletions]
 
 
-Join = tuple[Any, ColumnElement[bool]]
+@dataclass(frozen=True)
+class _Place:
+    """What the rules need to know about a location, by its id."""
+
+    #: Its name if its copies are being planned, else None (its copies are only evidence).
+    planned: str | None
+    archive: bool = False
+    processing: bool = False
+    #: The ids of its ``delete_after_copies_at`` locations; None: the archive floor rules.
+    targets: frozenset[int] | None = None
 
 
-def _verdict(
-    config: Config, ids: dict[str, int], now: datetime
-) -> tuple[ColumnElement[str], list[Join]]:
-    """The policy as a SQL expression over ``copies`` (joined to blobs and locations):
-    ``allow:<rule>`` or ``keep:<rule>``, and the LEFT JOINs it needs.
+#: A deletable copy before pressure: copy id, sha256, blob id, size, rule, last used.
+_Deletable = tuple[int, str, int, int, str, Any]
 
-    Per-blob facts (holds, verified archive copies, present copies…) are aggregated
-    once per statement in subqueries joined by blob id, not looked up per copy, so
-    the database can hash-join them at millions of copies.
-    """
+
+def _cutoffs(
+    config: Config, ids: dict[str, int], now: datetime, names: Sequence[str]
+) -> ScanCutoffs:
+    """The policy's times as the scan compares them."""
     policy = config.policy
-    other = aliased(Copy)
-    joins: list[Join] = []
-
-    def join(subquery: Any, on: ColumnElement[bool]) -> None:
-        joins.append((subquery, on))
-
-    held = union(
-        select(Hold.blob_id.label("blob_id")).where(
-            Hold.released_at.is_(None), Hold.blob_id.is_not(None)
-        ),
-        select(Reference.blob_id.label("blob_id"))
-        .join(Hold, Hold.namespace_id == Reference.namespace_id)
-        .where(Hold.released_at.is_(None)),
-    ).subquery("held")
-    join(held, held.c.blob_id == Copy.blob_id)
-    sources = (
-        select(Task.source_copy_id.label("copy_id"))
-        .where(Task.kind == "transfer", Task.state.in_([TaskState.QUEUED, TaskState.RUNNING]))
-        .distinct()
-        .subquery("transfer_sources")
+    return ScanCutoffs(
+        verified_since=None if policy.verify_max_age is None else now - policy.verify_max_age,
+        created_after={
+            ids[name]: now - loc.retention
+            for name, loc in config.locations.items()
+            if loc.retention is not None and name in ids
+        },
+        unreferenced_before=now - policy.grace_period,
+        last_used_at=[
+            ids[n] for n in names if n in ids and config.locations[n].high_watermark is not None
+        ],
     )
-    join(sources, sources.c.copy_id == Copy.id)
-    needs = (
-        select(StagingJobBlob.blob_id, StagingJob.location_id)
-        .join(StagingJob, StagingJob.id == StagingJobBlob.job_id)
-        .where(StagingJob.ended_at.is_(None))
-        .distinct()
-        .subquery("job_needs")
-    )
-    join(needs, and_(needs.c.blob_id == Copy.blob_id, needs.c.location_id == Copy.location_id))
 
-    verified = [other.state == CopyState.PRESENT, other.verified_at.is_not(None)]
-    if policy.verify_max_age is not None:
-        verified.append(other.verified_at >= now - policy.verify_max_age)
 
-    def count_at(name: str, location_ids: list[int], distinct: bool) -> ColumnElement[int]:
-        counted = func.count(func.distinct(other.location_id)) if distinct else func.count()
-        subquery = (
-            select(other.blob_id, counted.label("n"))
-            .where(other.location_id.in_(location_ids), *verified)
-            .group_by(other.blob_id)
-            .subquery(name)
+def _judge(
+    rows: Iterable[ScannedCopy],
+    places: dict[int, _Place],
+    facts: PlanFacts,
+    min_archive_copies: int,
+    kept: dict[tuple[str, str], list[int]],
+    used: dict[str, int],
+    deletable: dict[str, list[_Deletable]],
+) -> None:
+    """The rules of ``policy.decide`` (planning mode) over each blob's copies.
+
+    Fills ``kept`` ((location, rule) → [copies, bytes]), ``used`` (bytes of present
+    and deleting copies per planned location) and ``deletable`` (per location).
+    """
+    unknown = _Place(None)
+    held, sources, needs = facts.held, facts.transfer_sources, facts.job_needs
+    for blob_id, group in groupby(rows, key=itemgetter(0)):
+        copies = list(group)
+        present = [c for c in copies if c[3] & PRESENT]
+        is_held = blob_id in held
+        archived: int | None = None
+        verified_places: set[int] | None = None
+        for _, copy_id, location_id, flags, size, sha256, last_used in copies:
+            place = places.get(location_id, unknown)
+            name = place.planned
+            if name is None:
+                continue
+            used[name] += size
+            if not flags & PRESENT:
+                continue
+            if is_held:
+                rule = Rule.HOLD
+            elif copy_id in sources or (place.processing and (blob_id, location_id) in needs):
+                rule = Rule.IN_USE
+            elif flags & YOUNG:
+                rule = Rule.RETENTION
+            elif flags & GARBAGE:
+                deletable[name].append((copy_id, sha256, blob_id, size, Rule.GARBAGE, last_used))
+                continue
+            elif place.archive:
+                rule = Rule.ARCHIVE
+            else:
+                if place.targets is not None:
+                    if verified_places is None:
+                        verified_places = {c[2] for c in present if c[3] & VERIFIED}
+                    enough = place.targets <= verified_places
+                else:
+                    if archived is None:
+                        archived = sum(
+                            1
+                            for c in present
+                            if c[3] & VERIFIED and places.get(c[2], unknown).archive
+                        )
+                    enough = archived >= min_archive_copies
+                if not enough:
+                    rule = Rule.ARCHIVED_ELSEWHERE
+                elif len(present) < 2:  # the copy itself is one of them
+                    rule = Rule.LAST_COPY
+                else:
+                    deletable[name].append(
+                        (copy_id, sha256, blob_id, size, Rule.ARCHIVED_ELSEWHERE, last_used)
+                    )
+                    continue
+            counter = kept[(name, rule)]
+            counter[0] += 1
+            counter[1] += size
+
+
+def _places(config: Config, ids: dict[str, int], names: Sequence[str]) -> dict[int, _Place]:
+    places: dict[int, _Place] = {}
+    for name, loc in config.locations.items():
+        if name not in ids:
+            continue
+        targets = (
+            frozenset(ids[t] for t in loc.delete_after_copies_at if t in ids)
+            if loc.delete_after_copies_at
+            else None
         )
-        join(subquery, subquery.c.blob_id == Copy.blob_id)
-        return func.coalesce(subquery.c.n, 0)
-
-    archive_ids = [ids[n] for n, loc in config.locations.items() if loc.kind == "archive"]
-    verified_archives = count_at("verified_archives", archive_ids, distinct=False)
-    enough_elsewhere: list[tuple[ColumnElement[bool], ColumnElement[bool]]] = []
-    for number, (name, loc) in enumerate(config.locations.items()):
-        if loc.delete_after_copies_at:
-            targets = [ids[t] for t in loc.delete_after_copies_at]
-            at_targets = count_at(f"verified_at_{number}", targets, distinct=True)
-            enough_elsewhere.append((Copy.location_id == ids[name], at_targets == len(targets)))
-    enough = (
-        case(*enough_elsewhere, else_=verified_archives >= policy.min_archive_copies)
-        if enough_elsewhere
-        else verified_archives >= policy.min_archive_copies
-    )
-    present = (
-        select(other.blob_id, func.count().label("n"))
-        .where(other.state == CopyState.PRESENT)
-        .group_by(other.blob_id)
-        .subquery("present_copies")
-    )
-    join(present, present.c.blob_id == Copy.blob_id)
-    # Typed literals: an untyped datetime would bypass UTCDateTime and compare as text.
-    retention_cutoffs = [
-        (Copy.location_id == ids[name], literal(now - loc.retention, UTCDateTime()))
-        for name, loc in config.locations.items()
-        if loc.retention is not None
-    ]
-    young = (
-        Copy.created_at > case(*retention_cutoffs, else_=None)
-        if retention_cutoffs
-        else literal(False)
-    )
-    garbage = and_(
-        Blob.unreferenced_since.is_not(None),
-        Blob.unreferenced_since <= now - policy.grace_period,
-    )
-    verdict = case(
-        (held.c.blob_id.is_not(None), literal("keep:" + Rule.HOLD)),
-        (sources.c.copy_id.is_not(None), literal("keep:" + Rule.IN_USE)),
-        (
-            and_(Location.kind == "processing", needs.c.blob_id.is_not(None)),
-            literal("keep:" + Rule.IN_USE),
-        ),
-        (young, literal("keep:" + Rule.RETENTION)),
-        (garbage, literal("allow:" + Rule.GARBAGE)),
-        (Location.kind == "archive", literal("keep:" + Rule.ARCHIVE)),
-        (~enough, literal("keep:" + Rule.ARCHIVED_ELSEWHERE)),
-        # the copy itself is present, so another present copy means a count of 2+
-        (func.coalesce(present.c.n, 0) < 2, literal("keep:" + Rule.LAST_COPY)),
-        else_=literal("allow:" + Rule.ARCHIVED_ELSEWHERE),
-    )
-    return verdict, joins
+        if targets is not None and len(targets) < len(loc.delete_after_copies_at):
+            targets = frozenset([-1])  # a target without a row can never hold a copy
+        places[ids[name]] = _Place(
+            name if name in names else None,
+            archive=loc.kind == "archive",
+            processing=loc.kind == "processing",
+            targets=targets,
+        )
+    return places
 
 
 def make_plan(archive: Archive, location: str | None = None) -> Plan:
     config = archive.config
     now = archive.clock()
+    # A cache holds extracted packages, never copies: it has nothing to plan.
+    names = (
+        [location]
+        if location is not None
+        else [n for n, loc in config.locations.items() if loc.kind != "cache"]
+    )
+    for name in names:
+        if name not in config.locations:
+            raise NotFound(f"no location named {name!r}")
+    kept: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    used: dict[str, int] = defaultdict(int)
+    deletable: dict[str, list[_Deletable]] = defaultdict(list)
     with archive.db.read() as session:
         ids = dict(session.execute(select(Location.name, Location.id)).all())
-        # A cache holds extracted packages, never copies: it has nothing to plan.
-        names = (
-            [location]
-            if location is not None
-            else [n for n, loc in config.locations.items() if loc.kind != "cache"]
-        )
-        for name in names:
-            if name not in config.locations:
-                raise NotFound(f"no location named {name!r}")
-        verdict_expression, joins = _verdict(config, ids, now)
-        verdict = verdict_expression.label("verdict")
-        scope: list[Any] = [
-            Copy.state == CopyState.PRESENT,
-            Copy.location_id.in_([ids[n] for n in names]),
-        ]
-        base = (
-            select()
-            .select_from(Copy)
-            .join(Blob, Copy.blob_id == Blob.id)
-            .join(Location, Copy.location_id == Location.id)
-        )
-        for subquery, onclause in joins:
-            base = base.outerjoin(subquery, onclause)
-        deletable = session.execute(
-            base.add_columns(
-                Copy.id,
-                Blob.sha256,
-                Blob.id,
-                Location.name,
-                Blob.size,
-                func.coalesce(Copy.last_access, Copy.created_at),
-                verdict,
-            )
-            .where(*scope, verdict.like("allow:%"))
-            .order_by(Location.name, Copy.id)
-        ).all()
-        kept = session.execute(
-            base.add_columns(Location.name, verdict, func.count(), func.sum(Blob.size))
-            .where(*scope, verdict.like("keep:%"))
-            .group_by(Location.name, verdict)
-        ).all()
-        used = dict(
-            session.execute(
-                select(Location.name, func.sum(Blob.size))
-                .join(Copy, Copy.location_id == Location.id)
-                .join(Blob, Copy.blob_id == Blob.id)
-                .where(Copy.state.in_([CopyState.PRESENT, CopyState.DELETING]))
-                .group_by(Location.name)
-            ).all()
-        )
+        places = _places(config, ids, names)
+        facts = plan_facts(session)
+        rows = scan_copies(session, _cutoffs(config, ids, now, names))
+        _judge(rows, places, facts, config.policy.min_archive_copies, kept, used, deletable)
+        to_datetime = last_used_converter(session)
     plans = {
-        name: LocationPlan(name, config.locations[name].kind, used_bytes=int(used.get(name) or 0))
+        name: LocationPlan(name, config.locations[name].kind, used_bytes=used.get(name, 0))
         for name in names
     }
-    for name, rule, count, size in kept:
-        plans[name].kept[rule.removeprefix("keep:")] = [int(count), int(size or 0)]
-    candidates: dict[str, list[tuple[PlannedDeletion, datetime]]] = defaultdict(list)
-    for copy_id, sha256, blob_id, name, size, last_used, rule in deletable:
-        rule = rule.removeprefix("allow:")
-        reason = (
-            f"unreferenced for {format_duration(config.policy.grace_period)} or more"
-            if rule == Rule.GARBAGE
-            else "enough verified copies elsewhere"
-        )
-        deletion = PlannedDeletion(copy_id, sha256, blob_id, name, int(size), rule, reason)
-        candidates[name].append((deletion, last_used))
+    for (name, rule), (count, size) in sorted(kept.items()):
+        plans[name].kept[str(rule)] = [count, size]
+    garbage_reason = f"unreferenced for {format_duration(config.policy.grace_period)} or more"
+    elsewhere_reason = "enough verified copies elsewhere"
     for name, plan in plans.items():
-        _apply_pressure(config, plan, candidates.get(name, []))
+        found = deletable.get(name, [])
+        found.sort()  # by copy id
+        candidates = [
+            (
+                PlannedDeletion(
+                    copy_id,
+                    sha256,
+                    blob_id,
+                    name,
+                    size,
+                    str(rule),
+                    garbage_reason if rule == Rule.GARBAGE else elsewhere_reason,
+                ),
+                to_datetime(last_used),
+            )
+            for copy_id, sha256, blob_id, size, rule, last_used in found
+        ]
+        _apply_pressure(config, plan, candidates)
     return Plan(now, [plans[n] for n in sorted(plans)])
 
 
 def _apply_pressure(
-    config: Config, plan: LocationPlan, candidates: list[tuple[PlannedDeletion, datetime]]
+    config: Config, plan: LocationPlan, candidates: list[tuple[PlannedDeletion, datetime | None]]
 ) -> None:
     """Garbage always goes; other deletable copies go only under disk pressure."""
     settings = config.locations[plan.location]
@@ -309,7 +305,11 @@ def _apply_pressure(
     others = {d.copy_id: d for d, _ in candidates if d.rule != Rule.GARBAGE}
     used_after_garbage = plan.used_bytes - sum(d.size for d in garbage)
     chosen = select_under_pressure(
-        [Candidate(d.copy_id, d.size, last) for d, last in candidates if d.copy_id in others],
+        [
+            Candidate(d.copy_id, d.size, _when(last))
+            for d, last in candidates
+            if d.copy_id in others
+        ],
         used_after_garbage,
         high,
         low,
@@ -319,6 +319,12 @@ def _apply_pressure(
     skipped = [d for i, d in others.items() if i not in chosen_ids]
     if skipped:
         plan.kept[Rule.DISK_PRESSURE] = [len(skipped), sum(d.size for d in skipped)]
+
+
+def _when(last_used: datetime | None) -> datetime:
+    if last_used is None:  # the scan reads it at every watermarked location
+        raise RuntimeError("a copy at a watermarked location was scanned without its last use")
+    return last_used
 
 
 @dataclass(frozen=True)

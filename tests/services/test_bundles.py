@@ -24,6 +24,7 @@ from safekeeper.services.bundles import export_namespace, import_bundle
 from safekeeper.services.holds import add_hold
 from safekeeper.services.inventory import list_refs
 from safekeeper.services.packages import put_package
+from safekeeper.stores.base import CHUNK_SIZE
 from safekeeper.stores.marker import MARKER_NAME
 from tests.conftest import FakeClock
 from tests.packages.zips import INDEX_HTML, build_html_package, build_scorm12, build_zip
@@ -356,6 +357,22 @@ def test_export_refuses_unknown_namespace_and_leaves_no_partial_bundle(
     path = next(archive.config.data_dir.joinpath("inbox").rglob(key))
     path.chmod(0o644)
     path.write_bytes(b"doomed bytez")  # same size, other bytes: a corrupt copy
+    with pytest.raises(Conflict, match=outcome.sha256):
+        export_namespace(archive, "ns", tmp_path / "x.tar")
+    assert list(tmp_path.glob("x.tar*")) == []
+
+
+def test_export_checks_every_chunk_of_a_big_blob(archive: Archive, tmp_path: Path) -> None:
+    """Hashing overlaps the writes chunk by chunk: a damaged byte deep inside a copy
+    of several chunks still stops the export, and no bundle is left."""
+    data = bytes(range(256)) * (3 * CHUNK_SIZE // 256 + 7)
+    outcome = archive.put_bytes(data, ref="ns:big")
+    key = archive.key_for("inbox", outcome.sha256, 1)
+    path = next(archive.config.data_dir.joinpath("inbox").rglob(key))
+    path.chmod(0o644)
+    damaged = bytearray(data)
+    damaged[2 * CHUNK_SIZE + 5] ^= 1
+    path.write_bytes(bytes(damaged))
     with pytest.raises(Conflict, match=outcome.sha256):
         export_namespace(archive, "ns", tmp_path / "x.tar")
     assert list(tmp_path.glob("x.tar*")) == []
