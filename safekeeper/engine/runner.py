@@ -100,10 +100,15 @@ class _Heartbeat:
                 self._tasks.pop(task_id).stop.set()
 
     def _check_progress(self) -> None:
+        # A task that has not started waits for a thread, or for the tasks before it
+        # in its batch (one Celery message runs its batch in order): it is silent only
+        # as long as the whole batch is, so it is given up only if every thread ahead
+        # of it is stuck (else a long batch would fail its last tasks for waiting).
+        batch_idle = min(p.idle_seconds() for p in self.progress.values())
         for task_id, progress in self.progress.items():
             if task_id not in self._tasks:
                 continue  # told to stop: its claim is gone
-            idle = progress.idle_seconds()
+            idle = progress.idle_seconds() if progress.started else batch_idle
             if task_id in self.stalled or progress.finished or idle < self._stall_after:
                 continue
             task = self._tasks[task_id]
@@ -221,6 +226,17 @@ def run_batch(
     """Claim the claimable ones of ``task_ids`` in one statement, run their handlers
     (on ``pool`` if given), make the stores durable once, and record every outcome in
     one transaction. Returns the new state of each task claimed."""
+    return list(run_claimed(archive, task_ids, worker, pool).values())
+
+
+def run_claimed(
+    archive: Archive,
+    task_ids: Sequence[int],
+    worker: str,
+    pool: ThreadPoolExecutor | None = None,
+) -> dict[int, TaskState | None]:
+    """``run_batch``, by task id: the new state of each task claimed (None: its claim
+    was lost before its outcome could be recorded)."""
     with archive.db.write() as session:
         tasks = [
             TaskInfo.of(row)
@@ -229,7 +245,7 @@ def run_batch(
             )
         ]
     if not tasks:
-        return []
+        return {}
 
     with _Heartbeat(archive, tasks, worker) as watch:
         tasks = _prepare(archive, tasks)
@@ -237,6 +253,12 @@ def run_batch(
         def execute(task: TaskInfo) -> _Outcome:
             progress = watch.progress[task.id]
             token = watchdog.running(progress)
+            try:
+                progress.start()
+            except watchdog.TaskStalled:  # given up while it waited: not run at all
+                watchdog.finished(token)
+                progress.finished = True
+                return _Outcome(task, None)
             try:
                 with archive.deferred_durability():
                     return _execute(archive, task)
@@ -251,7 +273,7 @@ def run_batch(
     recorded = [outcome for outcome in outcomes if outcome.task.id not in watch.stalled]
     ids = [outcome.task.id for outcome in recorded]
     states = dict(zip(ids, _record_all(archive, worker, recorded), strict=True))
-    return [watch.stalled[t.id] if t.id in watch.stalled else states[t.id] for t in tasks]
+    return {t.id: watch.stalled[t.id] if t.id in watch.stalled else states[t.id] for t in tasks}
 
 
 def _record_all(archive: Archive, worker: str, outcomes: list[_Outcome]) -> list[TaskState | None]:
