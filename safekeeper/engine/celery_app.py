@@ -286,17 +286,22 @@ def send_batches(archive: Archive, items: Iterable[tuple[int, str]]) -> None:
     per-task costs (a message, a claim, a commit, a sync) are paid per batch. Each
     site's tasks are spread over at least ``tasks.threads`` messages (while there are
     that many), so one worker's threads all have work. Raises like ``send_tasks``."""
+    sent = batches(items, archive.config.tasks.threads)
+    _send(archive, [(ids if len(ids) > 1 else ids[0], site) for ids, site in sent])
+
+
+def batches(items: Iterable[tuple[int, str]], threads: int) -> list[tuple[list[int], str]]:
+    """The ``(task ids, site)`` messages for ``send_batches``: per site, in order, at
+    most ``MESSAGE_BATCH`` ids each, in at least ``threads`` messages while a site has
+    that many tasks."""
     by_site: dict[str, list[int]] = {}
     for task_id, site in items:
         by_site.setdefault(site, []).append(task_id)
-    if not by_site:
-        return
-    threads = archive.config.tasks.threads
-    batches: list[tuple[list[int], str]] = []
+    messages: list[tuple[list[int], str]] = []
     for site, ids in by_site.items():
         size = max(1, min(MESSAGE_BATCH, -(-len(ids) // threads)))
-        batches += [(ids[start : start + size], site) for start in range(0, len(ids), size)]
-    _send(archive, [(ids if len(ids) > 1 else ids[0], site) for ids, site in batches])
+        messages += [(ids[start : start + size], site) for start in range(0, len(ids), size)]
+    return messages
 
 
 class _Consumer(Consumer):  # type: ignore[misc]
