@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
     from safekeeper.db.models import Task
+    from safekeeper.db.tasks import Claimed
 
 Completion = Callable[[Session, datetime], None]
 
@@ -48,7 +49,7 @@ class TaskInfo:
     stop: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     @classmethod
-    def of(cls, row: Task) -> TaskInfo:
+    def of(cls, row: Task | Claimed) -> TaskInfo:
         return cls(
             row.id,
             row.kind,
