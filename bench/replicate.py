@@ -1,6 +1,6 @@
 """Replication benchmark: ``safekeeper replicate --wait`` against rclone and git-annex.
 
-    python bench/replicate.py                      # everything, full sizes (~30 minutes)
+    python bench/replicate.py                      # everything, full sizes (~40 minutes)
     python bench/replicate.py --quick              # small sizes, one repeat (smoke test)
     python bench/replicate.py --only big-fs,big-s3 --repeats 5 --json-out bench/out/rep.json
 
@@ -28,6 +28,21 @@ Benchmarks (every command is the real CLI in a subprocess, Python startup includ
     The distributed mode against the embedded one on the same data (1,000 x 4 KiB and
     4 x 200 MiB; quick 50 and 1 x 8 MiB), file -> S3 and S3 -> S3, through PostgreSQL,
     Redis and one ``safekeeper worker`` per site: see bench/distributed.py.
+``many-fs``
+    ``--many-count`` files of ``--file-size`` bytes (issue 17): timed ``safekeeper
+    replicate --wait`` (embedded executor) after an untimed ``safekeeper put DIR``,
+    against timed ``rclone copy --checksum SRC DST`` of the same files into a fresh
+    directory. Ratio = rclone time / safekeeper time; target >= 0.5. rclone does not
+    fsync; safekeeper syncs the target filesystem once per batch of transfers before
+    recording them. An informational row adds ``&& sync DST`` to rclone.
+``many-s3``
+    The same into SeaweedFS (``s3://bucket/prefix``, a fresh prefix per run on both
+    sides; safekeeper's put is repeated per run, untimed). Target >= 0.5.
+``growth``
+    ``safekeeper replicate --wait`` of ``--growth-counts`` files (default 1000, 10000,
+    100000), one run each: time per file at each count (less the fixed cost: the same
+    command run again with nothing to do), and the largest count's over the
+    smallest's. Target <= 1.25 (flat).
 
 Before each timed run, outside the timing: sources are in the page cache, destinations
 are fresh, dirty pages are written back (``sync``). Baseline and safekeeper runs are
@@ -86,9 +101,13 @@ from common import (
     write_safekeeper_config,
 )
 
-BENCHMARKS = ("big-fs", "big-s3", "many", "dist")
+BENCHMARKS = ("big-fs", "big-s3", "many", "many-fs", "many-s3", "growth", "dist")
 BIG_TARGET = 0.8
 MANY_TARGET = 20.0
+#: Small files, safekeeper's speed over rclone's (issue 17).
+MANY_RCLONE_TARGET = 0.5
+#: Time per file at the largest growth count over the smallest's.
+GROWTH_TARGET = 1.25
 BUCKET = "skbench"
 S3_ACCESS_KEY = "safekeeper"
 S3_SECRET_KEY = "sk-bench-secret"
@@ -100,10 +119,11 @@ class Defaults:
     big_size: str
     many_count: int
     repeats: int
+    growth_counts: str
 
 
-FULL = Defaults(big_size="1GiB", many_count=10_000, repeats=3)
-QUICK = Defaults(big_size="16MiB", many_count=100, repeats=1)
+FULL = Defaults(big_size="1GiB", many_count=10_000, repeats=3, growth_counts="1000,10000,100000")
+QUICK = Defaults(big_size="16MiB", many_count=100, repeats=1, growth_counts="50,200")
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,7 @@ class Settings:
     big_size: int
     many_count: int
     file_size: int
+    growth_counts: tuple[int, ...]
     quick: bool = False
 
 
@@ -560,6 +581,210 @@ def bench_many(settings: Settings) -> Result:
     return result, [row]
 
 
+# -- many-fs, many-s3: small files against rclone -----------------------------------------
+
+
+def _many_row(
+    name: str, what: str, count: int, baseline: Samples, ours: Samples, target: float
+) -> tuple[dict[str, Any], Row]:
+    ratio = baseline.median / ours.median
+    result = {
+        "count": count,
+        "baseline": baseline.as_dict(),
+        "safekeeper": ours.as_dict(),
+        "ratio": round(ratio, 3),
+        "safekeeper_ms_per_file": round(ours.median / count * 1000, 3),
+        "baseline_ms_per_file": round(baseline.median / count * 1000, 3),
+        "target": f">= {target}",
+        "passed": ratio >= target,
+    }
+    row = Row(
+        name,
+        what,
+        f"{baseline.median:.2f} ({count / baseline.median:.0f})",
+        f"{ours.median:.2f} ({count / ours.median:.0f})",
+        f"{ratio:.2f}",
+        f">= {target}",
+        verdict(ratio >= target),
+    )
+    return result, row
+
+
+def bench_many_fs(settings: Settings) -> Result:
+    root = settings.work / "many-fs"
+    files = root / "files"
+    count = settings.many_count
+    log(f"many-fs: writing {count} files of {format_bytes(settings.file_size)}")
+    write_random_files(files, count, settings.file_size)
+    sk_ready = new_data_dir(settings, root / "sk-ready", {"store": "file:archive"})
+    log(f"many-fs: safekeeper put of {count} files (untimed setup)")
+    put(settings, sk_ready, files, count)
+    rclone = Samples("rclone copy --checksum SRC DST")
+    rclone_sync = Samples("rclone copy --checksum SRC DST && sync DST (info)")
+    ours = Samples("safekeeper replicate --wait (file: -> file:)")
+    dest = root / "rclone-dst"
+
+    def run_rclone(_i: int) -> float:
+        remove(dest)
+        warm_cache(files)
+        flush_disk()
+        seconds = run_timed(["rclone", "copy", "--checksum", files, dest]).seconds
+        if count_files(dest) != count:
+            raise RuntimeError(f"rclone copied {count_files(dest)} of {count} files")
+        remove(dest)
+        return seconds
+
+    def run_rclone_sync(_i: int) -> float:
+        remove(dest)
+        warm_cache(files)
+        flush_disk()
+        script = 'rclone copy --checksum "$1" "$2" && sync -f "$2"'
+        seconds = run_timed(["sh", "-c", script, "sh", files, dest]).seconds
+        remove(dest)
+        return seconds
+
+    def run_safekeeper(_i: int) -> float:
+        data_dir = clone_data_dir(sk_ready, root / "sk-run", hardlink_stores=("inbox",))
+        warm_cache(data_dir / "inbox")
+        flush_disk()
+        seconds = timed_replicate(settings, data_dir, count)
+        if count_files(data_dir / "archive") != count:
+            raise RuntimeError("replicate did not write every archive object")
+        remove(data_dir)
+        return seconds
+
+    interleave(
+        "many-fs",
+        settings.repeats,
+        {
+            "rclone": (rclone, run_rclone),
+            "safekeeper": (ours, run_safekeeper),
+            "rclone+sync": (rclone_sync, run_rclone_sync),
+        },
+        lambda s: f"{count / s:.0f} files/s",
+    )
+    for path in (files, sk_ready):
+        remove(path)
+    what = f"{count} files of {format_bytes(settings.file_size)}: s (files/s)"
+    result, row = _many_row("many-fs", what, count, rclone, ours, MANY_RCLONE_TARGET)
+    sync_ratio = rclone_sync.median / ours.median
+    result["info_rclone_then_sync"] = {**rclone_sync.as_dict(), "ratio": round(sync_ratio, 3)}
+    info = Row(
+        "many-fs",
+        "info: vs rclone copy --checksum && sync",
+        f"{rclone_sync.median:.2f} ({count / rclone_sync.median:.0f})",
+        row.safekeeper,
+        f"{sync_ratio:.2f}",
+        "(info)",
+    )
+    return result, [row, info]
+
+
+def bench_many_s3(settings: Settings) -> Result:
+    root = settings.work / "many-s3"
+    files = root / "files"
+    count = settings.many_count
+    log(f"many-s3: writing {count} files of {format_bytes(settings.file_size)}")
+    write_random_files(files, count, settings.file_size)
+    rclone = Samples("rclone copy --checksum SRC s3:BUCKET/PREFIX")
+    ours = Samples("safekeeper replicate --wait (file: -> s3:)")
+    with seaweedfs(root / "weed") as s3:
+        log(f"many-s3: SeaweedFS S3 at {s3.url}")
+        env = s3.rclone_env()
+
+        def listed_count(target: str) -> int:
+            out = run(["rclone", "size", "--json", "--exclude", ".*", target], env=env)
+            return int(json.loads(out)["count"])
+
+        def run_rclone(i: int) -> float:
+            target = f"{RCLONE_REMOTE}:{BUCKET}/many-rclone-{i}"
+            warm_cache(files)
+            flush_disk()
+            seconds = run_timed(["rclone", "copy", "--checksum", files, target], env=env).seconds
+            if listed_count(target) != count:
+                raise RuntimeError(f"rclone stored {listed_count(target)} of {count} objects")
+            run(["rclone", "purge", target], env=env)
+            return seconds
+
+        def run_safekeeper(i: int) -> float:
+            location = {
+                "store": f"s3://{BUCKET}/many-sk-{i}",
+                "endpoint": s3.url,
+                "region": "us-east-1",
+                "access_key_id": S3_ACCESS_KEY,
+                "secret_access_key": S3_SECRET_KEY,
+                "allow_http": True,
+            }
+            data_dir = new_data_dir(settings, root / "sk-data", location)
+            put(settings, data_dir, files, count)
+            warm_cache(data_dir / "inbox")
+            flush_disk()
+            seconds = timed_replicate(settings, data_dir, count)
+            target = f"{RCLONE_REMOTE}:{BUCKET}/many-sk-{i}"
+            if listed_count(target) != count:
+                raise RuntimeError(f"safekeeper stored {listed_count(target)} of {count}")
+            run(["rclone", "purge", target], env=env)
+            remove(data_dir)
+            return seconds
+
+        interleave(
+            "many-s3",
+            settings.repeats,
+            {"rclone": (rclone, run_rclone), "safekeeper": (ours, run_safekeeper)},
+            lambda s: f"{count / s:.0f} files/s",
+        )
+    remove(files)
+    what = f"{count} files of {format_bytes(settings.file_size)} to S3: s (files/s)"
+    result, row = _many_row("many-s3", what, count, rclone, ours, MANY_RCLONE_TARGET)
+    result["server"] = "SeaweedFS (weed server -s3) on loopback, same disk"
+    return result, [row]
+
+
+# -- growth ----------------------------------------------------------------------------
+
+
+def bench_growth(settings: Settings) -> Result:
+    root = settings.work / "growth"
+    per_file: dict[int, float] = {}
+    for count in settings.growth_counts:
+        files = root / f"files-{count}"
+        log(f"growth: writing {count} files of {format_bytes(settings.file_size)}")
+        write_random_files(files, count, settings.file_size)
+        data_dir = new_data_dir(settings, root / "sk-data", {"store": "file:archive"})
+        log(f"growth: safekeeper put of {count} files (untimed setup)")
+        put(settings, data_dir, files, count)
+        remove(files)
+        warm_cache(data_dir / "inbox")
+        flush_disk()
+        seconds = timed_replicate(settings, data_dir, count)
+        # The fixed cost (start-up, a pass finding nothing): the same command again.
+        fixed = run_timed([settings.safekeeper, "--data-dir", data_dir, "replicate", "--wait"])
+        per_file[count] = max(seconds - fixed.seconds, 0.0) / count
+        log(
+            f"growth: {count} files in {seconds:.2f} s, {fixed.seconds:.2f} s of it fixed "
+            f"({per_file[count] * 1000:.3f} ms/file)"
+        )
+        remove(data_dir)
+    smallest, largest = min(per_file), max(per_file)
+    growth = per_file[largest] / per_file[smallest]
+    result = {
+        "ms_per_file": {str(n): round(t * 1000, 3) for n, t in per_file.items()},
+        "growth": round(growth, 3),
+        "target": f"<= {GROWTH_TARGET}",
+        "passed": growth <= GROWTH_TARGET,
+    }
+    row = Row(
+        "growth",
+        f"replicate: ms/file (less fixed cost) at {smallest} vs {largest} files",
+        f"{per_file[smallest] * 1000:.3f}",
+        f"{per_file[largest] * 1000:.3f}",
+        f"{growth:.2f}",
+        f"<= {GROWTH_TARGET}",
+        verdict(growth <= GROWTH_TARGET),
+    )
+    return result, [row]
+
+
 # -- dist ------------------------------------------------------------------------------
 
 
@@ -604,6 +829,9 @@ TOOLS = {
     "big-fs": ("rclone",),
     "big-s3": ("rclone", "weed"),
     "many": ("git-annex",),
+    "many-fs": ("rclone",),
+    "many-s3": ("rclone", "weed"),
+    "growth": (),
     "dist": ("rclone", "weed", "redis-server"),
 }
 
@@ -629,6 +857,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--big-size", help="size of the big file (default 1GiB)")
     parser.add_argument("--many-count", type=int, help="files for 'many' (default 10000)")
     parser.add_argument("--file-size", default="4KiB", help="small file size (default 4KiB)")
+    parser.add_argument(
+        "--growth-counts", help="file counts for 'growth' (default 1000,10000,100000)"
+    )
     add_output_options(parser)
     return parser.parse_args(argv)
 
@@ -662,12 +893,18 @@ def main(argv: list[str] | None = None) -> int:
             many_count=args.many_count or defaults.many_count,
             file_size=parse_size(args.file_size),
             quick=args.quick,
+            growth_counts=tuple(
+                int(n) for n in str(args.growth_counts or defaults.growth_counts).split(",")
+            ),
         )
         machine = machine_info(work)
         runners: dict[str, Callable[[Settings], Result]] = {
             "big-fs": bench_big_fs,
             "big-s3": bench_big_s3,
             "many": bench_many,
+            "many-fs": bench_many_fs,
+            "many-s3": bench_many_s3,
+            "growth": bench_growth,
             "dist": bench_dist,
         }
         try:
@@ -696,6 +933,7 @@ def main(argv: list[str] | None = None) -> int:
                     "big_size": settings.big_size,
                     "many_count": settings.many_count,
                     "file_size": settings.file_size,
+                    "growth_counts": list(settings.growth_counts),
                 },
                 json_out=args.json_out,
                 extra={"tools": tools} if args.json_out else None,

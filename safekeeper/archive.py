@@ -11,6 +11,7 @@ together and hands them to the services, which own the transactions.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -30,6 +31,7 @@ from safekeeper.services import identity, ingest, inventory
 from safekeeper.services.ingest import PutOutcome
 from safekeeper.stores import Store, open_store
 from safekeeper.stores.base import deferred_sync, sync_store
+from safekeeper.stores.filesystem import FileStore
 
 Clock = Callable[[], datetime]
 
@@ -151,10 +153,24 @@ class Archive:
             yield
 
     def sync_stores(self) -> None:
-        """Make everything written to the stores so far durable."""
+        """Make everything written to the stores so far durable. A directory store's
+        sync is ``syncfs`` of its whole filesystem, so stores on one filesystem (an
+        inbox and an archive on the same disk) are synced once."""
         with self._stores_lock:
             stores = list(self._stores.values())
+        synced: set[int] = set()
         for store in stores:
+            if isinstance(store, FileStore):
+                try:
+                    device = os.stat(store.root).st_dev
+                except OSError:
+                    device = None  # its own sync reports the trouble
+                if device in synced:
+                    continue
+                sync_store(store)
+                if device is not None:
+                    synced.add(device)
+                continue
             sync_store(store)
 
     @property

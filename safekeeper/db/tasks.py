@@ -81,13 +81,27 @@ def claim(
     return bool(claim_many(session, [task_id], worker, now, heartbeat_timeout))
 
 
+class Claimed(NamedTuple):
+    """A claimed task row, as the runner needs it (plain columns: no ORM objects to
+    build for every task of a batch)."""
+
+    id: int
+    kind: str
+    site: str
+    copy_id: int
+    source_copy_id: int | None
+    attempts: int
+    max_attempts: int
+    payload: str | None
+
+
 def claim_many(
     session: Session,
     task_ids: Sequence[int],
     worker: str,
     now: datetime,
     heartbeat_timeout: timedelta,
-) -> list[Task]:
+) -> list[Claimed]:
     """Take the tasks that are due, or running with a heartbeat older than the timeout
     (and attempts left); return the rows this worker won.
 
@@ -96,20 +110,19 @@ def claim_many(
     """
     if not task_ids:
         return []
-    return list(
-        session.scalars(
-            update(Task)
-            .where(Task.id.in_(task_ids), _claimable(now, now - heartbeat_timeout))  # type: ignore[arg-type]
-            .values(
-                state=TaskState.RUNNING,
-                claimed_by=worker,
-                heartbeat_at=now,
-                attempts=Task.attempts + 1,
-            )
-            .returning(Task)
-            .execution_options(synchronize_session=False)
+    tasks = cast(Table, Task.__table__)
+    rows = session.execute(
+        update(tasks)
+        .where(tasks.c.id.in_(task_ids), _claimable(now, now - heartbeat_timeout))  # type: ignore[arg-type]
+        .values(
+            state=TaskState.RUNNING,
+            claimed_by=worker,
+            heartbeat_at=now,
+            attempts=tasks.c.attempts + 1,
         )
+        .returning(*(tasks.c[name] for name in Claimed._fields))
     )
+    return [Claimed(*row) for row in rows]
 
 
 def heartbeat(session: Session, task_ids: Sequence[int], worker: str, now: datetime) -> set[int]:
@@ -163,6 +176,26 @@ def finish(
         .values(**values)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def finish_done(session: Session, task_ids: Sequence[int], worker: str, now: datetime) -> set[int]:
+    """``finish`` as done for many tasks in one UPDATE; return the ids whose claim this
+    worker still held (only their outcomes may be recorded)."""
+    if not task_ids:
+        return set()
+    tasks = cast(Table, Task.__table__)
+    return set(
+        session.scalars(
+            update(tasks)
+            .where(
+                tasks.c.id.in_(task_ids),
+                tasks.c.claimed_by == worker,
+                tasks.c.state == TaskState.RUNNING,
+            )
+            .values(state=TaskState.DONE, last_error=None, heartbeat_at=None, finished_at=now)
+            .returning(tasks.c.id)
+        )
+    )
 
 
 def due_task_ids(

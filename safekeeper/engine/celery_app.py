@@ -1,10 +1,12 @@
-"""The Celery executor: one queue per site, messages that only say "look at task N".
+"""The Celery executor: one queue per site, messages that only say "look at tasks N…".
 
 The tasks table stays the queue's truth (``safekeeper.db.tasks``). A message carries
-a task id; the worker that receives it calls ``runner.run_task``, whose conditional
-claim decides whether there is anything to do. So a lost message, a duplicate, or a
-message redelivered after its worker died are all harmless: ``safekeeper worker``
-re-sends the ids of tasks that are due in the database, and only one claim can win.
+a task id, or a list of them (``send_batches``: new work is sent in batches, so a
+worker pays for a claim, a sync and a commit per batch, not per task); the worker that
+receives it calls ``runner.run_claimed``, whose conditional claim decides whether
+there is anything to do. So a lost message, a duplicate, or a message redelivered
+after its worker died are all harmless: ``safekeeper worker`` re-sends the ids of
+tasks that are due in the database (one per message), and only one claim can win.
 
 Settings and why:
 
@@ -51,7 +53,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from safekeeper.db.models import TaskState
 from safekeeper.engine import outage
-from safekeeper.engine.runner import run_task, worker_name
+from safekeeper.engine.runner import run_claimed, worker_name
 from safekeeper.errors import SafekeeperError
 from safekeeper.services.tasks import describe_task
 
@@ -67,6 +69,8 @@ TASK_NAME = "safekeeper.run_task"
 #: stay quiet below WARNING (their failures and errors still show).
 CELERY_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.worker.request")
 QUEUE_PREFIX = "safekeeper.site."
+#: The most task ids one message carries (``send_batches``).
+MESSAGE_BATCH = 256
 #: The longest pause between two attempts to reconnect to the broker.
 RECONNECT_MAX_SECONDS = 2.0
 
@@ -110,8 +114,10 @@ def _queues(sites: Iterable[str]) -> dict[str, dict[str, str]]:
     }
 
 
-def _run(task_id: int) -> str | None:
-    """The Celery task body: claim and run task ``task_id`` with this worker's archive.
+def _run(task_ids: int | list[int]) -> str | None:
+    """The Celery task body: claim and run the tasks of the message with this worker's
+    archive, as one batch (``runner.run_claimed``: one claim, one sync, one commit).
+    A message carries one task id (re-sends) or a list of them (``send_batches``).
 
     While the database is unavailable, wait for it rather than fail: a failed Celery
     task is acknowledged, and its message gone. A worker told to stop while waiting
@@ -120,33 +126,54 @@ def _run(task_id: int) -> str | None:
     archive = _worker_archive
     if archive is None:
         raise RuntimeError("safekeeper.run_task called outside a safekeeper worker")
-    task_id, worker = int(task_id), worker_name()
+    ids = [int(t) for t in task_ids] if isinstance(task_ids, list) else [int(task_ids)]
+    worker, what = worker_name(), _ids_text(ids)
     while True:
         try:
-            state = run_task(archive, task_id, worker)
+            states = run_claimed(archive, ids, worker)
         except DBAPIError as exc:
             if not outage.database_unavailable(exc):
-                log.exception("%s: running it failed", _name(archive, task_id))
+                log.exception("%s: running it failed", _name(archive, ids))
                 raise
-            log.warning("task %s: database unavailable, waiting for it: %s", task_id, exc.orig)
+            log.warning("%s: database unavailable, waiting for it: %s", what, exc.orig)
             if not outage.wait_for_database(archive):
                 raise Reject(f"database unavailable: {exc.orig}", requeue=True) from exc
-            log.info("task %s: the database is back", task_id)
+            log.info("%s: the database is back", what)
             continue
         except Exception:
-            log.exception("%s: running it failed", _name(archive, task_id))
+            log.exception("%s: running it failed", _name(archive, ids))
             raise
-        _log_outcome(archive, task_id, worker, state)
-        return state.value if state is not None else None
+        for task_id in ids:
+            _log_outcome(archive, task_id, worker, states.get(task_id))
+        if len(ids) == 1:
+            state = states.get(ids[0])
+            return state.value if state is not None else None
+        return ", ".join(f"{n} {s}" for s, n in sorted(_tally(states).items()))
 
 
-def _name(archive: Archive, task_id: int) -> str:
-    """The task's description, or just its id when the database cannot say more (the
+def _ids_text(ids: Sequence[int]) -> str:
+    if len(ids) == 1:
+        return f"task {ids[0]}"
+    return f"tasks {ids[0]}..{ids[-1]} ({len(ids)})"
+
+
+def _tally(states: dict[int, TaskState | None]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for state in states.values():
+        name = state.value if state is not None else "skipped"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _name(archive: Archive, task_ids: Sequence[int]) -> str:
+    """The task's description, or just the ids when the database cannot say more (the
     error being reported may well be the database's)."""
+    if len(task_ids) != 1:
+        return _ids_text(task_ids)
     try:
-        return describe_task(archive, task_id)[0]
+        return describe_task(archive, task_ids[0])[0]
     except SQLAlchemyError:
-        return f"task {task_id}"
+        return f"task {task_ids[0]}"
 
 
 def _log_outcome(archive: Archive, task_id: int, worker: str, state: TaskState | None) -> None:
@@ -233,20 +260,48 @@ def send_tasks(archive: Archive, items: Iterable[tuple[int, str]]) -> None:
     Raises BrokerUnavailable when the broker cannot be reached; the task rows exist
     regardless, and a running ``safekeeper worker`` re-sends due tasks.
     """
-    items = list(items)
-    if not items:
+    _send(archive, list(items))
+
+
+def _send(archive: Archive, messages: Sequence[tuple[int | list[int], str]]) -> None:
+    if not messages:
         return
     app = _producer(archive)
     try:
         with app.producer_or_acquire() as producer:
-            for task_id, site in items:
-                app.send_task(TASK_NAME, args=(task_id,), queue=queue_name(site), producer=producer)
+            for ids, site in messages:
+                app.send_task(TASK_NAME, args=(ids,), queue=queue_name(site), producer=producer)
     except OperationalError as exc:
         url = maybe_sanitize_url(archive.config.tasks.broker_url)
+        count = sum(len(ids) if isinstance(ids, list) else 1 for ids, _site in messages)
         raise BrokerUnavailable(
-            f"cannot reach the task broker at {url}: {_one_line(exc)}; the {len(items)} "
+            f"cannot reach the task broker at {url}: {_one_line(exc)}; the {count} "
             "tasks are recorded and a running `safekeeper worker` will pick them up"
         ) from exc
+
+
+def send_batches(archive: Archive, items: Iterable[tuple[int, str]]) -> None:
+    """Send the ``(task id, site)`` pairs to their sites' queues as lists of ids, one
+    message per batch: a worker thread claims, syncs and records a batch at once, so
+    per-task costs (a message, a claim, a commit, a sync) are paid per batch. Each
+    site's tasks are spread over at least ``tasks.threads`` messages (while there are
+    that many), so one worker's threads all have work. Raises like ``send_tasks``."""
+    sent = batches(items, archive.config.tasks.threads)
+    _send(archive, [(ids if len(ids) > 1 else ids[0], site) for ids, site in sent])
+
+
+def batches(items: Iterable[tuple[int, str]], threads: int) -> list[tuple[list[int], str]]:
+    """The ``(task ids, site)`` messages for ``send_batches``: per site, in order, at
+    most ``MESSAGE_BATCH`` ids each, in at least ``threads`` messages while a site has
+    that many tasks."""
+    by_site: dict[str, list[int]] = {}
+    for task_id, site in items:
+        by_site.setdefault(site, []).append(task_id)
+    messages: list[tuple[list[int], str]] = []
+    for site, ids in by_site.items():
+        size = max(1, min(MESSAGE_BATCH, -(-len(ids) // threads)))
+        messages += [(ids[start : start + size], site) for start in range(0, len(ids), size)]
+    return messages
 
 
 class _Consumer(Consumer):  # type: ignore[misc]

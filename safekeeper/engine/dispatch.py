@@ -15,15 +15,15 @@ if TYPE_CHECKING:
 
 def dispatch(archive: Archive, task_ids: Sequence[int]) -> None:
     """Embedded: nothing to do, the in-process runner polls the table. Celery: send
-    each task id to its site's queue."""
+    the task ids to their sites' queues, in batches (``celery_app.send_batches``)."""
     if archive.config.tasks.executor != "celery" or not task_ids:
         return
-    from safekeeper.engine.celery_app import send_tasks
+    from safekeeper.engine.celery_app import send_batches
 
     with archive.db.read() as session:
         rows = session.execute(select(Task.id, Task.site).where(Task.id.in_(task_ids)))
         sites = {task_id: site for task_id, site in rows}
-    send_tasks(archive, [(task_id, sites[task_id]) for task_id in task_ids])
+    send_batches(archive, [(task_id, sites[task_id]) for task_id in task_ids])
 
 
 def check_broker(archive: Archive) -> None:

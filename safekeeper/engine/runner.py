@@ -9,6 +9,7 @@ heartbeat thread is also the watchdog of stuck threads (``engine.watchdog``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -19,10 +20,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from safekeeper.db import tasks as task_rows
@@ -30,7 +31,7 @@ from safekeeper.db.models import Task, TaskState
 from safekeeper.engine import watchdog
 from safekeeper.engine.handlers import HANDLERS
 from safekeeper.engine.outage import database_unavailable, wait_for_database
-from safekeeper.engine.types import Completion, Handler, TaskInfo
+from safekeeper.engine.types import BulkCompletion, Completion, Handler, Preparing, TaskInfo
 from safekeeper.engine.watchdog import STALLED_PREFIX, Progress
 from safekeeper.errors import SafekeeperError, TransientStoreError, first_line
 
@@ -99,10 +100,15 @@ class _Heartbeat:
                 self._tasks.pop(task_id).stop.set()
 
     def _check_progress(self) -> None:
+        # A task that has not started waits for a thread, or for the tasks before it
+        # in its batch (one Celery message runs its batch in order): it is silent only
+        # as long as the whole batch is, so it is given up only if every thread ahead
+        # of it is stuck (else a long batch would fail its last tasks for waiting).
+        batch_idle = min(p.idle_seconds() for p in self.progress.values())
         for task_id, progress in self.progress.items():
             if task_id not in self._tasks:
                 continue  # told to stop: its claim is gone
-            idle = progress.idle_seconds()
+            idle = progress.idle_seconds() if progress.started else batch_idle
             if task_id in self.stalled or progress.finished or idle < self._stall_after:
                 continue
             task = self._tasks[task_id]
@@ -220,6 +226,17 @@ def run_batch(
     """Claim the claimable ones of ``task_ids`` in one statement, run their handlers
     (on ``pool`` if given), make the stores durable once, and record every outcome in
     one transaction. Returns the new state of each task claimed."""
+    return list(run_claimed(archive, task_ids, worker, pool).values())
+
+
+def run_claimed(
+    archive: Archive,
+    task_ids: Sequence[int],
+    worker: str,
+    pool: ThreadPoolExecutor | None = None,
+) -> dict[int, TaskState | None]:
+    """``run_batch``, by task id: the new state of each task claimed (None: its claim
+    was lost before its outcome could be recorded)."""
     with archive.db.write() as session:
         tasks = [
             TaskInfo.of(row)
@@ -228,13 +245,20 @@ def run_batch(
             )
         ]
     if not tasks:
-        return []
+        return {}
 
     with _Heartbeat(archive, tasks, worker) as watch:
+        tasks = _prepare(archive, tasks)
 
         def execute(task: TaskInfo) -> _Outcome:
             progress = watch.progress[task.id]
             token = watchdog.running(progress)
+            try:
+                progress.start()
+            except watchdog.TaskStalled:  # given up while it waited: not run at all
+                watchdog.finished(token)
+                progress.finished = True
+                return _Outcome(task, None)
             try:
                 with archive.deferred_durability():
                     return _execute(archive, task)
@@ -249,7 +273,7 @@ def run_batch(
     recorded = [outcome for outcome in outcomes if outcome.task.id not in watch.stalled]
     ids = [outcome.task.id for outcome in recorded]
     states = dict(zip(ids, _record_all(archive, worker, recorded), strict=True))
-    return [watch.stalled[t.id] if t.id in watch.stalled else states[t.id] for t in tasks]
+    return {t.id: watch.stalled[t.id] if t.id in watch.stalled else states[t.id] for t in tasks}
 
 
 def _record_all(archive: Archive, worker: str, outcomes: list[_Outcome]) -> list[TaskState | None]:
@@ -264,7 +288,13 @@ def _record_all(archive: Archive, worker: str, outcomes: list[_Outcome]) -> list
     while True:
         try:
             with archive.db.write() as session:
-                return [_record(session, archive, worker, outcome) for outcome in outcomes]
+                done = _record_done(session, archive, worker, outcomes)
+                return [
+                    done[outcome.task.id]
+                    if outcome.task.id in done
+                    else _record(session, archive, worker, outcome)
+                    for outcome in outcomes
+                ]
         except DBAPIError as exc:
             if not database_unavailable(exc):
                 raise
@@ -275,6 +305,57 @@ def _record_all(archive: Archive, worker: str, outcomes: list[_Outcome]) -> list
             )
             if not wait_for_database(archive, deadline - time.monotonic()):
                 raise
+
+
+def _record_done(
+    session: Session, archive: Archive, worker: str, outcomes: list[_Outcome]
+) -> dict[int, TaskState | None]:
+    """Record the successes whose completions can be recorded in bulk: one UPDATE ends
+    every claim this worker still holds, then one set-based call per completion type
+    records the results of those (and only those) tasks. Returns the state of each
+    task it took care of; the rest are recorded one by one (``_record``)."""
+    bulk = [
+        outcome
+        for outcome in outcomes
+        if outcome.completion is not None and hasattr(outcome.completion, "record_many")
+    ]
+    if not bulk:
+        return {}
+    now = archive.clock()
+    held = task_rows.finish_done(session, [o.task.id for o in bulk], worker, now)
+    by_type: dict[type, list[BulkCompletion]] = {}
+    for outcome in bulk:
+        if outcome.task.id in held:
+            completion = cast(BulkCompletion, outcome.completion)
+            by_type.setdefault(type(completion), []).append(completion)
+    for kind, completions in by_type.items():
+        cast(type[BulkCompletion], kind).record_many(session, completions, now)
+    return {o.task.id: TaskState.DONE if o.task.id in held else None for o in bulk}
+
+
+def _prepare(archive: Archive, tasks: list[TaskInfo]) -> list[TaskInfo]:
+    """Let each handler that can read what its tasks of this batch need in one go
+    (``Preparing``); a task it says nothing about reads for itself. Reading is only an
+    optimisation: should it fail, every task reads for itself (and fails there, if it
+    must, as an attempt of its own)."""
+    by_kind: dict[str, list[TaskInfo]] = {}
+    for task in tasks:
+        by_kind.setdefault(task.kind, []).append(task)
+    prepared: dict[int, object] = {}
+    for kind, of_kind in by_kind.items():
+        handler = HANDLERS.get(kind)
+        if not isinstance(handler, Preparing):
+            continue
+        try:
+            prepared.update(handler.prepare(archive, of_kind))
+        except (SQLAlchemyError, SafekeeperError) as exc:
+            log.warning("reading ahead for %d %s tasks failed: %s", len(of_kind), kind, exc)
+    if not prepared:
+        return tasks
+    return [
+        dataclasses.replace(task, prepared=prepared[task.id]) if task.id in prepared else task
+        for task in tasks
+    ]
 
 
 def _gather(

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
     from safekeeper.db.models import Task
+    from safekeeper.db.tasks import Claimed
 
 Completion = Callable[[Session, datetime], None]
+
+
+class BulkCompletion(Protocol):
+    """A completion the runner may record together with others of its type, in one
+    set-based statement per batch (``record_many``) instead of one call each."""
+
+    def __call__(self, session: Session, now: datetime, /) -> None: ...
+
+    @classmethod
+    def record_many(cls, session: Session, items: Sequence[Any], now: datetime) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -29,13 +40,16 @@ class TaskInfo:
     attempts: int
     max_attempts: int
     payload: str | None = None
+    #: What the handler's ``prepare`` read for the whole batch about this task (None:
+    #: the handler reads it itself). Saves a database round-trip per task.
+    prepared: object = field(default=None, compare=False, repr=False)
     #: Set by the runner's heartbeat when this worker no longer holds the claim (the
     #: task was cancelled, or taken over): a long handler checks it between chunks and
     #: stops, since nothing it does would be recorded.
     stop: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     @classmethod
-    def of(cls, row: Task) -> TaskInfo:
+    def of(cls, row: Task | Claimed) -> TaskInfo:
         return cls(
             row.id,
             row.kind,
@@ -61,4 +75,13 @@ class Handler(Protocol):
         self, session: Session, task: TaskInfo, error: str, final: bool, now: datetime
     ) -> None:
         """Record a failed attempt on the subject (``final``: no retries left)."""
+        ...
+
+
+@runtime_checkable
+class Preparing(Protocol):
+    """A handler that reads what a whole batch of its tasks needs in one go."""
+
+    def prepare(self, archive: Archive, tasks: Sequence[TaskInfo]) -> dict[int, object]:
+        """Per task id, the ``TaskInfo.prepared`` its ``execute`` will find."""
         ...

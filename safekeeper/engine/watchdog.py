@@ -39,7 +39,9 @@ class Progress:
         self.task_id = task_id
         self.subject = "subject not known yet"
         self.bytes = 0
-        #: Set by the task's thread when its handler returned (or raised).
+        #: Set by the task's thread when its handler starts, and when it returned (or
+        #: raised).
+        self.started = False
         self.finished = False
         self._last = time.monotonic()
         self._stalled: str | None = None
@@ -48,6 +50,12 @@ class Progress:
     def describe(self, subject: str) -> None:
         """Name what the task works on, for the log line should it stall."""
         self.subject = subject
+        self.advance(0)
+
+    def start(self) -> None:
+        """The task's thread starts its handler: the time it waited for a thread (or
+        for the tasks before it in its batch) is not its silence."""
+        self.started = True
         self.advance(0)
 
     def advance(self, size: int) -> None:

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import exists, func, insert, literal, select, text, update
+from sqlalchemy import Table, exists, func, insert, literal, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from safekeeper.db import tasks as task_rows
@@ -182,7 +182,9 @@ def schedule_transfers(archive: Archive, session: Session) -> list[int]:
     ]
     if not rows:
         return []
-    return list(session.scalars(insert(Task).returning(Task.id), rows))
+    # Core, not the ORM's bulk insert: no unit-of-work bookkeeping for thousands of rows.
+    tasks = cast(Table, Task.__table__)
+    return list(session.scalars(insert(tasks).returning(tasks.c.id), rows))
 
 
 def local_source(store_url: str) -> bool:

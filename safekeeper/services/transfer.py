@@ -15,12 +15,12 @@ key this blob never held — which fails the transfer for good (PermanentStoreEr
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import case, select, update
+from sqlalchemy import Table, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from safekeeper.db.copies import transition, was_verified_at
@@ -41,8 +41,43 @@ if TYPE_CHECKING:
     from safekeeper.archive import Archive
 
 
+#: Ids per ``IN (...)`` list: well under every database's bound-parameter limit.
+_IN_CHUNK = 500
+
+
 def _nothing(session: Session, now: datetime) -> None:
     return None
+
+
+@dataclass(frozen=True)
+class CopyPresent:
+    """A transfer's result: its copy, still ``pending``, becomes ``present`` and
+    verified now, with the fingerprint of the object written. The runner records the
+    completions of a batch together (``record_many``: one statement, many rows)."""
+
+    copy_id: int
+    fingerprint: str | None
+
+    def __call__(self, session: Session, now: datetime) -> None:
+        self.record_many(session, [self], now)
+
+    @classmethod
+    def record_many(cls, session: Session, items: Sequence[CopyPresent], now: datetime) -> None:
+        # Conditional on ``pending`` like ``copies.transition``: a copy another process
+        # moved meanwhile (a cancel made it ``failed``) is left as it is.
+        copies = cast(Table, Copy.__table__)
+        session.execute(
+            update(copies)
+            .where(copies.c.id == bindparam("cid"), copies.c.state == CopyState.PENDING)
+            .values(
+                state=CopyState.PRESENT,
+                updated_at=now,
+                verified_at=now,
+                fingerprint=bindparam("fp"),
+                last_error=None,
+            ),
+            [{"cid": item.copy_id, "fp": item.fingerprint} for item in items],
+        )
 
 
 @dataclass(frozen=True)
@@ -88,12 +123,88 @@ class _Blob:
     size: int
 
 
+class _FreshStores:
+    """The target stores of one batch of transfers, their identity checked once per
+    batch (invariant 10: fresh checks are per batch, never per copy). A failed check
+    is not remembered: the next transfer to that location checks again."""
+
+    def __init__(self) -> None:
+        self._checked: set[str] = set()
+        self._lock = threading.Lock()
+
+    def store(self, archive: Archive, location: str) -> Store:
+        with self._lock:
+            checked = location in self._checked
+        store = archive.store(location, fresh=not checked)
+        with self._lock:
+            self._checked.add(location)
+        return store
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What ``Transfer.prepare`` read for one task: its target copy's state, location
+    and blob, the present copies to read from (the task's own source first), and the
+    batch's identity checks."""
+
+    state: str
+    location_id: int
+    location: str
+    blob: _Blob
+    sources: list[tuple[int, str]]
+    stores: _FreshStores
+
+
 class Transfer:
     #: Every chunk read from a source (and hashed at the target) is reported.
     reports_progress = True
 
-    def execute(self, archive: Archive, task: TaskInfo) -> Completion:
-        # Two plain-column queries: this runs once per transfer, thousands of times.
+    def prepare(self, archive: Archive, tasks: Sequence[TaskInfo]) -> dict[int, object]:
+        """Read every task's target and sources in two queries for the whole batch."""
+        by_copy = {task.copy_id: task for task in tasks}
+        with archive.db.read() as session:
+            targets = session.execute(
+                select(
+                    Copy.id,
+                    Copy.state,
+                    Copy.location_id,
+                    Location.name,
+                    Blob.id,
+                    Blob.sha256,
+                    Blob.size,
+                )
+                .join(Location, Copy.location_id == Location.id)
+                .join(Blob, Copy.blob_id == Blob.id)
+                .where(Copy.id.in_(list(by_copy)))
+            ).all()
+            present: dict[int, list[tuple[int, int, str]]] = {}
+            blob_ids = sorted({row[4] for row in targets})
+            for start in range(0, len(blob_ids), _IN_CHUNK):
+                for copy_id, blob_id, location_id, name in session.execute(
+                    select(Copy.id, Copy.blob_id, Copy.location_id, Location.name)
+                    .join(Location, Copy.location_id == Location.id)
+                    .where(
+                        Copy.blob_id.in_(blob_ids[start : start + _IN_CHUNK]),
+                        Copy.state == CopyState.PRESENT,
+                    )
+                    .order_by(Copy.id)
+                ):
+                    present.setdefault(blob_id, []).append((copy_id, location_id, name))
+        stores = _FreshStores()
+        prepared: dict[int, object] = {}
+        for copy_id, state, location_id, name, blob_id, sha256, size in targets:
+            task = by_copy[copy_id]
+            # The same order as one task's own query: its source first, then by id.
+            sources = sorted(
+                ((c, n) for c, loc, n in present.get(blob_id, []) if loc != location_id),
+                key=lambda source: (source[0] != task.source_copy_id, source[0]),
+            )
+            blob = _Blob(blob_id, sha256, size)
+            prepared[task.id] = _Prepared(state, location_id, name, blob, sources, stores)
+        return prepared
+
+    def _read_target(self, archive: Archive, task: TaskInfo) -> _Prepared:
+        """One task's ``_Prepared``, read on its own (a task run outside a batch)."""
         with archive.db.read() as session:
             target = session.execute(
                 select(Copy.state, Copy.location_id, Location.name, Blob.id, Blob.sha256, Blob.size)
@@ -101,21 +212,36 @@ class Transfer:
                 .join(Blob, Copy.blob_id == Blob.id)
                 .where(Copy.id == task.copy_id)
             ).one()
-            if target.state != CopyState.PENDING:
-                return _nothing  # already done by an earlier attempt: idempotent
-            blob = _Blob(target.id, target.sha256, target.size)
-            target_location = target.name
-            watchdog.describe(f"blob {blob.sha256} to location {target_location}")
             sources = session.execute(
                 select(Copy.id, Location.name)
                 .join(Location, Copy.location_id == Location.id)
                 .where(
-                    Copy.blob_id == blob.id,
+                    Copy.blob_id == target.id,
                     Copy.state == CopyState.PRESENT,
                     Copy.location_id != target.location_id,
                 )
                 .order_by(case((Copy.id == task.source_copy_id, 0), else_=1), Copy.id)
             ).all()
+        blob = _Blob(target.id, target.sha256, target.size)
+        return _Prepared(
+            target.state,
+            target.location_id,
+            target.name,
+            blob,
+            [(c, n) for c, n in sources],
+            _FreshStores(),
+        )
+
+    def execute(self, archive: Archive, task: TaskInfo) -> Completion:
+        prepared = task.prepared
+        if not isinstance(prepared, _Prepared):
+            prepared = self._read_target(archive, task)
+        if prepared.state != CopyState.PENDING:
+            return _nothing  # already done by an earlier attempt: idempotent
+        blob = prepared.blob
+        target_location = prepared.location
+        watchdog.describe(f"blob {blob.sha256} to location {target_location}")
+        sources = prepared.sources
         unknown = [
             n
             for n in [target_location, *(n for _, n in sources)]
@@ -131,9 +257,9 @@ class Transfer:
         usable = [name for _, name in sources if name in archive.config.locations]
         if not usable:
             raise PermanentStoreError(f"no present copy of {blob.sha256} to transfer from")
-        target_store = archive.store(target_location, fresh=True)  # invariant 10
+        target_store = prepared.stores.store(archive, target_location)  # invariant 10
         target_key = archive.key_for(target_location, blob.sha256, blob.id)
-        location_id = target.location_id
+        location_id = prepared.location_id
         place = _Place(
             target_store,
             target_key,
@@ -187,19 +313,7 @@ class Transfer:
 
     @staticmethod
     def _completion(copy_id: int, fingerprint: str | None) -> Completion:
-        def complete(session: Session, now: datetime) -> None:
-            transition(
-                session,
-                copy_id,
-                CopyState.PENDING,
-                CopyState.PRESENT,
-                now,
-                verified_at=now,
-                fingerprint=fingerprint,
-                last_error=None,
-            )
-
-        return complete
+        return CopyPresent(copy_id, fingerprint)
 
     def failed(
         self, session: Session, task: TaskInfo, error: str, final: bool, now: datetime

@@ -281,3 +281,40 @@ def test_tasks_that_do_not_report_progress_are_not_watched(
     (task_id,) = replication_pass(stalling).task_ids
     monkeypatch.setitem(HANDLERS, "transfer", SilentFirst(HANDLERS["transfer"]))
     assert run_task(stalling, task_id) == TaskState.DONE
+
+
+def _trickle_from(path: Path, data: bytes) -> threading.Thread:
+    """``path`` becomes a named pipe fed ``data`` slowly (1.5 s in all, never 1 s idle)
+    once its reader opens it."""
+    path.chmod(0o644)
+    path.unlink()
+    os.mkfifo(path)
+
+    def trickle() -> None:
+        with open(path, "wb", buffering=0) as pipe:
+            for start in range(0, len(data), 60_000):
+                pipe.write(data[start : start + 60_000])
+                time.sleep(0.3)
+
+    feeder = threading.Thread(target=trickle, daemon=True)
+    feeder.start()
+    return feeder
+
+
+def test_a_task_waiting_its_turn_in_a_batch_is_not_stalled(stalling: Archive) -> None:
+    """One Celery message runs its batch in order: the last task waits longer than the
+    stall timeout while the ones before it move bytes, and must not be given up."""
+    other = os.urandom(300_000)
+    stalling.put_bytes(other)
+    task_ids = replication_pass(stalling).task_ids
+    assert len(task_ids) == 2
+    feeders = [
+        _trickle_from(_inbox_path(stalling, SHA), DATA),
+        _trickle_from(_inbox_path(stalling, hashlib.sha256(other).hexdigest()), other),
+    ]
+    try:
+        assert run_batch(stalling, task_ids, "w1") == [TaskState.DONE, TaskState.DONE]
+    finally:
+        for feeder in feeders:
+            feeder.join(20)
+    assert [_task(stalling, t).last_error for t in task_ids] == [None, None]

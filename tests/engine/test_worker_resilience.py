@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import obstore
@@ -154,7 +155,9 @@ class _DatabaseGoesAway:
     def execute(self, archive: Archive, task: TaskInfo) -> Completion:
         if not self.restarts:
             self.restarts.append(_restart(self.cluster, 1))
-        completion: Completion = self.real.execute(archive, task)
+        # Without what the batch read ahead, so the handler reads the database itself
+        # (now, while it is down), as a task run outside a batch does.
+        completion: Completion = self.real.execute(archive, replace(task, prepared=None))
         return completion
 
     def __getattr__(self, name: str) -> Any:
