@@ -401,6 +401,15 @@ def deferred_sync(store: Store) -> AbstractContextManager[None]:
     return defer() if defer is not None else contextlib.nullcontext()
 
 
+def prepare_key(store: Store, key: str) -> None:
+    """Let the store get ready for an object at ``key`` ahead of the publish (a
+    filesystem store makes its directories), so threads can do that part in parallel;
+    nothing for stores that need nothing. Creates no object."""
+    prepare = getattr(store, "prepare", None)
+    if prepare is not None:
+        prepare(key)
+
+
 def sync_store(store: Store) -> None:
     sync = getattr(store, "sync", None)
     if sync is not None:

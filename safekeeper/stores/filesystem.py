@@ -305,6 +305,22 @@ class FileStore:
         # The caller removes the temp name (put: finally; Staged: discard).
         self._sync_published(final, created, key)
 
+    def prepare(self, key: str) -> None:
+        """Make the directories an object at ``key`` will sit in, durable as any other
+        write here (at once, or by the deferred ``sync``). An empty directory is
+        harmless: publishing later finds it and creates only the name."""
+        final = self._path(key)
+        try:
+            created = self._make_parents(final.parent)
+        except OSError as exc:
+            raise os_error(exc, f"{self.url}: cannot make the directory for {key!r}") from exc
+        if created and not self._deferred:
+            try:
+                for directory in created:
+                    _fsync_dir(directory.parent)
+            except OSError as exc:
+                raise os_error(exc, f"{self.url}: cannot sync {key!r}") from exc
+
     def _swap(self, tmp: Path, key: str) -> None:
         """Rename the temp file over ``key``: atomic, so a reader sees the old object or
         the new one, never neither (``replace``)."""
