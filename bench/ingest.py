@@ -56,6 +56,7 @@ from common import (
     MB,
     Row,
     Samples,
+    Timed,
     add_output_options,
     alternate,
     annex_version,
@@ -137,6 +138,13 @@ def timed_put(
 ) -> float:
     """Time ``safekeeper --data-dir D put SOURCE [EXTRA...]`` and check it stored every
     file."""
+    return timed_put_cpu(settings, data_dir, source, expected_files, *extra).seconds
+
+
+def timed_put_cpu(
+    settings: Settings, data_dir: Path, source: Path, expected_files: int, *extra: str
+) -> Timed:
+    """``timed_put`` with the command's CPU time as well."""
     result = run_timed([settings.safekeeper, "--data-dir", data_dir, "put", source, *extra])
     stored = sum(1 for line in result.stdout.splitlines() if line.startswith("stored "))
     if stored != expected_files:
@@ -144,7 +152,7 @@ def timed_put(
             f"safekeeper put {source} printed {stored} 'stored' lines, expected "
             f"{expected_files}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
         )
-    return result.seconds
+    return result
 
 
 # -- big ---------------------------------------------------------------------------------
@@ -336,24 +344,24 @@ def bench_refs(settings: Settings) -> tuple[dict[str, Any], list[Row]]:
     write_random_files(source, count, settings.file_size)
     dest = root / "dest"
 
-    def run_tool(script: str) -> float:
+    def run_tool(script: str) -> Timed:
         remove(dest)
         warm_cache(source)
         flush_disk()
-        seconds = run_timed(["sh", "-c", script, "sh", source, dest]).seconds
+        timed = run_timed(["sh", "-c", script, "sh", source, dest])
         copied = sum(1 for _ in dest.iterdir())
         if copied != count:
             raise RuntimeError(f"{script} copied {copied} files, expected {count}")
         remove(dest)
-        return seconds
+        return timed
 
-    def run_put(*extra: str) -> float:
+    def run_put(*extra: str) -> Timed:
         data_dir = fresh_data_dir(settings, root / "sk-data")
         warm_cache(source)
         flush_disk()
-        seconds = timed_put(settings, data_dir, source, count, *extra)
+        timed = timed_put_cpu(settings, data_dir, source, count, *extra)
         remove(data_dir)
-        return seconds
+        return timed
 
     samples = {
         "cp": Samples("cp -r DIR DEST && sync -f DEST"),
@@ -361,7 +369,7 @@ def bench_refs(settings: Settings) -> tuple[dict[str, Any], list[Row]]:
         "no-ref": Samples("safekeeper put DIR --no-ref"),
         "ref": Samples("safekeeper put DIR --ref bench:tree"),
     }
-    actions: dict[str, Callable[[], float]] = {
+    actions: dict[str, Callable[[], Timed]] = {
         "cp": lambda: run_tool('cp -r -- "$1" "$2" && sync -f "$2"'),
         "rclone": lambda: run_tool('rclone copy --checksum "$1" "$2" && sync -f "$2"'),
         "no-ref": lambda: run_put("--no-ref"),
@@ -370,12 +378,17 @@ def bench_refs(settings: Settings) -> tuple[dict[str, Any], list[Row]]:
     if have_tools("rclone"):
         del samples["rclone"], actions["rclone"]
         log("refs: rclone not found on PATH; its row is skipped")
+    cpu = {side: Samples(f"{s.label}: CPU (user + system)") for side, s in samples.items()}
     names = list(actions)
     for i in range(settings.repeats):
         for side in names[i % len(names) :] + names[: i % len(names)]:
-            seconds = actions[side]()
-            samples[side].add(seconds)
-            log(f"refs: round {i + 1} {side}: {seconds:.2f} s ({count / seconds:.0f} files/s)")
+            timed = actions[side]()
+            samples[side].add(timed.seconds)
+            cpu[side].add(timed.cpu_seconds)
+            log(
+                f"refs: round {i + 1} {side}: {timed.seconds:.2f} s "
+                f"({count / timed.seconds:.0f} files/s), CPU {timed.cpu_seconds:.2f} s"
+            )
     remove(source)
 
     ref = samples["ref"].median
@@ -385,6 +398,7 @@ def bench_refs(settings: Settings) -> tuple[dict[str, Any], list[Row]]:
         "count": count,
         "file_size_bytes": settings.file_size,
         **{side: s.as_dict() for side, s in samples.items()},
+        "cpu": {side: s.as_dict() for side, s in cpu.items()},
         "ratio_vs_cp": round(cp_ratio, 3),
         "ref_overhead": round(overhead, 3),
         "targets": {
@@ -439,6 +453,20 @@ def bench_refs(settings: Settings) -> tuple[dict[str, Any], list[Row]]:
             verdict(overhead <= REFS_OVERHEAD_TARGET),
         )
     )
+    # CPU: what each side costs whatever else the machine runs (info).
+    ours_cpu = cpu["ref"].median
+    for side in cpu:
+        if side != "ref":
+            rows.append(
+                Row(
+                    "refs",
+                    f"CPU s (user + system): put --ref vs {side}",
+                    f"{side}: {cpu[side].median:.2f}",
+                    f"{ours_cpu:.2f}",
+                    f"{cpu[side].median / ours_cpu:.2f}",
+                    "(info)",
+                )
+            )
     return result, rows
 
 
