@@ -16,7 +16,10 @@ Writes are atomic, durable and create-only without any lock:
 Many small writes can share their syncs: inside ``deferred_sync()`` steps 1 and 3
 skip their fsyncs, and the writer calls ``sync()`` — one ``syncfs`` of the whole
 filesystem — after staging (before any link) and again after publishing (before it
-records anything). The ingest of a directory does that per batch.
+records anything). The ingest of a directory does that per batch, one sync serving
+both purposes when the next batch was staged before it (``services.ingest``), and
+``prepare`` makes an object's directories ahead of its publish, in the staging
+threads.
 
 A crash can leave files in ``.tmp``; listings never show them and ``clean_temp``
 removes old ones. The identity marker ``.safekeeper-store`` sits in the root; like
