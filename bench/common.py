@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import statistics
@@ -93,6 +94,9 @@ class Timed:
     seconds: float
     stdout: str
     stderr: str
+    #: User + system CPU of the command and the children it waited for: on a shared,
+    #: loaded machine the steadier measure of what the command costs.
+    cpu_seconds: float = 0.0
 
 
 def run_timed(
@@ -106,6 +110,7 @@ def run_timed(
     stdout and stderr go to pipes (not a terminal), the same for every command.
     """
     args = [str(a) for a in argv]
+    cpu_before = _children_cpu()
     start = time.perf_counter()
     proc = subprocess.run(
         args,
@@ -118,9 +123,15 @@ def run_timed(
         check=False,
     )
     seconds = time.perf_counter() - start
+    cpu_seconds = _children_cpu() - cpu_before
     if proc.returncode != 0:
         raise CommandFailed(args, proc.returncode, proc.stdout, proc.stderr)
-    return Timed(seconds, proc.stdout, proc.stderr)
+    return Timed(seconds, proc.stdout, proc.stderr, cpu_seconds)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run(

@@ -9,13 +9,24 @@ Benchmarks (every command is the real CLI in a subprocess, Python startup includ
 ``big``
     One file of ``--big-size`` random bytes. Baseline ``cp FILE DEST && sync DEST``
     (copy plus fsync, the durability safekeeper gives) against
-    ``safekeeper --data-dir D put FILE`` into a fresh, initialised data dir.
-    Ratio = safekeeper MB/s / baseline MB/s; target >= 0.85.
+    ``safekeeper --data-dir D put FILE`` into a fresh, initialised data dir; an info
+    row times ``openssl dgst -sha256 FILE``. Ratio = safekeeper MB/s / baseline MB/s
+    (target >= 0.85), and against the floor max(cp && sync, openssl) (target >= 0.7:
+    copying and hashing overlapped can be no faster than the slower of the two).
 ``many``
     ``--many-count`` files of ``--file-size`` bytes in one directory. Baseline
     ``git annex add DIR`` in a fresh ``git annex init``-ed repository holding a copy of
     the files, against ``safekeeper --data-dir D put DIR``.
     Ratio = annex time / safekeeper time ("x faster"); target >= 20.
+``refs``
+    ``--many-count`` files of ``--file-size`` bytes in one directory, four sides
+    interleaved (order rotated each round): ``cp -r DIR DEST && sync -f DEST``,
+    ``rclone copy --checksum DIR DEST && sync -f DEST`` (rclone itself fsyncs nothing),
+    ``safekeeper put DIR --no-ref`` and ``safekeeper put DIR --ref bench:tree`` (one
+    reference per file). safekeeper makes the same bytes durable with a ``syncfs`` of
+    the store's filesystem per batch of files (``sync -f`` is one ``syncfs``) plus
+    SQLite's commit. Ratios: speed of ``put --ref`` against cp (target >= 0.5) and
+    rclone (target >= 1), and what references cost over ``--no-ref`` (target <= 10 %).
 ``growth``
     ``safekeeper put`` of each of ``--growth-sizes`` small files into a fresh data dir:
     time per file for each size, the per-file ratio largest/smallest (flat = 1; Python
@@ -45,6 +56,7 @@ from common import (
     MB,
     Row,
     Samples,
+    Timed,
     add_output_options,
     alternate,
     annex_version,
@@ -69,9 +81,13 @@ from common import (
     write_random_files,
 )
 
-BENCHMARKS = ("big", "many", "growth")
+BENCHMARKS = ("big", "many", "refs", "growth")
 BIG_TARGET = 0.85
+BIG_FLOOR_TARGET = 0.7
 MANY_TARGET = 20.0
+REFS_CP_TARGET = 0.5
+REFS_RCLONE_TARGET = 1.0
+REFS_OVERHEAD_TARGET = 0.10
 
 
 @dataclass(frozen=True)
@@ -117,16 +133,26 @@ def fresh_data_dir(settings: Settings, path: Path) -> Path:
     return path
 
 
-def timed_put(settings: Settings, data_dir: Path, source: Path, expected_files: int) -> float:
-    """Time ``safekeeper --data-dir D put SOURCE`` and check it stored every file."""
-    result = run_timed([settings.safekeeper, "--data-dir", data_dir, "put", source])
+def timed_put(
+    settings: Settings, data_dir: Path, source: Path, expected_files: int, *extra: str
+) -> float:
+    """Time ``safekeeper --data-dir D put SOURCE [EXTRA...]`` and check it stored every
+    file."""
+    return timed_put_cpu(settings, data_dir, source, expected_files, *extra).seconds
+
+
+def timed_put_cpu(
+    settings: Settings, data_dir: Path, source: Path, expected_files: int, *extra: str
+) -> Timed:
+    """``timed_put`` with the command's CPU time as well."""
+    result = run_timed([settings.safekeeper, "--data-dir", data_dir, "put", source, *extra])
     stored = sum(1 for line in result.stdout.splitlines() if line.startswith("stored "))
     if stored != expected_files:
         raise RuntimeError(
             f"safekeeper put {source} printed {stored} 'stored' lines, expected "
             f"{expected_files}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
         )
-    return result.seconds
+    return result
 
 
 # -- big ---------------------------------------------------------------------------------
@@ -162,12 +188,24 @@ def bench_big(settings: Settings) -> tuple[dict[str, Any], list[Row]]:
         remove(data_dir)
         return seconds
 
+    def run_openssl() -> float:
+        warm_cache(source)
+        flush_disk()
+        digest = run_timed(["openssl", "dgst", "-sha256", source])
+        if "=" not in digest.stdout:
+            raise RuntimeError(f"openssl dgst printed no digest: {digest.stdout!r}")
+        return digest.seconds
+
+    openssl = Samples("openssl dgst -sha256 FILE (info)")
     sides: dict[str, tuple[Samples, Callable[[], float]]] = {
         "baseline": (baseline, run_baseline),
         "safekeeper": (ours, run_safekeeper),
     }
+    if not have_tools("openssl"):
+        sides["openssl"] = (openssl, run_openssl)
+    names = list(sides)
     for i in range(settings.repeats):
-        for side in alternate(i, "baseline", "safekeeper"):
+        for side in names[i % len(names) :] + names[: i % len(names)]:
             samples, action = sides[side]
             seconds = action()
             samples.add(seconds)
@@ -199,6 +237,24 @@ def bench_big(settings: Settings) -> tuple[dict[str, Any], list[Row]]:
             verdict(ratio >= BIG_TARGET),
         )
     ]
+    if openssl.seconds:
+        floor = max(baseline.median, openssl.median)
+        floor_ratio = floor / ours.median
+        result["openssl"] = openssl.as_dict()
+        result["floor_seconds"] = round(floor, 3)
+        result["floor_ratio"] = round(floor_ratio, 3)
+        result["floor_passed"] = floor_ratio >= BIG_FLOOR_TARGET
+        rows.append(
+            Row(
+                "big",
+                "vs floor max(cp && sync, openssl dgst -sha256): s",
+                f"{floor:.2f} (openssl {openssl.median:.2f})",
+                f"{ours.median:.2f}",
+                f"{floor_ratio:.2f}",
+                f">= {BIG_FLOOR_TARGET}",
+                verdict(floor_ratio >= BIG_FLOOR_TARGET),
+            )
+        )
     return result, rows
 
 
@@ -274,6 +330,143 @@ def bench_many(settings: Settings) -> tuple[dict[str, Any], list[Row]]:
             verdict(ratio >= MANY_TARGET),
         )
     ]
+    return result, rows
+
+
+# -- refs --------------------------------------------------------------------------------
+
+
+def bench_refs(settings: Settings) -> tuple[dict[str, Any], list[Row]]:
+    root = settings.work / "refs"
+    source = root / "files"
+    count = settings.many_count
+    log(f"refs: writing {count} files of {format_bytes(settings.file_size)}")
+    write_random_files(source, count, settings.file_size)
+    dest = root / "dest"
+
+    def run_tool(script: str) -> Timed:
+        remove(dest)
+        warm_cache(source)
+        flush_disk()
+        timed = run_timed(["sh", "-c", script, "sh", source, dest])
+        copied = sum(1 for _ in dest.iterdir())
+        if copied != count:
+            raise RuntimeError(f"{script} copied {copied} files, expected {count}")
+        remove(dest)
+        return timed
+
+    def run_put(*extra: str) -> Timed:
+        data_dir = fresh_data_dir(settings, root / "sk-data")
+        warm_cache(source)
+        flush_disk()
+        timed = timed_put_cpu(settings, data_dir, source, count, *extra)
+        remove(data_dir)
+        return timed
+
+    samples = {
+        "cp": Samples("cp -r DIR DEST && sync -f DEST"),
+        "rclone": Samples("rclone copy --checksum DIR DEST && sync -f DEST"),
+        "no-ref": Samples("safekeeper put DIR --no-ref"),
+        "ref": Samples("safekeeper put DIR --ref bench:tree"),
+    }
+    actions: dict[str, Callable[[], Timed]] = {
+        "cp": lambda: run_tool('cp -r -- "$1" "$2" && sync -f "$2"'),
+        "rclone": lambda: run_tool('rclone copy --checksum "$1" "$2" && sync -f "$2"'),
+        "no-ref": lambda: run_put("--no-ref"),
+        "ref": lambda: run_put("--ref", "bench:tree"),
+    }
+    if have_tools("rclone"):
+        del samples["rclone"], actions["rclone"]
+        log("refs: rclone not found on PATH; its row is skipped")
+    cpu = {side: Samples(f"{s.label}: CPU (user + system)") for side, s in samples.items()}
+    names = list(actions)
+    for i in range(settings.repeats):
+        for side in names[i % len(names) :] + names[: i % len(names)]:
+            timed = actions[side]()
+            samples[side].add(timed.seconds)
+            cpu[side].add(timed.cpu_seconds)
+            log(
+                f"refs: round {i + 1} {side}: {timed.seconds:.2f} s "
+                f"({count / timed.seconds:.0f} files/s), CPU {timed.cpu_seconds:.2f} s"
+            )
+    remove(source)
+
+    ref = samples["ref"].median
+    cp_ratio = samples["cp"].median / ref
+    overhead = ref / samples["no-ref"].median - 1
+    result: dict[str, Any] = {
+        "count": count,
+        "file_size_bytes": settings.file_size,
+        **{side: s.as_dict() for side, s in samples.items()},
+        "cpu": {side: s.as_dict() for side, s in cpu.items()},
+        "ratio_vs_cp": round(cp_ratio, 3),
+        "ref_overhead": round(overhead, 3),
+        "targets": {
+            "vs_cp": f">= {REFS_CP_TARGET}",
+            "vs_rclone": f">= {REFS_RCLONE_TARGET}",
+            "ref_overhead": f"<= {REFS_OVERHEAD_TARGET}",
+        },
+        "passed": cp_ratio >= REFS_CP_TARGET and overhead <= REFS_OVERHEAD_TARGET,
+    }
+    measure = f"{count} files of {format_bytes(settings.file_size)}: s (files/s)"
+    ours = f"{ref:.2f} ({count / ref:.0f})"
+
+    def tool(side: str) -> str:
+        median = samples[side].median
+        return f"{side}: {median:.2f} ({count / median:.0f})"
+
+    rows = [
+        Row(
+            "refs",
+            f"put --ref vs cp -r && sync, {measure}",
+            tool("cp"),
+            ours,
+            f"{cp_ratio:.2f}",
+            f">= {REFS_CP_TARGET}",
+            verdict(cp_ratio >= REFS_CP_TARGET),
+        )
+    ]
+    if "rclone" in samples:
+        rclone_ratio = samples["rclone"].median / ref
+        result["ratio_vs_rclone"] = round(rclone_ratio, 3)
+        result["passed"] = result["passed"] and rclone_ratio >= REFS_RCLONE_TARGET
+        rows.append(
+            Row(
+                "refs",
+                f"put --ref vs rclone copy --checksum && sync, {measure}",
+                tool("rclone"),
+                ours,
+                f"{rclone_ratio:.2f}",
+                f">= {REFS_RCLONE_TARGET:g}",
+                verdict(rclone_ratio >= REFS_RCLONE_TARGET),
+            )
+        )
+    no_ref = samples["no-ref"].median
+    rows.append(
+        Row(
+            "refs",
+            f"put --ref vs put --no-ref, {measure}",
+            f"--no-ref: {no_ref:.2f} ({count / no_ref:.0f})",
+            ours,
+            f"{overhead:+.0%}",
+            f"<= +{REFS_OVERHEAD_TARGET:.0%}",
+            verdict(overhead <= REFS_OVERHEAD_TARGET),
+        )
+    )
+    # CPU: what each side costs whatever else the machine runs (info).
+    ours_cpu = cpu["ref"].median
+    for side in cpu:
+        if side != "ref":
+            rows.append(
+                Row(
+                    "refs",
+                    f"CPU s (user + system): put --ref vs {side}",
+                    f"{side}: {cpu[side].median:.2f}",
+                    f"{ours_cpu:.2f}",
+                    f"{cpu[side].median / ours_cpu:.2f}",
+                    "(info)",
+                )
+            )
     return result, rows
 
 
@@ -381,14 +574,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small sizes and one repeat (big 16MiB, many 100, growth 100,200,400)",
+        help="small sizes and one repeat (big 16MiB, many/refs 100, growth 100,200,400)",
     )
     parser.add_argument("--repeats", type=int, help="repeats per measurement (default 3; quick 1)")
     parser.add_argument(
         "--annex-repeats", type=int, help="repeats of the git-annex baseline (default: --repeats)"
     )
     parser.add_argument("--big-size", help="size of the big file (default 1GiB; quick 16MiB)")
-    parser.add_argument("--many-count", type=int, help="files for 'many' (default 10000)")
+    parser.add_argument(
+        "--many-count", type=int, help="files for 'many' and 'refs' (default 10000)"
+    )
     parser.add_argument("--file-size", default="4KiB", help="small file size (default 4KiB)")
     parser.add_argument(
         "--growth-sizes", help="file counts for 'growth' (default 1000,10000,100000)"
@@ -435,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         runners = {
             "big": bench_big,
             "many": bench_many,
+            "refs": bench_refs,
             "growth": bench_growth,
         }
         results: dict[str, Any] = {name: {"skipped": note} for name, note in skipped.items()}

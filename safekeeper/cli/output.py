@@ -42,6 +42,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def print_lines(lines: Sequence[str]) -> None:
+    """Print plain lines to stdout. Lines without control characters (names are shown
+    with ``display_path``'s escapes) go straight to the stream: Rich's per-character
+    pass over 10,000 lines costs more than storing small files."""
+    if all(line.isprintable() for line in lines):
+        console.file.write("".join(f"{line}\n" for line in lines))
+    else:
+        console.print("\n".join(lines), markup=False)
+
+
 def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(_plain(value), indent=2) + "\n")
 

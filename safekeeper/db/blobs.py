@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -68,8 +69,9 @@ def ensure_blobs(
             if number is None:
                 raise Conflict("ran out of reserved blob ids; retry")
             row["id"] = number
-    if rows:
-        session.execute(insert(Blob).on_conflict_do_nothing(index_elements=["sha256"]), rows)
+    if rows:  # Core: no ORM bookkeeping per row
+        blobs = cast(Table, Blob.__table__)
+        session.execute(insert(blobs).on_conflict_do_nothing(index_elements=["sha256"]), rows)
     found = session.scalars(select(Blob).where(Blob.sha256.in_(list(sizes))))
     return {blob.sha256: blob for blob in found}
 

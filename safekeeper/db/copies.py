@@ -89,7 +89,7 @@ def record_present_many(
     fresh = [blob_id for blob_id in blob_ids if blob_id not in existing]
     if fresh:
         session.execute(
-            insert(Copy),
+            insert(cast(Table, Copy.__table__)),  # Core: no ORM bookkeeping per row
             [
                 {
                     "blob_id": blob_id,

@@ -12,9 +12,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, exists, insert, select, update
+from sqlalchemy import Select, Table, exists, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import QueryableAttribute, Session
@@ -283,8 +283,8 @@ def set_references(
             reference.blob_id = blob.id
             reference.updated_at = now
             reference.set_by_user_id = _setter.get()
-    if fresh:
-        session.execute(insert(Reference), fresh)
+    if fresh:  # Core: no ORM bookkeeping per row
+        session.execute(insert(cast(Table, Reference.__table__)), fresh)
     for start in range(0, len(blob_ids), _BATCH):
         session.execute(
             update(Blob)

@@ -29,6 +29,8 @@ Rules every backend keeps (the suite checks them):
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import hashlib
 import io
@@ -246,6 +248,30 @@ def _regular_file_fd(source: Source) -> int | None:
         return None
 
 
+def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
+    """``sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)`` where libc has
+    it (Linux): start writing a range back to disk without waiting for it."""
+    name = ctypes.util.find_library("c")
+    try:
+        function = getattr(ctypes.CDLL(name, use_errno=True), "sync_file_range", None)
+    except OSError:
+        return None
+    if function is None:
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+
+    def start(fd: int, offset: int, length: int) -> None:
+        function(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; a failure only delays
+
+    return start
+
+
+#: Starts the writeback of a copied range, so the disk writes while the rest is copied
+#: and hashed and the sync that follows has little left to wait for (None: no such call).
+_start_writeback = _load_sync_file_range()
+
+
 def _hash_written(fd: int, digest: Any, offset: int, length: int) -> None:
     """Hash ``length`` bytes of ``fd`` from ``offset``: the bytes as written."""
     end = offset + length
@@ -289,6 +315,8 @@ def kernel_copy_hashed(source: Source, fd: int) -> tuple[int, str] | None:
                 raise
             if copied == 0:
                 break
+            if _start_writeback is not None:
+                _start_writeback(fd, size, copied)
             if pending is not None:
                 pending.result()
             pending = hasher.submit(_hash_written, fd, digest, size, copied)
@@ -399,6 +427,15 @@ def deferred_sync(store: Store) -> AbstractContextManager[None]:
     must call ``sync_store`` before relying on what was written."""
     defer = getattr(store, "deferred_sync", None)
     return defer() if defer is not None else contextlib.nullcontext()
+
+
+def prepare_key(store: Store, key: str) -> None:
+    """Let the store get ready for an object at ``key`` ahead of the publish (a
+    filesystem store makes its directories), so threads can do that part in parallel;
+    nothing for stores that need nothing. Creates no object."""
+    prepare = getattr(store, "prepare", None)
+    if prepare is not None:
+        prepare(key)
 
 
 def sync_store(store: Store) -> None:

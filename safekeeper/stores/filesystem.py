@@ -16,7 +16,10 @@ Writes are atomic, durable and create-only without any lock:
 Many small writes can share their syncs: inside ``deferred_sync()`` steps 1 and 3
 skip their fsyncs, and the writer calls ``sync()`` — one ``syncfs`` of the whole
 filesystem — after staging (before any link) and again after publishing (before it
-records anything). The ingest of a directory does that per batch.
+records anything). The ingest of a directory does that per batch, one sync serving
+both purposes when the next batch was staged before it (``services.ingest``), and
+``prepare`` makes an object's directories ahead of its publish, in the staging
+threads.
 
 A crash can leave files in ``.tmp``; listings never show them and ``clean_temp``
 removes old ones. The identity marker ``.safekeeper-store`` sits in the root; like
@@ -304,6 +307,22 @@ class FileStore:
             raise os_error(exc, f"{self.url}: cannot publish {key!r}") from exc
         # The caller removes the temp name (put: finally; Staged: discard).
         self._sync_published(final, created, key)
+
+    def prepare(self, key: str) -> None:
+        """Make the directories an object at ``key`` will sit in, durable as any other
+        write here (at once, or by the deferred ``sync``). An empty directory is
+        harmless: publishing later finds it and creates only the name."""
+        final = self._path(key)
+        try:
+            created = self._make_parents(final.parent)
+        except OSError as exc:
+            raise os_error(exc, f"{self.url}: cannot make the directory for {key!r}") from exc
+        if created and not self._deferred:
+            try:
+                for directory in created:
+                    _fsync_dir(directory.parent)
+            except OSError as exc:
+                raise os_error(exc, f"{self.url}: cannot sync {key!r}") from exc
 
     def _swap(self, tmp: Path, key: str) -> None:
         """Rename the temp file over ``key``: atomic, so a reader sees the old object or

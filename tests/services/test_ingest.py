@@ -92,6 +92,63 @@ def test_many_files_cross_batches(archive: Archive, tmp_path: Path) -> None:
     assert list((root / ".tmp").iterdir()) == []
 
 
+def test_batches_close_at_a_count_or_a_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingest, "BATCH_SIZE", 3)
+    monkeypatch.setattr(ingest, "BATCH_BYTES", 100)
+    sizes = [10, 10, 10, 10, 60, 50, 500, 1, 1]
+    files = [
+        ingest.TreeFile(Path(f"f{i}"), f"f{i}", size, f"f{i}", f"f{i}")
+        for i, size in enumerate(sizes)
+    ]
+    batches = [list(batch) for batch in ingest._batches(files)]
+    # 3 files at most; a file that would pass 100 bytes starts a new batch; a file
+    # bigger than that alone is a batch of its own
+    assert batches == [[0, 1, 2], [3, 4], [5], [6], [7, 8]]
+    assert list(ingest._batches([])) == []
+
+
+def test_failure_in_a_later_batch_keeps_the_earlier_ones(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch k+1 is staged while batch k records: a file of batch k+1 that cannot be
+    read stops the put after batch k is recorded, and leaves nothing of k+1 behind —
+    no row, no object, no temp file."""
+    monkeypatch.setattr(ingest, "BATCH_SIZE", 4)
+    tree = tmp_path / "t"
+    tree.mkdir()
+    for i in range(10):
+        (tree / f"f{i}").write_bytes(f"file {i}".encode())
+    files = ingest.scan([tree])
+    (tree / "f6").unlink()  # in the second batch
+    outcomes = []
+    with pytest.raises(BadInput, match="f6: cannot read"):
+        for outcome in ingest.put_files(archive, files):
+            outcomes.append(outcome)
+    assert len(outcomes) == 4 and all(o.stored for o in outcomes)
+    assert _count(archive, Blob) == 4 and _count(archive, Copy) == 4
+    assert len(_objects(archive)) == 4
+    root = Path(archive.config.store_url("inbox").removeprefix("file://"))
+    assert list((root / ".tmp").iterdir()) == []
+
+
+def test_stopping_early_discards_the_batch_being_staged(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer that stops reading after the first outcome (the generator closed)
+    leaves batch 1 recorded and removes the temp files of batch 2, staged meanwhile."""
+    monkeypatch.setattr(ingest, "BATCH_SIZE", 4)
+    tree = tmp_path / "t"
+    tree.mkdir()
+    for i in range(10):
+        (tree / f"f{i}").write_bytes(f"file {i}".encode())
+    stream = ingest.put_files(archive, ingest.scan([tree]))
+    assert next(stream).stored
+    stream.close()
+    assert _count(archive, Copy) == 4
+    root = Path(archive.config.store_url("inbox").removeprefix("file://"))
+    assert list((root / ".tmp").iterdir()) == []
+
+
 def test_missing_and_unreadable_paths_record_nothing(archive: Archive, tmp_path: Path) -> None:
     good = tmp_path / "good.txt"
     good.write_bytes(b"fine")

@@ -19,7 +19,7 @@ from safekeeper.errors import (
     PermanentStoreError,
     TransientStoreError,
 )
-from safekeeper.stores import open_store
+from safekeeper.stores import base, open_store
 from safekeeper.stores.base import KERNEL_COPY_MIN
 from safekeeper.stores.filesystem import TMP_DIR, FileStore, os_error
 from safekeeper.stores.marker import MARKER_NAME
@@ -249,3 +249,46 @@ def test_large_put_starts_at_the_file_objects_position(tmp_path: Path, start: in
     assert result.size == len(expected)
     assert result.sha256 == hashlib.sha256(expected).hexdigest()
     assert store.read_range("abcd1234", 0, 64) == expected[:64]
+
+
+def test_prepare_makes_the_directories_and_no_object(tmp_path: Path) -> None:
+    """``prepare`` (run by ingest's staging threads) creates the object's directories
+    only: nothing is listed, the key is still free, and a publish afterwards works."""
+    store = _store(tmp_path)
+    store.prepare(SHA)
+    assert (tmp_path / "9f" / "86").is_dir()
+    assert list(store.list()) == []
+    assert not store.exists(SHA)
+    store.prepare(SHA)  # again: nothing to do, no error
+    with store.stage([b"test"]) as staged:
+        staged.commit(SHA)
+    assert (tmp_path / "9f" / "86" / SHA).read_bytes() == b"test"
+
+
+def test_kernel_copy_starts_writeback_of_each_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big put hands every copied range to the kernel's writeback at once, so the
+    sync that follows waits for little (the bytes and hash are unchanged)."""
+    real = base._start_writeback
+    if real is None:
+        pytest.skip("no sync_file_range in this libc")
+    calls: list[tuple[int, int]] = []
+
+    def spy(fd: int, offset: int, length: int) -> None:
+        calls.append((offset, length))
+        real(fd, offset, length)
+
+    monkeypatch.setattr(base, "_start_writeback", spy)
+    source = tmp_path / "big.bin"
+    data = os.urandom(KERNEL_COPY_MIN + 12345)
+    source.write_bytes(data)
+    (tmp_path / "store").mkdir()
+    store = _store(tmp_path / "store")
+    key = hashlib.sha256(data).hexdigest()
+    with source.open("rb") as f:
+        result = store.put(key, f)
+    assert result.sha256 == key
+    assert store.read_range(key, 0, len(data) + 1) == data
+    assert sum(length for _, length in calls) == len(data)
+    assert calls[0][0] == 0
