@@ -36,7 +36,6 @@ import getpass
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -406,77 +405,6 @@ def _finish_in(
     report.bytes_freed += sum(v.facts.size for v in deleted)
 
 
-class Pipeline:
-    """Batches run so that one batch's objects are deleted (in a thread: unlinks mostly
-    wait for the disk) while the next batch is claimed and re-checked, and its record
-    shares the transaction that fences the next batch.
-
-    Every safety step keeps its place: a batch's delete starts right after its fence
-    commits; the thread reads the store's identity afresh right before deleting; a
-    batch is recorded only after its delete returned; batches of another location
-    (archive locations come last) wait until the previous location's are recorded."""
-
-    def __init__(self, archive: Archive, actor: str, report: GcReport) -> None:
-        self.archive = archive
-        self.actor = actor
-        self.report = report
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="safekeeper-gc-delete")
-        self._pending: tuple[Fenced, Future[set[int]]] | None = None
-
-    def __enter__(self) -> Pipeline:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        # On an error the last delete still runs to its end; its claims are recovered
-        # by the next gc (object gone → recorded).
-        self._pool.shutdown(wait=True)
-
-    def run(self, location: str, copy_ids: Sequence[int]) -> None:
-        """One batch; StoreIdentityError if ``location``'s store is refused before
-        anything is claimed."""
-        if self._pending is not None and self._pending[0].location != location:
-            self.drain()
-        check_stores(self.archive, location)
-        held = claim(self.archive, copy_ids)
-        verdicts, results = _recheck(self.archive, held.copy_ids, Heartbeat(self.archive, held))
-        previous = self._collect()
-        with self.archive.db.write() as session:
-            if previous is not None:
-                _finish_in(session, self.archive, *previous, self.actor, self.report)
-            if location in self.report.refused:
-                # The previous batch found the store refused right before its delete:
-                # give this batch back (its findings about other copies still count).
-                reconfirm.record_in(session, results, self.archive.clock())
-                claims.release(session, held.copy_ids, held.token, self.archive.clock())
-                return
-            batch = _settle_in(
-                session, self.archive, location, held, verdicts, results, self.report
-            )
-        if batch.verdicts:
-            future = self._pool.submit(delete_objects, self.archive, location, batch.verdicts)
-            self._pending = (batch, future)
-
-    def drain(self) -> None:
-        """Wait for the batch being deleted, and record it."""
-        previous = self._collect()
-        if previous is not None:
-            with self.archive.db.write() as session:
-                _finish_in(session, self.archive, *previous, self.actor, self.report)
-
-    def _collect(self) -> tuple[Fenced, set[int]] | None:
-        if self._pending is None:
-            return None
-        batch, future = self._pending
-        self._pending = None
-        try:
-            return batch, future.result()
-        except StoreIdentityError as exc:
-            # Refused right before the delete: nothing deleted; the fenced claims stay
-            # until a gc with the store back recovers them.
-            self.report.refused[batch.location] = str(exc)
-            return None
-
-
 def recover_stale_claims(
     archive: Archive, actor: str, report: GcReport, location: str | None = None
 ) -> None:
@@ -562,17 +490,15 @@ def run_gc(
     report = GcReport()
     recover_stale_claims(archive, actor, report)
     report.planned, batches = plan_batches(archive, location)
-    with Pipeline(archive, actor, report) as pipeline:
-        for name, batch in batches[:max_batches]:
-            if name in report.refused:
-                continue
-            try:
-                pipeline.run(name, batch)
-            except StoreIdentityError as exc:
-                report.refused[name] = str(exc)
-            if on_batch is not None:
-                on_batch(len(batch))
-        pipeline.drain()
+    for name, batch in batches[:max_batches]:
+        if name in report.refused:
+            continue
+        try:
+            execute_batch(archive, name, batch, actor, report)
+        except StoreIdentityError as exc:
+            report.refused[name] = str(exc)
+        if on_batch is not None:
+            on_batch(len(batch))
     # Extracted package trees are not copies, but hold the same content: they go with
     # the last copy of their zip.
     report.trees_dropped = len(drop_orphaned_trees(archive, archive.clock()))
