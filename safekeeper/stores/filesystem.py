@@ -434,18 +434,24 @@ class FileStore:
         threads = min(DELETE_THREADS, len(chunks))
         with ThreadPoolExecutor(threads, thread_name_prefix="safekeeper-unlink") as pool:
             futures = [pool.submit(self._unlink, chunk) for chunk in chunks]
-        # Every chunk ran to its end (or its first error): report the first error only
-        # then, so a caller that checks what is gone sees every unlink that happened.
+        # Every chunk ran to its end: report the first error only then, so a caller
+        # that checks what is gone finds every other object gone.
         for future in futures:
             future.result()
 
     def _unlink(self, paths: list[tuple[str, str]]) -> None:
+        """Unlink each path; one that fails does not stop the others (the first
+        failure is raised at the end)."""
+        failure: SafekeeperError | None = None
         for key, path in paths:
             try:
                 os.unlink(path)
             except OSError as exc:
-                if exc.errno not in _NOT_FOUND:
-                    raise os_error(exc, f"{self.url}: cannot delete {key!r}") from exc
+                if exc.errno not in _NOT_FOUND and failure is None:
+                    failure = os_error(exc, f"{self.url}: cannot delete {key!r}")
+                    failure.__cause__ = exc
+        if failure is not None:
+            raise failure
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)  # BadInput now, not on first next()
