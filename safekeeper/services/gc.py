@@ -16,8 +16,10 @@ Per batch of planned copies at one location:
 4. **fence** — the last database step before the store: stamp ``fenced_at`` on the
    copies still claimed under our token. Claims taken over meanwhile (a gc that
    recovered them after ``gc_claim_timeout``) or taken back (a hold, a staging job)
-   match nothing and are not deleted (invariant 12).
-5. **delete** the fenced copies' objects in one bulk call.
+   match nothing and are not deleted (invariant 12). The re-confirmation's findings,
+   the release and the fence share one transaction.
+5. **delete** the fenced copies' objects in one bulk call (a file store unlinks in
+   threads), after reading the store's identity marker afresh (invariant 10).
 6. **record** ``deleting → deleted`` and one audit row for each copy whose UPDATE
    matched our token, in one transaction (invariant 8).
 
@@ -26,7 +28,8 @@ they are older than ``gc_claim_timeout`` (or dated further in the future than th
 and looks in the store: gone → recorded deleted (and audited); still there and never
 fenced → released; still there and fenced → decided again from the start. Archive
 copies are processed after every other location's. The timeline is in docs/design.md
-("Fenced claims").
+("Fenced claims"). The queued form (one task per batch, run by the location's site)
+is ``services.gc_queue``.
 """
 
 from __future__ import annotations
