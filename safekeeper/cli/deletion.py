@@ -153,12 +153,14 @@ def _report_trees(evicted: Sequence[EvictedTree]) -> None:
 def _gc_on_workers(
     archive: Archive, location: str | None, actor: str | None, wait: bool, as_json: bool
 ) -> None:
-    planned, task_ids = gc.queue_gc(archive, archives=False, location=location, actor=actor)
+    from safekeeper.services.gc_queue import queue_gc
+
+    planned, task_ids = queue_gc(archive, archives=False, location=location, actor=actor)
     dispatch(archive, task_ids)
     outcome: dict[str, int] = {}
     if wait:
         outcome = wait_for_tasks(archive, task_ids)
-        _, archive_ids = gc.queue_gc(archive, archives=True, location=location, actor=actor)
+        _, archive_ids = queue_gc(archive, archives=True, location=location, actor=actor)
         dispatch(archive, archive_ids)
         for state_name, count in wait_for_tasks(archive, archive_ids).items():
             outcome[state_name] = outcome.get(state_name, 0) + count

@@ -42,6 +42,8 @@ class CopyFacts:
     created_at: datetime
     last_access: datetime | None
     verified_at: datetime | None
+    #: What the store reported when the copy's bytes were last hashed right.
+    fingerprint: str | None = None
 
 
 def copies_of_blobs(session: Session, blob_ids: Collection[int]) -> list[CopyFacts]:
@@ -57,13 +59,14 @@ def copies_of_blobs(session: Session, blob_ids: Collection[int]) -> list[CopyFac
             Copy.created_at,
             Copy.last_access,
             Copy.verified_at,
+            Copy.fingerprint,
         )
         .join(Blob, Copy.blob_id == Blob.id)
         .join(Location, Copy.location_id == Location.id)
         .where(Copy.blob_id.in_(blob_ids), Copy.state != "deleted")
         .order_by(Copy.id)
     )
-    return [CopyFacts(**row._asdict()) for row in rows]
+    return [CopyFacts(*row) for row in rows]
 
 
 def held_blobs(session: Session, blob_ids: Collection[int]) -> set[int]:
@@ -106,6 +109,15 @@ def gather(
     session: Session, copy_ids: Collection[int] | None = None, blob_ids: Collection[int] = ()
 ) -> dict[int, tuple[CopyFacts, Evidence]]:
     """Evidence for the given copies (or every live copy of the given blobs)."""
+    return gather_with_copies(session, copy_ids, blob_ids)[0]
+
+
+def gather_with_copies(
+    session: Session, copy_ids: Collection[int] | None = None, blob_ids: Collection[int] = ()
+) -> tuple[dict[int, tuple[CopyFacts, Evidence]], dict[int, list[CopyFacts]]]:
+    """``gather``, plus every live copy of the blobs concerned by blob id (gc's
+    re-confirmation needs the other copies' ids and fingerprints, read in the same
+    transaction as the evidence they are checked for)."""
     if copy_ids is not None:
         blob_ids = set(session.scalars(select(Copy.blob_id).where(Copy.id.in_(copy_ids))))
     facts = copies_of_blobs(session, blob_ids)
@@ -141,7 +153,7 @@ def gather(
                 others=others,
             ),
         )
-    return result
+    return result, by_blob
 
 
 # -- the whole plan ----------------------------------------------------------------------

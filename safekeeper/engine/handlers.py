@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from safekeeper.engine.types import Handler
-from safekeeper.services.gc import GcBatch
+from safekeeper.services.gc_queue import GcBatch
 from safekeeper.services.transfer import Transfer
 
 HANDLERS: dict[str, Handler] = {

@@ -16,8 +16,10 @@ Per batch of planned copies at one location:
 4. **fence** — the last database step before the store: stamp ``fenced_at`` on the
    copies still claimed under our token. Claims taken over meanwhile (a gc that
    recovered them after ``gc_claim_timeout``) or taken back (a hold, a staging job)
-   match nothing and are not deleted (invariant 12).
-5. **delete** the fenced copies' objects in one bulk call.
+   match nothing and are not deleted (invariant 12). The re-confirmation's findings,
+   the release and the fence share one transaction.
+5. **delete** the fenced copies' objects in one bulk call (a file store unlinks in
+   threads), after reading the store's identity marker afresh (invariant 10).
 6. **record** ``deleting → deleted`` and one audit row for each copy whose UPDATE
    matched our token, in one transaction (invariant 8).
 
@@ -26,14 +28,14 @@ they are older than ``gc_claim_timeout`` (or dated further in the future than th
 and looks in the store: gone → recorded deleted (and audited); still there and never
 fenced → released; still there and fenced → decided again from the start. Archive
 copies are processed after every other location's. The timeline is in docs/design.md
-("Fenced claims").
+("Fenced claims"). The queued form (one task per batch, run by the location's site)
+is ``services.gc_queue``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import getpass
-import json
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -45,21 +47,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from safekeeper.db import audit, claims
-from safekeeper.db.copies import present_fingerprints
-from safekeeper.db.evidence import CopyFacts, gather
+from safekeeper.db.evidence import CopyFacts, gather, gather_with_copies
 from safekeeper.db.models import Blob, Copy, CopyState, Location
-from safekeeper.db.tasks import enqueue
-from safekeeper.engine.types import Completion, TaskInfo
 from safekeeper.errors import (
     SafekeeperError,
     StoreError,
     StoreIdentityError,
-    TransientStoreError,
 )
 from safekeeper.packages.eviction import drop_orphaned_trees
 from safekeeper.policy import Decision, Evidence, Rule, decide
+from safekeeper.services import reconfirm
 from safekeeper.services.planner import make_plan, policy_from_config
-from safekeeper.services.reconfirm import Check, reconfirm
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -150,13 +148,24 @@ def recheck(
     those allow to go because it is copied elsewhere, on physical evidence — every
     other present copy of its blob re-confirmed in its store in this run
     (``services.reconfirm``), the policy counting only those confirmed. ``heartbeat``
-    is called around the store round-trips, which can take long."""
+    is called around the store round-trips, which can take long. What the
+    re-confirmation found (copies gone or changed, fingerprints moved) is recorded."""
+    verdicts, results = _recheck(archive, copy_ids, heartbeat)
+    if reconfirm.needs_record(results):
+        with archive.db.write() as session:
+            reconfirm.record_in(session, results, archive.clock())
+    return verdicts
+
+
+def _recheck(
+    archive: Archive, copy_ids: Sequence[int], heartbeat: Callable[[], None] | None = None
+) -> tuple[list[Verdict], list[reconfirm.Result]]:
+    """``recheck``, leaving the re-confirmation's results to the caller to record."""
     policy = policy_from_config(archive.config)
     now = archive.clock()
     deadline = time.monotonic() + archive.config.policy.gc_batch_deadline.total_seconds()
     with archive.db.read() as session:
-        evidence = gather(session, copy_ids=copy_ids)
-        recorded = present_fingerprints(session, [facts.blob_id for facts, _ in evidence.values()])
+        evidence, copies = gather_with_copies(session, copy_ids=copy_ids)
     verdicts: list[Verdict] = []
     physical: list[tuple[CopyFacts, Evidence]] = []
     for facts, claimed_ev in evidence.values():
@@ -168,13 +177,11 @@ def recheck(
             physical.append((facts, ev))
         else:
             verdicts.append(Verdict(facts, ev, decision))
-    checks = [check for facts, ev in physical for check in _checks(facts, ev, recorded)]
+    checks = [check for facts, _ in physical for check in _checks(facts, copies)]
     if heartbeat is not None:
         heartbeat()
-    confirmed = {
-        (r.check.blob_id, r.check.location): r.outcome.confirmed
-        for r in reconfirm(archive, checks, deadline)
-    }
+    results = reconfirm.run_checks(archive, checks, deadline)
+    confirmed = {(r.check.blob_id, r.check.location): r.outcome.confirmed for r in results}
     if heartbeat is not None:
         heartbeat()
     for facts, ev in physical:
@@ -183,24 +190,19 @@ def recheck(
         )
         ev = replace(ev, others=others, reconfirmed=True)
         verdicts.append(Verdict(facts, ev, decide(ev, policy, now)))
-    return verdicts
+    return verdicts, results
 
 
-def _checks(
-    facts: CopyFacts, ev: Evidence, recorded: dict[tuple[int, str], tuple[int, str | None]]
-) -> list[Check]:
+def _checks(facts: CopyFacts, copies: dict[int, list[CopyFacts]]) -> list[reconfirm.Check]:
     """What to re-confirm before deleting this copy: every other present copy."""
-    present = [o for o in ev.others if o.state == CopyState.PRESENT]
-    checks = []
-    for other in present:
-        found = recorded.get((facts.blob_id, other.location))
-        if found is None:
-            continue  # no longer present: it cannot count, and needs no check
-        copy_id, fingerprint = found
-        last = len(present) == 1
-        blob = (facts.blob_id, facts.sha256, facts.size)
-        checks.append(Check(copy_id, *blob, other.location, fingerprint, last))
-    return checks
+    present = [
+        o
+        for o in copies[facts.blob_id]
+        if o.copy_id != facts.copy_id and o.state == CopyState.PRESENT
+    ]
+    blob = (facts.blob_id, facts.sha256, facts.size)
+    last = len(present) == 1
+    return [reconfirm.Check(o.copy_id, *blob, o.location, o.fingerprint, last) for o in present]
 
 
 # -- phases 3-5: release, delete, record ------------------------------------------
@@ -266,10 +268,20 @@ def record_deleted(
     if not verdicts:
         return []
     with archive.db.write() as session:
-        now = archive.clock()
-        done = claims.mark_deleted(session, [v.facts.copy_id for v in verdicts], held.token, now)
-        recorded = [v for v in verdicts if v.facts.copy_id in done]
-        audit.record(session, [_audit_row(v, actor, action, now) for v in recorded])
+        return _record_deleted_in(session, archive.clock(), held, verdicts, actor, action)
+
+
+def _record_deleted_in(
+    session: Session,
+    now: datetime,
+    held: Claim,
+    verdicts: Sequence[Verdict],
+    actor: str,
+    action: str,
+) -> list[Verdict]:
+    done = claims.mark_deleted(session, [v.facts.copy_id for v in verdicts], held.token, now)
+    recorded = [v for v in verdicts if v.facts.copy_id in done]
+    audit.record(session, [_audit_row(v, actor, action, now) for v in recorded])
     return recorded
 
 
@@ -301,42 +313,102 @@ def _audit_row(verdict: Verdict, actor: str, action: str, now: datetime) -> dict
     }
 
 
-def execute_batch(
-    archive: Archive, location: str, copy_ids: Sequence[int], actor: str, report: GcReport
-) -> None:
-    # Invariant 10: a store that is not the one the catalog records is neither deleted
-    # from (refused before claiming anything) nor counted as evidence (a failed check
-    # makes every re-confirmation there fail until the marker is right again).
+def check_stores(archive: Archive, location: str) -> None:
+    """Invariant 10, before a batch claims anything: a store that is not the one the
+    catalog records is neither deleted from (StoreIdentityError here) nor counted as
+    evidence (a failed check makes every re-confirmation there fail until the marker
+    is right again)."""
     archive.store(location, fresh=True)
     for other in archive.config.locations:
         if other != location:
             with contextlib.suppress(StoreError):
                 archive.store(other, fresh=True)
+
+
+def execute_batch(
+    archive: Archive, location: str, copy_ids: Sequence[int], actor: str, report: GcReport
+) -> None:
+    check_stores(archive, location)
     process_claimed(archive, location, claim(archive, copy_ids), actor, report)
+
+
+@dataclass(frozen=True)
+class Fenced:
+    """A batch past its fence: the copies whose objects may now be deleted."""
+
+    location: str
+    held: Claim
+    verdicts: list[Verdict]
 
 
 def process_claimed(
     archive: Archive, location: str, held: Claim, actor: str, report: GcReport
 ) -> None:
     """Phases 2-6 for copies this process has claimed."""
-    verdicts = recheck(archive, held.copy_ids, Heartbeat(archive, held))
+    verdicts, results = _recheck(archive, held.copy_ids, Heartbeat(archive, held))
+    with archive.db.write() as session:
+        batch = _settle_in(session, archive, location, held, verdicts, results, report)
+    if not batch.verdicts:
+        return
+    gone = delete_objects(archive, location, batch.verdicts)
+    with archive.db.write() as session:
+        _finish_in(session, archive, batch, gone, actor, report)
+
+
+def _settle_in(
+    session: Session,
+    archive: Archive,
+    location: str,
+    held: Claim,
+    verdicts: Sequence[Verdict],
+    results: Sequence[reconfirm.Result],
+    report: GcReport,
+) -> Fenced:
+    """Phases 3-4 in the caller's transaction: record what the re-confirmation found,
+    release what the re-check keeps, and fence the rest — the last database step
+    before the store delete."""
+    now = archive.clock()
+    reconfirm.record_in(session, results, now)
     kept = [v for v in verdicts if not v.decision.allowed]
     allowed = [v for v in verdicts if v.decision.allowed]
     kept_ids = [v.facts.copy_id for v in kept]
+    released = claims.release(session, kept_ids, held.token, now) if kept_ids else set()
     # A claim we can no longer release was taken over while we were away (a stopped or
     # slow gc): count it, like a claim lost at the fence.
-    report.claims_lost += len(kept_ids) - len(release(archive, held, kept_ids))
+    report.claims_lost += len(kept_ids) - len(released)
     report.kept_on_recheck.extend(
         (v.facts.sha256, location, v.decision.rule.value, v.decision.reason) for v in kept
     )
-    owned = fence(archive, held, [v.facts.copy_id for v in allowed])
+    allowed_ids = [v.facts.copy_id for v in allowed]
+    owned = claims.fence(session, allowed_ids, held.token, now) if allowed_ids else set()
     report.claims_lost += len(allowed) - len(owned)
-    fenced = [v for v in allowed if v.facts.copy_id in owned]
-    gone = delete_objects(archive, location, fenced) if fenced else set()
-    deleted = record_deleted(archive, held, [v for v in fenced if v.facts.copy_id in gone], actor)
-    failed = [v for v in fenced if v.facts.copy_id not in gone]
-    release(archive, held, [v.facts.copy_id for v in failed], error="store delete failed")
-    report.failed.extend((v.facts.sha256, location, "store delete failed") for v in failed)
+    return Fenced(location, held, [v for v in allowed if v.facts.copy_id in owned])
+
+
+def _finish_in(
+    session: Session,
+    archive: Archive,
+    batch: Fenced,
+    gone: set[int],
+    actor: str,
+    report: GcReport,
+) -> None:
+    """Phase 6 in the caller's transaction: record (and audit) the copies whose objects
+    are gone; give the others back, counting a failed attempt."""
+    now = archive.clock()
+    verdicts = [v for v in batch.verdicts if v.facts.copy_id in gone]
+    deleted = _record_deleted_in(session, now, batch.held, verdicts, actor, "delete")
+    failed = [v for v in batch.verdicts if v.facts.copy_id not in gone]
+    if failed:
+        claims.release(
+            session,
+            [v.facts.copy_id for v in failed],
+            batch.held.token,
+            now,
+            error="store delete failed",
+            max_retries=archive.config.policy.max_retries,
+        )
+    report.failed.extend((v.facts.sha256, batch.location, "store delete failed") for v in failed)
     report.deleted += len(deleted)
     report.bytes_freed += sum(v.facts.size for v in deleted)
 
@@ -401,7 +473,7 @@ def recover_stale_claims(
     report.recovered = len(gone) + len(still_there) + sum(map(len, decide_again.values()))
 
 
-def _batches(archive: Archive, location: str | None) -> tuple[int, list[tuple[str, list[int]]]]:
+def plan_batches(archive: Archive, location: str | None) -> tuple[int, list[tuple[str, list[int]]]]:
     """The plan cut into per-location batches, archive locations last."""
     deletions = make_plan(archive, location).deletions
     size = archive.config.policy.gc_batch_size
@@ -429,7 +501,7 @@ def run_gc(
     actor = actor or default_actor()
     report = GcReport()
     recover_stale_claims(archive, actor, report)
-    report.planned, batches = _batches(archive, location)
+    report.planned, batches = plan_batches(archive, location)
     for name, batch in batches[:max_batches]:
         if name in report.refused:
             continue
@@ -443,95 +515,3 @@ def run_gc(
     # the last copy of their zip.
     report.trees_dropped = len(drop_orphaned_trees(archive, archive.clock()))
     return report
-
-
-def queue_gc(
-    archive: Archive,
-    *,
-    archives: bool,
-    location: str | None = None,
-    actor: str | None = None,
-    max_batches: int | None = None,
-) -> tuple[int, list[int]]:
-    """Plan, and queue each batch as a ``gc`` task for the site of its location (the
-    distributed mode: only that site's workers can reach its store); the first
-    ``max_batches`` batches only, when given.
-
-    Archive copies go last: call once with ``archives=False``, wait for those tasks,
-    then once with ``archives=True``. Returns (planned copies, task ids).
-
-    Stale claims are recovered by the sites' workers too (the first call queues one
-    recovery task per location that has any): recovering looks in the store, which
-    the host queueing the batches may not reach."""
-    actor = actor or default_actor()
-    task_ids: list[int] = []
-    if not archives:
-        task_ids += _queue_recovery(archive, location, actor)
-    planned, batches = _batches(archive, location)
-    batches = [
-        (name, batch)
-        for name, batch in batches
-        if (archive.config.locations[name].kind == "archive") == archives
-    ][:max_batches]
-    with archive.db.write() as session:
-        now = archive.clock()
-        for name, batch in batches:
-            arguments = {"location": name, "copy_ids": batch, "actor": actor}
-            task_ids.append(_enqueue(archive, session, batch[0], arguments, now))
-    return planned, task_ids
-
-
-def _queue_recovery(archive: Archive, location: str | None, actor: str) -> list[int]:
-    """One ``gc`` task with ``recover`` per configured location holding stale claims."""
-    timeout = archive.config.policy.gc_claim_timeout
-    task_ids = []
-    with archive.db.write() as session:
-        now = archive.clock()
-        for name, copy_id in sorted(claims.stale_claim_locations(session, now, timeout).items()):
-            if name not in archive.config.locations or location not in (None, name):
-                continue  # not ours to recover here (recover_stale_claims skips them too)
-            arguments = {"location": name, "copy_ids": [], "actor": actor, "recover": True}
-            task_ids.append(_enqueue(archive, session, copy_id, arguments, now))
-    return task_ids
-
-
-def _enqueue(
-    archive: Archive, session: Session, copy_id: int, arguments: dict[str, Any], now: datetime
-) -> int:
-    task = enqueue(
-        session,
-        kind="gc",
-        site=archive.config.locations[arguments["location"]].site,
-        copy_id=copy_id,
-        source_copy_id=None,
-        max_attempts=archive.config.policy.max_retries,
-        now=now,
-    )
-    task.payload = json.dumps(arguments)
-    return task.id
-
-
-class GcBatch:
-    """The ``gc`` task: phases 1-5 for one planned batch, after recovering the
-    location's stale claims when the payload says ``recover``. Idempotent: a repeated run
-    finds the copies already claimed or deleted and claims nothing."""
-
-    reports_progress = False  # many small steps, no byte stream: no watchdog
-
-    def execute(self, archive: Archive, task: TaskInfo) -> Completion:
-        arguments = json.loads(task.payload or "{}")
-        report = GcReport()
-        if arguments.get("recover"):
-            recover_stale_claims(archive, arguments["actor"], report, arguments["location"])
-        if arguments["copy_ids"]:
-            execute_batch(
-                archive, arguments["location"], arguments["copy_ids"], arguments["actor"], report
-            )
-        if report.failed:
-            raise TransientStoreError(f"{len(report.failed)} deletes failed; retried later")
-        return lambda session, now: None
-
-    def failed(
-        self, session: Session, task: TaskInfo, error: str, final: bool, now: datetime
-    ) -> None:
-        """Nothing to undo: failed copies went back to ``present`` (retries counted)."""

@@ -28,7 +28,10 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
 
 from safekeeper.db.copies import record_rehashed, transition
 from safekeeper.db.models import CopyState
@@ -115,6 +118,16 @@ def check_one(archive: Archive, check: Check, deadline: float) -> Result:
 
 def reconfirm(archive: Archive, checks: Sequence[Check], deadline: float) -> list[Result]:
     """Run the checks (in threads), then record what they found in one transaction."""
+    results = run_checks(archive, checks, deadline)
+    if needs_record(results):
+        with archive.db.write() as session:
+            record_in(session, results, archive.clock())
+    return results
+
+
+def run_checks(archive: Archive, checks: Sequence[Check], deadline: float) -> list[Result]:
+    """Run the checks, recording nothing: the caller passes the results to
+    ``record_in`` (gc does so in the transaction that fences the batch)."""
     if not checks:
         return []
     # Each store's identity (invariant 10) is read afresh once per batch, before any of
@@ -146,7 +159,6 @@ def reconfirm(archive: Archive, checks: Sequence[Check], deadline: float) -> lis
         with ThreadPoolExecutor(threads, thread_name_prefix="safekeeper-reconfirm") as pool:
             results += pool.map(lambda c: check_one(archive, c, deadline), remote)
     results = _under_fresh_identity(archive, results)
-    record(archive, results)
     return results + skipped
 
 
@@ -179,29 +191,36 @@ def _is_local(archive: Archive, location: str) -> bool:
         return False  # check_one says why, per copy
 
 
-def record(archive: Archive, results: Sequence[Result]) -> None:
-    """Mark the copies found gone or changed; refresh those re-hashed right."""
-    damaged = [r for r in results if r.outcome in (Outcome.MISSING, Outcome.CORRUPT)]
+def needs_record(results: Sequence[Result]) -> bool:
+    """Whether ``record_in`` would write anything for these results."""
+    return any(_damaged(r) or _moved(r) for r in results)
+
+
+def _damaged(result: Result) -> bool:
+    return result.outcome in (Outcome.MISSING, Outcome.CORRUPT)
+
+
+def _moved(result: Result) -> bool:
     # Only a fingerprint that moved needs writing: an unchanged last copy re-hashed
     # right costs no write (its ``verified_at`` stays; the fingerprint vouches for it).
-    rehashed = {
-        r.check.copy_id: r.fingerprint
-        for r in results
-        if r.outcome == Outcome.REHASHED and r.fingerprint != r.check.fingerprint
-    }
-    if not damaged and not rehashed:
-        return
-    with archive.db.write() as session:
-        now = archive.clock()
-        for result in damaged:
-            new = CopyState.MISSING if result.outcome == Outcome.MISSING else CopyState.CORRUPT
-            detail = f": {result.detail}" if result.detail else ""
-            transition(
-                session,
-                result.check.copy_id,
-                CopyState.PRESENT,
-                new,
-                now,
-                last_error=f"found {result.outcome.value} when gc re-confirmed it{detail}",
-            )
+    return result.outcome == Outcome.REHASHED and result.fingerprint != result.check.fingerprint
+
+
+def record_in(session: Session, results: Sequence[Result], now: datetime) -> None:
+    """Mark the copies found gone or changed; refresh those re-hashed right."""
+    for result in results:
+        if not _damaged(result):
+            continue
+        new = CopyState.MISSING if result.outcome == Outcome.MISSING else CopyState.CORRUPT
+        detail = f": {result.detail}" if result.detail else ""
+        transition(
+            session,
+            result.check.copy_id,
+            CopyState.PRESENT,
+            new,
+            now,
+            last_error=f"found {result.outcome.value} when gc re-confirmed it{detail}",
+        )
+    rehashed = {r.check.copy_id: r.fingerprint for r in results if _moved(r)}
+    if rehashed:
         record_rehashed(session, rehashed, now)

@@ -15,7 +15,16 @@ from safekeeper.db.refs import remove_reference, set_reference
 from safekeeper.engine.embedded import run_due
 from safekeeper.errors import Conflict, PolicyDenied, TransientStoreError
 from safekeeper.ids import RefSpec
-from safekeeper.services import audit, gc, holds, inventory, jobs, planner, replication
+from safekeeper.services import (
+    audit,
+    gc,
+    gc_queue,
+    holds,
+    inventory,
+    jobs,
+    planner,
+    replication,
+)
 from safekeeper.services.ingest import put_stream
 from safekeeper.services.verify import verify
 from safekeeper.stores.base import Store
@@ -280,9 +289,9 @@ def test_queued_gc_leaves_stale_claims_to_the_sites_workers(
     gc.claim(archive, [plan[first], plan[second]])
     archive.store("inbox").delete([second])
     clock.advance(minutes=11)
-    _, task_ids = gc.queue_gc(archive, archives=False, actor="tasks", location="archive")
+    _, task_ids = gc_queue.queue_gc(archive, archives=False, actor="tasks", location="archive")
     assert task_ids == []  # the stale claims are at the inbox, not asked about
-    _, task_ids = gc.queue_gc(archive, archives=False, actor="tasks")
+    _, task_ids = gc_queue.queue_gc(archive, archives=False, actor="tasks")
     assert len(task_ids) == 1, "one recovery task for the inbox, and nothing else planned"
     # Queueing took no claim over: both are still the dead gc's.
     assert (
@@ -299,7 +308,7 @@ def test_queued_gc_leaves_stale_claims_to_the_sites_workers(
     actions = {e.blob: (e.action, e.actor) for e in audit.read_audit(archive)}
     assert actions == {second: ("delete-recovered", "tasks")}
     # The released copy is planned again by the next gc.
-    planned, task_ids = gc.queue_gc(archive, archives=False, actor="tasks")
+    planned, task_ids = gc_queue.queue_gc(archive, archives=False, actor="tasks")
     assert planned == 1 and run_due(archive) == {"done": 1}
     assert _states(archive, first) == {"archive": "present"}
 
@@ -317,11 +326,11 @@ def test_gc_batches_run_as_tasks_on_the_engine(archive: Archive, clock: FakeCloc
     garbage = archive.put_bytes(b"never referenced").sha256
     _replicate(archive)
     clock.advance(days=8)
-    planned, first = gc.queue_gc(archive, archives=False, actor="tasks")
+    planned, first = gc_queue.queue_gc(archive, archives=False, actor="tasks")
     assert planned == 3  # two inbox copies, and the garbage blob's archive copy
     assert run_due(archive) == {"done": len(first)}
     assert _states(archive, garbage) == {"archive": "present"}  # archive copies go last
-    _, second = gc.queue_gc(archive, archives=True, actor="tasks")
+    _, second = gc_queue.queue_gc(archive, archives=True, actor="tasks")
     assert run_due(archive) == {"done": len(second)}
     assert _states(archive, garbage) == {}
     assert _states(archive, kept) == {"archive": "present"}

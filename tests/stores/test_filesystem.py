@@ -17,6 +17,7 @@ from safekeeper.errors import (
     BadInput,
     NotFound,
     PermanentStoreError,
+    SafekeeperError,
     TransientStoreError,
 )
 from safekeeper.stores import base, open_store
@@ -292,3 +293,39 @@ def test_kernel_copy_starts_writeback_of_each_range(
     assert store.read_range(key, 0, len(data) + 1) == data
     assert sum(length for _, length in calls) == len(data)
     assert calls[0][0] == 0
+
+
+def _many(store: FileStore, count: int) -> list[str]:
+    keys = [f"obj-{i}" for i in range(count)]
+    with store.deferred_sync():
+        for key in keys:
+            store.put(key, [key.encode()])
+    store.sync()
+    return keys
+
+
+def test_a_bulk_delete_in_threads_removes_every_object_and_ignores_missing_keys(
+    tmp_path: Path,
+) -> None:
+    """Past one chunk of keys the unlinks run in threads: every key still goes, and
+    keys already gone are no error."""
+    store = _store(tmp_path, layout="flat")
+    keys = _many(store, 700)
+    store.delete([*keys, "never-there-1", "never-there-2"])
+    assert list(store.list()) == []
+
+
+def test_a_bulk_delete_that_fails_reports_it_after_every_other_unlink_ran(
+    tmp_path: Path,
+) -> None:
+    """One key that cannot be unlinked (a directory stands at its path) fails the
+    call, but only once every other chunk has run: gc then asks which objects are
+    gone, and must find each of them gone."""
+    store = _store(tmp_path, layout="flat")
+    keys = _many(store, 700)
+    (tmp_path / "obj-blocked").mkdir()
+    (tmp_path / "obj-blocked" / "inside").write_bytes(b"x")
+    with pytest.raises(SafekeeperError, match="cannot delete 'obj-blocked'"):
+        store.delete(["obj-blocked", *keys])
+    assert not any(store.exists(key) for key in keys)
+    assert (tmp_path / "obj-blocked").is_dir()
