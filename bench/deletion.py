@@ -471,7 +471,7 @@ class PlanTarget:
 
 def plan_once(target: PlanTarget) -> tuple[float, dict[str, Any]]:
     """Time one ``make_plan(archive)``; return (seconds, a summary of the plan)."""
-    from safekeeper.services.planner import make_plan
+    from safekeeper.services.deletion.planner import make_plan
 
     start = time.perf_counter()
     plan = make_plan(target.archive)

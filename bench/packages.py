@@ -260,9 +260,9 @@ def prepare(work: Path) -> tuple[Path, Path, str]:
     from safekeeper import open_archive
     from safekeeper.ids import parse_ref
     from safekeeper.packages.capabilities import BlobTarget, Capability, encode, load_secret
-    from safekeeper.services import accounts, sessions
-    from safekeeper.services.packages import put_package
-    from safekeeper.services.tenancy import claim_namespace
+    from safekeeper.services.access import accounts, sessions
+    from safekeeper.services.access.tenancy import claim_namespace
+    from safekeeper.services.packaging.packages import put_package
     from tests.packages.zips import build_html_package
 
     data_dir = work / "sk-data"

@@ -12,7 +12,7 @@
     Added cost = median per-request time of auth minus open; target <= 0.3 ms.
 ``tenant``
     A tenant with ``--users`` users holding 3 sessions each (rows inserted directly),
-    then ``services.accounts.delete_tenant`` timed; every session must be gone.
+    then ``services.access.accounts.delete_tenant`` timed; every session must be gone.
     Target <= 1 s.
 """
 
@@ -40,8 +40,8 @@ from safekeeper.archive import Archive
 from safekeeper.config import load_config, write_default
 from safekeeper.db.models import Tenant, User
 from safekeeper.db.session_models import LoginSession
-from safekeeper.services import accounts, sessions
-from safekeeper.services.sessions import LoginThrottle
+from safekeeper.services.access import accounts, sessions
+from safekeeper.services.access.sessions import LoginThrottle
 
 BENCHMARKS = ("validate", "tenant")
 VALIDATE_TARGET_MS = 0.3

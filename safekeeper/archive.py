@@ -27,8 +27,8 @@ from safekeeper.db.engine import SESSIONS, Database
 from safekeeper.db.models import utcnow
 from safekeeper.errors import NotFound, StoreError
 from safekeeper.ids import RefSpec, parse_ref
-from safekeeper.services import identity, ingest, inventory
-from safekeeper.services.ingest import PutOutcome
+from safekeeper.services.copies import identity, ingest, inventory
+from safekeeper.services.copies.ingest import PutOutcome
 from safekeeper.stores import Store, open_store
 from safekeeper.stores.base import deferred_sync, sync_store
 from safekeeper.stores.filesystem import FileStore
@@ -86,7 +86,7 @@ class Archive:
             options = self.config.locations[location].store_options()
             store = open_store(self.config.store_url(location), options)
             uuid = identity.confirm(self, location, store)
-            # Temp files of writers that crashed long ago (see services.ingest).
+            # Temp files of writers that crashed long ago (see services.copies.ingest).
             clean_temp = getattr(store, "clean_temp", None)
             if clean_temp is not None:
                 clean_temp(STALE_TEMP_SECONDS)

@@ -24,8 +24,8 @@ from safekeeper.api.principal import Principal
 from safekeeper.api.state import archive_of
 from safekeeper.archive import Archive
 from safekeeper.errors import BadInput, NotFound
-from safekeeper.services import accounts, erasure, sessions
-from safekeeper.services.accounts import TenantView, UserView
+from safekeeper.services.access import accounts, erasure, sessions
+from safekeeper.services.access.accounts import TenantView, UserView
 
 NameParam = Annotated[str, PathParam(max_length=200)]
 

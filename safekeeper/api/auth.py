@@ -9,7 +9,7 @@ A cross-site page can make the browser send the cookie but cannot read it, so it
 cannot produce the header; bearer tokens are never sent implicitly, so need none.
 
 Failed sign-ins are counted per account and per client address in this server
-process (see ``services.sessions.LoginThrottle``); past the limit login answers 429
+process (see ``services.access.sessions.LoginThrottle``); past the limit login answers 429
 with ``Retry-After``.
 """
 
@@ -29,9 +29,9 @@ from safekeeper.api.principal import Principal
 from safekeeper.api.state import archive_of
 from safekeeper.archive import Archive
 from safekeeper.errors import Forbidden, Unauthenticated
-from safekeeper.services import accounts, sessions, tokens
-from safekeeper.services.security_events import record_event
-from safekeeper.services.sessions import LoginThrottle
+from safekeeper.services.access import accounts, sessions, tokens
+from safekeeper.services.access.security_events import record_event
+from safekeeper.services.access.sessions import LoginThrottle
 
 COOKIE = "sk_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -187,7 +187,7 @@ def security_event(
     via: str = "api",
 ) -> None:
     """Audit an account or credential change made by ``principal`` (see
-    ``services.security_events``), with the client's address."""
+    ``services.access.security_events``), with the client's address."""
     record_event(
         archive_of(request),
         action,

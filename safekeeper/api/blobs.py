@@ -21,7 +21,7 @@ from safekeeper.api.state import archive_of
 from safekeeper.api.uploads import consume_body
 from safekeeper.errors import SafekeeperError, UnsupportedMediaType
 from safekeeper.ids import parse_blob_id, parse_ref
-from safekeeper.services import tenant_data
+from safekeeper.services.access import tenant_data
 
 router = APIRouter(prefix="/api/blobs", tags=["blobs"])
 

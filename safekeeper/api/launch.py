@@ -29,7 +29,8 @@ from safekeeper.db import accounts as account_queries
 from safekeeper.db.models import User
 from safekeeper.errors import Forbidden, NotFound
 from safekeeper.packages.capabilities import RefTarget, load_secret
-from safekeeper.services import attempts, packages, tenant_data
+from safekeeper.services.access import tenant_data
+from safekeeper.services.packaging import attempts, packages
 
 router = APIRouter(prefix="/api/namespaces", tags=["packages"])
 

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from safekeeper.api.auth import require_operator
 from safekeeper.api.principal import Principal
 from safekeeper.api.state import archive_of
-from safekeeper.services.status import SystemStatus
+from safekeeper.services.operations.status import SystemStatus
 
 OperatorDep = Annotated[Principal, Depends(require_operator)]
 
@@ -71,7 +71,7 @@ class CatalogCollector:
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from safekeeper.services.status import (
+        from safekeeper.services.operations.status import (
             copy_totals,
             deletions_by_location,
             finished_tasks,
@@ -173,7 +173,7 @@ def serve_metrics(archive: Archive, host: str, port: int) -> None:
 def system_status(request: Request, _operator: OperatorDep) -> SystemStatus:
     """Workers with their heartbeat and configuration, queues per site, store health
     (operators and admins)."""
-    from safekeeper.services.status import system_status as gather
+    from safekeeper.services.operations.status import system_status as gather
 
     return gather(archive_of(request))
 

@@ -22,7 +22,9 @@ from safekeeper.engine.gc_runs import GcRun
 from safekeeper.engine.gc_runs import progress as gc_progress
 from safekeeper.errors import BadInput, NotFound
 from safekeeper.ids import check_name, parse_blob_id
-from safekeeper.services import audit, planner, status, tasks, tenant_data
+from safekeeper.services.access import tenant_data
+from safekeeper.services.deletion import planner
+from safekeeper.services.operations import audit, status, tasks
 
 router = APIRouter(prefix="/api", tags=["operations"])
 

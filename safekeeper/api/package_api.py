@@ -26,7 +26,8 @@ from safekeeper.api.state import archive_of
 from safekeeper.api.uploads import consume_body, reader
 from safekeeper.archive import Archive
 from safekeeper.ids import RefSpec, check_name, parse_ref
-from safekeeper.services import bundles, packages, tenant_data
+from safekeeper.services.access import tenant_data
+from safekeeper.services.packaging import bundles, packages
 
 router = APIRouter(prefix="/api/namespaces", tags=["packages"])
 

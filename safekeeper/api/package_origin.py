@@ -60,7 +60,7 @@ from safekeeper.packages.capabilities import (
     load_secret,
 )
 from safekeeper.packages.lookup import PackageInfo
-from safekeeper.services import attempts
+from safekeeper.services.packaging import attempts
 
 #: What the sandbox allows: scripts, forms, popups and dialogs real content uses;
 #: same-origin, so the content frame reaches the player's SCORM API (both on this

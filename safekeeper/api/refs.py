@@ -17,7 +17,8 @@ from safekeeper.api.principal import Principal
 from safekeeper.api.schemas import ApiModel, ReferenceOut, error_responses
 from safekeeper.api.state import archive_of
 from safekeeper.ids import DEFAULT_LABEL, RefSpec, check_key, check_name, parse_blob_id
-from safekeeper.services import packages, tenant_data
+from safekeeper.services.access import tenant_data
+from safekeeper.services.packaging import packages
 
 router = APIRouter(prefix="/api/namespaces", tags=["references"])
 

@@ -23,7 +23,7 @@ from safekeeper.cli.context import state
 from safekeeper.cli.output import console, emit_json, plural, table, when
 from safekeeper.db.models import USER_ROLES
 from safekeeper.errors import BadInput
-from safekeeper.services import accounts, erasure
+from safekeeper.services.access import accounts, erasure
 
 users_app = typer.Typer(help="Users: add, list, change password, disable, delete.")
 tenants_app = typer.Typer(help="Tenants: the owners of namespaces and users.")

@@ -12,8 +12,8 @@ from safekeeper.cli.context import state
 from safekeeper.cli.output import console, emit_json, table
 from safekeeper.config import DEFAULT_DATA_DIR, load_config, write_default
 from safekeeper.db.engine import SESSIONS, current_revision
-from safekeeper.services import identity, inventory
-from safekeeper.services.gc import default_actor
+from safekeeper.services.copies import identity, inventory
+from safekeeper.services.deletion.gc import default_actor
 from safekeeper.units import format_size
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]

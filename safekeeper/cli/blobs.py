@@ -31,7 +31,7 @@ from safekeeper.cli.output import (
 )
 from safekeeper.errors import BadInput, Conflict, Interrupted
 from safekeeper.ids import RefSpec
-from safekeeper.services import ingest, inventory
+from safekeeper.services.copies import ingest, inventory
 from safekeeper.units import format_size
 
 BlobArg = Annotated[

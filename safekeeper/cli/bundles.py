@@ -13,7 +13,7 @@ import typer
 from safekeeper.cli.context import state
 from safekeeper.cli.output import byte_progress, console, emit_json, plural
 from safekeeper.errors import BadInput
-from safekeeper.services import bundles
+from safekeeper.services.packaging import bundles
 from safekeeper.units import format_size
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]

@@ -16,7 +16,9 @@ from safekeeper.engine.dispatch import dispatch
 from safekeeper.engine.wait import wait_for_tasks
 from safekeeper.errors import BadInput
 from safekeeper.packages.eviction import EvictedTree, drop_orphaned_trees
-from safekeeper.services import audit, gc, holds, inventory, jobs, planner
+from safekeeper.services.copies import inventory
+from safekeeper.services.deletion import gc, holds, jobs, planner
+from safekeeper.services.operations import audit
 from safekeeper.units import ago, format_size
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -135,7 +137,7 @@ def _collect_derived_garbage(archive: Archive) -> None:
     """Expired sign-in sessions and extracted package trees above the cache's high
     watermark go first (on stderr, so ``--json`` output stays gc's report)."""
     from safekeeper.packages.eviction import evict
-    from safekeeper.services.sessions import purge_expired
+    from safekeeper.services.access.sessions import purge_expired
 
     purged = purge_expired(archive)
     if purged:
@@ -153,7 +155,7 @@ def _report_trees(evicted: Sequence[EvictedTree]) -> None:
 def _gc_on_workers(
     archive: Archive, location: str | None, actor: str | None, wait: bool, as_json: bool
 ) -> None:
-    from safekeeper.services.gc_queue import queue_gc
+    from safekeeper.services.deletion.gc_queue import queue_gc
 
     planned, task_ids = queue_gc(archive, archives=False, location=location, actor=actor)
     dispatch(archive, task_ids)

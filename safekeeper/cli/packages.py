@@ -11,7 +11,7 @@ from safekeeper.cli.context import state
 from safekeeper.cli.output import console, emit_json, table, when
 from safekeeper.errors import BadInput, PackageRejected
 from safekeeper.ids import RefSpec
-from safekeeper.services import packages
+from safekeeper.services.packaging import packages
 
 packages_app = typer.Typer(help="Zip packages: validated, described, served.", no_args_is_help=True)
 

@@ -11,7 +11,8 @@ from safekeeper.cli.context import parse_ref_param, state
 from safekeeper.cli.output import console, emit_json
 from safekeeper.errors import BadInput
 from safekeeper.ids import RefSpec, parse_ref
-from safekeeper.services import packages, refs
+from safekeeper.services.copies import refs
+from safekeeper.services.packaging import packages
 
 refs_app = typer.Typer(help="References NAMESPACE:KEY[:LABEL] → blob.", no_args_is_help=True)
 

@@ -12,9 +12,9 @@ from safekeeper.cli.output import byte_progress, console, emit_json, plural, tab
 from safekeeper.engine.dispatch import check_broker, dispatch
 from safekeeper.engine.embedded import run_due
 from safekeeper.engine.wait import task_states, wait_for_tasks
-from safekeeper.services import replication
-from safekeeper.services import tasks as task_service
-from safekeeper.services import verify as verify_service
+from safekeeper.services.copies import replication
+from safekeeper.services.copies import verify as verify_service
+from safekeeper.services.operations import tasks as task_service
 from safekeeper.units import parse_duration
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]

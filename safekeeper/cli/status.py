@@ -25,7 +25,7 @@ def status(ctx: typer.Context, json_output: JsonFlag = False) -> None:
     """Workers (heartbeat, sites, configuration), queues per site, running tasks, stores.
     Exits 1 when something needs attention: a stale worker, failed tasks, tasks whose
     worker thread got stuck ("stalled"), a store that cannot be reached."""
-    from safekeeper.services.status import system_status
+    from safekeeper.services.operations.status import system_status
 
     report = system_status(state(ctx).archive())
     if json_output:

@@ -29,7 +29,7 @@ from safekeeper.archive import Archive, open_archive
 from safekeeper.db.refs import ReferenceView, list_references, namespace_names
 from safekeeper.errors import NotFound, SafekeeperError
 from safekeeper.ids import DEFAULT_LABEL, RefSpec, check_key, check_name
-from safekeeper.services import ingest, inventory, refs
+from safekeeper.services.copies import ingest, inventory, refs
 from safekeeper.stores.base import Source
 
 #: Writes up to this size stay in memory before spilling to a temp file.

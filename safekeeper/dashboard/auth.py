@@ -16,7 +16,7 @@ from safekeeper.api.principal import Principal
 from safekeeper.api.state import archive_of
 from safekeeper.dashboard.web import SignInRequired
 from safekeeper.errors import Forbidden, Unauthenticated
-from safekeeper.services import sessions
+from safekeeper.services.access import sessions
 
 
 def session_token(request: Request) -> str | None:

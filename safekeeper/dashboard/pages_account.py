@@ -18,8 +18,8 @@ from safekeeper.dashboard.web import (
     see_other,
 )
 from safekeeper.errors import RateLimited, SafekeeperError, Unauthenticated
-from safekeeper.services import accounts, sessions
-from safekeeper.services.sessions import LoginThrottle
+from safekeeper.services.access import accounts, sessions
+from safekeeper.services.access.sessions import LoginThrottle
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 

@@ -17,11 +17,11 @@ from safekeeper.dashboard.web import PageRoute, render, see_other
 from safekeeper.engine.gc_runs import GcProgress, progress
 from safekeeper.errors import BadInput, NotFound, SafekeeperError
 from safekeeper.ids import is_blob_id, parse_blob_id
-from safekeeper.services.audit import read_audit
-from safekeeper.services.planner import explain, make_plan
-from safekeeper.services.status import location_usage, system_status
-from safekeeper.services.tasks import list_tasks, retry_failed
-from safekeeper.services.tenant_data import blob_info, resolve_visible_blob, visible_audit
+from safekeeper.services.access.tenant_data import blob_info, resolve_visible_blob, visible_audit
+from safekeeper.services.deletion.planner import explain, make_plan
+from safekeeper.services.operations.audit import read_audit
+from safekeeper.services.operations.status import location_usage, system_status
+from safekeeper.services.operations.tasks import list_tasks, retry_failed
 from safekeeper.units import ago
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)

@@ -1,7 +1,7 @@
 """Namespaces and packages: list, upload (with progress), publish, play, export, import.
 
 Every route that names a namespace checks it against the principal's tenant first
-(``services.tenancy``): another tenant's namespace answers exactly like a missing one.
+(``services.access.tenancy``): another tenant's namespace answers exactly like a missing one.
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ from safekeeper.errors import (
 )
 from safekeeper.ids import RefSpec, check_key, check_name
 from safekeeper.packages.capabilities import RefTarget, load_secret
-from safekeeper.services import attempts, bundles, packages
-from safekeeper.services.tenancy import visible_namespace
-from safekeeper.services.tenant_data import (
+from safekeeper.services.access.tenancy import visible_namespace
+from safekeeper.services.access.tenant_data import (
     claimed,
     import_outcome_for,
     list_namespaces,
     list_refs,
 )
+from safekeeper.services.packaging import attempts, bundles, packages
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 

@@ -71,7 +71,7 @@ def list_users(
 
 
 # One statement, built once: SQLAlchemy caches its compiled form, which keeps the
-# per-request check cheap (see services.sessions).
+# per-request check cheap (see services.access.sessions).
 _ACTIVE_ACCOUNT = (
     select(User.id, User.name, User.role, Tenant.id, Tenant.name)
     .join(Tenant, User.tenant_id == Tenant.id)

@@ -1,4 +1,4 @@
-"""Removing SCORM attempts (``services.attempts``) with what they belong to."""
+"""Removing SCORM attempts (``services.packaging.attempts``) with what they belong to."""
 
 from __future__ import annotations
 

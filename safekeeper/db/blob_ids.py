@@ -14,7 +14,7 @@ bytes. A number must therefore outlive a rolled-back or killed transaction:
   rollback there hands back numbers under which no object was written.
 
 A database restored from a backup rewinds the counter with everything else; the hash
-check on an object already at a key (``services.existing``) is what keeps a reused
+check on an object already at a key (``services.copies.existing``) is what keeps a reused
 number from overwriting or adopting the object another blob left there.
 """
 

@@ -47,7 +47,7 @@ def sync_catalog(
     A location whose configured store URL or kind differs from its row is refused with
     a ConfigError naming ``safekeeper locations move`` — unless it holds no copies
     (then the row follows, and its store is set up anew on first use), or it is in
-    ``moving`` (the row is left for ``services.identity.move_location``).
+    ``moving`` (the row is left for ``services.copies.identity.move_location``).
     Locations dropped from the configuration keep their rows: copies still point at them.
     Processes starting together on one database take turns (``lock_schema``).
     """

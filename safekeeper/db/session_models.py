@@ -6,7 +6,7 @@ traffic never waits on, or holds up, the catalog's single writer. On PostgreSQL 
 table sits in the main database. Either way it has its own metadata and its own
 migration history (``safekeeper/migrations_sessions``, version table
 ``alembic_version_sessions``), and no foreign keys into the catalog: every request
-re-checks the user and tenant (see ``safekeeper.services.sessions``).
+re-checks the user and tenant (see ``safekeeper.services.access.sessions``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ tasks that are due in the database (one per message), and only one claim can win
 Settings and why:
 
 - one queue per site, ``safekeeper.site.<site>``: a task runs where its data can be
-  reached (see ``services.replication`` for which site a transfer runs on);
+  reached (see ``services.copies.replication`` for which site a transfer runs on);
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only
   after its task ran, so a worker that is killed mid-task leaves it unacknowledged;
 - the broker's visibility timeout is a bit longer than the heartbeat timeout: Redis
@@ -55,7 +55,7 @@ from safekeeper.db.models import TaskState
 from safekeeper.engine import outage
 from safekeeper.engine.runner import run_claimed, worker_name
 from safekeeper.errors import SafekeeperError
-from safekeeper.services.tasks import describe_task
+from safekeeper.services.operations.tasks import describe_task
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive

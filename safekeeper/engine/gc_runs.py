@@ -1,8 +1,9 @@
 """gc started by the server (``POST /api/gc``, the dashboard's button), run by the
 configured executor exactly as ``safekeeper gc --wait`` runs it.
 
-The batches are ``gc`` tasks (``services.gc_queue.queue_gc``). Celery: they go to the sites'
-queues and the sites' workers delete, so the server needs no access to the stores.
+The batches are ``gc`` tasks (``services.deletion.gc_queue.queue_gc``). Celery: they go
+to the sites' queues and the sites' workers delete, so the server needs no access to the
+stores.
 Embedded: this process's embedded executor runs them. A coordinating thread per run
 queues the archive copies once every other batch has ended, then drops the extracted
 package trees whose zip is gone (the package cache is the server's).
@@ -34,7 +35,7 @@ from safekeeper.engine.runner import run_batch, worker_name
 from safekeeper.engine.wait import ENDED
 from safekeeper.errors import SafekeeperError
 from safekeeper.packages.eviction import drop_orphaned_trees
-from safekeeper.services.gc_queue import queue_gc
+from safekeeper.services.deletion.gc_queue import queue_gc
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from safekeeper.engine.types import Handler
-from safekeeper.services.gc_queue import GcBatch
-from safekeeper.services.transfer import Transfer
+from safekeeper.services.copies.transfer import Transfer
+from safekeeper.services.deletion.gc_queue import GcBatch
 
 HANDLERS: dict[str, Handler] = {
     "transfer": Transfer(),

@@ -5,7 +5,7 @@ wait forever:
 
 - when a site that still has waiting tasks has had no live worker for
   ``no_worker_seconds`` in a row. A worker is live while its last report in the
-  ``workers`` table is fresh (``services.status.STALE_AFTER_SECONDS``), whatever its
+  ``workers`` table is fresh (``services.operations.status.STALE_AFTER_SECONDS``), whatever its
   tasks do: a long transfer on a live worker is waited for;
 - after ``timeout_seconds`` in all, when the caller gives one.
 
@@ -25,7 +25,7 @@ from sqlalchemy import select
 from safekeeper.db import workers
 from safekeeper.db.models import Task, TaskState
 from safekeeper.errors import SafekeeperError
-from safekeeper.services.status import STALE_AFTER_SECONDS
+from safekeeper.services.operations.status import STALE_AFTER_SECONDS
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive

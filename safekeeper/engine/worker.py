@@ -35,8 +35,8 @@ from safekeeper.engine.embedded import run_due
 from safekeeper.engine.outage import database_unavailable
 from safekeeper.engine.runner import reap_dead_tasks, worker_name
 from safekeeper.errors import ConfigError, SafekeeperError
-from safekeeper.services.replication import replication_pass
-from safekeeper.services.status import REPORT_SECONDS, report_alive
+from safekeeper.services.copies.replication import replication_pass
+from safekeeper.services.operations.status import REPORT_SECONDS, report_alive
 
 logger = logging.getLogger("safekeeper.worker")
 

@@ -7,7 +7,7 @@ served ``no-cache``, so browsers revalidate and pick up the move).
 
 Who may see what is remembered the same way, per tenant: a non-admin sees a namespace
 of their tenant, and a blob that such a namespace references (the rules of
-``services.tenancy`` and ``services.tenant_data``); admins see everything and need no
+``services.access.tenancy`` and ``services.access.tenant_data``); admins see everything and need no
 lookup. A reference removed or a namespace handed to another tenant stops being
 served within the TTL. Only the answer about content is remembered here, never who
 the caller is: the session or token is checked on every request.
@@ -25,7 +25,7 @@ from sqlalchemy import and_, exists, or_, select
 
 from safekeeper.api.principal import Principal
 from safekeeper.db.models import Blob, Namespace, Package, Reference
-from safekeeper.services.tenancy import visible_namespace_filter
+from safekeeper.services.access.tenancy import visible_namespace_filter
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive

@@ -12,7 +12,7 @@ Rules every backend keeps (the suite checks them):
 - ``replace`` and ``Staged.replace`` write whether or not the key is taken, atomically:
   a reader sees the old object or the whole new one, never a gap. Services use them
   only to put hashed good bytes over an object they hashed and found wrong
-  (invariant 11, see ``services.existing``); every other write is create-only.
+  (invariant 11, see ``services.copies.existing``); every other write is create-only.
 - ``put`` returns the size and SHA-256 of exactly the bytes that were stored,
   computed in the same pass as the write.
 - ``delete`` is idempotent: missing keys are not an error.

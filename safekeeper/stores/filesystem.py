@@ -17,7 +17,7 @@ Many small writes can share their syncs: inside ``deferred_sync()`` steps 1 and 
 skip their fsyncs, and the writer calls ``sync()`` — one ``syncfs`` of the whole
 filesystem — after staging (before any link) and again after publishing (before it
 records anything). The ingest of a directory does that per batch, one sync serving
-both purposes when the next batch was staged before it (``services.ingest``), and
+both purposes when the next batch was staged before it (``services.copies.ingest``), and
 ``prepare`` makes an object's directories ahead of its publish, in the staging
 threads.
 

@@ -8,7 +8,7 @@ orphan scans never see it::
 
 ``uuid`` is the identity; the catalog records it for the location that owns the store
 (``locations.store_uuid``). ``location`` and ``created_at`` only help a human who
-finds the file. The rules built on it are in ``safekeeper.services.identity``.
+finds the file. The rules built on it are in ``safekeeper.services.copies.identity``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from safekeeper.archive import Archive
 from safekeeper.db.models import Tenant, User
-from safekeeper.services import accounts, tokens
+from safekeeper.services.access import accounts, tokens
 
 PASSWORD = "correct horse battery staple"
 #: user → (tenant, role)

@@ -17,8 +17,9 @@ from safekeeper.api.package_origin import create_package_app
 from safekeeper.archive import Archive
 from safekeeper.db.models import PackageAttempt
 from safekeeper.packages import scorm
-from safekeeper.services import accounts, attempts
-from safekeeper.services.erasure import erase_user
+from safekeeper.services.access import accounts
+from safekeeper.services.access.erasure import erase_user
+from safekeeper.services.packaging import attempts
 from tests.api.accounts import Accounts, add_accounts
 from tests.api.test_serving import put_package
 from tests.conftest import FakeClock

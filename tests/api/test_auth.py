@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from safekeeper.archive import Archive
-from safekeeper.services import accounts
+from safekeeper.services.access import accounts
 from tests.conftest import ArchiveFactory
 
 PASSWORD = "correct horse battery"
@@ -242,7 +242,7 @@ def test_erase_over_http(clients: list[TestClient], app_archive: Archive) -> Non
     admin, alice, _ = clients
     _login(admin, "root")
     _login(alice, "alice")
-    from safekeeper.services import sessions, tenancy
+    from safekeeper.services.access import sessions, tenancy
 
     principal = sessions.validate(app_archive, alice.cookies["sk_session"])
     with app_archive.db.write() as session:

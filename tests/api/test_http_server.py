@@ -17,7 +17,7 @@ import uvicorn
 from safekeeper.api.app import create_app
 from safekeeper.api.http_server import uvicorn_options
 from safekeeper.archive import Archive
-from safekeeper.services import accounts
+from safekeeper.services.access import accounts
 from tests.conftest import ArchiveFactory
 from tests.util import free_port
 

@@ -18,8 +18,8 @@ from sqlalchemy import create_engine
 
 from safekeeper.archive import Archive
 from safekeeper.engine.embedded import run_due
-from safekeeper.services.gc import run_gc
-from safekeeper.services.replication import replication_pass
+from safekeeper.services.copies.replication import replication_pass
+from safekeeper.services.deletion.gc import run_gc
 from tests.conftest import ArchiveFactory, FakeClock
 from tests.util import free_port
 

@@ -11,7 +11,7 @@ from sqlalchemy import update
 
 from safekeeper.archive import Archive
 from safekeeper.db.models import Task
-from safekeeper.services.replication import replication_pass
+from safekeeper.services.copies.replication import replication_pass
 from tests.api.accounts import Accounts, accounts_fixture  # noqa: F401
 from tests.conftest import FakeClock
 

@@ -20,7 +20,7 @@ from safekeeper.config import load_config
 from safekeeper.errors import ConfigError
 from safekeeper.packages import capabilities
 from safekeeper.packages.capabilities import BlobTarget, Capability, RefTarget, encode
-from safekeeper.services import accounts
+from safekeeper.services.access import accounts
 from tests.api.accounts import Accounts, add_accounts
 from tests.api.test_serving import put_package
 from tests.conftest import FakeClock

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from safekeeper.archive import Archive
-from safekeeper.services import holds
+from safekeeper.services.deletion import holds
 from tests.api.accounts import Accounts, accounts_fixture  # noqa: F401
 
 ONE = b"one" * 100

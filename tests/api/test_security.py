@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from safekeeper.archive import Archive
-from safekeeper.services import accounts as accounts_service
-from safekeeper.services.erasure import split_erasure
+from safekeeper.services.access import accounts as accounts_service
+from safekeeper.services.access.erasure import split_erasure
 from tests.api.accounts import Accounts
 from tests.api.accounts import accounts_fixture as accounts_fixture
 from tests.packages.zips import build_html_package
@@ -164,7 +164,7 @@ def test_another_tenants_bytes_leave_no_trace_in_import_or_blob_info(
 ) -> None:
     import io
 
-    from safekeeper.services.bundles import export_namespace
+    from safekeeper.services.packaging.bundles import export_namespace
     from tests.conftest import FakeClock
 
     clock = app_archive.clock

@@ -30,8 +30,9 @@ from safekeeper.db.models import AuditEntry, Blob, CopyState, Package, Tenant
 from safekeeper.db.refs import ensure_namespace
 from safekeeper.engine.embedded import run_due
 from safekeeper.ids import parse_ref
-from safekeeper.services import accounts, inventory, replication, sessions
-from safekeeper.services.verify import verify
+from safekeeper.services.access import accounts, sessions
+from safekeeper.services.copies import inventory, replication
+from safekeeper.services.copies.verify import verify
 from tests.api.accounts import Accounts, accounts_fixture, add_accounts, login  # noqa: F401
 from tests.api.conftest import both_origins
 from tests.conftest import ArchiveFactory, FakeClock
@@ -43,7 +44,7 @@ from tests.util import free_port
 def put_package(archive: Archive, data: bytes, ref: str, tenant: str | None = None) -> str:
     """Store a package under ``ref``; with ``tenant``, its namespace belongs to that
     tenant (otherwise it has none, like one made from the CLI: admins only)."""
-    from safekeeper.services.packages import put_package as put
+    from safekeeper.services.packaging.packages import put_package as put
 
     spec = parse_ref(ref)
     if tenant is not None:

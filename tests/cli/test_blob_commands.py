@@ -115,7 +115,7 @@ def test_errors_exit_codes_and_nothing_recorded(
 
 def test_unreadable_file(tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Root can read anything, so simulate the permission check failing.
-    import safekeeper.services.ingest as ingest
+    import safekeeper.services.copies.ingest as ingest
 
     monkeypatch.setattr(ingest.os, "access", lambda path, mode: Path(path).name != "two.txt")
     code, _, err = cli(tmp_path / "data", "put", str(tree))

@@ -23,7 +23,7 @@ from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Reference
 from safekeeper.errors import NotFound
-from safekeeper.services.ingest import BATCH_SIZE
+from safekeeper.services.copies.ingest import BATCH_SIZE
 
 pytestmark = pytest.mark.slow
 

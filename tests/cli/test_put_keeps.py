@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from safekeeper.archive import Archive
 from safekeeper.cli import app
 from safekeeper.config import load_config
-from safekeeper.services import gc, inventory
+from safekeeper.services.copies import inventory
+from safekeeper.services.deletion import gc
 
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ import pytest
 
 from safekeeper.archive import Archive
 from safekeeper.config import load_config, write_default
-from safekeeper.services import inventory
+from safekeeper.services.copies import inventory
 from tests.util import free_port
 
 pytestmark = pytest.mark.slow

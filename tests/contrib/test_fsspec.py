@@ -20,7 +20,7 @@ from fsspec.tests.abstract.put import AbstractPutTests
 from safekeeper.archive import Archive
 from safekeeper.config import load_config, write_default
 from safekeeper.contrib.filesystem import SafekeeperFileSystem
-from safekeeper.services import gc
+from safekeeper.services.deletion import gc
 from tests.conftest import FakeClock
 
 

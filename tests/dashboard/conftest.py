@@ -24,7 +24,7 @@ import tomli_w
 
 from safekeeper.archive import Archive
 from safekeeper.config import default_document, load_config
-from safekeeper.services import accounts
+from safekeeper.services.access import accounts
 from tests.util import free_port, unavailable
 
 CHROMIUM = Path(os.environ.get("SAFEKEEPER_CHROMIUM", "/usr/bin/chromium"))

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from safekeeper.services import accounts
-from safekeeper.services.status import config_fingerprint, system_status
+from safekeeper.services.access import accounts
+from safekeeper.services.operations.status import config_fingerprint, system_status
 from tests.dashboard.conftest import Server, screenshot, sign_in
 from tests.packages.zips import build_html_package, build_zip
 

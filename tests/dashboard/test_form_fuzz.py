@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from safekeeper.api.app import create_app
 from safekeeper.dashboard import pages_account, pages_ops, pages_packages
-from safekeeper.services import accounts
+from safekeeper.services.access import accounts
 from tests.conftest import ArchiveFactory
 
 pytestmark = pytest.mark.slow

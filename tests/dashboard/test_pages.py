@@ -19,9 +19,9 @@ from safekeeper.api.app import create_app
 from safekeeper.archive import Archive
 from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Reference, Tenant, User
-from safekeeper.services import accounts
-from safekeeper.services.replication import replication_pass
-from safekeeper.services.status import config_fingerprint, report_alive
+from safekeeper.services.access import accounts
+from safekeeper.services.copies.replication import replication_pass
+from safekeeper.services.operations.status import config_fingerprint, report_alive
 from tests.conftest import ArchiveFactory, FakeClock
 from tests.packages.zips import build_html_package, build_zip
 
@@ -346,7 +346,7 @@ def test_operators_see_no_blob_or_reference_of_another_tenant(
     sha = archive.put_bytes(b"acme's secret bytes", ref="acme-docs:k").sha256
     accounts.assign_namespaces(archive, "acme", ["acme-docs"])
     held = archive.put_bytes(b"acme's held bytes", ref="acme-docs:held").sha256
-    from safekeeper.services.holds import add_hold
+    from safekeeper.services.deletion.holds import add_hold
 
     add_hold(archive, held, reason="legal", actor="test")
 

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from safekeeper.db.models import PackageAttempt, User
-from safekeeper.services import tokens
+from safekeeper.services.access import tokens
 from tests.api.test_serving import put_package
 from tests.dashboard.conftest import PASSWORD, Server, screenshot, sign_in
 from tests.packages.zips import SCORM12_MANIFEST, SCORM2004_MANIFEST, build_zip

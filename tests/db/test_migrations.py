@@ -139,8 +139,8 @@ def test_0007_lets_tasks_be_cancelled_and_its_downgrade_fails_them(
     from safekeeper.archive import Archive
     from safekeeper.config import load_config, write_default
     from safekeeper.db.engine import _alembic_config
-    from safekeeper.services.replication import replication_pass
-    from safekeeper.services.tasks import cancel_tasks
+    from safekeeper.services.copies.replication import replication_pass
+    from safekeeper.services.operations.tasks import cancel_tasks
 
     environ: dict[str, str] = {}
     if backend == "postgresql":

@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, delete, select
 
 from safekeeper.archive import Archive
 from safekeeper.db.models import Tenant
-from safekeeper.services import accounts
+from safekeeper.services.access import accounts
 from tests.conftest import ArchiveFactory
 
 BY_NAME = select(Tenant.id, Tenant.name, Tenant.created_at, Tenant.deleted_at).where(

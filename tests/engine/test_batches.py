@@ -18,9 +18,9 @@ from safekeeper.engine.celery_app import MESSAGE_BATCH, batches
 from safekeeper.engine.handlers import HANDLERS
 from safekeeper.engine.runner import run_claimed, worker_name
 from safekeeper.engine.types import Completion, TaskInfo
-from safekeeper.services.replication import replication_pass
-from safekeeper.services.tasks import cancel_tasks
-from safekeeper.services.transfer import Transfer
+from safekeeper.services.copies.replication import replication_pass
+from safekeeper.services.copies.transfer import Transfer
+from safekeeper.services.operations.tasks import cancel_tasks
 from safekeeper.stores.filesystem import FileStore
 
 

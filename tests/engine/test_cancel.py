@@ -21,10 +21,10 @@ from safekeeper.db.models import Copy, CopyState, Task, TaskState
 from safekeeper.engine.runner import run_task
 from safekeeper.engine.wait import wait_for_tasks
 from safekeeper.errors import BadInput, Conflict, NotFound
-from safekeeper.services import replication
-from safekeeper.services.gc_queue import queue_gc
-from safekeeper.services.replication import replication_pass
-from safekeeper.services.tasks import cancel_tasks, list_tasks, retry_failed
+from safekeeper.services.copies import replication
+from safekeeper.services.copies.replication import replication_pass
+from safekeeper.services.deletion.gc_queue import queue_gc
+from safekeeper.services.operations.tasks import cancel_tasks, list_tasks, retry_failed
 from safekeeper.stores.base import Store
 from tests.conftest import ArchiveFactory, FakeClock
 

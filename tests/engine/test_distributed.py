@@ -36,7 +36,7 @@ from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Task, TaskState
 from safekeeper.engine.celery_app import BrokerUnavailable
 from safekeeper.engine.worker import Resender
-from safekeeper.services.replication import replication_pass
+from safekeeper.services.copies.replication import replication_pass
 from safekeeper.stores.marker import MARKER_NAME
 from tests.conftest import ArchiveFactory, FakeClock
 from tests.engine.processes import Workers

@@ -27,7 +27,7 @@ from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db.models import Task
 from safekeeper.errors import StoreError
-from safekeeper.services import audit
+from safekeeper.services.operations import audit
 from safekeeper.stores.marker import MARKER_NAME
 from tests.api.accounts import add_accounts
 from tests.engine.test_distributed import Workers, _archive_copies

@@ -25,7 +25,7 @@ from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db.models import Task, TaskState
 from safekeeper.engine.celery_app import queue_name, send_tasks
-from safekeeper.services.replication import replication_pass
+from safekeeper.services.copies.replication import replication_pass
 from tests.engine.processes import Workers
 from tests.pg import PgCluster
 from tests.redis_server import RedisServer

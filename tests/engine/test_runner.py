@@ -25,8 +25,8 @@ from safekeeper.db.models import Copy, CopyState, Location, Task, TaskState
 from safekeeper.engine.embedded import run_due
 from safekeeper.engine.runner import run_task
 from safekeeper.errors import PermanentStoreError, StoreError, TransientStoreError
-from safekeeper.services.replication import replication_pass
-from safekeeper.services.tasks import list_tasks, retry_failed
+from safekeeper.services.copies.replication import replication_pass
+from safekeeper.services.operations.tasks import list_tasks, retry_failed
 from safekeeper.stores.base import PutResult, Source, Store
 from tests.conftest import FakeClock
 

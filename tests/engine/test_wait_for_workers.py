@@ -29,8 +29,8 @@ from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db.models import Task
 from safekeeper.engine.wait import WaitAbandoned, wait_for_tasks
-from safekeeper.services.replication import replication_pass
-from safekeeper.services.status import STALE_AFTER_SECONDS, report_alive
+from safekeeper.services.copies.replication import replication_pass
+from safekeeper.services.operations.status import STALE_AFTER_SECONDS, report_alive
 from tests.conftest import FakeClock
 from tests.engine.processes import Workers
 

@@ -30,8 +30,8 @@ from safekeeper.db.models import Blob, Copy, Task, TaskState
 from safekeeper.engine.handlers import HANDLERS
 from safekeeper.engine.runner import run_batch, run_task
 from safekeeper.engine.types import Completion, Handler, TaskInfo
-from safekeeper.services.replication import replication_pass
-from safekeeper.services.status import site_queues, system_status
+from safekeeper.services.copies.replication import replication_pass
+from safekeeper.services.operations.status import site_queues, system_status
 from safekeeper.stores.filesystem import FileStore
 from safekeeper.stores.s3 import S3Store
 from tests.conftest import ArchiveFactory, FakeClock

@@ -21,7 +21,7 @@ from safekeeper.db.models import Task, TaskState
 from safekeeper.engine.handlers import HANDLERS
 from safekeeper.engine.runner import run_batch, run_task
 from safekeeper.engine.types import Completion, TaskInfo
-from safekeeper.services.replication import replication_pass
+from safekeeper.services.copies.replication import replication_pass
 from safekeeper.stores.base import PutResult, Source, Store
 from tests.conftest import ArchiveFactory, FakeClock
 from tests.pg import PgCluster

@@ -1,4 +1,4 @@
-"""The previous planner, kept as a second oracle for the one in ``services.planner``.
+"""The previous planner, kept as a second oracle for the one in ``services.deletion.planner``.
 
 Until issue 17 the plan was computed in SQL: the policy written as one ``CASE`` over
 copies joined to per-blob aggregates (correct, but 9-13 s at a million copies). The
@@ -33,7 +33,12 @@ from safekeeper.db.models import (
 )
 from safekeeper.errors import NotFound
 from safekeeper.policy import Rule
-from safekeeper.services.planner import LocationPlan, Plan, PlannedDeletion, _apply_pressure
+from safekeeper.services.deletion.planner import (
+    LocationPlan,
+    Plan,
+    PlannedDeletion,
+    _apply_pressure,
+)
 from safekeeper.units import format_duration
 
 Join = tuple[Any, ColumnElement[bool]]

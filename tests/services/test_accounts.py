@@ -10,8 +10,8 @@ from sqlalchemy import select
 from safekeeper.archive import Archive
 from safekeeper.db.models import ApiToken, User
 from safekeeper.errors import AlreadyExists, BadInput, NotFound, Unauthenticated
-from safekeeper.services import accounts, sessions, tokens
-from safekeeper.services.sessions import LoginThrottle
+from safekeeper.services.access import accounts, sessions, tokens
+from safekeeper.services.access.sessions import LoginThrottle
 
 PASSWORD = "correct horse battery"
 

@@ -19,11 +19,11 @@ from safekeeper.config import load_config, write_default
 from safekeeper.db.models import Blob, Copy, CopyState, Package
 from safekeeper.errors import BadInput, Conflict, NotFound, PackageRejected, PolicyDenied
 from safekeeper.ids import parse_ref
-from safekeeper.services.bundle_format import ZSTD_MAGIC
-from safekeeper.services.bundles import export_namespace, import_bundle
-from safekeeper.services.holds import add_hold
-from safekeeper.services.inventory import list_refs
-from safekeeper.services.packages import put_package
+from safekeeper.services.copies.inventory import list_refs
+from safekeeper.services.deletion.holds import add_hold
+from safekeeper.services.packaging.bundle_format import ZSTD_MAGIC
+from safekeeper.services.packaging.bundles import export_namespace, import_bundle
+from safekeeper.services.packaging.packages import put_package
 from safekeeper.stores.base import CHUNK_SIZE
 from safekeeper.stores.marker import MARKER_NAME
 from tests.conftest import FakeClock

@@ -63,9 +63,9 @@ from safekeeper.db.models import (
 from safekeeper.db.refs import list_references
 from safekeeper.errors import NotFound
 from safekeeper.ids import RefSpec
-from safekeeper.services.gc import run_gc
-from safekeeper.services.holds import add_hold, release_holds
-from safekeeper.services.packages import put_package
+from safekeeper.services.deletion.gc import run_gc
+from safekeeper.services.deletion.holds import add_hold, release_holds
+from safekeeper.services.packaging.packages import put_package
 from safekeeper.stores.filesystem import TMP_DIR
 from tests.packages.zips import build_html_package
 

@@ -24,17 +24,11 @@ from safekeeper.engine.embedded import run_due
 from safekeeper.errors import NotFound, PolicyDenied, Unauthenticated
 from safekeeper.ids import RefSpec
 from safekeeper.packages.cache import package_cache
-from safekeeper.services import (
-    accounts,
-    erasure,
-    gc,
-    holds,
-    packages,
-    replication,
-    sessions,
-    tenancy,
-)
-from safekeeper.services.sessions import LoginThrottle
+from safekeeper.services.access import accounts, erasure, sessions, tenancy
+from safekeeper.services.access.sessions import LoginThrottle
+from safekeeper.services.copies import replication
+from safekeeper.services.deletion import gc, holds
+from safekeeper.services.packaging import packages
 from tests.conftest import ArchiveFactory, FakeClock
 from tests.packages.zips import build_html_package
 

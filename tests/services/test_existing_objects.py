@@ -24,9 +24,9 @@ from safekeeper.cli import app
 from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.engine.embedded import run_due
 from safekeeper.errors import BadInput, Conflict
-from safekeeper.services import ingest, inventory, replication
-from safekeeper.services.existing import Action, Content, judge
-from safekeeper.services.verify import verify
+from safekeeper.services.copies import ingest, inventory, replication
+from safekeeper.services.copies.existing import Action, Content, judge
+from safekeeper.services.copies.verify import verify
 from safekeeper.stores.filesystem import FileStore
 from tests.conftest import ArchiveFactory
 from tests.servers import S3Server
@@ -346,7 +346,7 @@ KILLED_PUT = textwrap.dedent(
     from pathlib import Path
     from safekeeper.archive import Archive
     from safekeeper.config import load_config
-    from safekeeper.services import ingest
+    from safekeeper.services.copies import ingest
 
     def die(*_):
         os.kill(os.getpid(), signal.SIGKILL)  # object published, transaction open

@@ -15,18 +15,11 @@ from safekeeper.db.refs import remove_reference, set_reference
 from safekeeper.engine.embedded import run_due
 from safekeeper.errors import Conflict, PolicyDenied, TransientStoreError
 from safekeeper.ids import RefSpec
-from safekeeper.services import (
-    audit,
-    gc,
-    gc_queue,
-    holds,
-    inventory,
-    jobs,
-    planner,
-    replication,
-)
-from safekeeper.services.ingest import put_stream
-from safekeeper.services.verify import verify
+from safekeeper.services.copies import inventory, replication
+from safekeeper.services.copies.ingest import put_stream
+from safekeeper.services.copies.verify import verify
+from safekeeper.services.deletion import gc, gc_queue, holds, jobs, planner
+from safekeeper.services.operations import audit
 from safekeeper.stores.base import Store
 from tests.conftest import FakeClock
 

@@ -27,8 +27,9 @@ from safekeeper.db.refs import remove_reference, set_reference
 from safekeeper.engine.embedded import run_due
 from safekeeper.errors import Conflict
 from safekeeper.ids import RefSpec
-from safekeeper.services import gc, holds, jobs, planner, replication
-from safekeeper.services.ingest import put_stream
+from safekeeper.services.copies import replication
+from safekeeper.services.copies.ingest import put_stream
+from safekeeper.services.deletion import gc, holds, jobs, planner
 from tests.conftest import FakeClock
 
 CONFIG = """

@@ -39,7 +39,7 @@ from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db.models import AuditEntry, Blob, Copy, CopyState, Location
 from safekeeper.ids import RefSpec
-from safekeeper.services.ingest import put_stream
+from safekeeper.services.copies.ingest import put_stream
 
 pytestmark = pytest.mark.slow
 

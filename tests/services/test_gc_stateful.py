@@ -86,8 +86,9 @@ from safekeeper.errors import (
 )
 from safekeeper.ids import RefSpec
 from safekeeper.policy import decide
-from safekeeper.services import gc, holds, ingest, jobs, planner, replication
-from safekeeper.services.verify import verify
+from safekeeper.services.copies import ingest, replication
+from safekeeper.services.copies.verify import verify
+from safekeeper.services.deletion import gc, holds, jobs, planner
 from safekeeper.stores import Store, open_store
 
 PAYLOADS = [f"payload {i} ".encode() * (i + 1) for i in range(3)]

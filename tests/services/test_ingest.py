@@ -14,7 +14,7 @@ from safekeeper.archive import STALE_TEMP_SECONDS, Archive
 from safekeeper.db.models import Blob, Copy, CopyState
 from safekeeper.errors import BadInput, NotFound
 from safekeeper.ids import RefSpec
-from safekeeper.services import ingest, inventory
+from safekeeper.services.copies import ingest, inventory
 from tests.conftest import ArchiveFactory
 
 

@@ -22,7 +22,8 @@ from sqlalchemy import select
 from safekeeper.archive import Archive
 from safekeeper.db.models import AuditEntry, Blob, Copy, CopyState, Location
 from safekeeper.errors import NotFound, StoreIdentityError
-from safekeeper.services import gc, reconfirm, verify
+from safekeeper.services.copies import verify
+from safekeeper.services.deletion import gc, reconfirm
 from safekeeper.stores import open_store
 from safekeeper.stores.filesystem import FileStore
 from safekeeper.stores.marker import MARKER_NAME, StoreMarker
@@ -42,7 +43,7 @@ from tests.services.test_store_identity import (
 @pytest.fixture(autouse=True)
 def _long_trust(monkeypatch: pytest.MonkeyPatch) -> None:
     """An identity, once checked, is trusted for an hour: only a fresh read can help."""
-    monkeypatch.setattr("safekeeper.services.identity.IDENTITY_TTL", 3600.0)
+    monkeypatch.setattr("safekeeper.services.copies.identity.IDENTITY_TTL", 3600.0)
 
 
 def _copy_id(archive: Archive, location: str, sha256: str = SHA) -> int:
@@ -297,7 +298,7 @@ def test_a_bundle_import_writes_nothing_into_an_inbox_unmounted_since_its_last_c
     import io
 
     from safekeeper.config import load_config, write_default
-    from safekeeper.services.bundles import export_namespace, import_bundle
+    from safekeeper.services.packaging.bundles import export_namespace, import_bundle
 
     other_dir = tmp_path / "other"
     write_default(other_dir)

@@ -13,8 +13,10 @@ from safekeeper.db.models import Blob, Package
 from safekeeper.engine.embedded import run_due
 from safekeeper.errors import NotFound, PackageRejected, PolicyDenied, TooLarge
 from safekeeper.ids import RefSpec
-from safekeeper.services import gc, holds, inventory, packages, replication
-from safekeeper.services.packages import package_ref, publish, put_package
+from safekeeper.services.copies import inventory, replication
+from safekeeper.services.deletion import gc, holds
+from safekeeper.services.packaging import packages
+from safekeeper.services.packaging.packages import package_ref, publish, put_package
 from tests.conftest import ArchiveFactory, FakeClock
 from tests.packages import zips
 

@@ -38,7 +38,7 @@ from safekeeper.db.models import (
     Task,
 )
 from safekeeper.policy import decide
-from safekeeper.services.planner import make_plan, policy_from_config
+from safekeeper.services.deletion.planner import make_plan, policy_from_config
 from tests.services.planner_sql_reference import make_sql_plan
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)

@@ -19,8 +19,10 @@ from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db.models import Copy, Location
 from safekeeper.engine.embedded import run_due
-from safekeeper.services import audit, gc, inventory, reconfirm, replication
-from safekeeper.services.verify import verify
+from safekeeper.services.copies import inventory, replication
+from safekeeper.services.copies.verify import verify
+from safekeeper.services.deletion import gc, reconfirm
+from safekeeper.services.operations import audit
 from tests.conftest import FakeClock
 from tests.servers import S3Server
 

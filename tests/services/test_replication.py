@@ -12,7 +12,7 @@ from safekeeper.archive import Archive
 from safekeeper.config import write_default
 from safekeeper.db.models import Copy, CopyState, Task
 from safekeeper.engine.embedded import run_due
-from safekeeper.services import inventory, replication
+from safekeeper.services.copies import inventory, replication
 from safekeeper.stores.base import PutResult, Store
 from tests.conftest import ArchiveFactory
 
@@ -106,7 +106,7 @@ def test_transfer_prefers_a_source_at_the_targets_site(tmp_path: Path) -> None:
     text += 'store = "file:far-buffer"\n'
     (data_dir / "safekeeper.toml").write_text(text)
     from safekeeper.config import load_config
-    from safekeeper.services.ingest import put_stream
+    from safekeeper.services.copies.ingest import put_stream
 
     archive = Archive(load_config(data_dir=data_dir, environ={}))
     try:

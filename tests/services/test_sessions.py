@@ -16,8 +16,8 @@ from safekeeper.archive import Archive
 from safekeeper.db.models import User
 from safekeeper.db.session_models import LoginSession
 from safekeeper.errors import NotFound, RateLimited, Unauthenticated
-from safekeeper.services import accounts, sessions
-from safekeeper.services.sessions import LoginThrottle
+from safekeeper.services.access import accounts, sessions
+from safekeeper.services.access.sessions import LoginThrottle
 from tests.conftest import ArchiveFactory, FakeClock
 
 PASSWORD = "correct horse battery"
@@ -295,7 +295,7 @@ def test_ids_of_hard_deleted_users_tenants_and_tokens_are_never_reused(
     sessions must not become a session of the next user created (here an admin of
     another tenant): ids are never reused, on SQLite too."""
     from safekeeper.db.models import ApiToken, Tenant
-    from safekeeper.services import tokens
+    from safekeeper.services.access import tokens
 
     token = _sign_in(archive)
     accounts.add_tenant(archive, "gone")

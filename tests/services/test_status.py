@@ -16,8 +16,8 @@ from safekeeper.db import tasks as task_rows
 from safekeeper.db.models import Task, TaskState
 from safekeeper.engine.runner import run_task
 from safekeeper.engine.worker import embedded_loop
-from safekeeper.services.replication import replication_pass
-from safekeeper.services.status import config_fingerprint, report_alive, system_status
+from safekeeper.services.copies.replication import replication_pass
+from safekeeper.services.operations.status import config_fingerprint, report_alive, system_status
 from tests.conftest import ArchiveFactory, FakeClock
 
 EXTRA_LOCATION = {

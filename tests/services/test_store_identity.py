@@ -24,8 +24,9 @@ from safekeeper.config import load_config
 from safekeeper.db.models import AuditEntry, Location
 from safekeeper.engine.embedded import run_due
 from safekeeper.errors import ConfigError, NotFound, StoreIdentityError
-from safekeeper.services import gc, ingest, inventory, replication
-from safekeeper.services.identity import Action, Facts, judge, move_location
+from safekeeper.services.copies import ingest, inventory, replication
+from safekeeper.services.copies.identity import Action, Facts, judge, move_location
+from safekeeper.services.deletion import gc
 from safekeeper.stores.marker import MARKER_NAME, StoreMarker
 from tests.conftest import ArchiveFactory, FakeClock
 from tests.servers import S3Server
@@ -581,7 +582,7 @@ def test_gc_checks_the_evidence_stores_before_each_batch(
     """However long an identity is trusted between checks, gc reads every store's
     marker before a batch: an empty mount point is neither evidence nor proof that
     the archive copy is gone."""
-    monkeypatch.setattr("safekeeper.services.identity.IDENTITY_TTL", 3600.0)
+    monkeypatch.setattr("safekeeper.services.copies.identity.IDENTITY_TTL", 3600.0)
     archive = make_archive()
     archive.put_bytes(DATA, ref="ns:k")
     _replicate(archive)
@@ -599,7 +600,7 @@ def test_reconfirmation_reads_the_evidence_stores_markers_itself(
     """Claimed copies processed without ``execute_batch``'s marker reads (as recovery
     does): the re-confirmation reads each evidence store's marker afresh, so an archive
     whose disk went away is neither evidence nor condemned as missing."""
-    monkeypatch.setattr("safekeeper.services.identity.IDENTITY_TTL", 3600.0)
+    monkeypatch.setattr("safekeeper.services.copies.identity.IDENTITY_TTL", 3600.0)
     archive = make_archive()
     archive.put_bytes(DATA)  # no reference: the inbox copy may go once archived
     _replicate(archive)
@@ -629,7 +630,7 @@ def test_verify_condemns_nothing_in_a_store_unmounted_since_its_last_check(
     """The identity check is cached for IDENTITY_TTL: a disk unmounted within that
     window answers "not found" for everything, and verify must look at the marker again
     before it calls a copy missing (found by the stateful test at 250 examples)."""
-    from safekeeper.services.verify import verify
+    from safekeeper.services.copies.verify import verify
 
     archive = make_archive()
     sha = archive.put_bytes(DATA, ref="ns:k").sha256

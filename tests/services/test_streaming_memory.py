@@ -16,7 +16,7 @@ SCRIPT = """
 import sys
 from safekeeper import open_archive
 from safekeeper.engine.embedded import run_due
-from safekeeper.services import replication
+from safekeeper.services.copies import replication
 
 def peak_mib():
     # VmHWM, not ru_maxrss: Linux carries the parent's peak into ru_maxrss across exec.

@@ -11,7 +11,7 @@ from safekeeper.db.models import Namespace
 from safekeeper.db.refs import ensure_namespace
 from safekeeper.errors import BadInput, NamespaceReserved, NotFound
 from safekeeper.ids import check_tenant_name
-from safekeeper.services import accounts, tenancy
+from safekeeper.services.access import accounts, tenancy
 
 PASSWORD = "correct horse battery"
 

@@ -12,8 +12,8 @@ import pytest
 from safekeeper.archive import Archive
 from safekeeper.engine.embedded import run_due
 from safekeeper.errors import BadInput
-from safekeeper.services import inventory, replication
-from safekeeper.services.verify import verify
+from safekeeper.services.copies import inventory, replication
+from safekeeper.services.copies.verify import verify
 from tests.conftest import FakeClock
 
 

@@ -1,7 +1,7 @@
 """The player on the package origin: ``/l/<capability>`` frames the package's launch
 page and provides the SCORM runtime (``runtime.js``: ``window.API`` and
 ``window.API_1484_11``), and ``/r/<capability>/commit`` stores what the content
-committed in the viewer's attempt (``services.attempts``).
+committed in the viewer's attempt (``services.packaging.attempts``).
 
 The player and the content share the package origin, so the content finds the API by
 the usual walk up ``parent``/``opener``; neither can reach the dashboard. A commit is
@@ -23,7 +23,7 @@ from safekeeper.packages.cache import PackageCache
 from safekeeper.packages.capabilities import RefTarget
 from safekeeper.packages.lookup import PackageInfo
 from safekeeper.packages.manifest import Item, parse_manifest
-from safekeeper.services import attempts
+from safekeeper.services.packaging import attempts
 
 HERE = Path(__file__).parent
 RUNTIME_JS = (HERE / "runtime.js").read_bytes()

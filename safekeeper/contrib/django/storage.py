@@ -32,7 +32,7 @@ from safekeeper.archive import Archive, open_archive
 from safekeeper.db.refs import ReferenceView, list_references
 from safekeeper.errors import NotFound, SafekeeperError
 from safekeeper.ids import DEFAULT_LABEL, RefSpec, check_key, check_name
-from safekeeper.services import ingest, inventory, refs
+from safekeeper.services.copies import ingest, inventory, refs
 
 _archives: dict[tuple[str, str], Archive] = {}
 _archives_lock = threading.Lock()

@@ -24,7 +24,7 @@ def upgrade() -> None:
     )
     # Past every number handed out so far, committed or not: a put rolled back before
     # this migration may have left an object at an interval key up to a few numbers
-    # past max(id); the hash check on existing objects (services.existing) covers those.
+    # past max(id); the hash check on existing objects (services.copies.existing) covers those.
     op.execute(
         "INSERT INTO id_sequences (name, next_value) "
         "SELECT 'blobs', COALESCE(MAX(id), 0) + 1 FROM blobs"

@@ -15,7 +15,8 @@ from django.utils import timezone
 from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.contrib.django.models import SafekeeperSession
-from safekeeper.services import gc, inventory
+from safekeeper.services.copies import inventory
+from safekeeper.services.deletion import gc
 from tests.contrib.django_project.djapp.models import Document, Member, Organisation
 
 DATA_DIR = Path(os.environ["SAFEKEEPER_DATA_DIR"])

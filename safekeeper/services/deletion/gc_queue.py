@@ -1,6 +1,6 @@
 """gc as queued tasks (the distributed mode): each planned batch becomes a ``gc`` task
 for the site of its location, whose workers alone may reach its store, and the
-``GcBatch`` handler runs one batch there with ``services.gc``'s phases.
+``GcBatch`` handler runs one batch there with ``services.deletion.gc``'s phases.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from safekeeper.db import claims
 from safekeeper.db.tasks import enqueue
 from safekeeper.engine.types import Completion, TaskInfo
 from safekeeper.errors import TransientStoreError
-from safekeeper.services.gc import (
+from safekeeper.services.deletion.gc import (
     GcReport,
     default_actor,
     execute_batch,

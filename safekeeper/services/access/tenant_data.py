@@ -27,16 +27,16 @@ from safekeeper.db.refs import ReferenceView, list_references, set_by
 from safekeeper.db.refs import resolve as resolve_reference
 from safekeeper.errors import BadInput, NotFound
 from safekeeper.ids import BLOB_ID_LENGTH, RefSpec, is_blob_id, parse_ref
-from safekeeper.services import ingest, inventory, refs
-from safekeeper.services.audit import AuditView
-from safekeeper.services.bundle_import import ImportOutcome
-from safekeeper.services.ingest import PutOutcome
-from safekeeper.services.tenancy import (
+from safekeeper.services.access.tenancy import (
     claim_namespace,
     claim_namespace_created,
     visible_namespace,
     visible_namespace_filter,
 )
+from safekeeper.services.copies import ingest, inventory, refs
+from safekeeper.services.copies.ingest import PutOutcome
+from safekeeper.services.operations.audit import AuditView
+from safekeeper.services.packaging.bundle_import import ImportOutcome
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -248,7 +248,7 @@ def on_behalf_of(
     principal: Principal, action: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
 ) -> _T:
     """Run ``action`` with the references it sets recorded as ``principal``'s (what
-    erasing them takes: ``services.erasure``)."""
+    erasing them takes: ``services.access.erasure``)."""
     with set_by(principal.user_id):
         return action(*args, **kwargs)
 

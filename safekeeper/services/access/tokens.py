@@ -19,7 +19,7 @@ from safekeeper.db.accounts import Account
 from safekeeper.db.models import ApiToken, Tenant, User
 from safekeeper.errors import Conflict, NotFound, Unauthenticated
 from safekeeper.ids import check_name
-from safekeeper.services.sessions import TOKEN_BYTES, hash_token, principal_of
+from safekeeper.services.access.sessions import TOKEN_BYTES, hash_token, principal_of
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from safekeeper.db.copies import record_rehashed, transition
 from safekeeper.db.models import CopyState
 from safekeeper.errors import NotFound, SafekeeperError
-from safekeeper.services.existing import hash_object
+from safekeeper.services.copies.existing import hash_object
 from safekeeper.stores.filesystem import FileStore
 
 if TYPE_CHECKING:

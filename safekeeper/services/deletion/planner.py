@@ -336,7 +336,7 @@ class Explanation:
 
 def explain(archive: Archive, blob_text: str) -> list[Explanation]:
     """Each live copy of a blob with the policy's decision on it (and why)."""
-    from safekeeper.services.inventory import resolve_blob
+    from safekeeper.services.copies.inventory import resolve_blob
 
     sha256 = resolve_blob(archive, blob_text)
     policy = policy_from_config(archive.config)

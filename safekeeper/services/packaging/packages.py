@@ -27,8 +27,8 @@ from safekeeper.db.refs import list_references, references_query, resolve
 from safekeeper.errors import BadInput, NotFound, TooLarge
 from safekeeper.ids import RefSpec, check_key, check_name, parse_ref
 from safekeeper.packages.validate import PackageBudgets, validate_package
-from safekeeper.services import inventory, refs
-from safekeeper.services.ingest import put_stream
+from safekeeper.services.copies import inventory, refs
+from safekeeper.services.copies.ingest import put_stream
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive

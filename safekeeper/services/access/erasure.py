@@ -32,8 +32,8 @@ from safekeeper.db import attempts, audit, refs
 from safekeeper.db.models import Blob, Hold, Namespace, Reference
 from safekeeper.errors import Conflict
 from safekeeper.ids import RefSpec
-from safekeeper.services import sessions
-from safekeeper.services.accounts import hard_delete_users
+from safekeeper.services.access import sessions
+from safekeeper.services.access.accounts import hard_delete_users
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive

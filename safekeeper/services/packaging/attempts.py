@@ -22,7 +22,7 @@ from safekeeper.api.principal import Principal
 from safekeeper.db.models import Namespace, PackageAttempt, User
 from safekeeper.errors import BadInput, NotFound
 from safekeeper.packages import scorm
-from safekeeper.services.tenancy import visible_namespace
+from safekeeper.services.access.tenancy import visible_namespace
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive

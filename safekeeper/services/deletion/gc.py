@@ -9,7 +9,7 @@ Per batch of planned copies at one location:
    holds, jobs, transfers, other copies) and decide with the pure policy; a copy
    allowed to go because it is copied elsewhere is decided again on physical evidence:
    every other present copy re-confirmed in its store against change (fingerprint,
-   re-hash of the last one; ``services.reconfirm``), only those confirmed counting. A
+   re-hash of the last one; ``services.deletion.reconfirm``), only those confirmed counting. A
    copy found gone or changed is marked ``missing`` or ``corrupt`` and the delete
    refused (invariants 2 and 12). Long re-checks send heartbeats.
 3. **release** what the re-check no longer allows (``deleting → present``).
@@ -29,7 +29,7 @@ and looks in the store: gone → recorded deleted (and audited); still there and
 fenced → released; still there and fenced → decided again from the start. Archive
 copies are processed after every other location's. The timeline is in docs/design.md
 ("Fenced claims"). The queued form (one task per batch, run by the location's site)
-is ``services.gc_queue``.
+is ``services.deletion.gc_queue``.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ from safekeeper.errors import (
 )
 from safekeeper.packages.eviction import drop_orphaned_trees
 from safekeeper.policy import Decision, Evidence, Rule, decide
-from safekeeper.services import reconfirm
-from safekeeper.services.planner import make_plan, policy_from_config
+from safekeeper.services.deletion import reconfirm
+from safekeeper.services.deletion.planner import make_plan, policy_from_config
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
@@ -147,7 +147,7 @@ def recheck(
     """Decide again on claimed copies: first on the database's rows; then, for a copy
     those allow to go because it is copied elsewhere, on physical evidence — every
     other present copy of its blob re-confirmed in its store in this run
-    (``services.reconfirm``), the policy counting only those confirmed. ``heartbeat``
+    (``services.deletion.reconfirm``), the policy counting only those confirmed. ``heartbeat``
     is called around the store round-trips, which can take long. What the
     re-confirmation found (copies gone or changed, fingerprints moved) is recorded."""
     verdicts, results = _recheck(archive, copy_ids, heartbeat)

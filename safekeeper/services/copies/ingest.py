@@ -10,14 +10,14 @@ Crash analysis (invariant 6, "present only after fully written and hashed"):
   stale when a later process opens the store (``Archive.store``); no row, no object;
 - after publish, before commit: an object with no row. The next put of the same
   bytes finds it (create-only publish reports AlreadyExists), hashes it and keeps it
-  when the bytes are right (``services.existing``); ``verify --adopt`` adopts the
+  when the bytes are right (``services.copies.existing``); ``verify --adopt`` adopts the
   rest. At an ``interval`` key the number is never handed out again: it was reserved
   in a transaction committed before the object was written (``db.blob_ids``);
 - after commit: the blob, its copy and its reference exist together.
 
 An object already at the key is never taken on its name or size (invariant 11): it is
 hashed, kept if right, replaced atomically with the staged bytes if wrong, refused if
-it is another blob's (``services.existing``). That costs a read of the existing
+it is another blob's (``services.copies.existing``). That costs a read of the existing
 object, and only then: a free key (the common case) reads nothing back.
 
 Putting bytes a location already holds writes nothing (dedup) and touches no object.
@@ -52,7 +52,7 @@ from safekeeper.errors import (
     StoreError,
 )
 from safekeeper.ids import RefSpec, check_key, encode_key_segment, path_key
-from safekeeper.services.existing import Content, settle
+from safekeeper.services.copies.existing import Content, settle
 from safekeeper.stores.base import (
     Source,
     Staged,
@@ -468,7 +468,7 @@ def _publish_object(
     store: Store, staged: Staged, key: str, *, content_key: bool, held_before: Callable[[], bool]
 ) -> bool:
     """Publish under ``key``, create-only; True if this wrote the object. An object
-    already there is hashed first (see module doc and ``services.existing``)."""
+    already there is hashed first (see module doc and ``services.copies.existing``)."""
     try:
         staged.commit(key)
         return True

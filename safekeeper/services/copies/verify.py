@@ -6,7 +6,7 @@ then on. Those copies are hashed again on every run: one whose right bytes came 
 (a file restored by hand, a disk remounted) is ``present`` again — after hashing,
 never on its name or size. Repair turns the rest back into ``pending`` and schedules a
 transfer from a good copy (which hashes the object at the key and replaces it
-atomically if wrong, ``services.existing``). Objects in a store that no copy row accounts
+atomically if wrong, ``services.copies.existing``). Objects in a store that no copy row accounts
 for are *orphans*: with ``adopt`` those whose bytes hash to the blob their key names
 are recorded as present copies (leftovers of a put that died before its commit);
 the rest are listed for the operator. Incomplete multipart uploads (S3) older than
@@ -35,8 +35,8 @@ from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.errors import BadInput, NotFound, StoreError
 from safekeeper.ids import is_blob_id
-from safekeeper.services.existing import hash_object
-from safekeeper.services.replication import schedule_transfers, serialize, want_repairs
+from safekeeper.services.copies.existing import hash_object
+from safekeeper.services.copies.replication import schedule_transfers, serialize, want_repairs
 from safekeeper.stores.base import fingerprint_of
 
 if TYPE_CHECKING:

@@ -24,8 +24,8 @@ from safekeeper.db.models import Copy, CopyState, Location, StagingJob, StagingJ
 from safekeeper.engine.dispatch import dispatch
 from safekeeper.errors import BadInput, Conflict, NotFound
 from safekeeper.ids import check_name
-from safekeeper.services.inventory import resolve_blob
-from safekeeper.services.replication import schedule_transfers
+from safekeeper.services.copies.inventory import resolve_blob
+from safekeeper.services.copies.replication import schedule_transfers
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive

@@ -21,7 +21,7 @@ from safekeeper.db.models import Blob
 from safekeeper.db.refs import remove_reference, set_reference
 from safekeeper.errors import NotFound
 from safekeeper.ids import RefSpec
-from safekeeper.services import inventory
+from safekeeper.services.copies import inventory
 
 if TYPE_CHECKING:
     from datetime import datetime

@@ -32,7 +32,8 @@ from safekeeper.db.refs import list_references, set_references
 from safekeeper.errors import BadInput, Conflict, PackageRejected, PolicyDenied
 from safekeeper.ids import check_name
 from safekeeper.packages.validate import PackageBudgets, PackageInfo, validate_package
-from safekeeper.services.bundle_format import (
+from safekeeper.services.copies.ingest import record_staged, reserve_serials
+from safekeeper.services.packaging.bundle_format import (
     READ_SIZE,
     BundleReader,
     Manifest,
@@ -46,7 +47,6 @@ from safekeeper.services.bundle_format import (
     open_tar,
     read_manifest,
 )
-from safekeeper.services.ingest import record_staged, reserve_serials
 from safekeeper.stores.base import Staged, Store, deferred_sync, sync_store
 
 if TYPE_CHECKING:

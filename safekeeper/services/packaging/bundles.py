@@ -6,8 +6,8 @@ one name the CLI, the HTTP API and the dashboard use for them.
 
 from __future__ import annotations
 
-from safekeeper.services.bundle_export import ExportOutcome, export_namespace
-from safekeeper.services.bundle_format import Progress
-from safekeeper.services.bundle_import import ImportOutcome, import_bundle
+from safekeeper.services.packaging.bundle_export import ExportOutcome, export_namespace
+from safekeeper.services.packaging.bundle_format import Progress
+from safekeeper.services.packaging.bundle_import import ImportOutcome, import_bundle
 
 __all__ = ["ExportOutcome", "ImportOutcome", "Progress", "export_namespace", "import_bundle"]

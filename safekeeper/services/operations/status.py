@@ -19,8 +19,8 @@ from safekeeper.db.models import AuditEntry, Blob, Copy, CopyState, Location, Ta
 from safekeeper.engine.watchdog import STALLED_PREFIX
 from safekeeper.errors import SafekeeperError
 from safekeeper.policy import watermark_bytes
-from safekeeper.services.inventory import LocationStatus, location_report
-from safekeeper.services.tasks import TaskView, list_tasks
+from safekeeper.services.copies.inventory import LocationStatus, location_report
+from safekeeper.services.operations.tasks import TaskView, list_tasks
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive

@@ -3,7 +3,7 @@
 Every change that takes access away (disable, soft or hard delete, one user or many,
 deleting a tenant, a new password, a new role) ends the affected sessions in the same
 call: first the catalog change commits (from then on the per-request re-check in
-``services.sessions.validate`` refuses the user), then the sessions' rows go. API
+``services.access.sessions.validate`` refuses the user), then the sessions' rows go. API
 tokens of disabled or deleted users are revoked in the catalog transaction itself.
 """
 
@@ -27,9 +27,9 @@ from safekeeper.db.models import USER_ROLES, Namespace, Tenant, User
 from safekeeper.db.refs import ensure_namespace
 from safekeeper.errors import AlreadyExists, BadInput, NotFound, Unauthenticated
 from safekeeper.ids import check_name, check_tenant_name
-from safekeeper.services import sessions
-from safekeeper.services.security_events import record_event
-from safekeeper.services.sessions import LoginThrottle
+from safekeeper.services.access import sessions
+from safekeeper.services.access.security_events import record_event
+from safekeeper.services.access.sessions import LoginThrottle
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive

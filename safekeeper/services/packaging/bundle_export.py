@@ -22,7 +22,7 @@ from sqlalchemy import select
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Namespace, Package
 from safekeeper.db.refs import list_references
 from safekeeper.errors import BadInput, Conflict, NotFound
-from safekeeper.services.bundle_format import (
+from safekeeper.services.packaging.bundle_format import (
     MANIFEST_NAME,
     Manifest,
     ManifestBlob,

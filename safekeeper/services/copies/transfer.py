@@ -6,7 +6,7 @@ which hashes exactly what it wrote. The copy becomes ``present`` (with
 target object is removed and the attempt counts as a transient failure: the next
 attempt may read from another source.
 
-A target key already taken is settled by ``services.existing``: the object there is
+A target key already taken is settled by ``services.copies.existing``: the object there is
 hashed and kept only if its bytes are right, replaced atomically (never deleted
 first) if they are wrong, and never touched if it is another blob's — an ``interval``
 key this blob never held — which fails the transfer for good (PermanentStoreError).
@@ -34,7 +34,7 @@ from safekeeper.errors import (
     PermanentStoreError,
     TransientStoreError,
 )
-from safekeeper.services.existing import Content, ForeignObject, settle
+from safekeeper.services.copies.existing import Content, ForeignObject, settle
 from safekeeper.stores.base import Store, fingerprint_of
 
 if TYPE_CHECKING:
@@ -291,7 +291,7 @@ class Transfer:
         except AlreadyExists:
             # Written by an earlier attempt that died before recording it, left by a
             # crashed writer, put back by someone — or wrong bytes: hashed, never taken
-            # on its size (services.existing).
+            # on its size (services.copies.existing).
             try:
                 settle(
                     target,

@@ -22,7 +22,7 @@ from safekeeper.db.models import Blob, Hold, Namespace, Reference
 from safekeeper.db.refs import pin_present_copies
 from safekeeper.errors import BadInput, NotFound
 from safekeeper.ids import check_name, is_blob_id
-from safekeeper.services.inventory import resolve_blob
+from safekeeper.services.copies.inventory import resolve_blob
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive

@@ -1,0 +1,1 @@
+"""Accounts and sessions: who may see and change what."""

@@ -1,0 +1,1 @@
+"""Copy lifecycle: bytes in, copies made and checked, references."""

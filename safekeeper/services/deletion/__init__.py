@@ -1,0 +1,1 @@
+"""Deleting copies safely: the plan, gc, re-confirmation, and what pins copies."""

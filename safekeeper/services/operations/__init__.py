@@ -1,0 +1,1 @@
+"""What operators look at: the audit log, status, the task queue."""

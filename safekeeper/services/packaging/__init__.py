@@ -1,0 +1,1 @@
+"""Packages and bundles: uploads, SCORM attempts, export and import."""
