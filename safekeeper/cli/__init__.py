@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from typer import _click
@@ -208,7 +208,10 @@ class _Group(TyperGroup):
             # plain one (format_help) is returned, so it is printed here. Exit 2 as before.
             _click.echo(ctx.get_help(), color=ctx.color)
             ctx.exit(2)
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except _click.exceptions.UsageError as exc:  # the root's own options
+            _usage_error(exc)
 
     def resolve_command(
         self, ctx: _click.Context, args: list[str]
@@ -251,6 +254,10 @@ class _Group(TyperGroup):
         except SafekeeperError as exc:
             _error(str(exc))
             raise typer.Exit(1) from exc
+        except _click.exceptions.NoArgsIsHelpError:
+            raise  # the command's help, as asked for by giving it nothing
+        except _click.exceptions.UsageError as exc:
+            _usage_error(exc)
         except BrokenPipeError as exc:  # the reader went away (`| head`): nothing to say
             _silence_stdout()
             raise typer.Exit(1) from exc
@@ -279,6 +286,14 @@ def _say(message: str) -> None:
     from safekeeper.cli.output import err_console  # Rich: only when there is something to say
 
     err_console.print(message)
+
+
+def _usage_error(exc: _click.exceptions.UsageError) -> NoReturn:
+    """A bad option or argument is bad input like any other: one ``error:`` line (Typer
+    would draw a box around the usage), exit status 2 as click gives it."""
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+    _error(exc.format_message() + where)
+    raise typer.Exit(2) from exc
 
 
 def _error(message: str) -> None:
