@@ -183,6 +183,19 @@ def timed_replicate(settings: Settings, data_dir: Path, expected: int) -> float:
     return result.seconds
 
 
+def replicate_a_clone(settings: Settings, ready: Path, run_dir: Path, count: int) -> float:
+    """Time ``replicate --wait`` of a fresh clone of the data dir ``ready`` (its inbox
+    hard-linked, in the page cache) into an empty file archive; check every object got there."""
+    data_dir = clone_data_dir(ready, run_dir, hardlink_stores=("inbox",))
+    warm_cache(data_dir / "inbox")
+    flush_disk()
+    seconds = timed_replicate(settings, data_dir, count)
+    if count_files(data_dir / "archive") != count:
+        raise RuntimeError("replicate did not write every archive object")
+    remove(data_dir)
+    return seconds
+
+
 def rate_row(
     name: str, size: int, baseline: Samples, ours: Samples, target: float
 ) -> tuple[dict[str, Any], Row]:
@@ -540,14 +553,7 @@ def bench_many(settings: Settings) -> Result:
         return seconds
 
     def run_safekeeper(_i: int) -> float:
-        data_dir = clone_data_dir(sk_ready, root / "sk-run", hardlink_stores=("inbox",))
-        warm_cache(data_dir / "inbox")
-        flush_disk()
-        seconds = timed_replicate(settings, data_dir, count)
-        if count_files(data_dir / "archive") != count:
-            raise RuntimeError("replicate did not write every archive object")
-        remove(data_dir)
-        return seconds
+        return replicate_a_clone(settings, sk_ready, root / "sk-run", count)
 
     interleave(
         "many",
@@ -644,14 +650,7 @@ def bench_many_fs(settings: Settings) -> Result:
         return seconds
 
     def run_safekeeper(_i: int) -> float:
-        data_dir = clone_data_dir(sk_ready, root / "sk-run", hardlink_stores=("inbox",))
-        warm_cache(data_dir / "inbox")
-        flush_disk()
-        seconds = timed_replicate(settings, data_dir, count)
-        if count_files(data_dir / "archive") != count:
-            raise RuntimeError("replicate did not write every archive object")
-        remove(data_dir)
-        return seconds
+        return replicate_a_clone(settings, sk_ready, root / "sk-run", count)
 
     interleave(
         "many-fs",
