@@ -3,8 +3,7 @@ configured executor exactly as ``safekeeper gc --wait`` runs it.
 
 The batches are ``gc`` tasks (``services.deletion.gc_queue.queue_gc``). Celery: they go
 to the sites' queues and the sites' workers delete, so the server needs no access to the
-stores.
-Embedded: this process's embedded executor runs them. A coordinating thread per run
+stores. Embedded: this process's embedded executor runs them. A coordinating thread per run
 queues the archive copies once every other batch has ended, then drops the extracted
 package trees whose zip is gone (the package cache is the server's).
 
