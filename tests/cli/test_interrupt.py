@@ -27,7 +27,9 @@ from safekeeper.services.copies.ingest import BATCH_SIZE
 
 pytestmark = pytest.mark.slow
 
-FILES = 1200
+# Past three batches, so "half way" interrupts the second batch or later, never a
+# finished run.
+FILES = 3 * BATCH_SIZE + 128
 
 
 def _tree(root: Path) -> Path:
