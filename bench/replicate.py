@@ -427,6 +427,17 @@ def _wait_ready(endpoint: S3Endpoint, log_path: Path) -> None:
             time.sleep(0.5)
 
 
+def s3_options(s3: S3Endpoint) -> dict[str, Any]:
+    """The settings of a safekeeper S3 location on the benchmark's SeaweedFS."""
+    return {
+        "endpoint": s3.url,
+        "region": "us-east-1",
+        "access_key_id": S3_ACCESS_KEY,
+        "secret_access_key": S3_SECRET_KEY,
+        "allow_http": True,
+    }
+
+
 def bench_big_s3(settings: Settings) -> Result:
     root = settings.work / "big-s3"
     source_dir = root / "src"
@@ -456,11 +467,7 @@ def bench_big_s3(settings: Settings) -> Result:
         def run_safekeeper(i: int) -> float:
             location = {
                 "store": f"s3://{BUCKET}/sk-{i}",
-                "endpoint": s3.url,
-                "region": "us-east-1",
-                "access_key_id": S3_ACCESS_KEY,
-                "secret_access_key": S3_SECRET_KEY,
-                "allow_http": True,
+                **s3_options(s3),
             }
             data_dir = new_data_dir(settings, root / "sk-data", location)
             put(settings, data_dir, source, 1)
@@ -708,11 +715,7 @@ def bench_many_s3(settings: Settings) -> Result:
         def run_safekeeper(i: int) -> float:
             location = {
                 "store": f"s3://{BUCKET}/many-sk-{i}",
-                "endpoint": s3.url,
-                "region": "us-east-1",
-                "access_key_id": S3_ACCESS_KEY,
-                "secret_access_key": S3_SECRET_KEY,
-                "allow_http": True,
+                **s3_options(s3),
             }
             data_dir = new_data_dir(settings, root / "sk-data", location)
             put(settings, data_dir, files, count)
@@ -808,13 +811,7 @@ def bench_dist(settings: Settings) -> Result:
             safekeeper=settings.safekeeper,
             repeats=settings.repeats,
             file_size=settings.file_size,
-            s3={
-                "endpoint": s3.url,
-                "region": "us-east-1",
-                "access_key_id": S3_ACCESS_KEY,
-                "secret_access_key": S3_SECRET_KEY,
-                "allow_http": True,
-            },
+            s3=s3_options(s3),
             bucket=BUCKET,
             purge=purge,
             **sizes,
