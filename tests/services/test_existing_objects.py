@@ -116,6 +116,53 @@ def test_corrupt_copy_is_rewritten_by_a_put_of_the_good_bytes(archive: Archive) 
     assert _present_objects_hash_right(archive, "inbox") == 1
 
 
+def _rot_in_place(path: Path) -> None:
+    """Behind safekeeper's back: one byte changed where it is, size and mtime kept."""
+    before = path.stat()
+    path.chmod(0o644)
+    with path.open("r+b") as f:
+        f.seek(7)
+        byte = f.read(1)
+        f.seek(7)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    path.chmod(0o444)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.parametrize("how", ["rotted", "removed"])
+def test_put_of_bytes_recorded_present_checks_the_object_first(archive: Archive, how: str) -> None:
+    """The catalog says the inbox holds the blob, but its object rotted in place (or
+    went) since it was hashed, unnoticed: a put with the good bytes in hand must not
+    count on it. (The stateful test's 500-example finding: a reference then landed on
+    a blob whose only present copy was bad.)"""
+    archive.put_bytes(GOOD)
+    path = _file(archive, "inbox", GOOD_SHA)
+    if how == "rotted":
+        _rot_in_place(path)
+    else:
+        path.unlink()
+    outcome = archive.put_bytes(GOOD, ref="ns:kept")
+    assert outcome.stored is True  # it wrote the good bytes, not discarded them
+    assert path.read_bytes() == GOOD
+    assert _state(archive, GOOD_SHA, "inbox") == CopyState.PRESENT
+    assert _present_objects_hash_right(archive, "inbox") == 1
+    assert archive.read_blob(GOOD_SHA) == GOOD
+
+
+def test_put_of_bytes_recorded_present_and_intact_writes_nothing(archive: Archive) -> None:
+    archive.put_bytes(GOOD)
+    path = _file(archive, "inbox", GOOD_SHA)
+    before = path.stat()
+    outcome = archive.put_bytes(GOOD, ref="ns:again")
+    assert outcome.stored is False
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_ctime_ns) == (
+        before.st_ino,
+        before.st_mtime_ns,
+        before.st_ctime_ns,
+    )
+
+
 def test_wrong_object_at_the_key_before_the_first_put_is_replaced(archive: Archive) -> None:
     path = _plant(archive, "inbox", GOOD_SHA, WRONG)
     assert archive.put_bytes(GOOD).stored is True

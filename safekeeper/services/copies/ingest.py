@@ -20,7 +20,12 @@ hashed, kept if right, replaced atomically with the staged bytes if wrong, refus
 it is another blob's (``services.copies.existing``). That costs a read of the existing
 object, and only then: a free key (the common case) reads nothing back.
 
-Putting bytes a location already holds writes nothing (dedup) and touches no object.
+Putting bytes a location already holds (dedup) goes the same way: the recorded
+``present`` copy's object is hashed before the put counts on it, and repaired from the
+staged bytes if it rotted or was rewritten in place since (a put that reports the bytes
+stored must not leave them stored only as bad bytes; the catalog's word is not proof).
+A re-put of a stored tree thus reads back what it already holds, as ``rclone
+--checksum`` does.
 """
 
 from __future__ import annotations
@@ -511,8 +516,9 @@ def record_staged(
     """Inside the caller's transaction: record the staged blobs, publish the objects the
     location does not hold yet and record their ``present`` copies. Returns the blob rows
     by sha256, and for each of ``staged`` whether this call made it present there —
-    written, or an object an interrupted put published but never recorded, adopted
-    (False: the location held it already, or it came earlier in ``staged``).
+    written, repaired, or an object an interrupted put published but never recorded,
+    adopted (False: the location held it already with the right bytes, or it came
+    earlier in ``staged``).
 
     Same crash analysis as ``_publish`` (module doc): an object published before a
     rollback is kept by the next put of those bytes (after hashing it) or adopted by
@@ -529,6 +535,7 @@ def record_staged(
     newly_present: list[int] = []
     fingerprints: dict[int, str | None] = {}
     stored: list[bool] = []
+    done: set[int] = set()
     for item in staged:
         blob = blobs[item.sha256]
         state = states.get(blob.id)
@@ -537,21 +544,26 @@ def record_staged(
                 f"blob {blob.sha256} is being deleted from {location_name} right now; "
                 "retry when that finishes"
             )
-        wrote = False
-        if state != CopyState.PRESENT:
-            key = archive.key_for(location_name, blob.sha256, blob.id)
-            written = _publish_object(
-                store,
-                item,
-                key,
-                content_key=content_key,
-                held_before=partial(was_verified_at, session, blob.id, location.id),
-            )
-            if written:
-                fingerprints[blob.id] = fingerprint_of(store, key)
-            wrote = True  # written, or an unrecorded object adopted: new to the catalog
+        if blob.id in done:  # a duplicate earlier in ``staged`` settled it
+            stored.append(False)
+            continue
+        done.add(blob.id)
+        # A recorded ``present`` copy is not taken on the catalog's word either: its
+        # object may have rotted or been rewritten in place since it was hashed, and
+        # this put holds the good bytes (module doc).
+        key = archive.key_for(location_name, blob.sha256, blob.id)
+        written = _publish_object(
+            store,
+            item,
+            key,
+            content_key=content_key,
+            held_before=partial(was_verified_at, session, blob.id, location.id),
+        )
+        if written:
+            fingerprints[blob.id] = fingerprint_of(store, key)
+        if written or state != CopyState.PRESENT:
+            # written, repaired, or an unrecorded object adopted: recorded afresh
             newly_present.append(blob.id)
-            states[blob.id] = CopyState.PRESENT  # a duplicate later in ``staged``
-        stored.append(wrote)
+        stored.append(written or state != CopyState.PRESENT)
     record_present_many(session, newly_present, location.id, now, fingerprints)
     return blobs, stored
