@@ -175,8 +175,9 @@ class ImportOut(ApiModel):
     namespace: str
     blobs_stored: int
     blobs_skipped: int = Field(
-        description="blobs the archive already held (admins only: for anyone else every "
-        "blob counts as stored, so an import never tells that someone else holds the bytes)"
+        description="blobs the ingest location already held with the right bytes (hashed "
+        "to check; admins only: for anyone else every blob counts as stored, so an import "
+        "never tells that someone else holds the bytes)"
     )
     bytes: int
     references_created: int

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from safekeeper.services.packaging.bundle_format import ZSTD_MAGIC
 from safekeeper.services.packaging.bundles import export_namespace, import_bundle
 from safekeeper.services.packaging.packages import put_package
 from safekeeper.stores.base import CHUNK_SIZE
+from safekeeper.stores.filesystem import FileStore
 from safekeeper.stores.marker import MARKER_NAME
 from tests.conftest import FakeClock
 from tests.packages.zips import INDEX_HTML, build_html_package, build_scorm12, build_zip
@@ -268,6 +270,31 @@ def test_importing_twice_is_idempotent(
     assert second.references_unchanged == 6 and second.packages_created == 0
     assert stored_files(archive) == files
     assert blob_count(archive) == len(content)
+
+
+def test_import_repairs_a_held_copy_that_rotted_since_it_was_hashed(
+    archive: Archive, course_bundle: tuple[Path, dict[str, bytes]]
+) -> None:
+    """The catalog says the inbox holds the blob, but its object rotted in place (size
+    and mtime kept): the import holds the good bytes and must not throw them away for
+    the bad copy it is about to reference."""
+    bundle, content = course_bundle
+    import_bundle(archive, bundle)
+    sha = next(iter(content))
+    store = archive.store("inbox")
+    assert isinstance(store, FileStore)
+    path = store.root / store.layout.path_for_key(sha)
+    before = path.stat()
+    path.chmod(0o644)
+    path.write_bytes(bytes(b ^ 0xFF for b in content[sha]))
+    path.chmod(0o444)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    again = import_bundle(archive, bundle)
+    assert (again.blobs_stored, again.blobs_skipped) == (1, len(content) - 1)
+    assert path.read_bytes() == content[sha]
+    for blob, data in content.items():
+        assert archive.read_blob(blob) == data
 
 
 def test_import_replaces_conflicting_references_like_ref_set(

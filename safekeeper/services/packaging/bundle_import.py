@@ -1,8 +1,11 @@
 """Bundle import: all of a bundle (``docs/bundle-format.md``), or nothing.
 
 Every blob's size and hash are checked against the manifest while it is staged into
-the ingest location's store; blobs some location already holds are read and checked
-but not stored again. Every blob the manifest calls a package is validated like an
+the ingest location's store. Blobs the archive already holds are staged too, like a
+put's: the catalog's word that a copy is right is not proof (invariant 11), so the
+ingest location's copy is hashed and repaired from the staged bytes if it rotted, and a
+blob held only elsewhere gets a copy here — the bundle's bytes are never thrown away
+for a copy nobody has looked at. Every blob the manifest calls a package is validated like an
 upload (``validate_package``) from a private spooled copy of the very bytes staged,
 and must match the manifest's description: the manifest is not trusted to say what is
 safe to extract and serve.
@@ -16,7 +19,6 @@ different ones replaced (refused in a namespace on hold), and none are removed.
 
 from __future__ import annotations
 
-import hashlib
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -26,15 +28,14 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from sqlalchemy import select
 
-from safekeeper.db.models import Blob, Copy, CopyState, Hold, Namespace, Package
+from safekeeper.db.models import Blob, Hold, Namespace, Package
 from safekeeper.db.packages import ensure_packages
 from safekeeper.db.refs import list_references, set_references
-from safekeeper.errors import BadInput, Conflict, PackageRejected, PolicyDenied
+from safekeeper.errors import BadInput, PackageRejected, PolicyDenied
 from safekeeper.ids import check_name
 from safekeeper.packages.validate import PackageBudgets, PackageInfo, validate_package
 from safekeeper.services.copies.ingest import record_staged, reserve_serials
 from safekeeper.services.packaging.bundle_format import (
-    READ_SIZE,
     BundleReader,
     Manifest,
     ManifestBlob,
@@ -103,16 +104,15 @@ def _import(
     namespace = into or manifest.namespace
     with archive.db.read() as session:
         _check_references(session, namespace, manifest)  # fail before reading gigabytes
-        held = _blobs_present(session, [b.sha256 for b in manifest.blobs])
     location = archive.config.ingest_location
     store = archive.store(location, fresh=True)  # a writer: invariant 10, as ingest
     staged: list[Staged] = []
     try:
         with deferred_sync(store):
-            packages = _read_blobs(archive, store, tar, reader, manifest, held, staged, progress)
+            packages = _read_blobs(archive, store, tar, reader, manifest, staged, progress)
         sync_store(store)  # the staged bytes are durable before they get names
         with deferred_sync(store):
-            return _record(archive, location, namespace, manifest, staged, packages, len(held))
+            return _record(archive, location, namespace, manifest, staged, packages)
     finally:
         for item in staged:
             item.discard()
@@ -124,12 +124,11 @@ def _read_blobs(
     tar: tarfile.TarFile,
     reader: BundleReader,
     manifest: Manifest,
-    held: set[str],
     staged: list[Staged],
     progress: Progress | None,
 ) -> dict[str, PackageInfo]:
-    """Check every blob member, staging those not ``held`` into ``staged`` (the caller
-    discards them on failure); return the validated packages by sha256."""
+    """Check every blob member, staging it into ``staged`` (the caller discards them
+    on failure); return the validated packages by sha256."""
     claimed = {package.blob: package for package in manifest.packages}
     budgets = PackageBudgets.from_config(archive.config.packages)
     packages: dict[str, PackageInfo] = {}
@@ -140,10 +139,10 @@ def _read_blobs(
         body = MemberBody(reader, blob.size)
         package = claimed.get(blob.sha256)
         if package is None:
-            _take_blob(store, body, blob, blob.sha256 in held, staged)
+            _take_blob(store, body, blob, staged)
         else:
             with _spool_file(archive) as spool:
-                _take_blob(store, _Copying(body, spool), blob, blob.sha256 in held, staged)
+                _take_blob(store, _Copying(body, spool), blob, staged)
                 packages[blob.sha256] = _validate(spool, package, budgets)
         reader.seek(tar.offset)
         done += blob.size
@@ -154,16 +153,9 @@ def _read_blobs(
 
 
 def _take_blob(
-    store: Store, body: MemberBody | _Copying, blob: ManifestBlob, held: bool, staged: list[Staged]
+    store: Store, body: MemberBody | _Copying, blob: ManifestBlob, staged: list[Staged]
 ) -> None:
-    """Stage the blob's bytes, or only check them if the archive holds the blob."""
-    if held:
-        digest = hashlib.sha256()
-        while piece := body.read(READ_SIZE):
-            digest.update(piece)
-        if digest.hexdigest() != blob.sha256:
-            raise _corrupt(blob, digest.hexdigest())
-        return
+    """Stage the blob's bytes, checked against the manifest."""
     item = store.stage(body)  # type: ignore[arg-type]  # read() is all it uses
     if item.sha256 != blob.sha256 or item.size != blob.size:
         item.discard()
@@ -239,21 +231,6 @@ def _check_references(session: Session, namespace: str, manifest: Manifest) -> N
         )
 
 
-def _blobs_present(session: Session, sha256s: list[str]) -> set[str]:
-    """The blobs among ``sha256s`` with a present copy somewhere."""
-    present: set[str] = set()
-    for batch in batches(sha256s):
-        present.update(
-            session.scalars(
-                select(Blob.sha256)
-                .join(Copy, Copy.blob_id == Blob.id)
-                .where(Blob.sha256.in_(batch), Copy.state == CopyState.PRESENT)
-                .distinct()
-            )
-        )
-    return present
-
-
 def _record(
     archive: Archive,
     location: str,
@@ -261,34 +238,28 @@ def _record(
     manifest: Manifest,
     staged: list[Staged],
     packages: dict[str, PackageInfo],
-    skipped: int,
 ) -> ImportOutcome:
     """The one write transaction: objects, blobs, copies, packages, references."""
     # Read the marker again right before publishing: reading a large bundle takes long.
     store = archive.store(location, fresh=True)
     serials = reserve_serials(archive, location, len({s.sha256 for s in staged}))
     now = archive.clock()
+    stored = 0
     with archive.db.write() as session:
         _check_references(session, namespace, manifest)
         blobs: dict[str, Blob] = {}
-        for new in batches(staged):
-            blobs.update(record_staged(archive, session, location, new, now, serials)[0])
-        for known in batches([b.sha256 for b in manifest.blobs if b.sha256 not in blobs]):
-            blobs.update(
-                (b.sha256, b) for b in session.scalars(select(Blob).where(Blob.sha256.in_(known)))
-            )
-        needed = [r.blob for r in manifest.references] + list(packages)
-        missing = [sha256 for sha256 in needed if sha256 not in blobs]
-        if missing:
-            raise Conflict(f"blob {missing[0]} vanished during the import; retry it")
+        for new in batches(staged):  # every blob of the manifest (read_manifest checks)
+            recorded, wrote = record_staged(archive, session, location, new, now, serials)
+            blobs.update(recorded)
+            stored += sum(wrote)
         packages_created = _record_packages(session, packages, blobs, now)
         targets = {(r.key, r.label): blobs[r.blob] for r in manifest.references}
         counts = set_references(session, namespace, targets, now)
         sync_store(store)  # the published names are durable before the rows commit
     return ImportOutcome(
         namespace=namespace,
-        blobs_stored=len(staged),
-        blobs_skipped=skipped,
+        blobs_stored=stored,
+        blobs_skipped=len(staged) - stored,
         bytes=manifest.total_size,
         references_created=counts.created,
         references_replaced=counts.replaced,
