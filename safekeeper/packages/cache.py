@@ -166,6 +166,9 @@ class PackageCache:
     def tree_for(self, sha256: str) -> Path:
         """The tree of zip blob ``sha256``, extracted first if it is not there."""
         tree = self.layout.tree(sha256)
+        # The lock file is a write too: none on the empty mount point of a cache disk
+        # that is away (``_ensure`` reads the marker again once the lock is held).
+        self.archive.store(self.layout.location, fresh=True)
         with self._thread_lock(sha256), self.layout.file_lock(sha256):
             extracted = self._ensure(sha256, tree)
         if extracted:

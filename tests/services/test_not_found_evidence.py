@@ -281,6 +281,7 @@ def test_a_package_tree_is_not_rebuilt_on_an_unmounted_cache_disk(
     with pytest.raises(StoreIdentityError, match="has no identity marker"):
         cache.tree_for(sha)
     assert not tree.exists() and not (root / ".tmp").exists()
+    assert list(root.iterdir()) == []  # not even a lock file on the mount point
     assert _audited(archive, "cache-extract") == 1
     _mount(root, hidden)
     assert cache.tree_for(sha) == tree and tree.is_dir()
