@@ -234,6 +234,30 @@ def test_verify_aborts_stale_uploads_under_the_prefix_only(
     assert result.exit_code == 0 and "aborted" not in result.stdout
 
 
+def test_verify_aborts_no_uploads_in_a_bucket_that_is_not_the_recorded_one(
+    tmp_path: Path, moto_server: S3Server
+) -> None:
+    """Aborting uploads is a write: a bucket that lost its marker since verify's last
+    (cached) identity check may be another deployment's, whose writers are running."""
+    from datetime import timedelta
+
+    from safekeeper.archive import Archive
+    from safekeeper.config import load_config
+    from safekeeper.services.copies.verify import verify
+    from safekeeper.stores.marker import MARKER_NAME
+
+    bucket = moto_server.make_bucket()
+    data_dir = _archive_dir(tmp_path, moto_server, bucket)
+    archive = Archive(load_config(data_dir=data_dir))
+    assert verify(archive, location="cloud").errors == []  # the identity is now cached
+    moto_server.client().delete_object(Bucket=bucket, Key=f"objects/{MARKER_NAME}")
+    theirs = _leftover(moto_server, bucket, "objects/" + "e" * 64, 10)
+    report = verify(archive, location="cloud", stale_uploads_after=timedelta(0))
+    assert report.stale_uploads == []
+    assert any("identity marker" in error for error in report.errors), report.errors
+    assert [u["UploadId"] for u in _uploads(moto_server, bucket)] == [theirs]
+
+
 def test_verify_prints_the_aborted_uploads(tmp_path: Path, moto_server: S3Server) -> None:
     bucket = moto_server.make_bucket()
     data_dir = _archive_dir(tmp_path, moto_server, bucket)

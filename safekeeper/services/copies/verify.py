@@ -229,12 +229,13 @@ def abort_stale_uploads(
     archive: Archive, location: str, older_than: timedelta, report: VerifyReport
 ) -> None:
     """Abort the location's incomplete uploads older than ``older_than`` (stores
-    without multipart uploads have none)."""
-    abort = getattr(archive.store(location), "abort_stale_uploads", None)
-    if abort is None:
+    without multipart uploads have none). Aborting is a write: the store's marker is
+    read afresh first, or another deployment's bucket mounted under the same URL since
+    the last check would lose its writers' uploads (invariant 10)."""
+    if not hasattr(archive.store(location), "abort_stale_uploads"):
         return
     try:
-        aborted = abort(older_than)
+        aborted = archive.store(location, fresh=True).abort_stale_uploads(older_than)  # type: ignore[attr-defined]
     except StoreError as exc:
         report.errors.append(f"incomplete uploads at {location}: {exc}")
         return
