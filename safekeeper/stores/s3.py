@@ -52,8 +52,6 @@ from safekeeper.errors import (
     NotFound,
     PermanentStoreError,
     SafekeeperError,
-    TransientStoreError,
-    first_line,
 )
 from safekeeper.stores.base import (
     CHUNK_SIZE,
@@ -69,6 +67,7 @@ from safekeeper.stores.base import (
 )
 from safekeeper.stores.layouts import validate_key, validate_prefix
 from safekeeper.stores.marker import MARKER_NAME
+from safekeeper.stores.s3_errors import map_error, status_code, write_error
 from safekeeper.stores.s3_uploads import MultipartUploads, PendingUpload, UploadAccess
 
 if TYPE_CHECKING:  # obstore's TypedDicts exist only in its stubs
@@ -85,54 +84,6 @@ DEFAULT_READ_WINDOW = 256 * MIB
 DELETE_BATCH = 1000
 UPLOAD_CLOCK_SLACK = timedelta(minutes=5)  # DeleteObjects takes at most 1000 keys
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_STATUS_RE = re.compile(r"status code: (\d{3})")
-_INSTANCE_METADATA = "169.254.169.254"
-
-
-def map_error(exc: Exception, what: str) -> SafekeeperError:
-    """Translate an obstore exception into the safekeeper error it means."""
-    message = f"{what}: {first_line(exc)}"
-    if _INSTANCE_METADATA in str(exc):
-        # With no credentials configured, obstore asks the cloud's instance-metadata
-        # service; off a cloud VM that fails with an error about that address instead.
-        return PermanentStoreError(
-            f"{what}: no credentials for the bucket: set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY in this process's environment (or the location's "
-            "access_key_id / secret_access_key)"
-        )
-    if isinstance(exc, FileNotFoundError):  # obstore raises the builtin for NotFound
-        if "NoSuchBucket" in str(exc):
-            return PermanentStoreError(message)
-        return NotFound(message)
-    if isinstance(exc, obe.AlreadyExistsError):
-        return AlreadyExists(message)
-    if isinstance(exc, obe.PreconditionError):
-        return TransientStoreError(f"{message} (the object changed underneath us)")
-    if isinstance(
-        exc,
-        obe.PermissionDeniedError
-        | obe.UnauthenticatedError
-        | obe.NotSupportedError
-        | obe.InvalidPathError
-        | obe.UnknownConfigurationKeyError,
-    ):
-        return PermanentStoreError(message)
-    if isinstance(exc, obe.GenericError):
-        # obstore has already retried 5xx, throttling and timeouts; a 4xx left here is
-        # a request the server will keep refusing (NoSuchBucket, InvalidRequest, ...).
-        match = _STATUS_RE.search(str(exc))
-        if match and match.group(1).startswith("4") and match.group(1) not in ("408", "429"):
-            return PermanentStoreError(message)
-        return TransientStoreError(message)
-    if isinstance(exc, ValueError | TypeError):
-        return BadInput(message)
-    return TransientStoreError(message)
-
-
-def _write_error(exc: Exception, what: str) -> SafekeeperError:
-    error = map_error(exc, what)
-    # A 404 on a write means the bucket (not the object) is missing.
-    return PermanentStoreError(str(error)) if isinstance(error, NotFound) else error
 
 
 def part_size_for(size: int | None, minimum: int = DEFAULT_PART_SIZE) -> int:
@@ -251,7 +202,7 @@ class S3Store:
             # landed, the retry sees it here as AlreadyExists.
             raise AlreadyExists(f"{self.url}: object {key!r} already exists") from exc
         except Exception as exc:
-            raise _write_error(exc, f"{self.url}: cannot put {key!r}") from exc
+            raise write_error(exc, f"{self.url}: cannot put {key!r}") from exc
 
     def _put_multipart(
         self, key: str, payload: Iterable[bytes] | Path, part_size: int, *, create: bool = True
@@ -287,7 +238,7 @@ class S3Store:
             self._abort_failed(key, started)
             if isinstance(exc, SafekeeperError) or not isinstance(exc, Exception):
                 raise  # the source's error passed back through obstore, or a cancel
-            raise _write_error(exc, f"{self.url}: cannot put {key!r}") from exc
+            raise write_error(exc, f"{self.url}: cannot put {key!r}") from exc
 
     def _abort_failed(self, key: str, started: datetime) -> None:
         if self.uploads is not None:
@@ -400,7 +351,7 @@ class S3Store:
             return bytes(obstore.get_range(self.client, key, start=start, length=length))
         except obe.GenericError as exc:
             # 416: the range starts at or past the end of an object that exists.
-            if _STATUS_RE.search(str(exc)) and "416" in str(exc):
+            if status_code(exc) == "416":
                 return b""
             raise map_error(exc, f"{self.url}: cannot read {key!r}") from exc
         except Exception as exc:
@@ -481,7 +432,7 @@ class S3Store:
         except obe.AlreadyExistsError as exc:
             raise AlreadyExists(f"{self.url}: the store already has a marker") from exc
         except Exception as exc:
-            raise _write_error(exc, f"{self.url}: cannot write {MARKER_NAME}") from exc
+            raise write_error(exc, f"{self.url}: cannot write {MARKER_NAME}") from exc
 
     def close(self) -> None:
         """Nothing to release: obstore pools connections per client object."""

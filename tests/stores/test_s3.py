@@ -19,7 +19,8 @@ from safekeeper.errors import (
     TransientStoreError,
 )
 from safekeeper.stores import open_store
-from safekeeper.stores.s3 import S3Store, map_error, part_size_for
+from safekeeper.stores.s3 import S3Store, part_size_for
+from safekeeper.stores.s3_errors import map_error
 from tests.servers import S3Server
 
 MIB = 1024 * 1024
@@ -50,6 +51,7 @@ def test_large_objects_stream_as_multipart(server: S3Server, bucket: str) -> Non
     assert (result.size, result.sha256) == (len(data), hashlib.sha256(data).hexdigest())
     assert b"".join(store.open("big")) == data  # 13 ranged reads
     assert store.read_range("big", 5 * MIB - 3, 6) == data[5 * MIB - 3 : 5 * MIB + 3]
+    assert store.read_range("big", len(data) + 10, 6) == b""  # past the end: 416
     with pytest.raises(AlreadyExists):
         store.put("big", io.BytesIO(data))
     with store.stage(io.BytesIO(data)) as staged:
