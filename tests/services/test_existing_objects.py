@@ -217,6 +217,11 @@ def test_corrupt_s3_object_is_rewritten_by_a_put(
     assert archive.put_bytes(GOOD).stored is True
     assert client.get_object(Bucket=bucket, Key=f"in/{GOOD_SHA}")["Body"].read() == GOOD
     assert _state(archive, GOOD_SHA, "inbox") == CopyState.PRESENT
+    # Rot that no verify has seen yet: the copy is still recorded present.
+    client.put_object(Bucket=bucket, Key=f"in/{GOOD_SHA}", Body=WRONG)
+    assert archive.put_bytes(GOOD, ref="ns:s3").stored is True
+    assert client.get_object(Bucket=bucket, Key=f"in/{GOOD_SHA}")["Body"].read() == GOOD
+    assert archive.put_bytes(GOOD, ref="ns:s3-again").stored is False  # right: kept
 
 
 # -- verify: lost copies whose bytes come back; adoption --------------------------

@@ -492,6 +492,26 @@ def _publish_object(
         raise Conflict(f"object {key} appeared and vanished during the put; retry") from None
 
 
+def _recheck_held(store: Store, staged: Staged, key: str, *, content_key: bool) -> bool:
+    """A copy recorded ``present``: hash its object before counting on it (module doc).
+    True if the staged bytes were written — over rotted bytes, or where the object
+    went. Hashing first, not a create-only write, so a held object costs one read (on
+    S3 a GET, not an upload the server refuses)."""
+    try:
+        return settle(
+            store,
+            key,
+            Content(staged.sha256, staged.size),
+            content_key=content_key,
+            held_before=lambda: True,  # the copy was hashed right there: its own key
+            replace=lambda: staged.replace(key),
+        )
+    except NotFound:
+        return _publish_object(
+            store, staged, key, content_key=content_key, held_before=lambda: True
+        )
+
+
 def reserve_serials(archive: Archive, location_name: str, count: int) -> Iterator[int] | None:
     """For a put into an ``interval`` location on SQLite: ``count`` blob ids taken in a
     transaction of their own, committed before any object is written under them, so a
@@ -552,13 +572,16 @@ def record_staged(
         # object may have rotted or been rewritten in place since it was hashed, and
         # this put holds the good bytes (module doc).
         key = archive.key_for(location_name, blob.sha256, blob.id)
-        written = _publish_object(
-            store,
-            item,
-            key,
-            content_key=content_key,
-            held_before=partial(was_verified_at, session, blob.id, location.id),
-        )
+        if state == CopyState.PRESENT:
+            written = _recheck_held(store, item, key, content_key=content_key)
+        else:
+            written = _publish_object(
+                store,
+                item,
+                key,
+                content_key=content_key,
+                held_before=partial(was_verified_at, session, blob.id, location.id),
+            )
         if written:
             fingerprints[blob.id] = fingerprint_of(store, key)
         if written or state != CopyState.PRESENT:
