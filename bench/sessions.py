@@ -41,7 +41,7 @@ from safekeeper.config import load_config, write_default
 from safekeeper.db.models import Tenant, User
 from safekeeper.db.session_models import LoginSession
 from safekeeper.services.access import accounts, sessions
-from safekeeper.services.access.sessions import LoginThrottle
+from safekeeper.services.access.login_throttle import LoginThrottle
 
 BENCHMARKS = ("validate", "tenant")
 VALIDATE_TARGET_MS = 0.3

@@ -9,7 +9,7 @@ A cross-site page can make the browser send the cookie but cannot read it, so it
 cannot produce the header; bearer tokens are never sent implicitly, so need none.
 
 Failed sign-ins are counted per account and per client address in this server
-process (see ``services.access.sessions.LoginThrottle``); past the limit login answers 429
+process (see ``services.access.login_throttle.LoginThrottle``); past the limit login answers 429
 with ``Retry-After``.
 """
 
@@ -30,8 +30,8 @@ from safekeeper.api.state import archive_of
 from safekeeper.archive import Archive
 from safekeeper.errors import Forbidden, Unauthenticated
 from safekeeper.services.access import accounts, sessions, tokens
+from safekeeper.services.access.login_throttle import LoginThrottle
 from safekeeper.services.access.security_events import record_event
-from safekeeper.services.access.sessions import LoginThrottle
 
 COOKIE = "sk_session"
 CSRF_HEADER = "X-CSRF-Token"

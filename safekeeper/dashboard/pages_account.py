@@ -19,7 +19,7 @@ from safekeeper.dashboard.web import (
 )
 from safekeeper.errors import RateLimited, SafekeeperError, Unauthenticated
 from safekeeper.services.access import accounts, sessions
-from safekeeper.services.access.sessions import LoginThrottle
+from safekeeper.services.access.login_throttle import LoginThrottle
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 

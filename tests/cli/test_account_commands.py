@@ -12,7 +12,7 @@ from safekeeper.config import load_config
 from safekeeper.db.models import Namespace, Tenant, User
 from safekeeper.errors import Unauthenticated
 from safekeeper.services.access import accounts, sessions
-from safekeeper.services.access.sessions import LoginThrottle
+from safekeeper.services.access.login_throttle import LoginThrottle
 from tests.cli.test_blob_commands import cli
 
 PASSWORD = b"correct horse battery\n"

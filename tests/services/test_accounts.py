@@ -11,7 +11,7 @@ from safekeeper.archive import Archive
 from safekeeper.db.models import ApiToken, User
 from safekeeper.errors import AlreadyExists, BadInput, NotFound, Unauthenticated
 from safekeeper.services.access import accounts, sessions, tokens
-from safekeeper.services.access.sessions import LoginThrottle
+from safekeeper.services.access.login_throttle import LoginThrottle
 
 PASSWORD = "correct horse battery"
 

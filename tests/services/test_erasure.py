@@ -25,7 +25,7 @@ from safekeeper.errors import NotFound, PolicyDenied, Unauthenticated
 from safekeeper.ids import RefSpec
 from safekeeper.packages.cache import package_cache
 from safekeeper.services.access import accounts, erasure, sessions, tenancy
-from safekeeper.services.access.sessions import LoginThrottle
+from safekeeper.services.access.login_throttle import LoginThrottle
 from safekeeper.services.copies import replication
 from safekeeper.services.deletion import gc, holds
 from safekeeper.services.packaging import packages

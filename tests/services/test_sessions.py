@@ -17,7 +17,7 @@ from safekeeper.db.models import User
 from safekeeper.db.session_models import LoginSession
 from safekeeper.errors import NotFound, RateLimited, Unauthenticated
 from safekeeper.services.access import accounts, sessions
-from safekeeper.services.access.sessions import LoginThrottle
+from safekeeper.services.access.login_throttle import LoginThrottle
 from tests.conftest import ArchiveFactory, FakeClock
 
 PASSWORD = "correct horse battery"

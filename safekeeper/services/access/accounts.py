@@ -28,8 +28,8 @@ from safekeeper.db.refs import ensure_namespace
 from safekeeper.errors import AlreadyExists, BadInput, NotFound, Unauthenticated
 from safekeeper.ids import check_name, check_tenant_name
 from safekeeper.services.access import sessions
+from safekeeper.services.access.login_throttle import LoginThrottle
 from safekeeper.services.access.security_events import record_event
-from safekeeper.services.access.sessions import LoginThrottle
 
 if TYPE_CHECKING:
     from safekeeper.archive import Archive
