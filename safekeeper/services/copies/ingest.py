@@ -470,15 +470,25 @@ def _publish(
 
 
 def _publish_object(
-    store: Store, staged: Staged, key: str, *, content_key: bool, held_before: Callable[[], bool]
+    store: Store,
+    staged: Staged,
+    key: str,
+    *,
+    content_key: bool,
+    held_before: Callable[[], bool],
+    held: bool = False,
 ) -> bool:
     """Publish under ``key``, create-only; True if this wrote the object. An object
-    already there is hashed first (see module doc and ``services.copies.existing``)."""
-    try:
-        staged.commit(key)
-        return True
-    except AlreadyExists:
-        pass
+    already there is hashed first (see module doc and ``services.copies.existing``).
+    ``held``: the location's copy is recorded ``present``, so the object is hashed
+    first (one read; on S3 a GET, not an upload the server would refuse), and the
+    staged bytes are written only if it is wrong or gone."""
+    if not held:
+        try:
+            staged.commit(key)
+            return True
+        except AlreadyExists:
+            pass
     try:
         return settle(
             store,
@@ -489,27 +499,11 @@ def _publish_object(
             replace=lambda: staged.replace(key),
         )
     except NotFound:
+        if held:
+            return _publish_object(
+                store, staged, key, content_key=content_key, held_before=held_before
+            )
         raise Conflict(f"object {key} appeared and vanished during the put; retry") from None
-
-
-def _recheck_held(store: Store, staged: Staged, key: str, *, content_key: bool) -> bool:
-    """A copy recorded ``present``: hash its object before counting on it (module doc).
-    True if the staged bytes were written — over rotted bytes, or where the object
-    went. Hashing first, not a create-only write, so a held object costs one read (on
-    S3 a GET, not an upload the server refuses)."""
-    try:
-        return settle(
-            store,
-            key,
-            Content(staged.sha256, staged.size),
-            content_key=content_key,
-            held_before=lambda: True,  # the copy was hashed right there: its own key
-            replace=lambda: staged.replace(key),
-        )
-    except NotFound:
-        return _publish_object(
-            store, staged, key, content_key=content_key, held_before=lambda: True
-        )
 
 
 def reserve_serials(archive: Archive, location_name: str, count: int) -> Iterator[int] | None:
@@ -572,16 +566,14 @@ def record_staged(
         # object may have rotted or been rewritten in place since it was hashed, and
         # this put holds the good bytes (module doc).
         key = archive.key_for(location_name, blob.sha256, blob.id)
-        if state == CopyState.PRESENT:
-            written = _recheck_held(store, item, key, content_key=content_key)
-        else:
-            written = _publish_object(
-                store,
-                item,
-                key,
-                content_key=content_key,
-                held_before=partial(was_verified_at, session, blob.id, location.id),
-            )
+        written = _publish_object(
+            store,
+            item,
+            key,
+            content_key=content_key,
+            held_before=partial(was_verified_at, session, blob.id, location.id),
+            held=state == CopyState.PRESENT,
+        )
         if written:
             fingerprints[blob.id] = fingerprint_of(store, key)
         if written or state != CopyState.PRESENT:
