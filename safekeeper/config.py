@@ -17,19 +17,15 @@ a shortcut for ``SAFEKEEPER__DATABASE__URL``.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
 
 import tomli_w
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -37,8 +33,18 @@ from pydantic import (
     model_validator,
 )
 
+from safekeeper.config_server import ServerConfig
+from safekeeper.config_values import (
+    Strict,
+    at_least,
+    duration,
+    positive_duration,
+    size,
+    size_or_fraction,
+)
 from safekeeper.errors import BadInput, ConfigError
-from safekeeper.units import parse_duration, parse_size
+from safekeeper.store_places import check_distinct_stores
+from safekeeper.units import parse_size
 
 CONFIG_NAME = "safekeeper.toml"
 DEFAULT_DATA_DIR = Path("safekeeper-data")
@@ -47,45 +53,11 @@ ENV_PREFIX = "SAFEKEEPER__"
 LocationKind = Literal["source", "buffer", "archive", "processing", "cache"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _duration(value: Any) -> timedelta | None:
-    if value is None or isinstance(value, timedelta):
-        return value
-    try:
-        return parse_duration(value)
-    except BadInput as exc:
-        raise ValueError(str(exc)) from exc
-
-
-def _size(value: Any) -> int:
-    try:
-        return parse_size(value)
-    except BadInput as exc:
-        raise ValueError(str(exc)) from exc
-
-
-def _size_or_fraction(value: Any) -> int | float | None:
-    """Watermarks: bytes (``"80GiB"``) or a fraction of capacity (``0.9``)."""
-    if value is None:
-        return None
-    if isinstance(value, float):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError("a fraction of capacity must be between 0 and 1")
-        return value
-    try:
-        return parse_size(value)
-    except BadInput as exc:
-        raise ValueError(str(exc)) from exc
-
-
-class SiteConfig(_Strict):
+class SiteConfig(Strict):
     description: str = ""
 
 
-class LocationConfig(_Strict):
+class LocationConfig(Strict):
     kind: LocationKind
     store: str
     site: str = "local"
@@ -106,9 +78,9 @@ class LocationConfig(_Strict):
     replicate_to: tuple[str, ...] = ()
     delete_after_copies_at: tuple[str, ...] = ()
 
-    _duration_fields = field_validator("retention", mode="before")(_duration)
+    _duration_fields = field_validator("retention", mode="before")(duration)
     _watermark_fields = field_validator("high_watermark", "low_watermark", mode="before")(
-        _size_or_fraction
+        size_or_fraction
     )
 
     @field_validator("capacity", mode="before")
@@ -149,22 +121,7 @@ class LocationConfig(_Strict):
         return {}
 
 
-def _at_least(minimum: int) -> Any:
-    def check(value: int) -> int:
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return check
-
-
-def _positive_duration(value: timedelta | None) -> timedelta | None:
-    if value is not None and value <= timedelta(0):
-        raise ValueError(f"must be longer than zero, got {value}")
-    return value
-
-
-class PolicyConfig(_Strict):
+class PolicyConfig(Strict):
     #: Verified archive copies needed before a copy elsewhere may go. 0 drops the
     #: archive requirement, never the floor: the copy still goes only while another
     #: copy is re-confirmed in its store.
@@ -192,13 +149,13 @@ class PolicyConfig(_Strict):
 
     _durations = field_validator(
         "grace_period", "verify_max_age", "gc_batch_deadline", "gc_claim_timeout", mode="before"
-    )(_duration)
+    )(duration)
     _positive = field_validator("verify_max_age", "gc_batch_deadline", "gc_claim_timeout")(
-        _positive_duration
+        positive_duration
     )
-    _sizes = field_validator("gc_rehash_max_size", mode="before")(_size)
-    _non_negative = field_validator("min_archive_copies")(_at_least(0))
-    _one_or_more = field_validator("max_retries", "gc_batch_size")(_at_least(1))
+    _sizes = field_validator("gc_rehash_max_size", mode="before")(size)
+    _non_negative = field_validator("min_archive_copies")(at_least(0))
+    _one_or_more = field_validator("max_retries", "gc_batch_size")(at_least(1))
 
     @field_validator("grace_period")
     @classmethod
@@ -219,7 +176,7 @@ class PolicyConfig(_Strict):
         return value
 
 
-class TasksConfig(_Strict):
+class TasksConfig(Strict):
     #: ``embedded``: a thread pool in the CLI / server process; ``celery``: per-site
     #: queues on a broker, consumed by ``safekeeper worker --site NAME``.
     executor: Literal["embedded", "celery"] = "embedded"
@@ -242,14 +199,14 @@ class TasksConfig(_Strict):
         "retry_max",
         "replicate_interval",
         mode="before",
-    )(_duration)
+    )(duration)
     _positive = field_validator(
         "heartbeat_timeout", "stall_timeout", "retry_base", "retry_max", "replicate_interval"
-    )(_positive_duration)
-    _one_or_more = field_validator("threads")(_at_least(1))
+    )(positive_duration)
+    _one_or_more = field_validator("threads")(at_least(1))
 
 
-class DatabaseConfig(_Strict):
+class DatabaseConfig(Strict):
     #: SQLAlchemy URL; default: SQLite ``safekeeper.db`` in the data directory.
     url: str | None = None
     #: Where sign-in sessions live; default: ``sessions.db`` next to a SQLite catalog,
@@ -257,7 +214,7 @@ class DatabaseConfig(_Strict):
     sessions_url: str | None = None
 
 
-class PackagesConfig(_Strict):
+class PackagesConfig(Strict):
     """Budgets a zip package must fit before anything of it is stored."""
 
     max_members: int = 50_000
@@ -265,152 +222,10 @@ class PackagesConfig(_Strict):
     #: Uncompressed ÷ compressed size, per member and for the whole package.
     max_compression_ratio: float = 200.0
 
-    _sizes = field_validator("max_extracted_size", mode="before")(_size)
+    _sizes = field_validator("max_extracted_size", mode="before")(size)
 
 
-class ServerConfig(_Strict):
-    """``safekeeper serve``: the HTTP API, package serving and the dashboard."""
-
-    host: str = "127.0.0.1"
-    port: int = 8470
-    session_idle_timeout: timedelta = timedelta(minutes=30)
-    session_absolute_timeout: timedelta = timedelta(hours=12)
-    #: Uploads larger than this get 413 before anything is stored.
-    max_upload_size: int = 4 * 1024**3
-    #: Failed sign-ins allowed per account and per client address in ``login_window``.
-    login_attempts: int = 10
-    login_window: timedelta = timedelta(minutes=15)
-    #: Cookies get ``Secure`` unless this is false; default: secure except when serving
-    #: plain HTTP on a loopback address.
-    secure_cookies: bool | None = None
-    #: The dashboard's origin as browsers see it (``https://safekeeper.example.org``):
-    #: the only origin (with ``embed_origins``) that may frame packages. Default:
-    #: ``http://HOST:PORT`` (and ``http://localhost:PORT`` for a loopback host).
-    public_origin: str | None = None
-    #: Where package content is served: an origin distinct from the dashboard's, so a
-    #: package's script never runs with a viewer's authority (design.md, invariant 13).
-    #: Default: ``http://HOST:PACKAGE_PORT``, a second listener of ``safekeeper serve``.
-    package_origin: str | None = None
-    #: The second listener's port; default: ``port + 1``.
-    package_port: int | None = None
-    #: Origins of other applications allowed to frame launch URLs (``POST …/launch``).
-    embed_origins: tuple[str, ...] = ()
-    #: How long a package capability URL is valid (1 minute to 24 hours).
-    capability_ttl: timedelta = timedelta(hours=2)
-    #: The HMAC key of capability URLs; default: ``package-secret`` in the data
-    #: directory (made on first use, mode 0600). Set it when several servers share work.
-    package_secret: str | None = None
-    #: Addresses (IPs or CIDR networks) of reverse proxies whose ``X-Forwarded-For`` and
-    #: ``X-Forwarded-Proto`` are believed. None by default: the peer address is the
-    #: client, whatever headers it sends (throttling and session lists use it).
-    trusted_proxies: list[str] = []
-    #: A request whose header block grows past this many bytes is refused (431) while
-    #: it is still being read; at most ``max_header_count`` header lines.
-    max_header_size: int = 64 * 1024
-    max_header_count: int = 100
-    #: An account's failed sign-ins past ``login_free_attempts`` in ``login_window`` make
-    #: the next attempt wait, doubling from ``login_backoff`` up to ``login_max_backoff``:
-    #: a guesser slows down, the owner is never locked out for long.
-    login_free_attempts: int = 3
-    login_backoff: timedelta = timedelta(seconds=1)
-    login_max_backoff: timedelta = timedelta(seconds=60)
-
-    _durations = field_validator(
-        "session_idle_timeout",
-        "session_absolute_timeout",
-        "login_window",
-        "capability_ttl",
-        "login_backoff",
-        "login_max_backoff",
-        mode="before",
-    )(_duration)
-
-    _sizes = field_validator("max_upload_size", "max_header_size", mode="before")(_size)
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"trusted_proxies: {entry!r} is not an IP address or network"
-                ) from None
-        return value
-
-    @field_validator("capability_ttl")
-    @classmethod
-    def _capability_ttl(cls, value: timedelta) -> timedelta:
-        if not timedelta(minutes=1) <= value <= timedelta(hours=24):
-            raise ValueError("capability_ttl must be between 1 minute and 24 hours")
-        return value
-
-    @field_validator("public_origin", "package_origin")
-    @classmethod
-    def _origin(cls, value: str | None) -> str | None:
-        if value is not None:
-            value = _checked_origin(value)
-        return value
-
-    @field_validator("embed_origins")
-    @classmethod
-    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_checked_origin(origin) for origin in value)
-
-    @field_validator("package_secret")
-    @classmethod
-    def _secret(cls, value: str | None) -> str | None:
-        if value is not None and len(value) < 32:
-            raise ValueError("package_secret must be at least 32 characters")
-        return value
-
-    @property
-    def dashboard_origin(self) -> str:
-        return self.public_origin or f"http://{_url_host(self.host)}:{self.port}"
-
-    @property
-    def package_listen_port(self) -> int:
-        return self.package_port if self.package_port is not None else self.port + 1
-
-    @property
-    def package_base(self) -> str:
-        """The package origin (no trailing slash)."""
-        return self.package_origin or f"http://{_url_host(self.host)}:{self.package_listen_port}"
-
-    @property
-    def framing_origins(self) -> tuple[str, ...]:
-        """Who may frame package pages: the dashboard (by each name of a loopback host)
-        and the configured embedders."""
-        origins = [self.dashboard_origin]
-        if self.public_origin is None and self.host in ("127.0.0.1", "::1", "localhost"):
-            origins += [f"http://localhost:{self.port}", f"http://127.0.0.1:{self.port}"]
-        origins += self.embed_origins
-        return tuple(dict.fromkeys(origins))
-
-    @model_validator(mode="after")
-    def _distinct_origins(self) -> ServerConfig:
-        if self.package_base in self.framing_origins:
-            raise ValueError(
-                "package_origin must differ from the dashboard's origin and embed_origins"
-            )
-        return self
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _checked_origin(value: str) -> str:
-    """``scheme://host[:port]``, lower-cased, no path: what browsers compare."""
-    origin = value.strip().rstrip("/").lower()
-    scheme, sep, rest = origin.partition("://")
-    if scheme not in ("http", "https") or not sep or not rest or any(c in rest for c in "/?# "):
-        raise ValueError(f"{value!r} is not an origin (scheme://host[:port], no path)")
-    return origin
-
-
-class Config(_Strict):
+class Config(Strict):
     data_dir: Path
     source: Path | None = None
     #: Files and directories safekeeper creates (the catalog with its password hashes,
@@ -489,84 +304,6 @@ class Config(_Strict):
         if url.startswith("file:") and not url.startswith(("file:/", "file://")):
             return (self.data_dir / url[len("file:") :]).resolve().as_uri()
         return url
-
-
-def same_store_url(a: str, b: str) -> bool:
-    """Do two resolved store URLs name one store? (``file:/x``, ``file:///x/`` and
-    ``file://localhost/x`` do; symlinks are the marker's business.)"""
-    return _normal_url(a) == _normal_url(b)
-
-
-def _normal_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme.lower() == "file" and parts.netloc in ("", "localhost"):
-        path = unquote(parts.path)
-        if path.startswith("/"):
-            return Path(os.path.normpath(path)).as_uri()
-    if parts.scheme.lower() == "s3":
-        return f"s3://{parts.netloc}/{parts.path.strip('/')}"
-    return url
-
-
-def _place(config: Config, name: str) -> tuple[str, ...] | None:
-    """Where a location's store really is, for comparing: ("file", real path),
-    ("s3", endpoint, bucket, prefix) or ("memory", name); None when the URL is
-    malformed (opening the store reports that)."""
-    url = config.store_url(name)
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "file":
-        path = unquote(parts.path)
-        return ("file", os.path.realpath(path)) if path.startswith("/") else None
-    if scheme == "s3":
-        endpoint = (config.locations[name].endpoint or "").rstrip("/")
-        return ("s3", endpoint, parts.netloc, parts.path.strip("/"))
-    if scheme == "memory":
-        return ("memory", (parts.netloc + parts.path).strip("/"))
-    return None
-
-
-def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> str | None:
-    """How the store at ``a`` shares objects with the one at ``b`` (a phrase ending
-    before "locations.NAME.store"), or None if it does not."""
-    if a[0] != b[0]:
-        return None
-    if a == b:
-        return f"the same place ({a[-1]}) as"
-    if a[0] == "file":
-        inner, outer = Path(a[1]), Path(b[1])
-        if inner.is_relative_to(outer):
-            return f"inside ({a[1]} is under {b[1]})"
-        if outer.is_relative_to(inner):
-            return f"around ({b[1]} is under {a[1]})"
-    if a[0] == "s3" and a[1:3] == b[1:3]:
-        pa, pb = a[3], b[3]
-        if not pa or not pb or pa.startswith(pb + "/") or pb.startswith(pa + "/"):
-            return f"in bucket {a[2]} on a prefix overlapping that of"
-    return None
-
-
-def check_distinct_stores(config: Config) -> None:
-    """Refuse two locations whose stores resolve to one place (symlinks, ``dir`` and
-    ``dir/``, one root inside another, one bucket with overlapping prefixes, one
-    memory name): one object would count as two copies, and gc would delete the only
-    one (see docs/design.md, "Store identity"). The stores' identity markers catch what
-    this cannot see (bind mounts, two endpoints of one server)."""
-    origin = str(config.source) if config.source else "the configuration"
-    seen: list[tuple[str, tuple[str, ...]]] = []
-    for name in config.locations:
-        place = _place(config, name)
-        if place is None:
-            continue
-        for other, other_place in seen:
-            reason = _overlap(place, other_place)
-            if reason is not None:
-                raise ConfigError(
-                    f"{origin}: locations.{name}.store: {config.store_url(name)} is {reason} "
-                    f"locations.{other}.store ({config.store_url(other)}): two locations "
-                    "on one store would count one object as two copies"
-                )
-        seen.append((name, place))
 
 
 def default_document() -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from safekeeper.config import ServerConfig
+from safekeeper.config_server import ServerConfig
 
 
 def uvicorn_options(settings: ServerConfig) -> dict[str, Any]:

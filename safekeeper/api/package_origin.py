@@ -47,7 +47,7 @@ from safekeeper.api.packages import (
 )
 from safekeeper.api.principal import Principal
 from safekeeper.archive import Archive
-from safekeeper.config import ServerConfig
+from safekeeper.config_server import ServerConfig
 from safekeeper.db import accounts as account_queries
 from safekeeper.errors import BadInput, NotFound, SafekeeperError, TooLarge
 from safekeeper.packages import scorm

@@ -11,10 +11,11 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from safekeeper.config import Config, same_store_url
+from safekeeper.config import Config
 from safekeeper.db.engine import lock_schema
 from safekeeper.db.models import Blob, Copy, CopyState, Location, Site
 from safekeeper.errors import ConfigError, NotFound
+from safekeeper.store_places import same_store_url
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from safekeeper.errors import RateLimited
 
 if TYPE_CHECKING:
-    from safekeeper.config import ServerConfig
+    from safekeeper.config_server import ServerConfig
 
 
 class LoginThrottle:

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 
-from safekeeper.config import same_store_url
 from safekeeper.db import audit
 from safekeeper.db.catalog import (
     get_location,
@@ -29,6 +28,7 @@ from safekeeper.db.catalog import (
     sample_present,
 )
 from safekeeper.errors import AlreadyExists, BadInput, PermanentStoreError, StoreIdentityError
+from safekeeper.store_places import same_store_url
 from safekeeper.stores import Store, open_store
 from safekeeper.stores.marker import MARKER_NAME, StoreMarker
 
