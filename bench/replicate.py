@@ -632,9 +632,15 @@ def bench_many_fs(settings: Settings) -> Result:
     sk_ready = new_data_dir(settings, root / "sk-ready", {"store": "file:archive"})
     log(f"many-fs: safekeeper put of {count} files (untimed setup)")
     put(settings, sk_ready, files, count)
+    # The same into an archive with layout = "flat": what the fan-out directories cost
+    # (a new directory, fsynced, for almost every tiny object).
+    flat = {"store": "file:archive", "layout": "flat"}
+    sk_flat = new_data_dir(settings, root / "sk-ready-flat", flat)
+    put(settings, sk_flat, files, count)
     rclone = Samples("rclone copy --checksum SRC DST")
     rclone_sync = Samples("rclone copy --checksum SRC DST && sync DST (info)")
     ours = Samples("safekeeper replicate --wait (file: -> file:)")
+    ours_flat = Samples('safekeeper replicate --wait into layout = "flat" (info)')
     dest = root / "rclone-dst"
 
     def run_rclone(_i: int) -> float:
@@ -659,6 +665,9 @@ def bench_many_fs(settings: Settings) -> Result:
     def run_safekeeper(_i: int) -> float:
         return replicate_a_clone(settings, sk_ready, root / "sk-run", count)
 
+    def run_safekeeper_flat(_i: int) -> float:
+        return replicate_a_clone(settings, sk_flat, root / "sk-run-flat", count)
+
     interleave(
         "many-fs",
         settings.repeats,
@@ -666,10 +675,11 @@ def bench_many_fs(settings: Settings) -> Result:
             "rclone": (rclone, run_rclone),
             "safekeeper": (ours, run_safekeeper),
             "rclone+sync": (rclone_sync, run_rclone_sync),
+            "safekeeper-flat": (ours_flat, run_safekeeper_flat),
         },
         lambda s: f"{count / s:.0f} files/s",
     )
-    for path in (files, sk_ready):
+    for path in (files, sk_ready, sk_flat):
         remove(path)
     what = f"{count} files of {format_bytes(settings.file_size)}: s (files/s)"
     result, row = _many_row("many-fs", what, count, rclone, ours, MANY_RCLONE_TARGET)
@@ -683,7 +693,17 @@ def bench_many_fs(settings: Settings) -> Result:
         f"{sync_ratio:.2f}",
         "(info)",
     )
-    return result, [row, info]
+    flat_ratio = rclone.median / ours_flat.median
+    result["info_flat_layout"] = {**ours_flat.as_dict(), "ratio": round(flat_ratio, 3)}
+    flat_row = Row(
+        "many-fs",
+        'info: safekeeper into layout = "flat" vs rclone',
+        f"{rclone.median:.2f} ({count / rclone.median:.0f})",
+        f"{ours_flat.median:.2f} ({count / ours_flat.median:.0f})",
+        f"{flat_ratio:.2f}",
+        "(info)",
+    )
+    return result, [row, info, flat_row]
 
 
 def bench_many_s3(settings: Settings) -> Result:
