@@ -220,7 +220,10 @@ class Archive:
         return inventory.open_blob(self, blob)
 
     def read_blob(self, blob: str) -> bytes:
-        return b"".join(self.open_blob(blob))
+        """The blob's bytes, checked against its id (PermanentStoreError if the copy
+        read does not hash right)."""
+        sha256 = inventory.resolve_blob(self, blob)
+        return b"".join(inventory.checked(inventory.open_blob(self, sha256), sha256))
 
 
 def _ref(ref: str | RefSpec | None) -> RefSpec | None:

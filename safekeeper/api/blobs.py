@@ -22,6 +22,7 @@ from safekeeper.api.uploads import consume_body
 from safekeeper.errors import SafekeeperError, UnsupportedMediaType
 from safekeeper.ids import parse_blob_id, parse_ref
 from safekeeper.services.access import tenant_data
+from safekeeper.services.copies import inventory
 
 router = APIRouter(prefix="/api/blobs", tags=["blobs"])
 
@@ -147,7 +148,9 @@ def download_blob(request: Request, principal: PrincipalDep, blob: BlobPath) -> 
     if request.method == "HEAD":
         _close(chunks)
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
-    body = _slice(chunks, start, end) if status == 206 else chunks
+    # A whole body is checked against the blob id as it goes (its last chunk held back
+    # until then); a range cannot be, short of reading the whole blob.
+    body = _slice(chunks, start, end) if status == 206 else inventory.checked(chunks, sha256)
     return StreamingResponse(
         body, status_code=status, headers=headers, media_type="application/octet-stream"
     )

@@ -5,16 +5,20 @@ forwarded headers believed only from configured proxies, bounded request headers
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
 
 from safekeeper.api.app import create_app
+from safekeeper.api.auth import CSRF_HEADER
 from safekeeper.api.http_server import uvicorn_options
 from safekeeper.archive import Archive
 from safekeeper.services.access import accounts
@@ -147,3 +151,36 @@ def test_a_dashboard_import_stops_reading_at_the_upload_limit(serve: Serve) -> N
             status = None  # the server closed on us mid-send: it stopped reading too
     assert status in (413, None)
     assert sent[0] < 16 * 1024 * 1024, sent[0]
+
+
+@pytest.mark.parametrize("size", [10_000, 3 * 1024 * 1024 + 5])
+def test_a_copy_that_rotted_is_never_served_whole(serve: Serve, data_dir: Path, size: int) -> None:
+    """A download streams from a copy whose bytes may have rotted since the last
+    verify: the whole body is checked against the blob id on the way, and the last
+    chunk waits for that check, so a client gets the blob or a response cut short —
+    never a complete 200 of the wrong bytes under the blob's ETag."""
+    url = serve()
+    data = os.urandom(size)
+    sha = hashlib.sha256(data).hexdigest()
+    with httpx.Client(base_url=url) as client:
+        answer = client.post("/api/auth/login", json={"user": "alice", "password": PASSWORD})
+        assert answer.status_code == 200, answer.text
+        csrf = {CSRF_HEADER: answer.json()["csrf_token"]}
+        stored = client.post("/api/blobs?ref=acme.course:f", content=data, headers=csrf)
+        assert stored.status_code == 201, stored.text
+        assert client.get(f"/api/blobs/{sha}").content == data
+        path = data_dir / "inbox" / sha[:2] / sha[2:4] / sha
+        before = path.stat()
+        path.chmod(0o644)
+        with path.open("r+b") as f:
+            f.seek(size - 1)  # the very last byte: only the check can catch it
+            f.write(bytes([data[-1] ^ 0xFF]))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        with client.stream("GET", f"/api/blobs/{sha}") as response:
+            assert response.status_code == 200
+            received = b""
+            with pytest.raises(httpx.RemoteProtocolError):
+                for chunk in response.iter_bytes():
+                    received += chunk
+        assert len(received) < size
+        assert received == data[: len(received)]  # what came is the blob's, as far as it went

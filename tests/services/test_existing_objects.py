@@ -23,7 +23,7 @@ from safekeeper.archive import Archive
 from safekeeper.cli import app
 from safekeeper.db.models import Blob, Copy, CopyState, Location
 from safekeeper.engine.embedded import run_due
-from safekeeper.errors import BadInput, Conflict
+from safekeeper.errors import BadInput, Conflict, PermanentStoreError
 from safekeeper.services.copies import ingest, inventory, replication
 from safekeeper.services.copies.existing import Action, Content, judge
 from safekeeper.services.copies.verify import verify
@@ -147,6 +147,13 @@ def test_put_of_bytes_recorded_present_checks_the_object_first(archive: Archive,
     assert _state(archive, GOOD_SHA, "inbox") == CopyState.PRESENT
     assert _present_objects_hash_right(archive, "inbox") == 1
     assert archive.read_blob(GOOD_SHA) == GOOD
+
+
+def test_reading_a_copy_that_rotted_is_an_error_not_wrong_bytes(archive: Archive) -> None:
+    archive.put_bytes(GOOD)
+    _rot_in_place(_file(archive, "inbox", GOOD_SHA))
+    with pytest.raises(PermanentStoreError, match="safekeeper verify"):
+        archive.read_blob(GOOD_SHA)
 
 
 def test_put_of_bytes_recorded_present_and_intact_writes_nothing(archive: Archive) -> None:

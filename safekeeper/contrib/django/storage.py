@@ -107,8 +107,12 @@ class SafekeeperStorage(Storage):  # type: ignore[misc]  # Django is untyped her
             raise ValueError("safekeeper files are immutable: save a new file instead")
         sha256 = self._reference(name).blob
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115  owned by the File
-        for chunk in inventory.open_blob(self.archive, sha256):
-            spool.write(chunk)
+        try:
+            for chunk in inventory.checked(inventory.open_blob(self.archive, sha256), sha256):
+                spool.write(chunk)
+        except SafekeeperError as exc:
+            spool.close()
+            raise OSError(f"{name}: {exc}") from exc
         spool.seek(0)
         return File(spool, name)
 

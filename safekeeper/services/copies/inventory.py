@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,7 +15,7 @@ from safekeeper.db.blobs import blobs_by_prefix, find_blob, list_blobs
 from safekeeper.db.copies import CopyView, copies_of_blob, present_totals
 from safekeeper.db.models import Blob, Copy, CopyState, Hold, Location, Namespace, Reference, Site
 from safekeeper.db.refs import ReferenceView, list_references, resolve
-from safekeeper.errors import BadInput, NotFound, StoreIdentityError
+from safekeeper.errors import BadInput, NotFound, PermanentStoreError, StoreIdentityError
 from safekeeper.ids import BLOB_ID_LENGTH, is_blob_id, parse_ref
 
 if TYPE_CHECKING:
@@ -240,6 +241,31 @@ def open_blob(archive: Archive, text: str) -> Iterator[bytes]:
     """
     store, key = readable_copy(archive, resolve_blob(archive, text))
     return store.open(key)
+
+
+def checked(chunks: Iterator[bytes], sha256: str) -> Iterator[bytes]:
+    """``chunks`` of blob ``sha256`` passed on, the last one held back until the whole
+    hashed right: a reader gets all of the blob or an error (a stream cut short), never
+    the whole of a copy that rotted since it was last verified."""
+    digest = hashlib.sha256()
+    held: bytes | None = None
+    try:
+        for chunk in chunks:
+            digest.update(chunk)
+            if held is not None:
+                yield held
+            held = chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    if digest.hexdigest() != sha256:
+        raise PermanentStoreError(
+            f"the copy of blob {sha256} that was read hashes to {digest.hexdigest()}: "
+            "not sent whole; `safekeeper verify` finds and repairs the copy"
+        )
+    if held is not None:
+        yield held
 
 
 def read_blob_range(archive: Archive, sha256: str, start: int, length: int) -> bytes:
