@@ -37,7 +37,7 @@ def _run_django_tests(tmp_path: Path, env: dict[str, str]) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    assert "Ran 12 tests" in done.stderr
+    assert "Ran 13 tests" in done.stderr
 
 
 @pytest.mark.slow

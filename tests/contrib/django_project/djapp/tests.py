@@ -58,6 +58,20 @@ class StorageTests(TestCase):
         served = self.client.get("/media/" + document.upload.name)
         self.assertEqual(b"".join(served.streaming_content), body)
 
+    def test_a_copy_that_rotted_is_not_opened_as_the_file(self):
+        body = b"syllabus " * 100
+        document = Document.objects.create(title="s", upload=SimpleUploadedFile("s.txt", body))
+        path = store_file(hashlib.sha256(body).hexdigest())
+        before = path.stat()
+        path.chmod(0o644)
+        path.write_bytes(body[:-1] + b"!")  # same size, last byte changed
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        try:
+            with self.assertRaisesRegex(OSError, "safekeeper verify"):
+                default_storage.open(document.upload.name)
+        finally:
+            default_storage.delete(document.upload.name)  # the archive outlives the test
+
     def test_deleting_the_instance_and_gc_past_grace_removes_every_copy(self):
         document = Document.objects.create(
             title="t", upload=SimpleUploadedFile("gone.bin", b"to be erased")
