@@ -145,7 +145,14 @@ def cache_envs(
     work: Path, python: str, warm_commands: Sequence[Sequence[str]]
 ) -> dict[str, dict[str, str]]:
     """The environment of each cache mode, with its private bytecode cache made ready."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SAFEKEEPER_", "PYTHON"))}
+    # PYTHONPATH stays: it is how a checkout other than the installed one is measured
+    # (PYTHONPATH=/path/to/tree python bench/startup.py), and the package directory
+    # below is found with it too.
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SAFEKEEPER_", "PYTHON")) or k == "PYTHONPATH"
+    }
     warm_prefix, cold_prefix = work / "pycache-warm", work / "pycache-cold"
     warm = {**base, "PYTHONPYCACHEPREFIX": str(warm_prefix)}
     for argv in warm_commands:  # compile and write everything these commands import

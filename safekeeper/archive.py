@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 from safekeeper.config import Config, load_config, make_files_private
-from safekeeper.db.catalog import sync_catalog
+from safekeeper.db.catalog import catalog_is_current, sync_catalog
 from safekeeper.db.engine import SESSIONS, Database
 from safekeeper.db.models import utcnow
 from safekeeper.errors import NotFound, StoreError
@@ -63,8 +63,11 @@ class Archive:
         self._stores_lock = threading.Lock()
         self._sessions_db: Database | None = None
         self._sessions_db_lock = threading.Lock()
-        with self.db.write() as session:
-            sync_catalog(session, config, moving=moving)
+        with self.db.read() as session:
+            current = not moving and catalog_is_current(session, config)
+        if not current:  # something to add, follow or refuse: decided under the lock
+            with self.db.write() as session:
+                sync_catalog(session, config, moving=moving)
 
     # -- plumbing the services use -------------------------------------------------
 

@@ -7,12 +7,11 @@ from datetime import datetime
 from typing import cast
 
 from sqlalchemy import Table, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from safekeeper.db.blob_ids import counts_ids_itself, take_blob_ids
 from safekeeper.db.clock import sane_now
+from safekeeper.db.engine import dialect_insert
 from safekeeper.db.models import Blob
 from safekeeper.errors import Conflict, NotFound
 
@@ -52,8 +51,6 @@ def ensure_blobs(
     """
     if not sizes:
         return {}
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     since = sane_now(session, now)  # a clock stepped back must not age them at birth
     rows = [
         {"sha256": sha256, "size": size, "created_at": now, "unreferenced_since": since}
@@ -71,7 +68,9 @@ def ensure_blobs(
             row["id"] = number
     if rows:  # Core: no ORM bookkeeping per row
         blobs = cast(Table, Blob.__table__)
-        session.execute(insert(blobs).on_conflict_do_nothing(index_elements=["sha256"]), rows)
+        session.execute(
+            dialect_insert(session, blobs).on_conflict_do_nothing(index_elements=["sha256"]), rows
+        )
     found = session.scalars(select(Blob).where(Blob.sha256.in_(list(sizes))))
     return {blob.sha256: blob for blob in found}
 

@@ -95,6 +95,38 @@ def sync_catalog(
     return {name: existing[name] for name in config.locations}
 
 
+def catalog_is_current(session: Session, config: Config) -> bool:
+    """Would ``sync_catalog`` change nothing? Every configured site has its row and
+    every configured location its row with the same site, store and kind.
+
+    Read-only, so a command can open the archive without a write transaction when the
+    configuration has not changed (the common case): no wait behind another process's
+    write lock, no commit. Anything else — a new site or location, a moved site, a
+    store (by ``same_store_url``, as ``sync_catalog`` compares) or kind that differs —
+    answers False and the caller runs ``sync_catalog``, which decides (and refuses)."""
+    site_names = set(config.sites) | {loc.site for loc in config.locations.values()}
+    if not site_names <= set(session.scalars(select(Site.name))):
+        return False
+    rows = {
+        name: (site, kind, store_url)
+        for name, site, kind, store_url in session.execute(
+            select(Location.name, Site.name, Location.kind, Location.store_url).join(
+                Site, Location.site_id == Site.id
+            )
+        )
+    }
+    for name, wanted in config.locations.items():
+        row = rows.get(name)
+        if row is None:
+            return False
+        site, kind, store_url = row
+        if site != wanted.site or kind != wanted.kind:
+            return False
+        if not same_store_url(store_url, config.store_url(name)):
+            return False
+    return True
+
+
 def _follows_data_dir(configured: str, recorded_url: str) -> bool:
     """A relative ``file:`` store (``file:inbox``) moves with its data directory: the
     recorded absolute path still ends with the same relative path."""

@@ -16,10 +16,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from safekeeper.db.engine import dialect_insert
 from safekeeper.db.models import ClockFloor
 
 #: How far behind the floor may lag the newest time used: it is written at most once
@@ -41,9 +40,8 @@ def sane_now(session: Session, now: datetime) -> datetime:
     UPDATE (racing writers: the largest wins). Call inside a write transaction."""
     high_water = floor(session)
     if high_water is None:
-        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
         session.execute(
-            insert(ClockFloor)
+            dialect_insert(session, ClockFloor)
             .values(id=_ROW, high_water=now)
             .on_conflict_do_nothing(index_elements=["id"])
         )

@@ -28,6 +28,8 @@ from safekeeper.errors import BadInput, ConfigError
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
+    from sqlalchemy.dialects.postgresql import Insert as PostgresInsert
+    from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
@@ -102,8 +104,24 @@ def make_engine(url: str) -> Engine:
     if backend == "sqlite":
         return _sqlite_engine(url)
     if backend == "postgresql":
+        from safekeeper.db.models import add_postgresql_predicates
+
+        add_postgresql_predicates()
         return create_engine(url, pool_pre_ping=True)
     raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
+
+
+def dialect_insert(session: Session, table: Any) -> PostgresInsert | SqliteInsert:
+    """``INSERT INTO table`` in the session's dialect, for ``on_conflict_do_nothing``.
+    PostgreSQL's is imported only on PostgreSQL: that import loads SQLAlchemy's whole
+    PostgreSQL dialect, ~20 ms of every command's start-up on SQLite."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgres_insert
+
+        return postgres_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
 
 
 def _alembic_config(connection: Connection, schema: Schema = CATALOG) -> AlembicConfig:

@@ -72,6 +72,30 @@ class Base(DeclarativeBase):
     pass
 
 
+#: The partial unique indexes and their predicates (see ``_partial_unique``).
+PARTIAL_INDEXES: list[tuple[Index, str]] = []
+
+
+def _partial_unique(name: str, *columns: str, where: str) -> Index:
+    """A unique index over the rows matching ``where``, with SQLite's predicate.
+
+    PostgreSQL's predicate is added by ``add_postgresql_predicates`` when a PostgreSQL
+    engine is made: naming ``postgresql_where`` here makes SQLAlchemy import its whole
+    PostgreSQL dialect to validate the keyword, in every process — ~20 ms of every
+    command's start-up on SQLite (tests/cli/test_startup.py keeps it out)."""
+    index = Index(name, *columns, unique=True, sqlite_where=text(where))
+    PARTIAL_INDEXES.append((index, where))
+    return index
+
+
+def add_postgresql_predicates() -> None:
+    """Give the partial indexes their PostgreSQL predicate (idempotent). The schema is
+    the migrations' (which state it themselves); this keeps the models describing it
+    on PostgreSQL too, for DDL made from them."""
+    for index, where in PARTIAL_INDEXES:
+        index.dialect_kwargs["postgresql_where"] = text(where)
+
+
 class Site(Base):
     __tablename__ = "sites"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -131,14 +155,7 @@ class Copy(Base):
             name="copy_state",
         ),
         # At most one live row per (blob, location); deleted rows are history.
-        Index(
-            "uq_copies_live",
-            "blob_id",
-            "location_id",
-            unique=True,
-            sqlite_where=text("state != 'deleted'"),
-            postgresql_where=text("state != 'deleted'"),
-        ),
+        _partial_unique("uq_copies_live", "blob_id", "location_id", where="state != 'deleted'"),
         Index("ix_copies_location_state", "location_id", "state"),
         Index("ix_copies_blob_state", "blob_id", "state"),
     )
@@ -298,13 +315,7 @@ class StagingJob(Base):
 
     __tablename__ = "staging_jobs"
     __table_args__ = (
-        Index(
-            "uq_staging_jobs_active_name",
-            "name",
-            unique=True,
-            sqlite_where=text("ended_at IS NULL"),
-            postgresql_where=text("ended_at IS NULL"),
-        ),
+        _partial_unique("uq_staging_jobs_active_name", "name", where="ended_at IS NULL"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))

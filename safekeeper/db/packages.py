@@ -6,10 +6,9 @@ import dataclasses
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from safekeeper.db.engine import dialect_insert
 from safekeeper.db.models import Package
 from safekeeper.packages.validate import PackageInfo
 
@@ -20,9 +19,10 @@ def ensure_packages(session: Session, infos: Mapping[int, PackageInfo], now: dat
     same bytes the same way."""
     if not infos:
         return
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     rows = [
         {"blob_id": blob_id, "created_at": now, **dataclasses.asdict(info)}
         for blob_id, info in infos.items()
     ]
-    session.execute(insert(Package).on_conflict_do_nothing(index_elements=["blob_id"]), rows)
+    session.execute(
+        dialect_insert(session, Package).on_conflict_do_nothing(index_elements=["blob_id"]), rows
+    )

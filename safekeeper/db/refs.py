@@ -15,11 +15,10 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Select, Table, exists, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import QueryableAttribute, Session
 
 from safekeeper.db.clock import sane_now
+from safekeeper.db.engine import dialect_insert
 from safekeeper.db.models import Blob, Copy, CopyState, Hold, Namespace, Reference
 from safekeeper.errors import Conflict, NotFound, PolicyDenied
 from safekeeper.ids import RefSpec
@@ -41,9 +40,8 @@ def set_by(user_id: int | None) -> Iterator[None]:
 
 
 def ensure_namespace(session: Session, name: str, now: datetime) -> Namespace:
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     session.execute(
-        insert(Namespace)
+        dialect_insert(session, Namespace)
         .values(name=name, created_at=now)
         .on_conflict_do_nothing(index_elements=["name"])
     )

@@ -36,6 +36,7 @@ import hashlib
 import io
 import os
 import stat as stat_module
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -327,6 +328,26 @@ def kernel_copy_hashed(source: Source, fd: int) -> tuple[int, str] | None:
     return size, digest.hexdigest()
 
 
+_helper = threading.local()
+
+
+@contextlib.contextmanager
+def shared_hasher() -> Iterator[None]:
+    """In this thread, ``write_hashed`` hands its pieces to one helper thread kept for
+    the whole block, instead of starting (and joining) a thread per object: an import
+    of 2,000 blobs of 512 KiB otherwise starts 2,000 threads. Nested blocks share the
+    outer one's helper."""
+    if getattr(_helper, "executor", None) is not None:
+        yield
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="safekeeper-sha256") as executor:
+        _helper.executor = executor
+        try:
+            yield
+        finally:
+            _helper.executor = None
+
+
 def write_hashed(source: Source, fd: int) -> tuple[int, str]:
     """Write all of ``source`` to ``fd`` and hash it; return (size, sha256 hex).
 
@@ -340,6 +361,7 @@ def write_hashed(source: Source, fd: int) -> tuple[int, str]:
         return kernel_copy
     digest = hashlib.sha256()
     size = 0
+    shared: ThreadPoolExecutor | None = getattr(_helper, "executor", None)
     hasher: ThreadPoolExecutor | None = None
     pending: Future[None] | None = None
     try:
@@ -348,17 +370,21 @@ def write_hashed(source: Source, fd: int) -> tuple[int, str]:
                 digest.update(piece)
             else:
                 if hasher is None:
-                    hasher = ThreadPoolExecutor(1, thread_name_prefix="safekeeper-sha256")
+                    hasher = shared or ThreadPoolExecutor(1, thread_name_prefix="safekeeper-sha256")
                 if pending is not None:
                     pending.result()  # in order, and frees the buffer _pieces reuses next
                 pending = hasher.submit(digest.update, piece)
             _write_all(fd, memoryview(piece))
             size += len(piece)
-        if pending is not None:
-            pending.result()
     finally:
-        if hasher is not None:
+        if pending is not None:
+            # Also on failure: the helper must be done with a piece (a buffer _pieces
+            # reuses, a shared helper's next job) before anything else touches it.
+            pending.exception()
+        if hasher is not None and hasher is not shared:
             hasher.shutdown(wait=True)
+    if pending is not None:
+        pending.result()
     return size, digest.hexdigest()
 
 

@@ -10,6 +10,7 @@ import importlib
 import inspect
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,38 @@ def test_ls_imports_no_web_stack_nor_migrations(tmp_path: Path) -> None:
     assert heavy(modules, web) == []
     assert heavy(modules, ("markdown_it", "pygments", "zstandard")) == []
     assert "safekeeper.cli.deletion" not in modules and "safekeeper.api" not in modules
+    # Nor SQLAlchemy's PostgreSQL dialect on SQLite (safekeeper.db.models'
+    # add_postgresql_predicates, safekeeper.db.engine.dialect_insert).
+    assert sorted(m for m in modules if m.startswith("sqlalchemy.dialects.postgresql")) == []
+
+
+def test_a_command_reads_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    """Opening the archive takes no write lock when the catalog already matches the
+    configuration: ``ls`` answers while another process writes (a long ``put``), instead
+    of waiting for its lock."""
+    data_dir = tmp_path / "data"
+    write_default(data_dir)
+    _, _, code = imported_by(["--data-dir", str(data_dir), "ls"], tmp_path)  # migrates, syncs
+    assert code == 0
+    writer = sqlite3.connect(data_dir / "safekeeper.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the one write lock, held until the end
+    try:
+        listed = subprocess.run(
+            [sys.executable, "-m", "safekeeper", "--data-dir", str(data_dir), "ls", "--json"],
+            cwd=tmp_path,
+            env={k: v for k, v in os.environ.items() if not k.startswith("SAFEKEEPER_")},
+            capture_output=True,
+            text=True,
+            timeout=30,  # a write transaction would wait up to SQLITE_BUSY_SECONDS (60)
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("`ls` waited for another process's write lock")
+    finally:
+        writer.rollback()
+        writer.close()
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []
 
 
 def _first_paragraph(command: typer.main.TyperCommand | typer.core.TyperGroup) -> str:

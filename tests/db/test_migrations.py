@@ -165,3 +165,24 @@ def test_0007_lets_tasks_be_cancelled_and_its_downgrade_fails_them(
             connection.exec_driver_sql("UPDATE tasks SET state = 'cancelled'")
     finally:
         archive.close()
+
+
+def test_partial_indexes_state_their_predicate_on_both_backends() -> None:
+    """SQLite's predicate is in the models from the start; PostgreSQL's is added when a
+    PostgreSQL engine is made (naming it at import would load the PostgreSQL dialect in
+    every process), so DDL made from the models is partial on both."""
+    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.schema import CreateIndex
+
+    from safekeeper.db.engine import make_engine
+    from safekeeper.db.models import PARTIAL_INDEXES
+
+    make_engine("postgresql+psycopg://nobody@localhost/none").dispose()  # connects to nothing
+    assert {index.name for index, _ in PARTIAL_INDEXES} == {
+        "uq_copies_live",
+        "uq_staging_jobs_active_name",
+    }
+    for index, where in PARTIAL_INDEXES:
+        for dialect in (sqlite.dialect(), postgresql.dialect()):
+            ddl = str(CreateIndex(index).compile(dialect=dialect))
+            assert ddl.startswith("CREATE UNIQUE INDEX") and ddl.endswith(f"WHERE {where}"), ddl

@@ -329,3 +329,50 @@ def test_a_bulk_delete_that_fails_reports_it_after_every_other_unlink_ran(
         store.delete(["obj-blocked", *keys])
     assert not any(store.exists(key) for key in keys)
     assert (tmp_path / "obj-blocked").is_dir()
+
+
+class _Pieces:
+    """A file-like source read in small pieces (as a bundle member is), failing after
+    ``fail_after`` pieces when given."""
+
+    def __init__(self, data: bytes, piece: int, fail_after: int | None = None) -> None:
+        self._data, self._piece, self._fail_after, self._reads = data, piece, fail_after, 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self._fail_after is not None and self._reads == self._fail_after:
+            raise OSError(errno.EIO, "source went away")
+        self._reads += 1
+        piece, self._data = self._data[: self._piece], self._data[self._piece :]
+        return piece
+
+
+def _helpers() -> set[int]:
+    import threading
+
+    return {t.ident or 0 for t in threading.enumerate() if t.name.startswith("safekeeper-sha256")}
+
+
+def test_shared_hasher_hashes_many_objects_on_one_helper(tmp_path: Path) -> None:
+    """Inside ``shared_hasher`` every multi-piece write is hashed on the same helper
+    thread (not one started per object), a failed write leaves it usable, and it is
+    gone after the block."""
+    before = _helpers()
+    seen: set[int] = set()
+    with base.shared_hasher():
+        for i in range(20):
+            data = os.urandom(3 * 1024 + i)
+            with (tmp_path / f"o{i}").open("wb") as out:
+                size, sha256 = base.write_hashed(_Pieces(data, 1024), out.fileno())
+            assert (size, sha256) == (len(data), hashlib.sha256(data).hexdigest())
+            assert (tmp_path / f"o{i}").read_bytes() == data
+            seen |= _helpers() - before
+        with (tmp_path / "broken").open("wb") as out, pytest.raises(OSError, match="went away"):
+            base.write_hashed(_Pieces(os.urandom(4096), 1024, fail_after=3), out.fileno())
+        data = os.urandom(5000)
+        with (tmp_path / "after").open("wb") as out:
+            assert base.write_hashed(_Pieces(data, 1024), out.fileno())[1] == (
+                hashlib.sha256(data).hexdigest()
+            )
+        seen |= _helpers() - before
+    assert len(seen) == 1
+    assert _helpers() - before == set()

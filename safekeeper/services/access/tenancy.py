@@ -22,11 +22,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, select, true
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from safekeeper.api.principal import Principal
+from safekeeper.db.engine import dialect_insert
 from safekeeper.db.models import Namespace
 from safekeeper.errors import NamespaceReserved, NotFound
 from safekeeper.ids import TENANT_SEPARATOR, check_name
@@ -113,9 +112,8 @@ def claim_namespace_created(
         if existing is None or not can_see(principal, existing):
             raise _reserved(principal.tenant_name, name)
         return existing, False
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     result = session.execute(
-        insert(Namespace)
+        dialect_insert(session, Namespace)
         .values(
             name=name,
             created_at=now,

@@ -48,7 +48,7 @@ from safekeeper.services.packaging.bundle_format import (
     open_tar,
     read_manifest,
 )
-from safekeeper.stores.base import Staged, Store, deferred_sync, sync_store
+from safekeeper.stores.base import Staged, Store, deferred_sync, shared_hasher, sync_store
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -108,7 +108,8 @@ def _import(
     store = archive.store(location, fresh=True)  # a writer: invariant 10, as ingest
     staged: list[Staged] = []
     try:
-        with deferred_sync(store):
+        # One hashing helper for every blob staged (not a thread started per blob).
+        with deferred_sync(store), shared_hasher():
             packages = _read_blobs(archive, store, tar, reader, manifest, staged, progress)
         sync_store(store)  # the staged bytes are durable before they get names
         with deferred_sync(store):
