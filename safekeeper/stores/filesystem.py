@@ -250,18 +250,26 @@ class FileStore:
             _unlink_quietly(tmp)
 
     def _make_parents(self, directory: Path) -> list[Path]:
-        """Create ``directory`` and missing ancestors; return the ones created."""
-        missing: list[Path] = []
-        while directory != self.root and not directory.is_dir():
-            missing.append(directory)
-            directory = directory.parent
-        created = []
-        for path in reversed(missing):
-            try:
-                path.mkdir()
-                created.append(path)
-            except FileExistsError:
-                pass  # a concurrent writer made it; it will fsync its own parent
+        """Create ``directory`` and missing ancestors (never the root); return the ones
+        created. ``mkdir`` first and climb only when the parent is missing: one system
+        call per object where a ``stat`` walk took two or three (a put of many small
+        files makes a fan-out directory for almost every one)."""
+        if directory == self.root:
+            return []
+        try:
+            os.mkdir(directory)
+            return [directory]
+        except FileExistsError:
+            return []  # there already (or made by a concurrent writer, who syncs it)
+        except FileNotFoundError:
+            if directory.parent == directory:
+                raise
+        created = self._make_parents(directory.parent)
+        try:
+            os.mkdir(directory)  # a missing root raises here: it is never created
+            created.append(directory)
+        except FileExistsError:
+            pass
         return created
 
     # -- writing -------------------------------------------------------------
@@ -310,9 +318,13 @@ class FileStore:
     def _publish(self, tmp: Path, key: str) -> None:
         """Give the temp file its final name, create-only, then make that durable."""
         final = self._path(key)
+        created: list[Path] = []
         try:
-            created = self._make_parents(final.parent)
-            os.link(tmp, final)
+            try:
+                os.link(tmp, final)  # its directory is usually there (``prepare``)
+            except FileNotFoundError:
+                created = self._make_parents(final.parent)
+                os.link(tmp, final)
         except FileExistsError as exc:
             raise AlreadyExists(f"{self.url}: object {key!r} already exists") from exc
         except OSError as exc:
