@@ -31,7 +31,7 @@ from safekeeper.cli.output import (
 )
 from safekeeper.errors import BadInput, Conflict, Interrupted
 from safekeeper.ids import RefSpec
-from safekeeper.services.copies import ingest, inventory
+from safekeeper.services.copies import ingest, inventory, tree
 from safekeeper.units import format_size
 
 BlobArg = Annotated[
@@ -130,9 +130,9 @@ def _put_files(
 ) -> list[ingest.PutOutcome] | None:
     """The files of ``paths``, stored; None (and a note) when there is nothing to put.
     A first Ctrl-C stops cleanly (``put_files``' ``cancel``), a second at once."""
-    files = ingest.scan(paths)
+    files = tree.scan(paths)
     if not files:
-        names = ", ".join(ingest.display_path(p) for p in paths)
+        names = ", ".join(tree.display_path(p) for p in paths)
         err_console.print(f"nothing to put: no regular files in {names}")
         return None
     single = len(paths) == 1 and paths[0].is_file()

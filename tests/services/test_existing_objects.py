@@ -196,7 +196,7 @@ def test_tree_put_replaces_wrong_objects_in_a_batch(archive: Archive, tmp_path: 
     for i, data in enumerate(contents):
         (tree / f"f{i}").write_bytes(data)
     bad = _plant(archive, "inbox", _sha(contents[2]), b"x" * len(contents[2]))
-    outcomes = list(ingest.put_files(archive, ingest.scan([tree])))
+    outcomes = list(ingest.put_files(archive, scan([tree])))
     assert [o.stored for o in outcomes] == [True] * 5
     assert bad.read_bytes() == contents[2]
     assert _present_objects_hash_right(archive, "inbox") == 5

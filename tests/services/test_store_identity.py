@@ -26,6 +26,7 @@ from safekeeper.engine.embedded import run_due
 from safekeeper.errors import ConfigError, NotFound, StoreIdentityError
 from safekeeper.services.copies import ingest, inventory, replication
 from safekeeper.services.copies.identity import Action, Facts, judge, move_location
+from safekeeper.services.copies.tree import scan
 from safekeeper.services.deletion import gc
 from safekeeper.stores.marker import MARKER_NAME, StoreMarker
 from tests.conftest import ArchiveFactory, FakeClock
@@ -536,7 +537,7 @@ def test_put_into_an_inbox_unmounted_under_a_running_archive(
         archive.put_bytes(DATA, ref="ns:k")
     source = tmp_path / "file.bin"
     source.write_bytes(DATA)
-    files = ingest.scan([source])
+    files = scan([source])
     with pytest.raises(StoreIdentityError, match="store of location 'inbox'"):
         list(ingest.put_files(archive, files))
     assert list((data_dir / "inbox").iterdir()) == []
