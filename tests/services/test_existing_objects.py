@@ -26,6 +26,7 @@ from safekeeper.engine.embedded import run_due
 from safekeeper.errors import BadInput, Conflict, PermanentStoreError
 from safekeeper.services.copies import ingest, inventory, replication
 from safekeeper.services.copies.existing import Action, Content, judge
+from safekeeper.services.copies.tree import scan
 from safekeeper.services.copies.verify import verify
 from safekeeper.stores.filesystem import FileStore
 from tests.conftest import ArchiveFactory
