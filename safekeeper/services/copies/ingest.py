@@ -50,12 +50,12 @@ from safekeeper.errors import (
     AlreadyExists,
     BadInput,
     Conflict,
-    Interrupted,
     NotFound,
     StoreError,
 )
 from safekeeper.ids import RefSpec
 from safekeeper.services.copies.existing import Content, settle
+from safekeeper.services.copies.staging import STAGING_THREADS, Staging
 from safekeeper.services.copies.tree import TreeFile, display_path, file_references
 from safekeeper.stores.base import (
     Source,
@@ -81,8 +81,6 @@ if TYPE_CHECKING:
 #: of the store's filesystem (tens of ms when other writers share it) and a dozen
 #: statements; a Ctrl-C loses at most the batch being staged.
 BATCH_SIZE = 1024
-#: Threads staging files of a tree in parallel (fsync latency overlaps well).
-STAGING_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -168,17 +166,17 @@ def put_files(
 
     batches = _batches(files)
     with ThreadPoolExecutor(max_workers=STAGING_THREADS) as pool:
-        staging = _Staging(pool, stage, next(batches, range(0)), cancel)
+        staging = Staging(pool, stage, next(batches, range(0)), cancel)
         durable = False  # whether a sync began after ``staging`` finished
         try:
             while staging.indices:
                 items = staging.result()
                 try:
-                    staging = _Staging(pool, stage, next(batches, range(0)), cancel)
+                    staging = Staging(pool, stage, next(batches, range(0)), cancel)
                     if not durable:
                         sync_store(store)  # staged bytes durable before any gets a name
 
-                    def sync_before_commit(following: _Staging = staging) -> None:
+                    def sync_before_commit(following: Staging[_Item] = staging) -> None:
                         nonlocal durable
                         durable = following.done()  # read before the sync starts
                         sync_store(store)  # the published names durable before the rows
@@ -233,88 +231,6 @@ def _set_references(
     now = archive.clock()
     for namespace, targets in by_namespace.items():
         set_references(session, namespace, targets, now)
-
-
-#: Files per task handed to a staging thread: one future per file cost more than the
-#: copy of a small file.
-STAGE_CHUNK = 32
-
-
-class _Staging:
-    """One batch being staged by the pool, in chunks of ``STAGE_CHUNK`` files."""
-
-    def __init__(
-        self,
-        pool: ThreadPoolExecutor,
-        stage: Callable[[int], _Item],
-        indices: range,
-        cancel: threading.Event | None = None,
-    ) -> None:
-        self.indices = indices
-        self._cancel = cancel
-        self._stop = threading.Event()  # a chunk failed or the batch was abandoned
-        self._futures = [
-            pool.submit(self._stage_chunk, stage, indices[start : start + STAGE_CHUNK])
-            for start in range(0, len(indices), STAGE_CHUNK)
-        ]
-
-    def _stopped(self) -> bool:
-        return self._stop.is_set() or (self._cancel is not None and self._cancel.is_set())
-
-    def _stage_chunk(self, stage: Callable[[int], _Item], chunk: range) -> list[_Item]:
-        items: list[_Item] = []
-        try:
-            for index in chunk:
-                if self._stopped():
-                    break  # not started: nothing to clean up
-                items.append(stage(index))
-        except BaseException:
-            self._stop.set()
-            for item in items:
-                item.staged.discard()
-            raise
-        return items
-
-    def done(self) -> bool:
-        return all(future.done() for future in self._futures)
-
-    def result(self) -> list[_Item]:
-        """The staged items in order; if a file failed or ``cancel`` is set, every
-        staged file of the batch is discarded before raising (files not started yet
-        are never started)."""
-        items: list[_Item] = []
-        error: BaseException | None = None
-        futures, self._futures = self._futures, []  # from here the items are the caller's
-        for future in futures:
-            try:
-                items.extend(future.result())
-            except BaseException as exc:  # noqa: BLE001 - collected, cleaned up, re-raised
-                error = error or exc
-                self._stop.set()
-        if error is None and self._stopped():
-            error = Interrupted("interrupted")
-        if error is not None:
-            for item in items:
-                item.staged.discard()
-            raise error
-        return items
-
-    def abandon(self) -> None:
-        """Stop staging and remove whatever was staged; nothing to do after ``result``
-        (the items then belong to the caller)."""
-        self._stop.set()
-        for future in self._futures:
-            future.cancel()
-        for future in self._futures:
-            if future.cancelled():
-                continue
-            try:
-                staged = future.result()
-            except BaseException:  # noqa: BLE001 - the chunk removed its own files
-                continue
-            for item in staged:
-                item.staged.discard()
-        self._futures = []
 
 
 def _publish(
