@@ -15,6 +15,7 @@ from safekeeper.db.models import Blob, Copy, CopyState
 from safekeeper.errors import BadInput, NotFound
 from safekeeper.ids import RefSpec
 from safekeeper.services.copies import ingest, inventory
+from safekeeper.services.copies.tree import TreeFile, scan
 from tests.conftest import ArchiveFactory
 
 
@@ -63,7 +64,7 @@ def test_directory_put_with_reference_per_file(archive: Archive, tmp_path: Path)
     for relative, data in contents.items():
         (tree / relative).write_bytes(data)
     (tree / "link").symlink_to(tree / "a.txt")  # links are not content: skipped
-    files = ingest.scan([tree])
+    files = scan([tree])
     assert [f.relative for f in files] == ["a.txt", "sub/b.txt", "sub/deeper/c.txt"]
     outcomes = list(
         ingest.put_files(archive, files, RefSpec("site", "docs", "v1"), key_per_file=True)
@@ -83,7 +84,7 @@ def test_many_files_cross_batches(archive: Archive, tmp_path: Path) -> None:
     count = ingest.BATCH_SIZE * 2 + 5
     for i in range(count):
         (tree / f"f{i:04d}").write_bytes(f"file {i}".encode())
-    outcomes = list(ingest.put_files(archive, ingest.scan([tree])))
+    outcomes = list(ingest.put_files(archive, scan([tree])))
     assert len(outcomes) == count and all(o.stored for o in outcomes)
     assert _count(archive, Copy) == count
     assert len(_objects(archive)) == count
@@ -97,8 +98,7 @@ def test_batches_close_at_a_count_or_a_size(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(ingest, "BATCH_BYTES", 100)
     sizes = [10, 10, 10, 10, 60, 50, 500, 1, 1]
     files = [
-        ingest.TreeFile(Path(f"f{i}"), f"f{i}", size, f"f{i}", f"f{i}")
-        for i, size in enumerate(sizes)
+        TreeFile(Path(f"f{i}"), f"f{i}", size, f"f{i}", f"f{i}") for i, size in enumerate(sizes)
     ]
     batches = [list(batch) for batch in ingest._batches(files)]
     # 3 files at most; a file that would pass 100 bytes starts a new batch; a file
@@ -118,7 +118,7 @@ def test_failure_in_a_later_batch_keeps_the_earlier_ones(
     tree.mkdir()
     for i in range(10):
         (tree / f"f{i}").write_bytes(f"file {i}".encode())
-    files = ingest.scan([tree])
+    files = scan([tree])
     (tree / "f6").unlink()  # in the second batch
     outcomes = []
     with pytest.raises(BadInput, match="f6: cannot read"):
@@ -141,7 +141,7 @@ def test_stopping_early_discards_the_batch_being_staged(
     tree.mkdir()
     for i in range(10):
         (tree / f"f{i}").write_bytes(f"file {i}".encode())
-    stream = ingest.put_files(archive, ingest.scan([tree]))
+    stream = ingest.put_files(archive, scan([tree]))
     assert next(stream).stored
     stream.close()
     assert _count(archive, Copy) == 4
@@ -153,13 +153,13 @@ def test_missing_and_unreadable_paths_record_nothing(archive: Archive, tmp_path:
     good = tmp_path / "good.txt"
     good.write_bytes(b"fine")
     with pytest.raises(BadInput, match="no such file"):
-        ingest.scan([good, tmp_path / "absent"])
+        scan([good, tmp_path / "absent"])
     if os.geteuid() != 0:  # root reads anything; the CLI test covers the message
         locked = tmp_path / "locked.txt"
         locked.write_bytes(b"secret")
         locked.chmod(0)
         with pytest.raises(BadInput, match="permission denied"):
-            ingest.scan([good, locked])
+            scan([good, locked])
     assert _count(archive, Blob) == 0
 
 
@@ -168,7 +168,7 @@ def test_read_failure_mid_batch_rolls_back_the_batch(archive: Archive, tmp_path:
     tree.mkdir()
     for i in range(5):
         (tree / f"f{i}").write_bytes(f"{i}".encode())
-    files = ingest.scan([tree])
+    files = scan([tree])
     (tree / "f3").unlink()  # vanishes between the scan and the read
     with pytest.raises(BadInput, match="cannot read"):
         list(ingest.put_files(archive, files))
