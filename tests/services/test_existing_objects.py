@@ -556,3 +556,19 @@ def test_sigkill_during_interval_puts_never_reuses_a_number(tmp_path: Path) -> N
         subprocess.run(put(root), env=env, check=True, capture_output=True)
     distinct = {_sha(p.read_bytes()) for root in trees for p in root.iterdir()}
     assert _interval_present_hash_right(data_dir) == len(distinct)
+
+
+def test_tree_put_repairs_a_rotted_copy_recorded_present(archive: Archive, tmp_path: Path) -> None:
+    """A directory put goes the batch way (``record_staged``): a copy recorded present
+    is hashed there too, and repaired from the staged bytes."""
+    archive.put_bytes(GOOD)
+    path = _file(archive, "inbox", GOOD_SHA)
+    _rot_in_place(path)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i, data in enumerate([GOOD, b"another file"]):
+        (tree / f"f{i}").write_bytes(data)
+    outcomes = list(ingest.put_files(archive, scan([tree])))
+    assert [o.stored for o in outcomes] == [True, True]
+    assert path.read_bytes() == GOOD
+    assert _present_objects_hash_right(archive, "inbox") == 2
