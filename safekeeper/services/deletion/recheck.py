@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from safekeeper.db.evidence import CopyFacts, gather_with_copies
 from safekeeper.db.models import CopyState
-from safekeeper.policy import Decision, Evidence, Rule, decide
+from safekeeper.policy import Decision, Evidence, OtherCopy, Rule, decide
 from safekeeper.services.deletion import reconfirm
 from safekeeper.services.deletion.planner import policy_from_config
 
@@ -56,13 +56,12 @@ def recheck_unrecorded(
     now = archive.clock()
     deadline = time.monotonic() + archive.config.policy.gc_batch_deadline.total_seconds()
     with archive.db.read() as session:
-        evidence, copies = gather_with_copies(session, copy_ids=copy_ids)
+        # We hold the claim on these copies: each is judged as the present copy it was.
+        # Every other claimed copy (ours or another gc's) does not count as present.
+        evidence, copies = gather_with_copies(session, copy_ids=copy_ids, as_present=True)
     verdicts: list[Verdict] = []
     physical: list[tuple[CopyFacts, Evidence]] = []
-    for facts, claimed_ev in evidence.values():
-        # We hold the claim on this copy: judge it as the present copy it was. Every
-        # other claimed copy (ours or another gc's) does not count as present.
-        ev = replace(claimed_ev, state=CopyState.PRESENT.value)
+    for facts, ev in evidence.values():
         decision = decide(ev, policy, now)
         if decision.allowed and decision.rule == Rule.ARCHIVED_ELSEWHERE:
             physical.append((facts, ev))
@@ -76,12 +75,32 @@ def recheck_unrecorded(
     if heartbeat is not None:
         heartbeat()
     for facts, ev in physical:
-        others = tuple(
-            replace(o, confirmed=confirmed.get((facts.blob_id, o.location))) for o in ev.others
+        ev = _reconfirmed(
+            ev, {o.location: confirmed.get((facts.blob_id, o.location)) for o in ev.others}
         )
-        ev = replace(ev, others=others, reconfirmed=True)
         verdicts.append(Verdict(facts, ev, decide(ev, policy, now)))
     return verdicts, results
+
+
+def _reconfirmed(ev: Evidence, confirmed: dict[str, bool | None]) -> Evidence:
+    """``ev`` in re-confirmed mode, each other copy with what its store said in this
+    run (``confirmed`` by location). Built field by field: ``dataclasses.replace``
+    cost more than the decision itself (three per copy, 10,000 copies a batch)."""
+    others = tuple(
+        OtherCopy(o.location, o.kind, o.state, o.verified_at, confirmed[o.location])
+        for o in ev.others
+    )
+    return Evidence(
+        location=ev.location,
+        state=ev.state,
+        created_at=ev.created_at,
+        unreferenced_since=ev.unreferenced_since,
+        held=ev.held,
+        transfer_source=ev.transfer_source,
+        needed_by_job=ev.needed_by_job,
+        others=others,
+        reconfirmed=True,
+    )
 
 
 def _checks(facts: CopyFacts, copies: dict[int, list[CopyFacts]]) -> list[reconfirm.Check]:
