@@ -134,8 +134,11 @@ class PolicyConfig(Strict):
     max_retries: int = 5
     #: Where ``put`` stores new blobs; default: the first ``source`` location.
     ingest_location: str | None = None
-    #: Copies claimed and deleted per batch by ``gc``.
-    gc_batch_size: int = 1000
+    #: Copies claimed and deleted per batch by ``gc``. Big: a batch's fixed costs (three
+    #: committed transactions, the stores' marker reads, a thread pool of unlinks that
+    #: share the disk's journal commits) are paid once per batch (bench/RESULTS.md,
+    #: "Issue 17: gc, round two").
+    gc_batch_size: int = 10_000
     #: Before a delete, gc re-hashes the last other copy when it is at most this big
     #: (bigger ones are checked by fingerprint only).
     gc_rehash_max_size: int = 64 * 1024**2

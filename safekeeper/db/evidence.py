@@ -113,11 +113,17 @@ def gather(
 
 
 def gather_with_copies(
-    session: Session, copy_ids: Collection[int] | None = None, blob_ids: Collection[int] = ()
+    session: Session,
+    copy_ids: Collection[int] | None = None,
+    blob_ids: Collection[int] = (),
+    *,
+    as_present: bool = False,
 ) -> tuple[dict[int, tuple[CopyFacts, Evidence]], dict[int, list[CopyFacts]]]:
     """``gather``, plus every live copy of the blobs concerned by blob id (gc's
     re-confirmation needs the other copies' ids and fingerprints, read in the same
-    transaction as the evidence they are checked for)."""
+    transaction as the evidence they are checked for). With ``as_present``, the
+    evidence judges each given copy as present whatever its row says (gc's re-check of
+    the copies it claimed); the other copies keep their rows' states."""
     if copy_ids is not None:
         blob_ids = set(session.scalars(select(Copy.blob_id).where(Copy.id.in_(copy_ids))))
     facts = copies_of_blobs(session, blob_ids)
@@ -144,7 +150,7 @@ def gather_with_copies(
             fact,
             Evidence(
                 location=fact.location,
-                state=fact.state,
+                state=CopyState.PRESENT.value if as_present else fact.state,
                 created_at=fact.created_at,
                 unreferenced_since=unreferenced[fact.blob_id],
                 held=fact.blob_id in held,

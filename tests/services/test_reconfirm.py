@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from dataclasses import fields, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,9 +21,10 @@ from safekeeper.archive import Archive
 from safekeeper.config import load_config
 from safekeeper.db.models import Copy, Location
 from safekeeper.engine.embedded import run_due
+from safekeeper.policy import Evidence, OtherCopy
 from safekeeper.services.copies import inventory, replication
 from safekeeper.services.copies.verify import verify
-from safekeeper.services.deletion import gc, reconfirm
+from safekeeper.services.deletion import gc, recheck, reconfirm
 from safekeeper.services.operations import audit
 from tests.conftest import FakeClock
 from tests.servers import S3Server
@@ -359,3 +362,36 @@ def test_verify_records_the_fingerprint_it_hashed(
     assert _fingerprint(archive, "archive") != archive.store("archive").stat(SHA).fingerprint
     assert verify(archive, location="archive").ok == 1
     assert _fingerprint(archive, "archive") == archive.store("archive").stat(SHA).fingerprint
+
+
+def test_the_recheck_keeps_every_field_of_the_evidence() -> None:
+    """gc's re-check rebuilds the evidence field by field for the re-confirmed decision
+    (``dataclasses.replace`` cost more than the decision): a field added to
+    ``Evidence`` later must not fall back to its default there."""
+    moment = datetime(2026, 1, 2, tzinfo=UTC)
+    others = (
+        OtherCopy("archive", "archive", "present", moment),
+        OtherCopy("tape", "archive", "missing", None),
+    )
+    values: dict[str, object] = {
+        "location": "inbox",
+        "state": "present",
+        "created_at": moment,
+        "unreferenced_since": moment - timedelta(days=3),
+        "held": True,
+        "transfer_source": True,
+        "needed_by_job": True,
+        "others": others,
+        "reconfirmed": False,
+    }
+    # Every field is set above to something other than its default, so a forgotten
+    # one shows up as a difference.
+    assert set(values) == {f.name for f in fields(Evidence)}
+    ev = Evidence(**values)  # type: ignore[arg-type]
+    rebuilt = recheck._reconfirmed(ev, {"archive": True, "tape": None})
+    expected = replace(
+        ev,
+        others=(replace(others[0], confirmed=True), replace(others[1], confirmed=None)),
+        reconfirmed=True,
+    )
+    assert rebuilt == expected

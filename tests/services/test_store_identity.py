@@ -527,6 +527,41 @@ def test_store_is_checked_again_right_before_the_delete(
     assert not _files(data_dir / "archive", SHA)
 
 
+def _impostor(root: Path, hidden: Path, sha256: str) -> list[Path]:
+    """Another disk mounted in the store's place, holding the same object at the same
+    key (a restored backup, a clone) but not the store's marker."""
+    placed = []
+    for source in _files(hidden, sha256):
+        target = root / source.relative_to(hidden)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        placed.append(target)
+    assert placed
+    return placed
+
+
+def test_the_delete_touches_nothing_on_a_disk_mounted_in_the_stores_place(
+    make_archive: ArchiveFactory, data_dir: Path, clock: FakeClock
+) -> None:
+    """The marker is read afresh *before* the bulk delete, not only after it: an object
+    at the key on another disk is not ours to delete (the read after the delete would
+    refuse too, but only once the unlink is done)."""
+    archive = make_archive()
+    archive.put_bytes(DATA)
+    _replicate(archive)
+    clock.advance(days=8)
+    gc.run_gc(archive, location="inbox")
+    copy_ids = [d.copy_id for d in gc.make_plan(archive, "archive").deletions]
+    assert len(copy_ids) == 1
+    claimed = gc.claim(archive, copy_ids)
+    hidden = _unmount(data_dir / "archive")
+    placed = _impostor(data_dir / "archive", hidden, SHA)
+    with pytest.raises(StoreIdentityError):
+        gc.process_claimed(archive, "archive", claimed, "test", gc.GcReport())
+    assert all(p.is_file() for p in placed)
+    assert _states(archive, SHA) == {"archive": "deleting"}
+
+
 def test_put_into_an_inbox_unmounted_under_a_running_archive(
     make_archive: ArchiveFactory, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -614,6 +649,29 @@ def test_reconfirmation_reads_the_evidence_stores_markers_itself(
     assert report.deleted == 0
     assert _states(archive, SHA) == {"inbox": "present", "archive": "present"}
     assert _good_file(data_dir / "inbox", SHA) and _good_file(hidden, SHA)
+
+
+def test_reconfirmation_counts_no_object_on_a_disk_mounted_in_the_stores_place(
+    make_archive: ArchiveFactory, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the archive's place holds another disk with the right bytes at the
+    key: the cached identity would let the re-confirmation find, hash and count them,
+    and the only copy still under our marker would go. The fresh marker read refuses
+    that disk, so it confirms nothing."""
+    monkeypatch.setattr("safekeeper.services.copies.identity.IDENTITY_TTL", 3600.0)
+    archive = make_archive()
+    archive.put_bytes(DATA)
+    _replicate(archive)
+    copy_ids = [d.copy_id for d in gc.make_plan(archive, "inbox").deletions]
+    assert len(copy_ids) == 1
+    claimed = gc.claim(archive, copy_ids)
+    hidden = _unmount(data_dir / "archive")
+    _impostor(data_dir / "archive", hidden, SHA)
+    report = gc.GcReport()
+    gc.process_claimed(archive, "inbox", claimed, "test", report)
+    assert report.deleted == 0
+    assert _states(archive, SHA) == {"inbox": "present", "archive": "present"}
+    assert _good_file(data_dir / "inbox", SHA)
 
 
 def test_reads_skip_a_refused_store(make_archive: ArchiveFactory, data_dir: Path) -> None:
