@@ -498,11 +498,11 @@ def test_gc_does_not_delete_from_an_unmounted_store(
     assert not _files(data_dir / "archive", SHA)
 
 
-def test_store_is_checked_again_right_before_the_delete(
-    make_archive: ArchiveFactory, data_dir: Path, clock: FakeClock
-) -> None:
-    """The disk goes between the claim and the delete: the delete is refused and the
-    claim is left for recovery, never recorded as deleted."""
+def _archive_copy_claimed_by_gc(
+    make_archive: ArchiveFactory, clock: FakeClock
+) -> tuple[Archive, gc.Claim]:
+    """A blob past its grace period, its inbox copy gone, its archive copy claimed by a
+    gc that has not deleted it yet."""
     archive = make_archive()
     archive.put_bytes(DATA)
     _replicate(archive)
@@ -510,7 +510,15 @@ def test_store_is_checked_again_right_before_the_delete(
     gc.run_gc(archive, location="inbox")
     copy_ids = [d.copy_id for d in gc.make_plan(archive, "archive").deletions]
     assert len(copy_ids) == 1
-    claimed = gc.claim(archive, copy_ids)
+    return archive, gc.claim(archive, copy_ids)
+
+
+def test_store_is_checked_again_right_before_the_delete(
+    make_archive: ArchiveFactory, data_dir: Path, clock: FakeClock
+) -> None:
+    """The disk goes between the claim and the delete: the delete is refused and the
+    claim is left for recovery, never recorded as deleted."""
+    archive, claimed = _archive_copy_claimed_by_gc(make_archive, clock)
     hidden = _unmount(data_dir / "archive")
     with pytest.raises(StoreIdentityError):
         gc.process_claimed(archive, "archive", claimed, "test", gc.GcReport())
@@ -546,14 +554,7 @@ def test_the_delete_touches_nothing_on_a_disk_mounted_in_the_stores_place(
     """The marker is read afresh *before* the bulk delete, not only after it: an object
     at the key on another disk is not ours to delete (the read after the delete would
     refuse too, but only once the unlink is done)."""
-    archive = make_archive()
-    archive.put_bytes(DATA)
-    _replicate(archive)
-    clock.advance(days=8)
-    gc.run_gc(archive, location="inbox")
-    copy_ids = [d.copy_id for d in gc.make_plan(archive, "archive").deletions]
-    assert len(copy_ids) == 1
-    claimed = gc.claim(archive, copy_ids)
+    archive, claimed = _archive_copy_claimed_by_gc(make_archive, clock)
     hidden = _unmount(data_dir / "archive")
     placed = _impostor(data_dir / "archive", hidden, SHA)
     with pytest.raises(StoreIdentityError):
