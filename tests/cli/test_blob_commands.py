@@ -115,9 +115,9 @@ def test_errors_exit_codes_and_nothing_recorded(
 
 def test_unreadable_file(tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Root can read anything, so simulate the permission check failing.
-    import safekeeper.services.copies.ingest as ingest
+    import safekeeper.services.copies.tree as tree_walk
 
-    monkeypatch.setattr(ingest.os, "access", lambda path, mode: Path(path).name != "two.txt")
+    monkeypatch.setattr(tree_walk.os, "access", lambda path, mode: Path(path).name != "two.txt")
     code, _, err = cli(tmp_path / "data", "put", str(tree))
     assert code == 1 and "two.txt: permission denied" in err
     _, out, _ = cli(tmp_path / "data", "ls", "--json")
