@@ -703,3 +703,30 @@ def test_verify_condemns_nothing_in_a_store_unmounted_since_its_last_check(
     assert _states(archive, sha)["archive"] == "present"
     _mount(data_dir / "archive", hidden)
     assert verify(archive).missing == []
+
+
+def test_a_first_use_racing_another_is_not_refused(
+    make_archive: ArchiveFactory, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two first uses of one store at once (threads of a server, or two processes):
+    ours reads no marker, the other writes the marker and records it, then ours reads
+    the catalog. The catalog names a store whose marker ours has not seen — but it is
+    there now, and ours must take it, not refuse the store as not mounted."""
+    from safekeeper.services.copies import identity
+
+    ours, theirs = make_archive(), make_archive()
+    read = identity._read
+
+    def read_then_lose_the_race(store: object, location: str) -> str | None:
+        monkeypatch.setattr(identity, "_read", read)
+        found = read(store, location)  # type: ignore[arg-type]
+        theirs.store("archive")  # the other first use: marker written, then recorded
+        return found
+
+    monkeypatch.setattr(identity, "_read", read_then_lose_the_race)
+    ours.store("archive")  # StoreIdentityError before the fix
+    marker = StoreMarker.parse((data_dir / "archive" / MARKER_NAME).read_bytes(), "test")
+    assert ours.store("archive", fresh=True) is not None
+    with theirs.db.read() as session:
+        recorded = session.scalar(select(Location.store_uuid).where(Location.name == "archive"))
+    assert recorded == marker.uuid

@@ -147,6 +147,11 @@ def confirm(archive: Archive, location: str, store: Store) -> str:
     for _ in range(3):  # a concurrent set-up of the same store can make us look again
         judgement = judge(_facts(archive, location, store, found))
         if judgement.action == Action.REFUSE:
+            if found is None and (found := _read(store, location)) is not None:
+                # A concurrent first use wrote the marker after our read, then recorded
+                # it (marker first, record second): the catalog read after our read saw
+                # the record. Judge what is there now; a disk that is away stays None.
+                continue
             raise StoreIdentityError(judgement.reason)
         if judgement.action == Action.USE and found is not None:
             return found
