@@ -40,10 +40,7 @@ def size_or_fraction(value: Any) -> int | float | None:
         if not 0.0 <= value <= 1.0:
             raise ValueError("a fraction of capacity must be between 0 and 1")
         return value
-    try:
-        return parse_size(value)
-    except BadInput as exc:
-        raise ValueError(str(exc)) from exc
+    return size(value)
 
 
 def at_least(minimum: int) -> Any:
